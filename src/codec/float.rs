@@ -1,0 +1,90 @@
+//! `f32` (id 2), `f16` (id 3), `bf16` (id 4): convert float elements to one float type.
+//!
+//! Spec: formats-spec/codecs.md §float. Elements are converted to f32, then to the target with
+//! round-to-nearest-even (bf16: the tt-metal rule, NaN -> 0x7FC0); stored little-endian,
+//! row-major. Lossless only when the source already is the target type.
+//! Config: `--codec bf16` (no options).
+
+use super::{expect_len, no_params, Codec, CodecEntry, TensorCodec};
+use crate::dtype::{self, DType};
+use crate::error::Result;
+use std::sync::Arc;
+
+/// Float conversion codec to `target` (F32, F16 or BF16).
+#[derive(Debug, Clone, Copy)]
+pub struct FloatCodec {
+    target: DType,
+}
+
+impl FloatCodec {
+    /// The codec for `target`, which must be F32, F16 or BF16.
+    pub fn new(target: DType) -> Option<Self> {
+        matches!(target, DType::F32 | DType::F16 | DType::BF16).then_some(FloatCodec { target })
+    }
+}
+
+macro_rules! entry {
+    ($id:expr, $name:expr, $dt:expr, $summary:expr) => {
+        CodecEntry {
+            id: $id,
+            name: $name,
+            version: 1,
+            summary: $summary,
+            from_options: |_| Ok(Codec::Tensor(Arc::new(FloatCodec { target: $dt }))),
+            from_params: |p| {
+                no_params($name, p)?;
+                Ok(Codec::Tensor(Arc::new(FloatCodec { target: $dt })))
+            },
+        }
+    };
+}
+
+pub(super) const F32_ENTRY: CodecEntry = entry!(2, "f32", DType::F32, "convert floats to f32");
+pub(super) const F16_ENTRY: CodecEntry =
+    entry!(3, "f16", DType::F16, "convert floats to IEEE f16 (round to nearest even)");
+pub(super) const BF16_ENTRY: CodecEntry =
+    entry!(4, "bf16", DType::BF16, "convert floats to bf16 (round to nearest even)");
+
+impl TensorCodec for FloatCodec {
+    fn id(&self) -> u16 {
+        match self.target {
+            DType::F32 => F32_ENTRY.id,
+            DType::F16 => F16_ENTRY.id,
+            _ => BF16_ENTRY.id,
+        }
+    }
+    fn name(&self) -> &'static str {
+        match self.target {
+            DType::F32 => F32_ENTRY.name,
+            DType::F16 => F16_ENTRY.name,
+            _ => BF16_ENTRY.name,
+        }
+    }
+    fn lossless(&self) -> bool {
+        false
+    }
+    fn accepts(&self, src: DType) -> bool {
+        src.is_float()
+    }
+    fn decoded_dtype(&self, _: DType) -> DType {
+        self.target
+    }
+    fn max_encoded_len(&self, _: DType, n: usize) -> usize {
+        n.saturating_mul(self.target.size())
+    }
+    fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
+        if src == self.target {
+            return Ok(bytes.to_vec());
+        }
+        let mut f = Vec::new();
+        dtype::to_f32(src, bytes, &mut f);
+        let mut out = Vec::new();
+        dtype::from_f32(self.target, &f, &mut out)?;
+        Ok(out)
+    }
+    fn decode(&self, payload: &[u8], _: DType, _: usize, out: &mut [u8]) -> Result<()> {
+        expect_len(self.name(), payload, out.len())?;
+        out.copy_from_slice(payload);
+        Ok(())
+    }
+}

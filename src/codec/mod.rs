@@ -1,0 +1,425 @@
+//! Codecs: a small trait pair, a registry with stable numeric ids, and pipelines.
+//!
+//! A tensor's pipeline is one [`TensorCodec`] (elements -> bytes) followed by zero or more
+//! [`ByteCodec`]s (bytes -> bytes), the zarrs split. Every codec that is implemented has one
+//! [`CodecEntry`] in [`REGISTRY`]; a codec that is not implemented is absent, never faked.
+//! Codecs do no I/O and know nothing about the container.
+//!
+//! Command-line / config syntax of a pipeline: `NAME[:key=value,...][+NAME[:key=value,...]]...`,
+//! e.g. `bf16`, `zstd:level=19`, `bf16+zstd:level=3`, `byteplane`. A pipeline that starts with a
+//! byte codec gets `raw` in front (`zstd` means `raw+zstd`).
+
+mod byteplane;
+mod float;
+mod huffman;
+mod raw;
+mod zstd;
+
+use crate::dtype::DType;
+use crate::error::{Error, ErrorKind, Result};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+pub use byteplane::ByteplaneCodec;
+pub use float::FloatCodec;
+pub use raw::RawCodec;
+pub use zstd::ZstdCodec;
+
+/// Elements of one dtype -> bytes, lossy or lossless.
+pub trait TensorCodec: Send + Sync + Debug {
+    /// Stable on-disk id.
+    fn id(&self) -> u16;
+    /// Registry name.
+    fn name(&self) -> &'static str;
+    /// Payload version written.
+    fn version(&self) -> u16 {
+        1
+    }
+    /// Canonical parameters (stored opaquely by the container).
+    fn params(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Whether decoding gives back the source bytes exactly, for every input it accepts.
+    fn lossless(&self) -> bool;
+    /// Whether this codec can take elements of `src` (lossy codecs take floats only).
+    fn accepts(&self, src: DType) -> bool;
+    /// The dtype `decode` writes, for a tensor whose source dtype is `src`.
+    fn decoded_dtype(&self, src: DType) -> DType;
+    /// Most bytes `encode` can produce for `n` elements (a hard cap for byte stages' decoders).
+    fn max_encoded_len(&self, src: DType, n: usize) -> usize;
+    /// Encode `bytes`: `n` little-endian elements of `src`.
+    fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>>;
+    /// Decode `n` elements into `out`, whose length is `n * decoded_dtype(src).size()`.
+    fn decode(&self, payload: &[u8], src: DType, n: usize, out: &mut [u8]) -> Result<()>;
+}
+
+/// Bytes -> bytes (general-purpose compressors).
+pub trait ByteCodec: Send + Sync + Debug {
+    /// Stable on-disk id.
+    fn id(&self) -> u16;
+    /// Registry name.
+    fn name(&self) -> &'static str;
+    /// Payload version written.
+    fn version(&self) -> u16 {
+        1
+    }
+    /// Canonical parameters.
+    fn params(&self) -> Vec<u8>;
+    /// Compress.
+    fn encode(&self, b: &[u8]) -> Result<Vec<u8>>;
+    /// Decompress; more than `max_len` output bytes is an error, never an allocation.
+    fn decode(&self, b: &[u8], max_len: usize) -> Result<Vec<u8>>;
+}
+
+/// A constructed codec of either kind.
+#[derive(Debug, Clone)]
+pub enum Codec {
+    /// Elements -> bytes.
+    Tensor(Arc<dyn TensorCodec>),
+    /// Bytes -> bytes.
+    Bytes(Arc<dyn ByteCodec>),
+}
+
+/// `key=value` options of one pipeline stage; unknown keys are an error.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    codec: &'static str,
+    map: BTreeMap<String, String>,
+}
+
+impl Options {
+    /// Take an integer option in `lo..=hi`, or `default`.
+    pub fn int(&mut self, key: &str, default: i64, lo: i64, hi: i64) -> Result<i64> {
+        match self.map.remove(key) {
+            None => Ok(default),
+            Some(v) => match v.parse::<i64>() {
+                Ok(x) if (lo..=hi).contains(&x) => Ok(x),
+                _ => Err(Error::config(format!(
+                    "codec {}: {key}={v} is not an integer in {lo}..={hi}",
+                    self.codec
+                ))),
+            },
+        }
+    }
+
+    /// Take a string option restricted to `choices` (the first is the default).
+    pub fn choice(&mut self, key: &str, choices: &[&'static str]) -> Result<&'static str> {
+        match self.map.remove(key) {
+            None => Ok(choices[0]),
+            Some(v) => choices.iter().copied().find(|c| *c == v).ok_or_else(|| {
+                Error::config(format!(
+                    "codec {}: {key}={v}: expected one of {}",
+                    self.codec,
+                    choices.join(", ")
+                ))
+            }),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        match self.map.keys().next() {
+            None => Ok(()),
+            Some(k) => Err(Error::config(format!(
+                "codec {} has no option '{k}'",
+                self.codec
+            ))),
+        }
+    }
+}
+
+/// One registry entry: how to build a codec from user options or from stored params.
+pub struct CodecEntry {
+    /// Stable on-disk id.
+    pub id: u16,
+    /// Name used on the command line and stored in the index.
+    pub name: &'static str,
+    /// Newest payload version this build decodes.
+    pub version: u16,
+    /// One line for `--help` and docs.
+    pub summary: &'static str,
+    /// Build from `key=value` options.
+    pub from_options: fn(&mut Options) -> Result<Codec>,
+    /// Build from canonical params read from a file.
+    pub from_params: fn(&[u8]) -> Result<Codec>,
+}
+
+/// Every implemented codec. Ids are never renumbered or reused (formats-spec/codecs.md).
+pub static REGISTRY: &[CodecEntry] = &[
+    raw::ENTRY,
+    float::F32_ENTRY,
+    float::F16_ENTRY,
+    float::BF16_ENTRY,
+    byteplane::ENTRY,
+    zstd::ENTRY,
+];
+
+/// Look up a registry entry by name.
+pub fn entry_by_name(name: &str) -> Option<&'static CodecEntry> {
+    REGISTRY.iter().find(|e| e.name == name)
+}
+
+/// Look up a registry entry by id.
+pub fn entry_by_id(id: u16) -> Option<&'static CodecEntry> {
+    REGISTRY.iter().find(|e| e.id == id)
+}
+
+/// A tensor codec followed by byte codecs.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    tensor: Arc<dyn TensorCodec>,
+    bytes: Vec<Arc<dyn ByteCodec>>,
+}
+
+impl Pipeline {
+    /// Parse `NAME[:k=v,...][+NAME...]`.
+    pub fn parse(spec: &str) -> Result<Pipeline> {
+        let mut tensor: Option<Arc<dyn TensorCodec>> = None;
+        let mut bytes = Vec::new();
+        for (i, part) in spec.split('+').enumerate() {
+            let (name, opts) = match part.split_once(':') {
+                Some((n, o)) => (n.trim(), o),
+                None => (part.trim(), ""),
+            };
+            let entry = entry_by_name(name).ok_or_else(|| {
+                let names: Vec<&str> = REGISTRY.iter().map(|e| e.name).collect();
+                Error::config(format!(
+                    "unknown codec '{name}' (available: {})",
+                    names.join(", ")
+                ))
+            })?;
+            let mut o = Options {
+                codec: entry.name,
+                map: BTreeMap::new(),
+            };
+            for kv in opts.split(',').filter(|s| !s.trim().is_empty()) {
+                let (k, v) = kv.split_once('=').ok_or_else(|| {
+                    Error::config(format!("codec {name}: option '{kv}' is not key=value"))
+                })?;
+                o.map.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            let codec = (entry.from_options)(&mut o)?;
+            o.finish()?;
+            match codec {
+                Codec::Tensor(t) if i == 0 => tensor = Some(t),
+                Codec::Tensor(t) => {
+                    return Err(Error::config(format!(
+                        "codec '{}' turns tensors into bytes and must come first in '{spec}'",
+                        t.name()
+                    )))
+                }
+                Codec::Bytes(b) => {
+                    if i == 0 {
+                        tensor = Some(Arc::new(RawCodec));
+                    }
+                    bytes.push(b)
+                }
+            }
+        }
+        Ok(Pipeline {
+            tensor: tensor.ok_or_else(|| Error::config("empty codec spec"))?,
+            bytes,
+        })
+    }
+
+    /// Rebuild from the stages stored in a file. Unknown ids or newer versions are `Unsupported`.
+    pub fn from_stages(stages: &[tpk_format::Stage]) -> Result<Pipeline> {
+        let mut tensor = None;
+        let mut bytes = Vec::new();
+        for (i, s) in stages.iter().enumerate() {
+            let entry = entry_by_id(s.codec_id).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "codec '{}' (id {}) is not known to this tenpak {}; it was written by a newer tenpak",
+                        s.codec_name,
+                        s.codec_id,
+                        crate::VERSION
+                    ),
+                )
+            })?;
+            if s.codec_version > entry.version || s.codec_version == 0 {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "codec '{}' version {} is newer than this tenpak reads ({})",
+                        entry.name, s.codec_version, entry.version
+                    ),
+                ));
+            }
+            match ((entry.from_params)(&s.params)?, i) {
+                (Codec::Tensor(t), 0) => tensor = Some(t),
+                (Codec::Bytes(b), i) if i > 0 => bytes.push(b),
+                _ => {
+                    return Err(Error::malformed(format!(
+                        "codec '{}' cannot be stage {i} of a pipeline",
+                        entry.name
+                    )))
+                }
+            }
+        }
+        Ok(Pipeline {
+            tensor: tensor.ok_or_else(|| Error::malformed("empty pipeline"))?,
+            bytes,
+        })
+    }
+
+    /// The tensor stage.
+    pub fn tensor_codec(&self) -> &dyn TensorCodec {
+        &*self.tensor
+    }
+
+    /// The same byte stages behind another tensor codec (integer tensors fall back to `raw`).
+    pub fn with_tensor_codec(&self, t: Arc<dyn TensorCodec>) -> Pipeline {
+        Pipeline {
+            tensor: t,
+            bytes: self.bytes.clone(),
+        }
+    }
+
+    /// Whether the whole pipeline is lossless.
+    pub fn lossless(&self) -> bool {
+        self.tensor.lossless()
+    }
+
+    /// Canonical text form, e.g. `bf16+zstd:level=3`.
+    pub fn describe(&self) -> String {
+        let mut s = self.tensor.name().to_string();
+        for b in &self.bytes {
+            s.push('+');
+            s.push_str(b.name());
+            let p = b.params();
+            if b.name() == "zstd" && p.len() == 1 {
+                s.push_str(&format!(":level={}", p[0] as i8));
+            }
+        }
+        s
+    }
+
+    /// The stages to store in the index.
+    pub fn stages(&self) -> Vec<tpk_format::Stage> {
+        let mut v = vec![tpk_format::Stage {
+            codec_id: self.tensor.id(),
+            codec_name: self.tensor.name().into(),
+            codec_version: self.tensor.version(),
+            params: self.tensor.params(),
+        }];
+        v.extend(self.bytes.iter().map(|b| tpk_format::Stage {
+            codec_id: b.id(),
+            codec_name: b.name().into(),
+            codec_version: b.version(),
+            params: b.params(),
+        }));
+        v
+    }
+
+    /// Encode one chunk of `src` elements.
+    pub fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
+        let mut b = self.tensor.encode(src, bytes)?;
+        for c in &self.bytes {
+            b = c.encode(&b)?;
+        }
+        Ok(b)
+    }
+
+    /// Decode one chunk of `n` elements; returns bytes of `decoded_dtype(src)`.
+    /// `max_bytes` caps what the chunk may decode to (checked before any allocation).
+    pub fn decode(&self, payload: &[u8], src: DType, n: usize, max_bytes: u64) -> Result<Vec<u8>> {
+        let out_dtype = self.tensor.decoded_dtype(src);
+        let out_len = (n as u64)
+            .checked_mul(out_dtype.size() as u64)
+            .filter(|&l| l <= max_bytes)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Limit,
+                    format!("chunk of {n} elements exceeds the decode limit of {max_bytes} bytes"),
+                )
+            })? as usize;
+        let cap = self.tensor.max_encoded_len(src, n);
+        let mut owned;
+        let mut cur: &[u8] = payload;
+        for c in self.bytes.iter().rev() {
+            owned = c.decode(cur, cap)?;
+            cur = &owned;
+        }
+        let mut out = vec![0u8; out_len];
+        self.tensor.decode(cur, src, n, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// Build a [`Pipeline`] from a single codec (used by tests and benches).
+impl From<Arc<dyn TensorCodec>> for Pipeline {
+    fn from(tensor: Arc<dyn TensorCodec>) -> Self {
+        Pipeline {
+            tensor,
+            bytes: Vec::new(),
+        }
+    }
+}
+
+/// Shared check for fixed-size payloads: the length must be exactly what `n` elements take.
+pub(crate) fn expect_len(codec: &str, payload: &[u8], want: usize) -> Result<()> {
+    if payload.len() != want {
+        return Err(Error::malformed(format!(
+            "{codec} payload is {} bytes, expected {want}",
+            payload.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Params that must be empty.
+pub(crate) fn no_params(codec: &str, p: &[u8]) -> Result<()> {
+    if !p.is_empty() {
+        return Err(Error::malformed(format!(
+            "codec {codec} takes no parameters, found {} bytes",
+            p.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_ids_and_names_unique() {
+        for (i, a) in REGISTRY.iter().enumerate() {
+            for b in &REGISTRY[i + 1..] {
+                assert_ne!(a.id, b.id);
+                assert_ne!(a.name, b.name);
+            }
+        }
+    }
+
+    #[test]
+    fn parse_specs() {
+        assert_eq!(Pipeline::parse("zstd").unwrap().describe(), "raw+zstd:level=3");
+        assert_eq!(
+            Pipeline::parse("bf16+zstd:level=9").unwrap().describe(),
+            "bf16+zstd:level=9"
+        );
+        assert!(Pipeline::parse("nope").is_err());
+        assert!(Pipeline::parse("zstd:level=99").is_err());
+        assert!(Pipeline::parse("zstd:lvl=3").is_err());
+        assert!(Pipeline::parse("zstd+bf16").is_err());
+        let p = Pipeline::parse("bf16+zstd:level=9").unwrap();
+        let q = Pipeline::from_stages(&p.stages()).unwrap();
+        assert_eq!(q.describe(), p.describe());
+    }
+
+    #[test]
+    fn unknown_codec_id_is_unsupported() {
+        let s = tpk_format::Stage {
+            codec_id: 999,
+            codec_name: "future".into(),
+            codec_version: 1,
+            params: vec![],
+        };
+        let e = Pipeline::from_stages(&[s]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unsupported);
+        assert!(e.message.contains("future"));
+    }
+}

@@ -1,0 +1,145 @@
+//! The one public error type: a kind, a message with the numbers, and where it happened.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// What category of failure this is (the Symphonia / image split).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Reading or writing a file failed.
+    Io,
+    /// A file or payload violates its format.
+    Malformed,
+    /// Valid, but not something this tenpak can handle (newer codec, unknown dtype).
+    Unsupported,
+    /// A size or count exceeds a limit.
+    Limit,
+    /// A stored checksum does not match.
+    Checksum,
+    /// Bad options or configuration from the user.
+    Config,
+    /// The input model is unusable (missing tensor, missing shard, ...).
+    Input,
+}
+
+/// tenpak's error: kind, message, and the file / tensor / chunk it concerns.
+#[derive(Debug)]
+pub struct Error {
+    /// Category.
+    pub kind: ErrorKind,
+    /// What is wrong, with the numbers.
+    pub message: String,
+    /// File concerned.
+    pub file: Option<PathBuf>,
+    /// Tensor concerned.
+    pub tensor: Option<String>,
+    /// Chunk concerned.
+    pub chunk: Option<usize>,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// A new error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            file: None,
+            tensor: None,
+            chunk: None,
+            source: None,
+        }
+    }
+    /// Shorthand for a malformed-data error.
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Malformed, message)
+    }
+    /// Shorthand for a configuration error.
+    pub fn config(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Config, message)
+    }
+    /// Shorthand for an input error.
+    pub fn input(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Input, message)
+    }
+    /// An I/O error with context.
+    pub fn io(context: impl Into<String>, e: std::io::Error) -> Self {
+        let mut err = Error::new(ErrorKind::Io, format!("{}: {e}", context.into()));
+        err.source = Some(Box::new(e));
+        err
+    }
+    /// Attach the file, unless one is already set.
+    pub fn with_file(mut self, p: &Path) -> Self {
+        self.file.get_or_insert_with(|| p.to_path_buf());
+        self
+    }
+    /// Attach the tensor, unless one is already set.
+    pub fn with_tensor(mut self, t: &str) -> Self {
+        self.tensor.get_or_insert_with(|| t.to_string());
+        self
+    }
+    /// Attach the chunk, unless one is already set.
+    pub fn with_chunk(mut self, c: usize) -> Self {
+        self.chunk.get_or_insert(c);
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(p) = &self.file {
+            write!(f, "{}: ", p.display())?;
+        }
+        if let Some(t) = &self.tensor {
+            write!(f, "tensor '{t}': ")?;
+        }
+        if let Some(c) = self.chunk {
+            write!(f, "chunk {c}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<tpk_format::FormatError> for Error {
+    fn from(e: tpk_format::FormatError) -> Self {
+        use tpk_format::FormatError as F;
+        let kind = match &e {
+            F::Io { .. } => ErrorKind::Io,
+            F::NotTpk | F::Truncated { .. } | F::Malformed(_) => ErrorKind::Malformed,
+            F::NewerMajor { .. } => ErrorKind::Unsupported,
+            F::Checksum { .. } => ErrorKind::Checksum,
+            F::Limit { .. } => ErrorKind::Limit,
+            F::Exists(_) => ErrorKind::Config,
+            _ => ErrorKind::Malformed,
+        };
+        let mut err = Error::new(kind, e.to_string());
+        if let F::Checksum { tensor, chunk, .. } = &e {
+            err.tensor = tensor.clone();
+            err.chunk = *chunk;
+            // The message already carries place; keep only the numbers in it.
+            err.message = match &e {
+                F::Checksum {
+                    what,
+                    stored,
+                    computed,
+                    ..
+                } => format!(
+                    "{what} checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): the file is corrupted"
+                ),
+                _ => unreachable!(),
+            };
+        }
+        err
+    }
+}
