@@ -1,9 +1,19 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod codec;
+pub mod compress;
+pub mod decompress;
 pub mod dtype;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_api;
+pub mod input;
+pub mod inspect;
+pub mod metrics;
+pub mod progress;
+pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};
 

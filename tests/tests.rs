@@ -1,1 +1,10 @@
+//! tenpak's integration tests: one binary, one module per area (the ripgrep layout).
 
+mod common;
+
+mod cli;
+mod codecs;
+mod container;
+mod fuzz_replay;
+mod inputs;
+mod models;

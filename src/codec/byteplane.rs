@@ -3,7 +3,7 @@
 //! Spec: formats-spec/codecs.md §byteplane. The elements of a chunk are split into planes
 //! (bf16: exponent | sign+mantissa; f32: exponent | sign+mantissa high | mantissa mid | mantissa
 //! low; f16: sign+exponent | mantissa low | mantissa high 2 bits; other dtypes: one plane per byte),
-//! and every plane is stored with whichever of canonical Huffman, zstd, constant or raw is
+//! and every plane is stored with whichever of order-0 rANS, zstd, constant or raw is
 //! smallest. Exponents of trained weights are concentrated on a few values (about 2.7 bits of
 //! order-0 entropy in bf16 MiniLM), which is where the gain comes from; the mantissa planes are
 //! close to random and usually stay raw.
@@ -11,7 +11,7 @@
 //! Config: `--codec byteplane` or `--codec byteplane:zstd=auto|always|never` (whether to also
 //! try zstd on a plane: `auto` tries it only on planes dominated by repeated bytes).
 
-use super::huffman;
+use super::rans::{self, histogram};
 use super::zstd::{zstd_decode, zstd_encode};
 use super::{Codec, CodecEntry, TensorCodec};
 use crate::dtype::DType;
@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use std::sync::Arc;
 
 const METHOD_RAW: u8 = 0;
-const METHOD_HUFFMAN: u8 = 1;
+const METHOD_RANS: u8 = 1;
 const METHOD_ZSTD: u8 = 2;
 const METHOD_CONST: u8 = 3;
 const ZSTD_LEVEL: i32 = 3;
@@ -54,7 +54,7 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
     id: 5,
     name: "byteplane",
     version: 1,
-    summary: "lossless: exponent byte plane + per-plane Huffman/zstd/raw (option zstd=auto|always|never)",
+    summary: "lossless: exponent byte plane + per-plane rANS/zstd/raw (option zstd=auto|always|never)",
     from_options: |o| {
         let zstd = match o.choice("zstd", &["auto", "always", "never"])? {
             "always" => ZstdMode::Always,
@@ -195,7 +195,7 @@ fn plane_mask(layout: Layout, plane: usize) -> u8 {
 impl ByteplaneCodec {
     fn encode_plane(&self, plane: &[u8], out: &mut Vec<u8>) -> Result<()> {
         let n = plane.len();
-        let hist = huffman::histogram(plane);
+        let hist = histogram(plane);
         let used = hist.iter().filter(|&&c| c > 0).count();
         if used == 1 {
             out.push(METHOD_CONST);
@@ -204,15 +204,16 @@ impl ByteplaneCodec {
             return Ok(());
         }
         let mut best = (METHOD_RAW, n, None::<Vec<u8>>);
-        let lens = (used > 1).then(|| huffman::code_lengths(&hist));
-        if let Some(lens) = &lens {
-            let table_len = 2 + (lens.iter().rposition(|&l| l > 0).unwrap()
-                - lens.iter().position(|&l| l > 0).unwrap()
-                + 1)
-            .div_ceil(2);
-            let size = table_len + huffman::stream_len(&hist, lens);
-            if size < best.1 {
-                best = (METHOD_HUFFMAN, size, None);
+        let freqs = (used > 1).then(|| rans::normalize(&hist));
+        let mut table = Vec::new();
+        if let Some(f) = &freqs {
+            rans::write_table(f, &mut table);
+            // The estimate decides whether rANS is worth running at all; the real size decides.
+            if table.len() + rans::estimate_len(&hist, f) < n {
+                rans::encode(plane, f, &mut table);
+                if table.len() < best.1 {
+                    best = (METHOD_RANS, table.len(), Some(std::mem::take(&mut table)));
+                }
             }
         }
         let try_zstd = match self.zstd {
@@ -231,14 +232,9 @@ impl ByteplaneCodec {
         }
         out.push(best.0);
         out.extend_from_slice(&(best.1 as u32).to_le_bytes());
-        match best.0 {
-            METHOD_HUFFMAN => {
-                let lens = lens.as_ref().unwrap();
-                huffman::write_table(lens, out);
-                huffman::encode(plane, lens, out);
-            }
-            METHOD_ZSTD => out.extend_from_slice(&best.2.unwrap()),
-            _ => out.extend_from_slice(plane),
+        match best.2 {
+            Some(bytes) => out.extend_from_slice(&bytes),
+            None => out.extend_from_slice(plane),
         }
         Ok(())
     }
@@ -262,10 +258,10 @@ fn decode_plane(method: u8, data: &[u8], n: usize, mask: u8, out: &mut Vec<u8>) 
             };
             out.resize(n, *b);
         }
-        METHOD_HUFFMAN => {
-            let (lens, used) = huffman::read_table(data)?;
+        METHOD_RANS => {
+            let (freqs, used) = rans::read_table(data)?;
             out.resize(n, 0);
-            huffman::Decoder::new(&lens)?.decode(&data[used..], out)?;
+            rans::Decoder::new(&freqs).decode(&data[used..], out)?;
         }
         METHOD_ZSTD => {
             *out = zstd_decode(data, n)?;

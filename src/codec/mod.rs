@@ -11,7 +11,7 @@
 
 mod byteplane;
 mod float;
-mod huffman;
+mod rans;
 mod raw;
 mod zstd;
 

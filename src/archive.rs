@@ -1,0 +1,88 @@
+//! An opened `.tpk` file and chunk-parallel decoding of its tensors.
+
+use crate::codec::Pipeline;
+use crate::dtype::DType;
+use crate::error::{Error, ErrorKind, Result};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use tpk_format::{Limits, TensorEntry, TpkFile};
+
+/// A `.tpk` file, memory-mapped and validated.
+pub struct Archive {
+    /// Where it was opened from.
+    pub path: PathBuf,
+    /// The container.
+    pub file: TpkFile<memmap2::Mmap>,
+    /// Limits used for decoding.
+    pub limits: Limits,
+}
+
+impl Archive {
+    /// Open and validate header and index (payloads are not read).
+    pub fn open(path: &Path) -> Result<Archive> {
+        let limits = Limits::default();
+        let file = TpkFile::open_path(path, &limits).map_err(|e| Error::from(e).with_file(path))?;
+        Ok(Archive {
+            path: path.to_path_buf(),
+            file,
+            limits,
+        })
+    }
+
+    /// The source dtype and pipeline of tensor `i`; `Unsupported` if this tenpak lacks a codec.
+    pub fn pipeline(&self, i: usize) -> Result<(DType, Pipeline)> {
+        let t = &self.file.tensors()[i];
+        let dtype = DType::from_name(&t.dtype).map_err(|e| e.with_tensor(&t.name))?;
+        let p = Pipeline::from_stages(&t.stages).map_err(|e| e.with_tensor(&t.name))?;
+        Ok((dtype, p))
+    }
+
+    /// Decode chunk `c` of tensor `i` (CRC checked) into bytes of the pipeline's decoded dtype.
+    pub fn decode_chunk(&self, i: usize, c: usize, dtype: DType, p: &Pipeline) -> Result<Vec<u8>> {
+        let t = &self.file.tensors()[i];
+        let ch = &t.chunks[c];
+        let payload = self.file.chunk(i, c).map_err(Error::from)?;
+        p.decode(payload, dtype, ch.elem_count as usize, self.limits.max_decoded_bytes)
+            .map_err(|e| e.with_chunk(c).with_tensor(&t.name))
+    }
+
+    /// Decode a whole tensor, chunks in parallel. Returns the decoded dtype and its bytes.
+    pub fn decode_tensor(&self, i: usize) -> Result<(DType, Vec<u8>)> {
+        let t = &self.file.tensors()[i];
+        let (dtype, p) = self.pipeline(i)?;
+        let out_dtype = p.tensor_codec().decoded_dtype(dtype);
+        let total = decoded_len(t, out_dtype, &self.limits)?;
+        let parts: Vec<Vec<u8>> = (0..t.chunks.len())
+            .into_par_iter()
+            .map(|c| self.decode_chunk(i, c, dtype, &p))
+            .collect::<Result<_>>()?;
+        let mut out = Vec::with_capacity(total);
+        for p in parts {
+            out.extend_from_slice(&p);
+        }
+        Ok((out_dtype, out))
+    }
+
+    /// Index of the tensor named `name`.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.file.tensors().iter().position(|t| t.name == name)
+    }
+}
+
+/// Bytes a tensor decodes to, checked against the limit before anything is allocated.
+pub fn decoded_len(t: &TensorEntry, dtype: DType, limits: &Limits) -> Result<usize> {
+    t.numel()
+        .and_then(|n| n.checked_mul(dtype.size() as u64))
+        .filter(|&b| b <= limits.max_decoded_bytes)
+        .map(|b| b as usize)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Limit,
+                format!(
+                    "shape {:?} of {dtype} exceeds the decode limit of {} bytes",
+                    t.dims, limits.max_decoded_bytes
+                ),
+            )
+            .with_tensor(&t.name)
+        })
+}

@@ -1,0 +1,309 @@
+//! Command-line front end. Every subcommand parses its flags, builds the library's options, calls
+//! one library function and prints its report as a table or, with `--json`, as one JSON document
+//! (the wire format is documented in formats-spec/json-output.md).
+
+mod table;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use tenpak::compress::{CompressOptions, DEFAULT_CHUNK_ELEMS};
+use tenpak::decompress::{DecompressOptions, OutDType};
+use tenpak::progress::{Event, NoProgress, Progress};
+use tenpak::{Error, ErrorKind};
+
+#[derive(Parser)]
+#[command(name = "tenpak", version, about = "Compress model weights into the chunked, checksummed .tpk container, and back")]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compress a model (safetensors file, model folder, sharded index, or GGUF) into a .tpk.
+    Compress(CompressArgs),
+    /// Show a .tpk's header, metadata and tensors (reads no payload).
+    Inspect(InspectArgs),
+    /// Check every checksum and decode every chunk of a .tpk.
+    Verify(VerifyArgs),
+    /// Decode a .tpk back to safetensors.
+    Decompress(DecompressArgs),
+    /// List the codecs this tenpak implements.
+    Codecs(JsonArg),
+}
+
+#[derive(Args)]
+struct JsonArg {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CompressArgs {
+    /// Model file or folder.
+    model: PathBuf,
+    /// Output .tpk file.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Codec pipeline: NAME[:key=value,...][+NAME...], e.g. bf16, byteplane, zstd:level=19.
+    #[arg(long, default_value = "byteplane")]
+    codec: String,
+    /// Elements per chunk.
+    #[arg(long, default_value_t = DEFAULT_CHUNK_ELEMS)]
+    chunk_elems: u64,
+    /// Only tensors matching: a query with a dot is a module prefix, otherwise a substring.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Only the first N matching tensors (name order).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Overwrite the output if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Store user metadata KEY=VALUE (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    meta: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// The .tpk file.
+    file: PathBuf,
+    /// List every tensor.
+    #[arg(long)]
+    tensors: bool,
+    /// Print JSON (always includes every tensor).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The .tpk file.
+    file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DecompressArgs {
+    /// The .tpk file.
+    file: PathBuf,
+    /// Output .safetensors file (shards go beside it).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Output element type: source, f32, f16 or bf16 (integer tensors always keep theirs).
+    #[arg(long, default_value = "source")]
+    dtype: OutDType,
+    /// Only tensors matching (same rules as compress).
+    #[arg(long)]
+    filter: Option<String>,
+    /// Split into shards of at most SIZE data bytes (e.g. 500MB, 2GiB), with an index file.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_shard_size: Option<u64>,
+    /// Overwrite outputs that exist.
+    #[arg(long)]
+    force: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `123`, `500KB`, `500MB`, `2GB` (powers of 1000) or `KiB`/`MiB`/`GiB` (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1_000,
+        "mb" | "m" => 1_000_000,
+        "gb" | "g" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        u => return Err(format!("unknown size unit '{u}'")),
+    };
+    let v: f64 = num.parse().map_err(|_| format!("'{s}' is not a size"))?;
+    if v <= 0.0 {
+        return Err("size must be positive".into());
+    }
+    Ok((v * mult as f64) as u64)
+}
+
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn event(&self, e: Event<'_>) {
+        match e {
+            Event::Start { total_bytes, .. } => {
+                self.0.set_length(total_bytes);
+                self.0.reset();
+            }
+            Event::Tensor { name } => self.0.set_message(name.to_string()),
+            Event::Advance { bytes } => self.0.inc(bytes),
+            Event::Finish => self.0.finish_and_clear(),
+        }
+    }
+}
+
+fn progress(quiet: bool) -> Box<dyn Progress> {
+    if quiet || !std::io::stderr().is_terminal() {
+        return Box::new(NoProgress);
+    }
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_msg}")
+            .unwrap(),
+    );
+    Box::new(Bar(pb))
+}
+
+/// Run the CLI; returns the exit code.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            eprintln!("tenpak: error: --threads must be at least 1");
+            return 2;
+        }
+        // Only fails if a pool was built already, which cannot happen this early.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+    let mut out = Vec::new();
+    let code = match dispatch(&cli, &mut out) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tenpak: error: {e}");
+            match e.kind {
+                ErrorKind::Config => 2,
+                _ => 1,
+            }
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&out).and_then(|_| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("tenpak: error: writing output: {e}");
+            1
+        }
+        _ => code,
+    }
+}
+
+fn json(out: &mut Vec<u8>, v: &impl serde::Serialize) {
+    serde_json::to_writer_pretty(&mut *out, v).expect("reports serialize");
+    out.push(b'\n');
+}
+
+fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
+    match &cli.cmd {
+        Command::Compress(a) => {
+            let mut meta = Vec::new();
+            for kv in &a.meta {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| Error::config(format!("--meta '{kv}' is not KEY=VALUE")))?;
+                meta.push((k.to_string(), v.to_string()));
+            }
+            let opts = CompressOptions {
+                codec: a.codec.clone(),
+                chunk_elems: a.chunk_elems,
+                filter: a.filter.clone(),
+                limit: a.limit,
+                force: a.force,
+                meta,
+            };
+            let r = tenpak::compress::compress(&a.model, &a.output, &opts, &*progress(cli.quiet))?;
+            if a.json {
+                json(out, &r);
+            } else {
+                table::compress(out, &r);
+            }
+            Ok(0)
+        }
+        Command::Inspect(a) => {
+            let r = tenpak::inspect::inspect(&a.file)?;
+            if a.json {
+                json(out, &r);
+            } else {
+                table::inspect(out, &r, a.tensors);
+            }
+            Ok(0)
+        }
+        Command::Verify(a) => {
+            let r = tenpak::verify::verify(&a.file, &*progress(cli.quiet))?;
+            if a.json {
+                json(out, &r);
+            } else {
+                table::verify(out, &r, &a.file);
+            }
+            Ok(if r.ok() { 0 } else { 1 })
+        }
+        Command::Decompress(a) => {
+            let opts = DecompressOptions {
+                dtype: a.dtype,
+                filter: a.filter.clone(),
+                max_shard_size: a.max_shard_size,
+                force: a.force,
+            };
+            let r = tenpak::decompress::decompress(&a.file, &a.output, &opts, &*progress(cli.quiet))?;
+            for (t, why) in &r.skipped {
+                eprintln!("tenpak: warning: tensor '{t}' skipped: {why}");
+            }
+            if a.json {
+                json(out, &r);
+            } else {
+                table::decompress(out, &r);
+            }
+            Ok(0)
+        }
+        Command::Codecs(a) => {
+            let list: Vec<_> = tenpak::codec::REGISTRY
+                .iter()
+                .map(|e| serde_json::json!({"id": e.id, "name": e.name, "version": e.version, "summary": e.summary}))
+                .collect();
+            if a.json {
+                json(out, &list);
+            } else {
+                for e in tenpak::codec::REGISTRY {
+                    let _ = writeln!(out, "{:>5}  {:<10} {}", e.id, e.name, e.summary);
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("123").unwrap(), 123);
+        assert_eq!(parse_size("5MB").unwrap(), 5_000_000);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert!(parse_size("5XB").is_err());
+        assert!(parse_size("0").is_err());
+    }
+}

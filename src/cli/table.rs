@@ -1,0 +1,155 @@
+//! Human-readable tables.
+
+use std::io::Write;
+use std::path::Path;
+use tenpak::compress::CompressReport;
+use tenpak::decompress::DecompressReport;
+use tenpak::inspect::InspectReport;
+use tenpak::metrics::Metrics;
+use tenpak::verify::VerifyReport;
+
+/// `1234567` -> `1.23 MB` (decimal units, as file managers show).
+pub fn human(b: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", units[u])
+    }
+}
+
+fn shape(s: &[u64]) -> String {
+    let v: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", v.join(","))
+}
+
+fn pcc(m: &Metrics) -> String {
+    if m.pcc == 1.0 {
+        "1".into()
+    } else {
+        format!("{:.7}", m.pcc)
+    }
+}
+
+fn sci(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
+/// The compress report.
+pub fn compress(out: &mut Vec<u8>, r: &CompressReport) {
+    let w = r.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).clamp(4, 60);
+    let _ = writeln!(
+        out,
+        "{:<w$} {:>16} {:>7} {:<18} {:>12} {:>12} {:>7} {:>10} {:>10} {:>10}",
+        "name", "shape", "dtype", "codec", "orig bytes", "enc bytes", "ratio", "PCC", "MAE", "atol"
+    );
+    for t in &r.tensors {
+        let _ = writeln!(
+            out,
+            "{:<w$} {:>16} {:>7} {:<18} {:>12} {:>12} {:>7.3} {:>10} {:>10} {:>10}",
+            t.name,
+            shape(&t.shape),
+            t.source_dtype,
+            t.codec,
+            t.source_bytes,
+            t.encoded_bytes,
+            t.ratio,
+            pcc(&t.metrics),
+            sci(t.metrics.mae),
+            sci(t.metrics.max_abs),
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "source:          {}", r.source);
+    let _ = writeln!(out, "tensors:         {}", r.tensors.len());
+    let _ = writeln!(out, "source bytes:    {} ({})", r.source_bytes, human(r.source_bytes));
+    let _ = writeln!(out, "fp32 bytes:      {} ({})", r.fp32_bytes, human(r.fp32_bytes));
+    let _ = writeln!(out, "file bytes:      {} ({}) {}", r.file_bytes, human(r.file_bytes), r.output.display());
+    let _ = writeln!(out, "ratio vs source: {:.4}x", r.ratio_vs_source);
+    let _ = writeln!(out, "ratio vs fp32:   {:.4}x", r.ratio_vs_fp32);
+}
+
+/// The inspect report.
+pub fn inspect(out: &mut Vec<u8>, r: &InspectReport, tensors: bool) {
+    let _ = writeln!(out, "format:          tpk {}", r.format_version);
+    let _ = writeln!(out, "file bytes:      {} ({})", r.file_bytes, human(r.file_bytes));
+    let _ = writeln!(out, "tensors:         {}", r.tensor_count);
+    let _ = writeln!(out, "source bytes:    {} ({})", r.source_bytes, human(r.source_bytes));
+    let _ = writeln!(out, "fp32 bytes:      {} ({})", r.fp32_bytes, human(r.fp32_bytes));
+    let _ = writeln!(out, "ratio vs source: {:.4}x", r.ratio_vs_source);
+    let _ = writeln!(out, "ratio vs fp32:   {:.4}x", r.ratio_vs_fp32);
+    for (k, v) in &r.metadata {
+        let _ = writeln!(out, "meta {k}: {v}");
+    }
+    let unsupported = r.tensors.iter().filter(|t| !t.supported).count();
+    if unsupported > 0 {
+        let _ = writeln!(out, "unsupported:     {unsupported} tensors use codecs this tenpak lacks");
+    }
+    if !tensors {
+        return;
+    }
+    let w = r.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).clamp(4, 60);
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<w$} {:>16} {:>7} {:<16} {:>12} {:>12} {:>7} {:>6} {:>10} {:>10} {:>10} {:>9}",
+        "name", "shape", "dtype", "codec", "orig bytes", "enc bytes", "ratio", "chunks", "PCC", "MAE", "atol", "SQNR dB"
+    );
+    for t in &r.tensors {
+        let codec = if t.supported { t.codec.clone() } else { format!("{} (unsupported)", t.codec) };
+        let (p, mae, atol, sq) = match &t.metrics {
+            Some(m) => (pcc(m), sci(m.mae), sci(m.max_abs), if m.sqnr_db.is_finite() { format!("{:.2}", m.sqnr_db) } else { "inf".into() }),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            out,
+            "{:<w$} {:>16} {:>7} {:<16} {:>12} {:>12} {:>7.3} {:>6} {:>10} {:>10} {:>10} {:>9}",
+            t.name, shape(&t.shape), t.dtype, codec, t.source_bytes, t.encoded_bytes, t.ratio, t.chunks, p, mae, atol, sq
+        );
+    }
+}
+
+/// The verify report.
+pub fn verify(out: &mut Vec<u8>, r: &VerifyReport, file: &Path) {
+    for p in r.problems.iter().chain(&r.unsupported) {
+        let mut place = String::new();
+        if let Some(t) = &p.tensor {
+            place.push_str(&format!("tensor '{t}' "));
+        }
+        if let Some(c) = p.chunk {
+            place.push_str(&format!("chunk {c} "));
+        }
+        let _ = writeln!(out, "{}: {place}: {}", file.display(), p.message);
+    }
+    if r.ok() {
+        let _ = writeln!(out, "{}: OK ({} tensors, {} chunks)", file.display(), r.tensors, r.chunks);
+    } else {
+        let _ = writeln!(
+            out,
+            "{}: FAILED ({} problems, {} unsupported tensors, {} tensors, {} chunks)",
+            file.display(),
+            r.problems.len(),
+            r.unsupported.len(),
+            r.tensors,
+            r.chunks
+        );
+    }
+}
+
+/// The decompress report.
+pub fn decompress(out: &mut Vec<u8>, r: &DecompressReport) {
+    for f in &r.files {
+        let _ = writeln!(out, "wrote {}", f.display());
+    }
+    let _ = writeln!(out, "{} tensors, {} ({} data bytes)", r.tensors, human(r.data_bytes), r.data_bytes);
+}

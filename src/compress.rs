@@ -1,0 +1,283 @@
+//! `compress`: read a model, encode every selected tensor in chunks, write a `.tpk`.
+//!
+//! Memory stays bounded: one tensor is handled at a time, its chunks are encoded in parallel in
+//! batches of at most [`BATCH_BYTES`] of source data, and each batch is written before the next
+//! starts. Every chunk is decoded again right after encoding, to compute the metrics against the
+//! source and, for lossless pipelines, to prove the round trip is bit-exact before it is written.
+
+use crate::codec::{Pipeline, RawCodec};
+use crate::dtype::{self, DType};
+use crate::error::{Error, ErrorKind, Result};
+use crate::input::{self, TensorSource};
+use crate::metrics::{Accumulator, Metrics};
+use crate::progress::{Event, Progress};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tpk_format::{TensorEntry, TpkWriter};
+
+/// Source bytes encoded in parallel before they are written out.
+pub const BATCH_BYTES: usize = 64 << 20;
+/// Default chunk size in elements.
+pub const DEFAULT_CHUNK_ELEMS: u64 = 1 << 16;
+
+/// Options of [`compress`].
+#[derive(Debug, Clone)]
+pub struct CompressOptions {
+    /// Pipeline spec, e.g. `bf16`, `byteplane`, `bf16+zstd:level=3`.
+    pub codec: String,
+    /// Elements per chunk.
+    pub chunk_elems: u64,
+    /// Tensor filter (see [`input::name_matches`]).
+    pub filter: Option<String>,
+    /// Take only the first N selected tensors.
+    pub limit: Option<usize>,
+    /// Overwrite an existing output.
+    pub force: bool,
+    /// User metadata, stored as `user.<key>`.
+    pub meta: Vec<(String, String)>,
+}
+
+impl Default for CompressOptions {
+    fn default() -> Self {
+        CompressOptions {
+            codec: "byteplane".into(),
+            chunk_elems: DEFAULT_CHUNK_ELEMS,
+            filter: None,
+            limit: None,
+            force: false,
+            meta: Vec::new(),
+        }
+    }
+}
+
+/// One tensor's line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorReport {
+    /// Name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Type in the source file.
+    pub source_dtype: String,
+    /// Pipeline actually used.
+    pub codec: String,
+    /// Bytes in the source file.
+    pub source_bytes: u64,
+    /// Payload bytes written (chunks only).
+    pub encoded_bytes: u64,
+    /// source_bytes / encoded_bytes (0 when nothing was written).
+    pub ratio: f64,
+    /// Metrics against the source.
+    pub metrics: Metrics,
+}
+
+/// The whole report; sizes come from the written file.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompressReport {
+    /// Output path.
+    pub output: PathBuf,
+    /// Input description.
+    pub source: String,
+    /// Per-tensor lines, in name order.
+    pub tensors: Vec<TensorReport>,
+    /// Sum of the tensors' source bytes.
+    pub source_bytes: u64,
+    /// What the same tensors take as f32.
+    pub fp32_bytes: u64,
+    /// Size of the written file, read back from the file system.
+    pub file_bytes: u64,
+    /// source_bytes / file_bytes.
+    pub ratio_vs_source: f64,
+    /// fp32_bytes / file_bytes.
+    pub ratio_vs_fp32: f64,
+}
+
+pub(crate) fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+/// Compress `input` into `output`.
+pub fn compress(input: &Path, output: &Path, opts: &CompressOptions, progress: &dyn Progress) -> Result<CompressReport> {
+    let source = input::open(input)?;
+    compress_source(&*source, input, output, opts, progress)
+}
+
+/// Compress an already opened source.
+pub fn compress_source(
+    source: &dyn TensorSource,
+    input: &Path,
+    output: &Path,
+    opts: &CompressOptions,
+    progress: &dyn Progress,
+) -> Result<CompressReport> {
+    if opts.chunk_elems == 0 {
+        return Err(Error::config("--chunk-elems must be at least 1"));
+    }
+    let pipeline = Pipeline::parse(&opts.codec)?;
+    let infos = source.tensors();
+    let selected = input::select(infos, opts.filter.as_deref(), opts.limit);
+    if selected.is_empty() {
+        return Err(Error::input(match &opts.filter {
+            Some(q) => format!("no tensor matches the filter '{q}'"),
+            None => "the model has no tensors".to_string(),
+        })
+        .with_file(input));
+    }
+    let mut w = TpkWriter::create(output, opts.force).map_err(|e| Error::from(e).with_file(output))?;
+    w.set_metadata("tenpak.version", crate::VERSION);
+    w.set_metadata("tenpak.source", &source.describe());
+    let options = serde_json::json!({
+        "codec": pipeline.describe(),
+        "chunk_elems": opts.chunk_elems,
+        "filter": opts.filter,
+        "limit": opts.limit,
+    });
+    w.set_metadata("tenpak.options", &options.to_string());
+    for (k, v) in &opts.meta {
+        w.set_metadata(&format!("user.{k}"), v);
+    }
+    let total: u64 = selected.iter().map(|&i| infos[i].source_bytes).sum();
+    progress.event(Event::Start { total_bytes: total, tensors: selected.len() });
+    let mut reports = Vec::with_capacity(selected.len());
+    for &i in &selected {
+        let info = &infos[i];
+        progress.event(Event::Tensor { name: &info.name });
+        let r = compress_tensor(source, i, &pipeline, opts.chunk_elems, &mut w)
+            .map_err(|e| e.with_tensor(&info.name).with_file(input))?;
+        progress.event(Event::Advance { bytes: info.source_bytes });
+        reports.push(r);
+    }
+    let tmp_size = w.finish().map_err(|e| Error::from(e).with_file(output))?;
+    progress.event(Event::Finish);
+    let file_bytes = std::fs::metadata(output)
+        .map_err(|e| Error::io("stat the written file", e).with_file(output))?
+        .len();
+    debug_assert_eq!(tmp_size, file_bytes);
+    let source_bytes = reports.iter().map(|r| r.source_bytes).sum();
+    let fp32_bytes = selected.iter().map(|&i| infos[i].numel() * 4).sum();
+    Ok(CompressReport {
+        output: output.to_path_buf(),
+        source: source.describe(),
+        tensors: reports,
+        source_bytes,
+        fp32_bytes,
+        file_bytes,
+        ratio_vs_source: ratio(source_bytes, file_bytes),
+        ratio_vs_fp32: ratio(fp32_bytes, file_bytes),
+    })
+}
+
+/// The pipeline a tensor of `dtype` really gets: lossy codecs leave integer and bool tensors
+/// bit-exact by storing them raw (behind the same byte stages).
+pub fn effective_pipeline(p: &Pipeline, dtype: DType) -> Pipeline {
+    if p.tensor_codec().accepts(dtype) {
+        p.clone()
+    } else {
+        p.with_tensor_codec(Arc::new(RawCodec))
+    }
+}
+
+fn compress_tensor(
+    source: &dyn TensorSource,
+    i: usize,
+    pipeline: &Pipeline,
+    chunk_elems: u64,
+    w: &mut TpkWriter,
+) -> Result<TensorReport> {
+    let info = &source.tensors()[i];
+    let data = source.data(i)?;
+    let esize = info.dtype.size();
+    let n = info.numel();
+    if data.len() as u64 != n * esize as u64 {
+        return Err(Error::malformed(format!(
+            "{} bytes of data for shape {:?} of {}",
+            data.len(),
+            info.dims,
+            info.dtype
+        )));
+    }
+    let pipeline = effective_pipeline(pipeline, info.dtype);
+    let ranges: Vec<(u64, u64)> = (0..n)
+        .step_by(chunk_elems as usize)
+        .map(|s| (s, chunk_elems.min(n - s)))
+        .collect();
+    let per_batch = (BATCH_BYTES / (chunk_elems as usize * esize).max(1)).max(rayon::current_num_threads());
+    let mut acc = Accumulator::default();
+    let mut chunks = Vec::with_capacity(ranges.len());
+    for (bi, batch) in ranges.chunks(per_batch).enumerate() {
+        let done: Vec<Result<(Vec<u8>, Accumulator)>> = batch
+            .par_iter()
+            .enumerate()
+            .map(|(k, &(s, c))| {
+                let bytes = &data[s as usize * esize..(s + c) as usize * esize];
+                encode_chunk(&pipeline, info.dtype, bytes, c as usize)
+                    .map_err(|e| e.with_chunk(bi * per_batch + k))
+            })
+            .collect();
+        for (r, &(s, c)) in done.into_iter().zip(batch) {
+            let (payload, a) = r?;
+            acc.merge(&a);
+            chunks.push(w.write_chunk(&payload, s, c)?);
+        }
+    }
+    let metrics = acc.finish();
+    let encoded_bytes: u64 = chunks.iter().map(|c| c.len).sum();
+    w.add_tensor(TensorEntry {
+        name: info.name.clone(),
+        dtype: info.dtype.name().to_string(),
+        dims: info.dims.clone(),
+        source_bytes: info.source_bytes,
+        stages: pipeline.stages(),
+        metrics: metrics.to_pairs(),
+        chunks,
+    })?;
+    Ok(TensorReport {
+        name: info.name.clone(),
+        shape: info.dims.clone(),
+        source_dtype: info.source_dtype.clone(),
+        codec: pipeline.describe(),
+        source_bytes: info.source_bytes,
+        encoded_bytes,
+        ratio: ratio(info.source_bytes, encoded_bytes),
+        metrics,
+    })
+}
+
+fn encode_chunk(p: &Pipeline, dtype: DType, bytes: &[u8], n: usize) -> Result<(Vec<u8>, Accumulator)> {
+    let payload = p.encode(dtype, bytes)?;
+    let decoded = p.decode(&payload, dtype, n, u64::MAX)?;
+    let out_dtype = p.tensor_codec().decoded_dtype(dtype);
+    if p.lossless() && decoded != bytes {
+        return Err(Error::new(
+            ErrorKind::Malformed,
+            format!("internal error: lossless pipeline {} did not round-trip", p.describe()),
+        ));
+    }
+    Ok((payload, chunk_stats(dtype, bytes, out_dtype, &decoded)))
+}
+
+/// Metrics accumulator of one chunk: source bytes vs decoded bytes, both read as f64.
+pub(crate) fn chunk_stats(src: DType, src_bytes: &[u8], out: DType, out_bytes: &[u8]) -> Accumulator {
+    let x = to_f64(src, src_bytes);
+    let y = to_f64(out, out_bytes);
+    Accumulator::from_pairs(&x, &y)
+}
+
+fn to_f64(d: DType, b: &[u8]) -> Vec<f64> {
+    match d {
+        DType::F64 | DType::I64 | DType::U64 | DType::I32 | DType::U32 => {
+            (0..b.len() / d.size()).map(|i| dtype::to_f64_at(d, b, i)).collect()
+        }
+        _ => {
+            let mut f = Vec::new();
+            dtype::to_f32(d, b, &mut f);
+            f.into_iter().map(f64::from).collect()
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! `decompress`: decode a `.tpk` back to safetensors (one file, or shards with an index).
+//!
+//! Output files are written to temporary files beside the destination and renamed only when
+//! every shard is complete. Tensors are decoded one at a time (chunks in parallel) and streamed
+//! to the output, so memory holds one decoded tensor.
+
+use crate::archive::Archive;
+use crate::dtype::{self, DType};
+use crate::error::{Error, ErrorKind, Result};
+use crate::input;
+use crate::progress::{Event, Progress};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Element type of the output tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutDType {
+    /// The source dtype (FP8 sources decoded lossily come out as F32).
+    Source,
+    /// f32.
+    F32,
+    /// f16.
+    F16,
+    /// bf16.
+    BF16,
+}
+
+impl std::str::FromStr for OutDType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "source" => Ok(OutDType::Source),
+            "f32" => Ok(OutDType::F32),
+            "f16" => Ok(OutDType::F16),
+            "bf16" => Ok(OutDType::BF16),
+            _ => Err(format!("'{s}' is not one of source, f32, f16, bf16")),
+        }
+    }
+}
+
+/// Options of [`decompress`].
+#[derive(Debug, Clone)]
+pub struct DecompressOptions {
+    /// Output element type.
+    pub dtype: OutDType,
+    /// Tensor filter.
+    pub filter: Option<String>,
+    /// Shard the output so no file's data exceeds this many bytes.
+    pub max_shard_size: Option<u64>,
+    /// Overwrite existing outputs.
+    pub force: bool,
+}
+
+impl Default for DecompressOptions {
+    fn default() -> Self {
+        DecompressOptions {
+            dtype: OutDType::Source,
+            filter: None,
+            max_shard_size: None,
+            force: false,
+        }
+    }
+}
+
+/// What was written.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecompressReport {
+    /// Files written (shards, then the index if any).
+    pub files: Vec<PathBuf>,
+    /// Tensors written.
+    pub tensors: usize,
+    /// Bytes of tensor data written.
+    pub data_bytes: u64,
+    /// Tensors left out because this tenpak cannot decode them, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// The dtype tensor `src` is written as.
+pub fn output_dtype(src: DType, decoded: DType, want: OutDType) -> DType {
+    if !src.is_float() {
+        return src;
+    }
+    match want {
+        OutDType::Source => match src {
+            DType::F8E4M3 | DType::F8E5M2 if decoded != src => DType::F32,
+            s => s,
+        },
+        OutDType::F32 => DType::F32,
+        OutDType::F16 => DType::F16,
+        OutDType::BF16 => DType::BF16,
+    }
+}
+
+/// Convert decoded bytes to the output dtype.
+pub fn convert(decoded: DType, bytes: Vec<u8>, out: DType) -> Result<Vec<u8>> {
+    if decoded == out {
+        return Ok(bytes);
+    }
+    let mut f = Vec::new();
+    dtype::to_f32(decoded, &bytes, &mut f);
+    let mut b = Vec::new();
+    dtype::from_f32(out, &f, &mut b)?;
+    Ok(b)
+}
+
+struct Planned {
+    index: usize,
+    dtype: DType,
+    bytes: u64,
+}
+
+/// Decompress `input` (.tpk) to `output` (.safetensors).
+pub fn decompress(input: &Path, output: &Path, opts: &DecompressOptions, progress: &dyn Progress) -> Result<DecompressReport> {
+    let ar = Archive::open(input)?;
+    let tensors = ar.file.tensors();
+    let mut skipped = Vec::new();
+    let mut plan = Vec::new();
+    for (i, t) in tensors.iter().enumerate() {
+        if opts.filter.as_deref().is_some_and(|q| !input::name_matches(&t.name, q)) {
+            continue;
+        }
+        match ar.pipeline(i) {
+            Ok((src, p)) => {
+                let dt = output_dtype(src, p.tensor_codec().decoded_dtype(src), opts.dtype);
+                let n = t.numel().unwrap_or(0);
+                plan.push(Planned { index: i, dtype: dt, bytes: n * dt.size() as u64 });
+            }
+            Err(e) if e.kind == ErrorKind::Unsupported => skipped.push((t.name.clone(), e.message)),
+            Err(e) => return Err(e.with_file(input)),
+        }
+    }
+    if plan.is_empty() {
+        return Err(Error::input("no tensor to write (check --filter)").with_file(input));
+    }
+    // Shards: greedy in name order; a tensor larger than the limit gets a shard of its own.
+    let mut shards: Vec<Vec<&Planned>> = vec![Vec::new()];
+    let mut size = 0u64;
+    for p in &plan {
+        if let Some(max) = opts.max_shard_size {
+            if size > 0 && size + p.bytes > max {
+                shards.push(Vec::new());
+                size = 0;
+            }
+        }
+        size += p.bytes;
+        shards.last_mut().unwrap().push(p);
+    }
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let stem = output
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".safetensors").to_string())
+        .unwrap_or_else(|| "model".into());
+    let n_shards = shards.len();
+    let names: Vec<PathBuf> = if n_shards == 1 {
+        vec![output.to_path_buf()]
+    } else {
+        (1..=n_shards)
+            .map(|k| dir.join(format!("{stem}-{k:05}-of-{n_shards:05}.safetensors")))
+            .collect()
+    };
+    let index_path = dir.join(format!("{stem}.safetensors.index.json"));
+    if !opts.force {
+        for p in names.iter().chain((n_shards > 1).then_some(&index_path)) {
+            if p.exists() {
+                return Err(Error::config(format!("{} already exists (pass --force to overwrite)", p.display())));
+            }
+        }
+    }
+    let mut metadata = BTreeMap::new();
+    metadata.insert("format".to_string(), "pt".to_string());
+    metadata.insert("tenpak.source".to_string(), input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let total: u64 = plan.iter().map(|p| p.bytes).sum();
+    progress.event(Event::Start { total_bytes: total, tensors: plan.len() });
+    let mut temps = Vec::new();
+    let mut weight_map = BTreeMap::new();
+    for (shard, name) in shards.iter().zip(&names) {
+        let tmp = write_shard(&ar, shard, &dir, &metadata, progress).map_err(|e| e.with_file(input))?;
+        for p in shard {
+            weight_map.insert(
+                tensors[p.index].name.clone(),
+                name.file_name().unwrap().to_string_lossy().into_owned(),
+            );
+        }
+        temps.push(tmp);
+    }
+    let mut files = Vec::new();
+    for (tmp, name) in temps.into_iter().zip(&names) {
+        persist(tmp, name, opts.force)?;
+        files.push(name.clone());
+    }
+    if n_shards > 1 {
+        let index = serde_json::json!({
+            "metadata": { "total_size": total },
+            "weight_map": weight_map,
+        });
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io("create a temporary file", e).with_file(&dir))?;
+        tmp.write_all(serde_json::to_string_pretty(&index).unwrap().as_bytes())
+            .map_err(|e| Error::io("write", e).with_file(&index_path))?;
+        persist(tmp, &index_path, opts.force)?;
+        files.push(index_path);
+    }
+    progress.event(Event::Finish);
+    Ok(DecompressReport { files, tensors: plan.len(), data_bytes: total, skipped })
+}
+
+fn persist(tmp: tempfile::NamedTempFile, dest: &Path, force: bool) -> Result<()> {
+    tmp.as_file().sync_all().map_err(|e| Error::io("sync", e).with_file(dest))?;
+    let r = if force { tmp.persist(dest).map(|_| ()) } else { tmp.persist_noclobber(dest).map(|_| ()) };
+    r.map_err(|e| Error::io("rename into place", e.error).with_file(dest))
+}
+
+fn write_shard(
+    ar: &Archive,
+    shard: &[&Planned],
+    dir: &Path,
+    metadata: &BTreeMap<String, String>,
+    progress: &dyn Progress,
+) -> Result<tempfile::NamedTempFile> {
+    let tensors = ar.file.tensors();
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::to_value(metadata).unwrap());
+    let mut offset = 0u64;
+    for p in shard {
+        let t = &tensors[p.index];
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({
+                "dtype": p.dtype.name(),
+                "shape": t.dims,
+                "data_offsets": [offset, offset + p.bytes],
+            }),
+        );
+        offset += p.bytes;
+    }
+    let mut h = serde_json::to_vec(&header).unwrap();
+    // safetensors readers expect the data to start 8-byte aligned: pad the header with spaces.
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(".tenpak-")
+        .suffix(".safetensors.tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("create a temporary file", e).with_file(dir))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
+    let io = |e| Error::io("write safetensors", e);
+    out.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
+    out.write_all(&h).map_err(io)?;
+    for p in shard {
+        let t = &tensors[p.index];
+        progress.event(Event::Tensor { name: &t.name });
+        let (decoded, bytes) = ar.decode_tensor(p.index)?;
+        let bytes = convert(decoded, bytes, p.dtype).map_err(|e| e.with_tensor(&t.name))?;
+        debug_assert_eq!(bytes.len() as u64, p.bytes);
+        out.write_all(&bytes).map_err(io)?;
+        progress.event(Event::Advance { bytes: p.bytes });
+    }
+    out.into_inner().map_err(|e| Error::io("flush", e.into_error()))
+}

@@ -1,0 +1,77 @@
+//! Entry points shared by the `cargo fuzz` targets in `fuzz/` and the stable test that replays
+//! the committed seeds and crash files (`tests/tests.rs`, module `fuzz_replay`). Each must return
+//! normally for every input: errors are fine, panics and huge allocations are bugs.
+//! Not a stable API.
+
+use crate::codec::{entry_by_name, Codec, Pipeline, REGISTRY};
+use crate::dtype::DType;
+use tpk_format::{Limits, TpkFile};
+
+/// Decoded-size cap while fuzzing.
+const MAX_BYTES: u64 = 1 << 20;
+
+/// Open a `.tpk` from bytes, check the layout, decode every chunk of every tensor.
+pub fn container_open(data: &[u8]) {
+    let limits = Limits::small();
+    let Ok(f) = TpkFile::open(data, &limits) else { return };
+    let _ = f.verify_layout();
+    for (i, t) in f.tensors().iter().enumerate() {
+        let Ok(dtype) = DType::from_name(&t.dtype) else { continue };
+        let Ok(p) = Pipeline::from_stages(&t.stages) else { continue };
+        for (c, ch) in t.chunks.iter().enumerate() {
+            if let Ok(payload) = f.chunk(i, c) {
+                let _ = p.decode(payload, dtype, ch.elem_count.min(1 << 20) as usize, MAX_BYTES);
+            }
+        }
+    }
+}
+
+/// Input layout for the decoder targets: `[dtype index][n: u16 LE][params len][params][payload]`.
+pub fn decode_codec(codec: &str, data: &[u8]) {
+    let Some(entry) = entry_by_name(codec) else { return };
+    if data.len() < 4 {
+        return;
+    }
+    let dtype = DType::ALL[data[0] as usize % DType::ALL.len()];
+    let n = u16::from_le_bytes([data[1], data[2]]) as usize;
+    let plen = (data[3] as usize).min(data.len() - 4);
+    let (params, payload) = data[4..].split_at(plen);
+    match (entry.from_params)(params) {
+        Ok(Codec::Tensor(t)) => {
+            let _ = Pipeline::from(t).decode(payload, dtype, n, MAX_BYTES);
+        }
+        Ok(Codec::Bytes(b)) => {
+            let _ = b.decode(payload, n * 8);
+        }
+        Err(_) => {}
+    }
+}
+
+/// Encode then decode with a lossless pipeline; the bytes must come back exactly.
+/// Input: `[dtype index][elements...]`.
+pub fn roundtrip(spec: &str, data: &[u8]) {
+    let Some((&d, rest)) = data.split_first() else { return };
+    let dtype = DType::ALL[d as usize % DType::ALL.len()];
+    let n = rest.len() / dtype.size();
+    let bytes = &rest[..n * dtype.size()];
+    let p = Pipeline::parse(spec).expect("fuzz spec parses");
+    assert!(p.lossless());
+    let enc = p.encode(dtype, bytes).expect("encode never fails on valid elements");
+    let dec = p.decode(&enc, dtype, n, u64::MAX).expect("own output decodes");
+    assert_eq!(dec, bytes, "{spec} did not round-trip");
+}
+
+/// Parse GGUF bytes and dequantize every (small) tensor.
+pub fn input_gguf(data: &[u8]) {
+    let _ = crate::input::gguf::fuzz_parse(data, 1 << 16);
+}
+
+/// Parse safetensors bytes as tenpak does (header, dtypes, FP8 scale pairing, dequantization).
+pub fn input_safetensors(data: &[u8]) {
+    let _ = crate::input::safetensors::fuzz_parse(data, 1 << 16);
+}
+
+/// Names of the registered codecs, for seed generation.
+pub fn codec_names() -> Vec<&'static str> {
+    REGISTRY.iter().map(|e| e.name).collect()
+}

@@ -1,0 +1,38 @@
+//! FP8 weights with DeepSeek-V3-style block scales: `w[i][j] * scale_inv[i / 128][j / 128]`.
+
+use crate::dtype::{self, DType};
+use crate::error::{Error, Result};
+
+/// Side of the square scale block.
+pub const BLOCK: u64 = 128;
+
+/// The scale tensor must be 2-D float with one value per 128x128 block (partial edge blocks).
+pub fn check_shapes(w: &[u64], s: &[u64], sdt: DType) -> Result<()> {
+    if !sdt.is_float() {
+        return Err(Error::input(format!("scale_inv tensor has dtype {sdt}, expected a float")));
+    }
+    match (w, s) {
+        ([r, c], [sr, sc]) if *sr == r.div_ceil(BLOCK) && *sc == c.div_ceil(BLOCK) => Ok(()),
+        _ => Err(Error::input(format!(
+            "FP8 weight of shape {w:?} needs a scale_inv of shape [ceil(rows/128), ceil(cols/128)], found {s:?}"
+        ))),
+    }
+}
+
+/// Dequantize to little-endian f32 bytes.
+pub fn dequantize(w: &[u8], wdt: DType, dims: &[u64], s: &[u8], sdt: DType, sdims: &[u64]) -> Result<Vec<u8>> {
+    check_shapes(dims, sdims, sdt)?;
+    let (cols, scols) = (dims[1] as usize, sdims[1] as usize);
+    let mut scales = Vec::new();
+    dtype::to_f32(sdt, s, &mut scales);
+    let mut vals = Vec::new();
+    dtype::to_f32(wdt, w, &mut vals);
+    let mut out = Vec::with_capacity(vals.len() * 4);
+    for (i, row) in vals.chunks(cols.max(1)).enumerate() {
+        let srow = &scales[(i / BLOCK as usize) * scols..][..scols];
+        for (j, v) in row.iter().enumerate() {
+            out.extend_from_slice(&(v * srow[j / BLOCK as usize]).to_le_bytes());
+        }
+    }
+    Ok(out)
+}

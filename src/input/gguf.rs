@@ -1,0 +1,535 @@
+//! GGUF (v2, v3) reader: metadata, tensor table, and dequantization to f32 exactly as llama.cpp
+//! defines it (ggml/src/ggml-quants.c, `dequantize_row_*`, at llama.cpp commit 917dc8cf; the
+//! block layouts are those of ggml-common.h). Quantized tensors are handed on as f32 with their
+//! GGUF type kept as `source_dtype`; F32/F16/BF16 and integer tensors are passed through.
+//!
+//! Every count read from the file is checked against the bytes that remain before anything is
+//! allocated from it; shapes use checked products; tensor data must lie inside the file.
+
+use super::{map_file, TensorInfo, TensorSource};
+use crate::dtype::DType;
+use crate::error::{Error, ErrorKind, Result};
+use half::f16;
+use std::borrow::Cow;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// GGML tensor types tenpak reads: (id, name, elements per block, bytes per block).
+const TYPES: &[(u32, &str, usize, usize)] = &[
+    (0, "F32", 1, 4),
+    (1, "F16", 1, 2),
+    (2, "Q4_0", 32, 18),
+    (3, "Q4_1", 32, 20),
+    (6, "Q5_0", 32, 22),
+    (7, "Q5_1", 32, 24),
+    (8, "Q8_0", 32, 34),
+    (10, "Q2_K", 256, 84),
+    (11, "Q3_K", 256, 110),
+    (12, "Q4_K", 256, 144),
+    (13, "Q5_K", 256, 176),
+    (14, "Q6_K", 256, 210),
+    (24, "I8", 1, 1),
+    (25, "I16", 1, 2),
+    (26, "I32", 1, 4),
+    (27, "I64", 1, 8),
+    (28, "F64", 1, 8),
+    (30, "BF16", 1, 2),
+];
+
+struct Entry {
+    ggml_type: u32,
+    range: Range<usize>,
+}
+
+/// A GGUF file.
+pub struct GgufSource {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    version: u32,
+    /// `general.architecture`, if present.
+    pub architecture: Option<String>,
+    infos: Vec<TensorInfo>,
+    entries: Vec<Entry>,
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
+        let rem = (self.b.len() - self.pos) as u64;
+        if n > rem {
+            return Err(Error::malformed(format!(
+                "truncated: {what} needs {n} bytes at offset {}, {rem} remain",
+                self.pos
+            )));
+        }
+        let s = &self.b[self.pos..self.pos + n as usize];
+        self.pos += n as usize;
+        Ok(s)
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap()))
+    }
+    fn string(&mut self, what: &str) -> Result<&'a str> {
+        let n = self.u64(what)?;
+        std::str::from_utf8(self.take(n, what)?)
+            .map_err(|_| Error::malformed(format!("{what} is not UTF-8")))
+    }
+    fn remaining(&self) -> u64 {
+        (self.b.len() - self.pos) as u64
+    }
+}
+
+/// Size of a scalar metadata value type, `None` for string (8) and array (9).
+fn scalar_size(t: u32) -> Result<Option<u64>> {
+    Ok(match t {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4 | 5 | 6 => Some(4),
+        10..=12 => Some(8),
+        8 | 9 => None,
+        _ => return Err(Error::malformed(format!("unknown metadata value type {t}"))),
+    })
+}
+
+/// Skip (or read, for strings) one metadata value; returns the string if it is one.
+fn read_value<'a>(c: &mut Cursor<'a>, t: u32, depth: u32) -> Result<Option<&'a str>> {
+    match scalar_size(t)? {
+        Some(n) => {
+            c.take(n, "metadata value")?;
+            Ok(None)
+        }
+        None if t == 8 => Ok(Some(c.string("metadata string")?)),
+        None => {
+            if depth > 2 {
+                return Err(Error::malformed("metadata arrays nested too deeply"));
+            }
+            let et = c.u32("array type")?;
+            let count = c.u64("array length")?;
+            match scalar_size(et)? {
+                Some(n) => {
+                    let bytes = count.checked_mul(n).ok_or_else(|| Error::malformed("array size overflows"))?;
+                    c.take(bytes, "metadata array")?;
+                }
+                None => {
+                    // Each string or array item takes at least 8 bytes: bound the loop by the file.
+                    if count > c.remaining() / 8 {
+                        return Err(Error::malformed(format!(
+                            "metadata array of {count} items cannot fit in the {} bytes left",
+                            c.remaining()
+                        )));
+                    }
+                    for _ in 0..count {
+                        read_value(c, et, depth + 1)?;
+                    }
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
+impl GgufSource {
+    /// Open and validate a GGUF file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let map = map_file(path)?;
+        Self::parse(path, map).map_err(|e| e.with_file(path))
+    }
+
+    fn parse(path: &Path, map: memmap2::Mmap) -> Result<Self> {
+        let (version, architecture, infos, entries) = parse_bytes(&map)?;
+        Ok(GgufSource {
+            path: path.to_path_buf(),
+            map,
+            version,
+            architecture,
+            infos,
+            entries,
+        })
+    }
+}
+
+type Parsed = (u32, Option<String>, Vec<TensorInfo>, Vec<Entry>);
+
+fn parse_bytes(b: &[u8]) -> Result<Parsed> {
+    let mut c = Cursor { b, pos: 0 };
+    if c.take(4, "magic")? != b"GGUF" {
+        return Err(Error::malformed("not a GGUF file (bad magic)"));
+    }
+    let version = c.u32("version")?;
+    if !(2..=3).contains(&version) {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("GGUF version {version} is not supported (2 and 3 are)"),
+        ));
+    }
+    let n_tensors = c.u64("tensor count")?;
+    let n_kv = c.u64("metadata count")?;
+    if n_kv > c.remaining() / 13 || n_tensors > c.remaining() / 32 {
+        return Err(Error::malformed(format!(
+            "{n_tensors} tensors and {n_kv} metadata entries cannot fit in a {} byte file",
+            b.len()
+        )));
+    }
+    let mut alignment = 32u64;
+    let mut architecture = None;
+    for _ in 0..n_kv {
+        let key = c.string("metadata key")?;
+        let t = c.u32("metadata type")?;
+        if key == "general.alignment" {
+            if t != 4 {
+                return Err(Error::malformed("general.alignment is not a u32"));
+            }
+            alignment = c.u32("alignment")? as u64;
+            if alignment == 0 || !alignment.is_power_of_two() {
+                return Err(Error::malformed(format!("alignment {alignment} is not a power of two")));
+            }
+            continue;
+        }
+        let v = read_value(&mut c, t, 0)?;
+        if key == "general.architecture" {
+            architecture = v.map(str::to_string);
+        }
+    }
+    let mut raw = Vec::with_capacity(n_tensors.min(4096) as usize);
+    for _ in 0..n_tensors {
+        let name = c.string("tensor name")?.to_string();
+        let nd = c.u32("tensor dims")?;
+        if nd > 8 {
+            return Err(Error::malformed(format!("tensor '{name}' has {nd} dimensions")));
+        }
+        let mut ne = Vec::with_capacity(nd as usize);
+        for _ in 0..nd {
+            ne.push(c.u64("tensor dim")?);
+        }
+        let ty = c.u32("tensor type")?;
+        let off = c.u64("tensor offset")?;
+        raw.push((name, ne, ty, off));
+    }
+    let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
+    let mut infos = Vec::with_capacity(raw.len());
+    let mut entries = Vec::with_capacity(raw.len());
+    raw.sort_by(|a, b| a.0.cmp(&b.0));
+    for w in raw.windows(2) {
+        if w[0].0 == w[1].0 {
+            return Err(Error::malformed(format!("tensor '{}' appears twice", w[0].0)));
+        }
+    }
+    for (name, ne, ty, off) in raw {
+        let err = |m: String| Error::malformed(m).with_tensor(&name);
+        let &(_, tname, blk, bsize) = TYPES.iter().find(|t| t.0 == ty).ok_or_else(|| {
+            Error::new(ErrorKind::Unsupported, format!("GGML type {ty} is not supported"))
+                .with_tensor(&name)
+        })?;
+        let numel = ne
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| err("shape overflows".into()))?;
+        if ne.first().is_some_and(|&n0| n0 % blk as u64 != 0) {
+            return Err(err(format!("row length {} is not a multiple of {tname}'s block of {blk}", ne[0])));
+        }
+        let size = (numel / blk as u64)
+            .checked_mul(bsize as u64)
+            .ok_or_else(|| err("size overflows".into()))?;
+        let start = data_start.checked_add(off).ok_or_else(|| err("offset overflows".into()))?;
+        let end = start.checked_add(size).filter(|&e| e <= b.len() as u64).ok_or_else(|| {
+            err(format!("data at {start}+{size} runs past the end of the {} byte file", b.len()))
+        })?;
+        let dtype = match tname {
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "I8" => DType::I8,
+            "I16" => DType::I16,
+            "I32" => DType::I32,
+            "I64" => DType::I64,
+            "F64" => DType::F64,
+            _ => DType::F32,
+        };
+        infos.push(TensorInfo {
+            name,
+            dims: ne.iter().rev().copied().collect(),
+            dtype,
+            source_dtype: tname.to_string(),
+            source_bytes: size,
+        });
+        entries.push(Entry {
+            ggml_type: ty,
+            range: start as usize..end as usize,
+        });
+    }
+    Ok((version, architecture, infos, entries))
+}
+
+impl TensorSource for GgufSource {
+    fn describe(&self) -> String {
+        format!(
+            "gguf v{} {}{}",
+            self.version,
+            self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            self.architecture.as_ref().map(|a| format!(" ({a})")).unwrap_or_default()
+        )
+    }
+    fn tensors(&self) -> &[TensorInfo] {
+        &self.infos
+    }
+    fn data(&self, i: usize) -> Result<Cow<'_, [u8]>> {
+        let e = &self.entries[i];
+        let bytes = &self.map[e.range.clone()];
+        if self.infos[i].dtype != DType::F32 || e.ggml_type == 0 {
+            return Ok(Cow::Borrowed(bytes));
+        }
+        let mut out = vec![0f32; self.infos[i].numel() as usize];
+        dequantize(e.ggml_type, bytes, &mut out).map_err(|err| err.with_tensor(&self.infos[i].name))?;
+        Ok(Cow::Owned(out.iter().flat_map(|v| v.to_le_bytes()).collect()))
+    }
+}
+
+fn h(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Dequantize whole blocks of GGML type `ty` into `y` (`y.len()` elements).
+pub fn dequantize(ty: u32, x: &[u8], y: &mut [f32]) -> Result<()> {
+    let &(_, name, blk, bsize) = TYPES
+        .iter()
+        .find(|t| t.0 == ty)
+        .ok_or_else(|| Error::new(ErrorKind::Unsupported, format!("GGML type {ty}")))?;
+    if y.len() % blk != 0 || x.len() != y.len() / blk * bsize {
+        return Err(Error::malformed(format!(
+            "{name}: {} bytes for {} elements",
+            x.len(),
+            y.len()
+        )));
+    }
+    for (b, y) in x.chunks_exact(bsize).zip(y.chunks_exact_mut(blk)) {
+        match ty {
+            2 => {
+                let d = h(b, 0);
+                for j in 0..16 {
+                    y[j] = ((b[2 + j] & 0xF) as i32 - 8) as f32 * d;
+                    y[j + 16] = ((b[2 + j] >> 4) as i32 - 8) as f32 * d;
+                }
+            }
+            3 => {
+                let (d, m) = (h(b, 0), h(b, 2));
+                for j in 0..16 {
+                    y[j] = (b[4 + j] & 0xF) as f32 * d + m;
+                    y[j + 16] = (b[4 + j] >> 4) as f32 * d + m;
+                }
+            }
+            6 => {
+                let d = h(b, 0);
+                let qh = u32::from_le_bytes(b[2..6].try_into().unwrap());
+                for j in 0..16 {
+                    let xh0 = ((qh >> j) << 4) & 0x10;
+                    let xh1 = (qh >> (j + 12)) & 0x10;
+                    y[j] = ((((b[6 + j] & 0xF) as u32) | xh0) as i32 - 16) as f32 * d;
+                    y[j + 16] = ((((b[6 + j] >> 4) as u32) | xh1) as i32 - 16) as f32 * d;
+                }
+            }
+            7 => {
+                let (d, m) = (h(b, 0), h(b, 2));
+                let qh = u32::from_le_bytes(b[4..8].try_into().unwrap());
+                for j in 0..16 {
+                    let xh0 = ((qh >> j) << 4) & 0x10;
+                    let xh1 = (qh >> (j + 12)) & 0x10;
+                    y[j] = (((b[8 + j] & 0xF) as u32) | xh0) as f32 * d + m;
+                    y[j + 16] = (((b[8 + j] >> 4) as u32) | xh1) as f32 * d + m;
+                }
+            }
+            8 => {
+                let d = h(b, 0);
+                for j in 0..32 {
+                    y[j] = (b[2 + j] as i8) as f32 * d;
+                }
+            }
+            10 => q2_k(b, y),
+            11 => q3_k(b, y),
+            12 => q4_k(b, y),
+            13 => q5_k(b, y),
+            14 => q6_k(b, y),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!("{name} is not a quantized type"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+// block_q2_K: scales[16], qs[64], d: f16, dmin: f16.
+fn q2_k(b: &[u8], y: &mut [f32]) {
+    let (scales, qs) = (&b[0..16], &b[16..80]);
+    let (d, min) = (h(b, 80), h(b, 82));
+    let (mut is, mut yi) = (0, 0);
+    for n in 0..2 {
+        let q = &qs[32 * n..];
+        for shift in [0, 2, 4, 6] {
+            for half in 0..2 {
+                let sc = scales[is];
+                is += 1;
+                let (dl, ml) = (d * (sc & 0xF) as f32, min * (sc >> 4) as f32);
+                for l in 0..16 {
+                    y[yi] = dl * ((q[l + 16 * half] >> shift) & 3) as f32 - ml;
+                    yi += 1;
+                }
+            }
+        }
+    }
+}
+
+// block_q3_K: hmask[32], qs[64], scales[12], d: f16.
+fn q3_k(b: &[u8], y: &mut [f32]) {
+    let (hm, qs, sc) = (&b[0..32], &b[32..96], &b[96..108]);
+    let d_all = h(b, 108);
+    let mut aux = [0u32; 4];
+    for (i, a) in aux.iter_mut().take(3).enumerate() {
+        *a = u32::from_le_bytes(sc[4 * i..4 * i + 4].try_into().unwrap());
+    }
+    let (k1, k2) = (0x0303_0303u32, 0x0f0f_0f0fu32);
+    let tmp = aux[2];
+    aux[2] = ((aux[0] >> 4) & k2) | (((tmp >> 4) & k1) << 4);
+    aux[3] = ((aux[1] >> 4) & k2) | (((tmp >> 6) & k1) << 4);
+    aux[0] = (aux[0] & k2) | ((tmp & k1) << 4);
+    aux[1] = (aux[1] & k2) | (((tmp >> 2) & k1) << 4);
+    let scales: Vec<i8> = aux.iter().flat_map(|a| a.to_le_bytes()).map(|v| v as i8).collect();
+    let (mut is, mut yi, mut m) = (0, 0, 1u8);
+    for n in 0..2 {
+        let q = &qs[32 * n..];
+        for shift in [0, 2, 4, 6] {
+            for half in 0..2 {
+                let dl = d_all * (scales[is] as i32 - 32) as f32;
+                is += 1;
+                for l in 0..16 {
+                    let k = l + 16 * half;
+                    let v = ((q[k] >> shift) & 3) as i32 - if hm[k] & m != 0 { 0 } else { 4 };
+                    y[yi] = dl * v as f32;
+                    yi += 1;
+                }
+            }
+            m <<= 1;
+        }
+    }
+}
+
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+// block_q4_K: d: f16, dmin: f16, scales[12], qs[128].
+fn q4_k(b: &[u8], y: &mut [f32]) {
+    let (d, min) = (h(b, 0), h(b, 2));
+    let (scales, qs) = (&b[4..16], &b[16..144]);
+    for j in 0..4 {
+        let (s1, m1) = scale_min_k4(2 * j, scales);
+        let (s2, m2) = scale_min_k4(2 * j + 1, scales);
+        let (d1, m1) = (d * s1 as f32, min * m1 as f32);
+        let (d2, m2) = (d * s2 as f32, min * m2 as f32);
+        let q = &qs[32 * j..32 * j + 32];
+        for l in 0..32 {
+            y[64 * j + l] = d1 * (q[l] & 0xF) as f32 - m1;
+            y[64 * j + 32 + l] = d2 * (q[l] >> 4) as f32 - m2;
+        }
+    }
+}
+
+// block_q5_K: d: f16, dmin: f16, scales[12], qh[32], qs[128].
+fn q5_k(b: &[u8], y: &mut [f32]) {
+    let (d, min) = (h(b, 0), h(b, 2));
+    let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+    let (mut u1, mut u2) = (1u8, 2u8);
+    for j in 0..4 {
+        let (s1, m1) = scale_min_k4(2 * j, scales);
+        let (s2, m2) = scale_min_k4(2 * j + 1, scales);
+        let (d1, m1) = (d * s1 as f32, min * m1 as f32);
+        let (d2, m2) = (d * s2 as f32, min * m2 as f32);
+        let ql = &qs[32 * j..32 * j + 32];
+        for l in 0..32 {
+            let hi1 = if qh[l] & u1 != 0 { 16 } else { 0 };
+            let hi2 = if qh[l] & u2 != 0 { 16 } else { 0 };
+            y[64 * j + l] = d1 * ((ql[l] & 0xF) + hi1) as f32 - m1;
+            y[64 * j + 32 + l] = d2 * ((ql[l] >> 4) + hi2) as f32 - m2;
+        }
+        u1 <<= 2;
+        u2 <<= 2;
+    }
+}
+
+// block_q6_K: ql[128], qh[64], scales[16] (i8), d: f16.
+fn q6_k(b: &[u8], y: &mut [f32]) {
+    let d = h(b, 208);
+    for n in 0..2 {
+        let (ql, qh) = (&b[64 * n..64 * n + 64], &b[128 + 32 * n..128 + 32 * n + 32]);
+        let sc = &b[192 + 8 * n..192 + 8 * n + 8];
+        let y = &mut y[128 * n..128 * n + 128];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+            y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+            y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+            y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+        }
+    }
+}
+
+/// Parse GGUF bytes without a file (fuzzing): the tensor table, and every tensor dequantized.
+#[doc(hidden)]
+pub fn fuzz_parse(b: &[u8], max_elems: u64) -> Result<usize> {
+    let (_, _, infos, entries) = parse_bytes(b)?;
+    for (t, e) in infos.iter().zip(&entries) {
+        if t.dtype == DType::F32 && e.ggml_type != 0 && t.numel() <= max_elems {
+            let mut y = vec![0f32; t.numel() as usize];
+            dequantize(e.ggml_type, &b[e.range.clone()], &mut y)?;
+        }
+    }
+    Ok(infos.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q4_0_and_q8_0_by_hand() {
+        // d = 0.5, nibbles 0..15 then 15..0: values (q - 8) * 0.5.
+        let mut b = f16::from_f32(0.5).to_le_bytes().to_vec();
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let mut y = [0f32; 32];
+        dequantize(2, &b, &mut y).unwrap();
+        assert_eq!(y[0], -4.0);
+        assert_eq!(y[15], 3.5);
+        assert_eq!(y[16], 3.5);
+        assert_eq!(y[31], -4.0);
+        let mut b = f16::from_f32(0.25).to_le_bytes().to_vec();
+        b.extend((0..32u8).map(|j| (j as i8 - 16) as u8));
+        dequantize(8, &b, &mut y).unwrap();
+        assert_eq!(y[0], -4.0);
+        assert_eq!(y[31], 3.75);
+        assert!(dequantize(8, &b[..10], &mut y).is_err());
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(parse_bytes(b"GGUF\x03\0\0\0").is_err());
+        let mut b = b"GGUF\x03\0\0\0".to_vec();
+        b.extend(u64::MAX.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        assert!(parse_bytes(&b).is_err());
+    }
+}

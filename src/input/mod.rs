@@ -1,0 +1,149 @@
+//! Tensor sources: the model files tenpak reads. They yield elements plus provenance and know
+//! nothing about codecs.
+//!
+//! - safetensors: one file, a model folder with `model.safetensors`, or a sharded model with
+//!   `model.safetensors.index.json` (every shard). Memory-mapped: a tensor's bytes are borrowed
+//!   from the map, never the whole model in memory.
+//! - FP8 weights with a `<name>_scale_inv` tensor (one scale per 128x128 block) are dequantized
+//!   to f32 on load and the scale tensor is consumed.
+//! - GGUF v2/v3: F32/F16/BF16 kept, quantized types dequantized to f32 as llama.cpp defines them.
+
+mod fp8;
+pub mod gguf;
+pub(crate) mod safetensors;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use std::borrow::Cow;
+use std::path::Path;
+
+/// What a source knows about one tensor.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    /// Name as in the file.
+    pub name: String,
+    /// Shape (row-major, outermost first).
+    pub dims: Vec<u64>,
+    /// Element type of the bytes [`TensorSource::data`] returns.
+    pub dtype: DType,
+    /// The type in the file (`F32`, `F8_E4M3`, `Q4_1`, ...); differs from `dtype` when dequantized.
+    pub source_dtype: String,
+    /// Bytes the tensor takes in the file (scale tensors included for FP8).
+    pub source_bytes: u64,
+}
+
+impl TensorInfo {
+    /// Element count.
+    pub fn numel(&self) -> u64 {
+        self.dims.iter().product()
+    }
+}
+
+/// A model's tensors, sorted by name.
+pub trait TensorSource: Send + Sync {
+    /// One line describing the input (format and file names).
+    fn describe(&self) -> String;
+    /// Tensors in name order.
+    fn tensors(&self) -> &[TensorInfo];
+    /// Little-endian elements of tensor `i` (`tensors()[i].dtype`), borrowed where possible.
+    fn data(&self, i: usize) -> Result<Cow<'_, [u8]>>;
+}
+
+/// Open a model file or folder, choosing the reader from the name and the magic bytes.
+pub fn open(path: &Path) -> Result<Box<dyn TensorSource>> {
+    if path.is_dir() {
+        let index = path.join("model.safetensors.index.json");
+        if index.is_file() {
+            return Ok(Box::new(safetensors::SafetensorsSource::open_sharded(&index)?));
+        }
+        let single = path.join("model.safetensors");
+        if single.is_file() {
+            return Ok(Box::new(safetensors::SafetensorsSource::open_files(&[single])?));
+        }
+        let mut found: Vec<_> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(format!("read folder {}", path.display()), e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && matches!(p.extension().and_then(|e| e.to_str()), Some("safetensors" | "gguf"))
+            })
+            .collect();
+        found.sort();
+        return match found.as_slice() {
+            [one] => open(one),
+            [] => Err(Error::input(
+                "no model.safetensors.index.json, model.safetensors, *.safetensors or *.gguf in this folder",
+            )
+            .with_file(path)),
+            _ => Err(Error::input(format!(
+                "{} model files and no model.safetensors.index.json: name one file",
+                found.len()
+            ))
+            .with_file(path)),
+        };
+    }
+    if path.to_string_lossy().ends_with(".index.json") {
+        return Ok(Box::new(safetensors::SafetensorsSource::open_sharded(path)?));
+    }
+    let mut magic = [0u8; 4];
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)
+            .map_err(|e| Error::io("open", e).with_file(path))?;
+        let _ = f.read(&mut magic);
+    }
+    if &magic == b"GGUF" {
+        return Ok(Box::new(gguf::GgufSource::open(path)?));
+    }
+    Ok(Box::new(safetensors::SafetensorsSource::open_files(&[path.to_path_buf()])?))
+}
+
+/// The tensor filter: a query containing a dot is a module-prefix match (`model.layers.0`
+/// matches `model.layers.0.mlp.w` but not `model.layers.01.w`); otherwise a substring match.
+pub fn name_matches(name: &str, query: &str) -> bool {
+    if query.contains('.') {
+        name == query
+            || (name.starts_with(query)
+                && (query.ends_with('.') || name[query.len()..].starts_with('.')))
+    } else {
+        name.contains(query)
+    }
+}
+
+/// Indices of the tensors selected by `filter` and `limit` (the first N matches in name order).
+pub fn select(infos: &[TensorInfo], filter: Option<&str>, limit: Option<usize>) -> Vec<usize> {
+    infos
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| filter.is_none_or(|q| name_matches(&t.name, q)))
+        .map(|(i, _)| i)
+        .take(limit.unwrap_or(usize::MAX))
+        .collect()
+}
+
+/// Memory-map a file read-only.
+pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io("open", e).with_file(path))?;
+    let len = f.metadata().map_err(|e| Error::io("stat", e).with_file(path))?.len();
+    if len == 0 {
+        return Err(Error::input("file is empty").with_file(path));
+    }
+    // SAFETY: read-only map; another process truncating the file under us is the accepted risk
+    // of every mmap-based model reader.
+    unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io("memory-map", e).with_file(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_rules() {
+        assert!(name_matches("model.layers.0.mlp.w", "model.layers.0"));
+        assert!(!name_matches("model.layers.01.mlp.w", "model.layers.0"));
+        assert!(name_matches("model.layers.0", "model.layers.0"));
+        assert!(name_matches("model.layers.01.w", "model.layers."));
+        assert!(name_matches("encoder.attention.q", "attention"));
+        assert!(!name_matches("encoder.ffn", "attention"));
+    }
+}

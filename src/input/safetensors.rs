@@ -1,0 +1,263 @@
+//! safetensors reader: single files and sharded models, memory-mapped.
+
+use super::{fp8, map_file, TensorInfo, TensorSource};
+use crate::dtype::DType;
+use crate::error::{Error, ErrorKind, Result};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+struct Entry {
+    file: usize,
+    range: Range<usize>,
+    /// FP8 block scales (file, byte range, dtype, dims) consumed by this tensor.
+    scale: Option<(usize, Range<usize>, DType, Vec<u64>)>,
+    src_dtype: DType,
+}
+
+/// One or more safetensors files seen as one model.
+pub struct SafetensorsSource {
+    files: Vec<(PathBuf, memmap2::Mmap)>,
+    infos: Vec<TensorInfo>,
+    entries: Vec<Entry>,
+    description: String,
+}
+
+struct Raw {
+    name: String,
+    dims: Vec<u64>,
+    dtype: DType,
+    file: usize,
+    range: Range<usize>,
+}
+
+fn read_file(path: &Path, file: usize) -> Result<(memmap2::Mmap, Vec<Raw>)> {
+    let map = map_file(path)?;
+    let raws = parse_header(&map, file).map_err(|e| e.with_file(path))?;
+    Ok((map, raws))
+}
+
+fn parse_header(bytes: &[u8], file: usize) -> Result<Vec<Raw>> {
+    let (n, meta) = ::safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::malformed(format!("not a valid safetensors file: {e}")))?;
+    let base = 8 + n;
+    let mut out = Vec::new();
+    for (name, info) in meta.tensors() {
+        let dt_name = format!("{:?}", info.dtype);
+        let dtype = DType::from_name(&dt_name).map_err(|_| {
+            Error::new(ErrorKind::Unsupported, format!("dtype {dt_name} is not supported"))
+                .with_tensor(&name)
+        })?;
+        let (b, e) = info.data_offsets;
+        out.push(Raw {
+            name,
+            dims: info.shape.iter().map(|&d| d as u64).collect(),
+            dtype,
+            file,
+            range: base + b..base + e,
+        });
+    }
+    Ok(out)
+}
+
+/// Parse safetensors bytes and read every small tensor (fuzzing).
+#[doc(hidden)]
+pub fn fuzz_parse(bytes: &[u8], max_elems: u64) -> Result<usize> {
+    let raws = parse_header(bytes, 0)?;
+    let by_name: HashMap<&str, &Raw> = raws.iter().map(|r| (r.name.as_str(), r)).collect();
+    for r in &raws {
+        let Some(base) = r.name.strip_suffix("_scale_inv") else { continue };
+        let Some(w) = by_name.get(base) else { continue };
+        let numel: u64 = w.dims.iter().product();
+        if matches!(w.dtype, DType::F8E4M3 | DType::F8E5M2) && numel <= max_elems {
+            fp8::dequantize(&bytes[w.range.clone()], w.dtype, &w.dims, &bytes[r.range.clone()], r.dtype, &r.dims)?;
+        }
+    }
+    Ok(raws.len())
+}
+
+impl SafetensorsSource {
+    /// Open one or more files as one model (tensor names must be unique across them).
+    pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut raws = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            let (map, r) = read_file(p, i)?;
+            files.push((p.clone(), map));
+            raws.extend(r);
+        }
+        let desc = match paths {
+            [one] => format!("safetensors {}", file_name(one)),
+            _ => format!("safetensors, {} shards", paths.len()),
+        };
+        Self::build(files, raws, desc)
+    }
+
+    /// Open a sharded model from its `model.safetensors.index.json`.
+    pub fn open_sharded(index: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(index)
+            .map_err(|e| Error::io("read", e).with_file(index))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::malformed(format!("invalid JSON: {e}")).with_file(index))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::malformed("no \"weight_map\" object").with_file(index))?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut shard_names: Vec<String> = Vec::new();
+        let mut wanted: BTreeMap<String, String> = BTreeMap::new();
+        for (name, file) in map {
+            let file = file.as_str().ok_or_else(|| {
+                Error::malformed(format!("weight_map entry for '{name}' is not a file name"))
+                    .with_file(index)
+            })?;
+            if file.contains('/') || file.contains('\\') || file.contains("..") {
+                return Err(Error::malformed(format!("shard name '{file}' leaves the model folder"))
+                    .with_file(index));
+            }
+            if !shard_names.iter().any(|s| s == file) {
+                shard_names.push(file.to_string());
+            }
+            wanted.insert(name.clone(), file.to_string());
+        }
+        shard_names.sort();
+        let paths: Vec<PathBuf> = shard_names.iter().map(|s| dir.join(s)).collect();
+        for p in &paths {
+            if !p.is_file() {
+                return Err(Error::input(format!(
+                    "shard {} named by the index is missing",
+                    file_name(p)
+                ))
+                .with_file(index));
+            }
+        }
+        let src = Self::open_files(&paths)?;
+        // Every tensor the index names must be in the shard it names.
+        let present: HashMap<&str, usize> = src
+            .infos
+            .iter()
+            .zip(&src.entries)
+            .map(|(t, e)| (t.name.as_str(), e.file))
+            .collect();
+        for (name, file) in &wanted {
+            let in_file = present.get(name.as_str()).copied().or_else(|| {
+                // A consumed FP8 scale is no longer listed; look at the base tensor.
+                name.strip_suffix("_scale_inv")
+                    .and_then(|b| present.get(b).copied())
+            });
+            match in_file {
+                Some(f) if file_name(&src.files[f].0) == *file => {}
+                Some(_) => {
+                    return Err(Error::input(format!("tensor '{name}' is not in shard {file}"))
+                        .with_file(index))
+                }
+                None => {
+                    return Err(Error::input(format!(
+                        "tensor '{name}' listed in the index is in no shard"
+                    ))
+                    .with_file(index))
+                }
+            }
+        }
+        Ok(SafetensorsSource {
+            description: format!("safetensors, {} shards ({})", paths.len(), file_name(index)),
+            ..src
+        })
+    }
+
+    fn build(files: Vec<(PathBuf, memmap2::Mmap)>, mut raws: Vec<Raw>, description: String) -> Result<Self> {
+        raws.sort_by(|a, b| a.name.cmp(&b.name));
+        for w in raws.windows(2) {
+            if w[0].name == w[1].name {
+                return Err(Error::input(format!(
+                    "tensor '{}' appears in both {} and {}",
+                    w[0].name,
+                    file_name(&files[w[0].file].0),
+                    file_name(&files[w[1].file].0)
+                )));
+            }
+        }
+        let by_name: HashMap<String, usize> =
+            raws.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
+        // Pair FP8 weights with their block scales.
+        let mut consumed = vec![false; raws.len()];
+        let mut scale_of = vec![None; raws.len()];
+        for (i, r) in raws.iter().enumerate() {
+            if let Some(base) = r.name.strip_suffix("_scale_inv") {
+                if let Some(&w) = by_name.get(base) {
+                    if matches!(raws[w].dtype, DType::F8E4M3 | DType::F8E5M2) {
+                        fp8::check_shapes(&raws[w].dims, &r.dims, r.dtype).map_err(|e| {
+                            e.with_file(&files[r.file].0).with_tensor(&raws[w].name)
+                        })?;
+                        consumed[i] = true;
+                        scale_of[w] = Some(i);
+                    }
+                }
+            }
+        }
+        let mut infos = Vec::new();
+        let mut entries = Vec::new();
+        for (i, r) in raws.iter().enumerate() {
+            if consumed[i] {
+                continue;
+            }
+            let mut source_bytes = r.range.len() as u64;
+            let (dtype, scale) = match scale_of[i] {
+                Some(s) => {
+                    let sr = &raws[s];
+                    source_bytes += sr.range.len() as u64;
+                    (DType::F32, Some((sr.file, sr.range.clone(), sr.dtype, sr.dims.clone())))
+                }
+                None => (r.dtype, None),
+            };
+            infos.push(TensorInfo {
+                name: r.name.clone(),
+                dims: r.dims.clone(),
+                dtype,
+                source_dtype: r.dtype.name().to_string(),
+                source_bytes,
+            });
+            entries.push(Entry {
+                file: r.file,
+                range: r.range.clone(),
+                scale,
+                src_dtype: r.dtype,
+            });
+        }
+        Ok(SafetensorsSource {
+            files,
+            infos,
+            entries,
+            description,
+        })
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+impl TensorSource for SafetensorsSource {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+    fn tensors(&self) -> &[TensorInfo] {
+        &self.infos
+    }
+    fn data(&self, i: usize) -> Result<Cow<'_, [u8]>> {
+        let e = &self.entries[i];
+        let bytes = &self.files[e.file].1[e.range.clone()];
+        match &e.scale {
+            None => Ok(Cow::Borrowed(bytes)),
+            Some((f, r, sdt, sdims)) => {
+                let scales = &self.files[*f].1[r.clone()];
+                fp8::dequantize(bytes, e.src_dtype, &self.infos[i].dims, scales, *sdt, sdims)
+                    .map(Cow::Owned)
+                    .map_err(|err| err.with_tensor(&self.infos[i].name))
+            }
+        }
+    }
+}

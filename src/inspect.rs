@@ -1,0 +1,97 @@
+//! `inspect`: what a `.tpk` holds, from its header and index only (payloads are never read).
+
+use crate::archive::Archive;
+use crate::compress::ratio;
+use crate::error::Result;
+use crate::metrics::Metrics;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One tensor as the index describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorSummary {
+    /// Name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Element type fed to the codec.
+    pub dtype: String,
+    /// Pipeline as stored (`name` per stage, joined by `+`).
+    pub codec: String,
+    /// Whether this tenpak can decode it.
+    pub supported: bool,
+    /// Bytes in the source.
+    pub source_bytes: u64,
+    /// Payload bytes.
+    pub encoded_bytes: u64,
+    /// source / encoded.
+    pub ratio: f64,
+    /// Chunk count.
+    pub chunks: usize,
+    /// Compress-time metrics, if stored.
+    pub metrics: Option<Metrics>,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    /// Format version, `major.minor`.
+    pub format_version: String,
+    /// File size.
+    pub file_bytes: u64,
+    /// File metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Tensor count.
+    pub tensor_count: usize,
+    /// Sum of source bytes.
+    pub source_bytes: u64,
+    /// Sum of f32-equivalent bytes.
+    pub fp32_bytes: u64,
+    /// Sum of payload bytes.
+    pub payload_bytes: u64,
+    /// source_bytes / file_bytes.
+    pub ratio_vs_source: f64,
+    /// fp32_bytes / file_bytes.
+    pub ratio_vs_fp32: f64,
+    /// Per tensor.
+    pub tensors: Vec<TensorSummary>,
+}
+
+/// Inspect a `.tpk`.
+pub fn inspect(path: &Path) -> Result<InspectReport> {
+    let ar = Archive::open(path)?;
+    let f = &ar.file;
+    let tensors: Vec<TensorSummary> = f
+        .tensors()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| TensorSummary {
+            name: t.name.clone(),
+            shape: t.dims.clone(),
+            dtype: t.dtype.clone(),
+            codec: t.stages.iter().map(|s| s.codec_name.as_str()).collect::<Vec<_>>().join("+"),
+            supported: ar.pipeline(i).is_ok(),
+            source_bytes: t.source_bytes,
+            encoded_bytes: t.payload_bytes(),
+            ratio: ratio(t.source_bytes, t.payload_bytes()),
+            chunks: t.chunks.len(),
+            metrics: Metrics::from_entry(t),
+        })
+        .collect();
+    let source_bytes = tensors.iter().map(|t| t.source_bytes).sum();
+    let fp32_bytes = f.tensors().iter().map(|t| t.numel().unwrap_or(0).saturating_mul(4)).sum();
+    let h = f.header();
+    Ok(InspectReport {
+        format_version: format!("{}.{}", h.major, h.minor),
+        file_bytes: f.file_len(),
+        metadata: f.metadata().iter().cloned().collect(),
+        tensor_count: tensors.len(),
+        source_bytes,
+        fp32_bytes,
+        payload_bytes: tensors.iter().map(|t| t.encoded_bytes).sum(),
+        ratio_vs_source: ratio(source_bytes, f.file_len()),
+        ratio_vs_fp32: ratio(fp32_bytes, f.file_len()),
+        tensors,
+    })
+}

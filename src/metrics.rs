@@ -1,0 +1,266 @@
+//! Error metrics of a decoded tensor against its source, computed in f64.
+//!
+//! Definitions (formats-spec/metrics.md): with source x, decoded y over the n pairs where both
+//! are finite:
+//! - `pcc` = cov(x, y) / (sd(x) sd(y)); 1 when x and y are identical (constant tensors
+//!   included), 0 when exactly one of them is constant or both are different constants.
+//! - `mae` = mean |x - y|; `max_abs` = max |x - y|; `rmse` = sqrt(mean (x - y)^2).
+//! - `cosine` = x.y / (|x| |y|); 1 when both are zero vectors, 0 when exactly one is.
+//! - `sqnr_db` = 10 log10(sum x^2 / sum (x - y)^2); +inf when the error is zero, -inf when the
+//!   source is all zeros and the error is not.
+//! - `nonfinite` = pairs where x or y is NaN or infinite; they are left out of the others.
+//!
+//! With no finite pairs every metric takes its "identical" value. No metric is ever NaN.
+//! Chunks are reduced separately (two passes each) and merged with Chan et al.'s pairwise
+//! update, in chunk order, so results do not depend on thread count.
+
+use serde::Serialize;
+
+/// Running moments of (source, decoded) pairs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Accumulator {
+    n: u64,
+    mean_x: f64,
+    mean_y: f64,
+    m2x: f64,
+    m2y: f64,
+    cxy: f64,
+    sum_abs: f64,
+    max_abs: f64,
+    sum_sq_err: f64,
+    sum_xx: f64,
+    sum_yy: f64,
+    sum_xy: f64,
+    nonfinite: u64,
+}
+
+/// Final metrics of one tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Metrics {
+    /// Pearson correlation.
+    pub pcc: f64,
+    /// Mean absolute error.
+    pub mae: f64,
+    /// Largest absolute error.
+    pub max_abs: f64,
+    /// Root mean square error.
+    pub rmse: f64,
+    /// Cosine similarity.
+    pub cosine: f64,
+    /// Signal to quantization-noise ratio in dB (JSON `null` when infinite).
+    #[serde(serialize_with = "finite_or_null")]
+    pub sqnr_db: f64,
+    /// Pairs left out because a value is not finite.
+    pub nonfinite: u64,
+}
+
+fn finite_or_null<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.is_finite() {
+        s.serialize_f64(*v)
+    } else {
+        s.serialize_none()
+    }
+}
+
+impl Accumulator {
+    /// Moments of one chunk of pairs.
+    pub fn from_pairs(x: &[f64], y: &[f64]) -> Self {
+        debug_assert_eq!(x.len(), y.len());
+        let mut a = Accumulator::default();
+        let (mut sx, mut sy) = (0.0, 0.0);
+        for (&xi, &yi) in x.iter().zip(y) {
+            if xi.is_finite() && yi.is_finite() {
+                a.n += 1;
+                sx += xi;
+                sy += yi;
+            } else {
+                a.nonfinite += 1;
+            }
+        }
+        if a.n == 0 {
+            return a;
+        }
+        a.mean_x = sx / a.n as f64;
+        a.mean_y = sy / a.n as f64;
+        for (&xi, &yi) in x.iter().zip(y) {
+            if !(xi.is_finite() && yi.is_finite()) {
+                continue;
+            }
+            let (dx, dy) = (xi - a.mean_x, yi - a.mean_y);
+            a.m2x += dx * dx;
+            a.m2y += dy * dy;
+            a.cxy += dx * dy;
+            let e = (xi - yi).abs();
+            a.sum_abs += e;
+            a.max_abs = a.max_abs.max(e);
+            a.sum_sq_err += e * e;
+            a.sum_xx += xi * xi;
+            a.sum_yy += yi * yi;
+            a.sum_xy += xi * yi;
+        }
+        a
+    }
+
+    /// Merge another accumulator (pairwise update of the centred moments).
+    pub fn merge(&mut self, b: &Accumulator) {
+        self.nonfinite += b.nonfinite;
+        if b.n == 0 {
+            return;
+        }
+        if self.n == 0 {
+            let nf = self.nonfinite;
+            *self = *b;
+            self.nonfinite = nf;
+            return;
+        }
+        let (na, nb) = (self.n as f64, b.n as f64);
+        let n = na + nb;
+        let dx = b.mean_x - self.mean_x;
+        let dy = b.mean_y - self.mean_y;
+        self.m2x += b.m2x + dx * dx * na * nb / n;
+        self.m2y += b.m2y + dy * dy * na * nb / n;
+        self.cxy += b.cxy + dx * dy * na * nb / n;
+        self.mean_x += dx * nb / n;
+        self.mean_y += dy * nb / n;
+        self.n += b.n;
+        self.sum_abs += b.sum_abs;
+        self.max_abs = self.max_abs.max(b.max_abs);
+        self.sum_sq_err += b.sum_sq_err;
+        self.sum_xx += b.sum_xx;
+        self.sum_yy += b.sum_yy;
+        self.sum_xy += b.sum_xy;
+    }
+
+    /// The metrics, with the edge cases of the module docs.
+    pub fn finish(&self) -> Metrics {
+        if self.n == 0 {
+            return Metrics {
+                pcc: 1.0,
+                mae: 0.0,
+                max_abs: 0.0,
+                rmse: 0.0,
+                cosine: 1.0,
+                sqnr_db: f64::INFINITY,
+                nonfinite: self.nonfinite,
+            };
+        }
+        let n = self.n as f64;
+        let exact = self.sum_sq_err == 0.0;
+        let pcc = if exact {
+            1.0
+        } else if self.m2x > 0.0 && self.m2y > 0.0 {
+            (self.cxy / (self.m2x.sqrt() * self.m2y.sqrt())).clamp(-1.0, 1.0)
+        } else {
+            0.0
+        };
+        let cosine = if exact {
+            1.0
+        } else if self.sum_xx > 0.0 && self.sum_yy > 0.0 {
+            (self.sum_xy / (self.sum_xx.sqrt() * self.sum_yy.sqrt())).clamp(-1.0, 1.0)
+        } else if self.sum_xx == 0.0 && self.sum_yy == 0.0 {
+            1.0
+        } else {
+            0.0
+        };
+        let sqnr_db = if exact {
+            f64::INFINITY
+        } else if self.sum_xx == 0.0 {
+            f64::NEG_INFINITY
+        } else {
+            10.0 * (self.sum_xx / self.sum_sq_err).log10()
+        };
+        Metrics {
+            pcc,
+            mae: self.sum_abs / n,
+            max_abs: self.max_abs,
+            rmse: (self.sum_sq_err / n).sqrt(),
+            cosine,
+            sqnr_db,
+            nonfinite: self.nonfinite,
+        }
+    }
+}
+
+impl Metrics {
+    /// As (name, value) pairs for the index.
+    pub fn to_pairs(&self) -> Vec<(String, f64)> {
+        vec![
+            ("pcc".into(), self.pcc),
+            ("mae".into(), self.mae),
+            ("max_abs".into(), self.max_abs),
+            ("rmse".into(), self.rmse),
+            ("cosine".into(), self.cosine),
+            ("sqnr_db".into(), self.sqnr_db),
+            ("nonfinite".into(), self.nonfinite as f64),
+        ]
+    }
+
+    /// Read back from index pairs; `None` if any is missing or out of its range.
+    pub fn from_entry(t: &tpk_format::TensorEntry) -> Option<Metrics> {
+        let m = Metrics {
+            pcc: t.metric("pcc")?,
+            mae: t.metric("mae")?,
+            max_abs: t.metric("max_abs")?,
+            rmse: t.metric("rmse")?,
+            cosine: t.metric("cosine")?,
+            sqnr_db: t.metric("sqnr_db")?,
+            nonfinite: t.metric("nonfinite")? as u64,
+        };
+        let ok = [m.pcc, m.mae, m.max_abs, m.rmse, m.cosine]
+            .iter()
+            .all(|v| v.is_finite())
+            && !m.sqnr_db.is_nan();
+        ok.then_some(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(x: &[f64], y: &[f64]) -> Metrics {
+        Accumulator::from_pairs(x, y).finish()
+    }
+
+    #[test]
+    fn edge_cases_have_no_nan() {
+        let z = [0.0; 4];
+        let c = [2.0; 4];
+        let r = [1.0, -2.0, 3.0, 0.5];
+        for (x, y) in [(&z, &z), (&c, &c), (&z, &c), (&c, &z), (&r, &c), (&r, &r), (&c, &r)] {
+            let v = m(x, y);
+            for f in [v.pcc, v.mae, v.max_abs, v.rmse, v.cosine, v.sqnr_db] {
+                assert!(!f.is_nan(), "{x:?} {y:?} {v:?}");
+            }
+        }
+        assert_eq!(m(&r, &r).pcc, 1.0);
+        assert_eq!(m(&c, &c).pcc, 1.0);
+        assert_eq!(m(&z, &c).pcc, 0.0);
+        assert_eq!(m(&z, &z).cosine, 1.0);
+        assert_eq!(m(&z, &c).sqnr_db, f64::NEG_INFINITY);
+        assert_eq!(m(&[], &[]).pcc, 1.0);
+        let nf = m(&[f64::NAN, 1.0, 2.0], &[f64::NAN, 1.0, 2.5]);
+        assert_eq!(nf.nonfinite, 1);
+        assert_eq!(nf.max_abs, 0.5);
+    }
+
+    #[test]
+    fn merge_matches_single_pass() {
+        let x: Vec<f64> = (0..1000).map(|i| (i as f64 * 0.37).sin() * 3.0 + 1.0).collect();
+        let y: Vec<f64> = x.iter().enumerate().map(|(i, v)| v + ((i % 7) as f64 - 3.0) * 0.01).collect();
+        let whole = m(&x, &y);
+        let mut a = Accumulator::from_pairs(&x[..313], &y[..313]);
+        a.merge(&Accumulator::from_pairs(&x[313..], &y[313..]));
+        let parts = a.finish();
+        assert!((whole.pcc - parts.pcc).abs() < 1e-12);
+        assert!((whole.rmse - parts.rmse).abs() < 1e-12);
+        assert_eq!(whole.max_abs, parts.max_abs);
+        // Against a direct textbook computation.
+        let n = x.len() as f64;
+        let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+        let cov: f64 = x.iter().zip(&y).map(|(a, b)| (a - mx) * (b - my)).sum();
+        let vx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+        let vy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
+        assert!((whole.pcc - cov / (vx * vy).sqrt()).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,73 @@
+//! Property tests: every lossless codec is bit-exact on arbitrary elements of every dtype;
+//! the lossy float codecs equal the reference conversion; payload sizes respect their bounds.
+
+use proptest::prelude::*;
+use tenpak::codec::{Pipeline, REGISTRY};
+use tenpak::dtype::{self, DType};
+
+fn dtype_strategy() -> impl Strategy<Value = DType> {
+    (0..DType::ALL.len()).prop_map(|i| DType::ALL[i])
+}
+
+const LOSSLESS: &[&str] = &["raw", "zstd", "zstd:level=-3", "byteplane", "byteplane:zstd=always", "byteplane:zstd=never", "raw+zstd:level=1"];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn lossless_roundtrip(dt in dtype_strategy(), raw in proptest::collection::vec(any::<u8>(), 0..4000)) {
+        let n = raw.len() / dt.size();
+        let bytes = &raw[..n * dt.size()];
+        for spec in LOSSLESS {
+            let p = Pipeline::parse(spec).unwrap();
+            let enc = p.encode(dt, bytes).unwrap();
+            prop_assert!(enc.len() <= p.tensor_codec().max_encoded_len(dt, n) + 64);
+            let dec = p.decode(&enc, dt, n, u64::MAX).unwrap();
+            prop_assert_eq!(&dec[..], bytes, "{}", spec);
+        }
+    }
+
+    /// Low-entropy data (few distinct exponents), the case byteplane is built for.
+    #[test]
+    fn lossless_roundtrip_skewed(vals in proptest::collection::vec(prop_oneof![Just(0.0f32), -2.0f32..2.0, Just(f32::NAN)], 0..3000)) {
+        let f32b: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut b16 = Vec::new();
+        dtype::from_f32(DType::BF16, &vals, &mut b16).unwrap();
+        for (dt, bytes) in [(DType::F32, &f32b), (DType::BF16, &b16)] {
+            let n = bytes.len() / dt.size();
+            for spec in LOSSLESS {
+                let p = Pipeline::parse(spec).unwrap();
+                let dec = p.decode(&p.encode(dt, bytes).unwrap(), dt, n, u64::MAX).unwrap();
+                prop_assert_eq!(&dec, bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn float_codecs_match_reference(vals in proptest::collection::vec(any::<f32>(), 0..500)) {
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for (spec, target) in [("f32", DType::F32), ("f16", DType::F16), ("bf16", DType::BF16)] {
+            let p = Pipeline::parse(spec).unwrap();
+            let dec = p.decode(&p.encode(DType::F32, &bytes).unwrap(), DType::F32, vals.len(), u64::MAX).unwrap();
+            let mut want = Vec::new();
+            dtype::from_f32(target, &vals, &mut want).unwrap();
+            prop_assert_eq!(dec, want);
+        }
+    }
+}
+
+#[test]
+fn every_registered_codec_roundtrips_params() {
+    for e in REGISTRY {
+        let p = Pipeline::parse(e.name).unwrap();
+        let again = Pipeline::from_stages(&p.stages()).unwrap();
+        assert_eq!(again.describe(), p.describe(), "{}", e.name);
+    }
+}
+
+#[test]
+fn decode_limit_is_enforced_before_allocation() {
+    let p = Pipeline::parse("raw").unwrap();
+    let e = p.decode(&[], DType::F32, 1 << 40, 1 << 20).unwrap_err();
+    assert_eq!(e.kind, tenpak::ErrorKind::Limit);
+}

@@ -1,0 +1,77 @@
+//! Helpers: where the real models are, running the binary, reading safetensors.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The model cache filled by `scripts/fetch-test-models.sh`.
+pub fn models_dir() -> PathBuf {
+    match std::env::var_os("TENPAK_MODELS") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
+    }
+}
+
+fn model(rel: &str) -> PathBuf {
+    let p = models_dir().join(rel);
+    // Real-model tests never skip: a missing model is a failure, in CI and locally alike.
+    assert!(
+        p.is_file(),
+        "test model {} is missing: run scripts/fetch-test-models.sh (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+/// MiniLM-L6 (BERT), fp32 safetensors, 22.7M parameters.
+pub fn minilm() -> PathBuf {
+    model("minilm/model.safetensors")
+}
+
+/// SmolLM2-135M-Instruct, GGUF Q4_1.
+pub fn smollm2() -> PathBuf {
+    model("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Run the tenpak binary.
+pub fn tenpak(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tenpak"))
+        .args(args)
+        .output()
+        .expect("run tenpak")
+}
+
+/// Run and require success; returns stdout.
+pub fn tenpak_ok(args: &[&str]) -> String {
+    let o = tenpak(args);
+    assert!(
+        o.status.success(),
+        "tenpak {args:?} failed ({:?}): {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Run with `--json` appended and parse stdout.
+pub fn tenpak_json(args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    serde_json::from_str(&tenpak_ok(&a)).expect("valid JSON")
+}
+
+/// Tensors of a safetensors file as (dtype name, shape, bytes), by name.
+pub fn read_safetensors(p: &Path) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let b = std::fs::read(p).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, (format!("{:?}", v.dtype()), v.shape().to_vec(), v.data().to_vec())))
+        .collect()
+}
+
+/// A path string.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

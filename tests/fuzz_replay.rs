@@ -1,0 +1,139 @@
+//! Replays every committed fuzz seed (`fuzz/seeds/<target>/`) and every crash or regression
+//! file (`tests/regressions/<target>/`) through the same entry points the fuzz targets use, on
+//! stable Rust. Files that must fail with an error live in `tests/bad/` and are checked by name.
+//!
+//! `TENPAK_WRITE_SEEDS=1 cargo test fuzz_replay` regenerates `fuzz/seeds/` from real data.
+
+use crate::common::*;
+use std::path::Path;
+use tenpak::fuzz_api as f;
+
+type Target = fn(&[u8]);
+
+const TARGETS: &[(&str, Target)] = &[
+    ("container_open", f::container_open),
+    ("decode_raw", |d| f::decode_codec("raw", d)),
+    ("decode_float", |d| {
+        for c in ["f32", "f16", "bf16"] {
+            f::decode_codec(c, d)
+        }
+    }),
+    ("decode_zstd", |d| f::decode_codec("zstd", d)),
+    ("decode_byteplane", |d| f::decode_codec("byteplane", d)),
+    ("roundtrip_byteplane", |d| {
+        f::roundtrip("byteplane:zstd=always", d);
+        f::roundtrip("byteplane", d)
+    }),
+    ("roundtrip_zstd", |d| f::roundtrip("zstd:level=1", d)),
+    ("input_gguf", f::input_gguf),
+    ("input_safetensors", f::input_safetensors),
+];
+
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn replay_seeds_and_regressions() {
+    if std::env::var_os("TENPAK_WRITE_SEEDS").is_some() {
+        write_seeds();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut count = 0;
+    for (name, target) in TARGETS {
+        for base in ["fuzz/seeds", "tests/regressions"] {
+            for file in files(&root.join(base).join(name)) {
+                target(&std::fs::read(&file).unwrap());
+                count += 1;
+            }
+        }
+    }
+    assert!(count >= TARGETS.len(), "only {count} seed files: run with TENPAK_WRITE_SEEDS=1");
+}
+
+/// Each file in tests/bad/ must be refused with an error (never a panic) by the reader its
+/// extension names.
+#[test]
+fn bad_files_are_errors() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad");
+    let mut n = 0;
+    for file in files(&root) {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let err = match file.extension().and_then(|e| e.to_str()) {
+            Some("tpk") => tenpak::inspect::inspect(&file).err(),
+            Some("gguf") | Some("safetensors") => tenpak::input::open(&file).err(),
+            _ => continue,
+        };
+        assert!(err.is_some(), "{name} was accepted");
+        n += 1;
+    }
+    assert!(n >= 3);
+}
+
+fn write_seeds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let put = |t: &str, name: &str, b: &[u8]| {
+        std::fs::create_dir_all(root.join(t)).unwrap();
+        std::fs::write(root.join(t).join(name), b).unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tpk = dir.path().join("s.tpk");
+    for codec in ["byteplane", "bf16+zstd", "raw"] {
+        tenpak_ok(&["compress", s(&minilm()), "-o", s(&tpk), "--filter", "LayerNorm", "--limit", "2", "--chunk-elems", "200", "--codec", codec, "--force", "-q"]);
+        put("container_open", &format!("{}.tpk", codec.replace('+', "_")), &std::fs::read(&tpk).unwrap());
+    }
+    // Decoder seeds: [dtype index][n u16][params len][params][payload] from real weights.
+    let st = read_safetensors(&minilm());
+    let w = &st["encoder.layer.0.attention.self.query.weight"].2[..4096];
+    let mut b16 = Vec::new();
+    let vals: Vec<f32> = w.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    tenpak::dtype::from_f32(tenpak::dtype::DType::BF16, &vals, &mut b16).unwrap();
+    let idx = |d: tenpak::dtype::DType| tenpak::dtype::DType::ALL.iter().position(|x| *x == d).unwrap() as u8;
+    for (codec, dt, bytes) in [
+        ("byteplane", tenpak::dtype::DType::F32, &w[..]),
+        ("byteplane", tenpak::dtype::DType::BF16, &b16[..]),
+        ("raw", tenpak::dtype::DType::F32, &w[..]),
+        ("bf16", tenpak::dtype::DType::F32, &w[..]),
+        ("zstd", tenpak::dtype::DType::F32, &w[..]),
+    ] {
+        let p = tenpak::codec::Pipeline::parse(codec).unwrap();
+        let stages = p.stages();
+        let n = bytes.len() / dt.size();
+        let (params, payload) = if codec == "zstd" {
+            (stages[1].params.clone(), p.encode(dt, bytes).unwrap())
+        } else {
+            (stages[0].params.clone(), p.encode(dt, bytes).unwrap())
+        };
+        let mut seed = vec![idx(dt)];
+        seed.extend((n as u16).to_le_bytes());
+        seed.push(params.len() as u8);
+        seed.extend(&params);
+        seed.extend(&payload);
+        let target = match codec {
+            "bf16" => "decode_float".to_string(),
+            c => format!("decode_{c}"),
+        };
+        put(&target, &format!("{}_{}.bin", codec, dt.name()), &seed);
+    }
+    let mut rt = vec![idx(tenpak::dtype::DType::BF16)];
+    rt.extend(&b16);
+    put("roundtrip_byteplane", "bf16.bin", &rt);
+    put("roundtrip_zstd", "bf16.bin", &rt);
+    let mut rt = vec![idx(tenpak::dtype::DType::F32)];
+    rt.extend(w);
+    put("roundtrip_byteplane", "f32.bin", &rt);
+    // Input seeds: the head of the real GGUF (metadata + tensor table) and a tiny safetensors.
+    let g = std::fs::read(smollm2()).unwrap();
+    put("input_gguf", "smollm2_head.gguf", &g[..g.len().min(2 << 20)]);
+    let fp8 = dir.path().join("fp8.safetensors");
+    let views = vec![
+        ("w".to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F8_E4M3, vec![3, 130], &[0x38u8; 390]).unwrap()),
+        ("w_scale_inv".to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 2], &[0u8, 0, 0, 64, 0, 0, 128, 63]).unwrap()),
+    ];
+    safetensors::serialize_to_file(views, None, &fp8).unwrap();
+    put("input_safetensors", "fp8.safetensors", &std::fs::read(&fp8).unwrap());
+}
