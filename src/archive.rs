@@ -42,8 +42,13 @@ impl Archive {
         let t = &self.file.tensors()[i];
         let ch = &t.chunks[c];
         let payload = self.file.chunk(i, c).map_err(Error::from)?;
-        p.decode(payload, dtype, ch.elem_count as usize, self.limits.max_decoded_bytes)
-            .map_err(|e| e.with_chunk(c).with_tensor(&t.name))
+        p.decode(
+            payload,
+            dtype,
+            ch.elem_count as usize,
+            self.limits.max_decoded_bytes,
+        )
+        .map_err(|e| e.with_chunk(c).with_tensor(&t.name))
     }
 
     /// Decode a whole tensor, chunks in parallel. Returns the decoded dtype and its bytes.

@@ -103,7 +103,12 @@ pub(crate) fn ratio(a: u64, b: u64) -> f64 {
 }
 
 /// Compress `input` into `output`.
-pub fn compress(input: &Path, output: &Path, opts: &CompressOptions, progress: &dyn Progress) -> Result<CompressReport> {
+pub fn compress(
+    input: &Path,
+    output: &Path,
+    opts: &CompressOptions,
+    progress: &dyn Progress,
+) -> Result<CompressReport> {
     let source = input::open(input)?;
     compress_source(&*source, input, output, opts, progress)
 }
@@ -129,7 +134,8 @@ pub fn compress_source(
         })
         .with_file(input));
     }
-    let mut w = TpkWriter::create(output, opts.force).map_err(|e| Error::from(e).with_file(output))?;
+    let mut w =
+        TpkWriter::create(output, opts.force).map_err(|e| Error::from(e).with_file(output))?;
     w.set_metadata("tenpak.version", crate::VERSION);
     w.set_metadata("tenpak.source", &source.describe());
     let options = serde_json::json!({
@@ -143,14 +149,19 @@ pub fn compress_source(
         w.set_metadata(&format!("user.{k}"), v);
     }
     let total: u64 = selected.iter().map(|&i| infos[i].source_bytes).sum();
-    progress.event(Event::Start { total_bytes: total, tensors: selected.len() });
+    progress.event(Event::Start {
+        total_bytes: total,
+        tensors: selected.len(),
+    });
     let mut reports = Vec::with_capacity(selected.len());
     for &i in &selected {
         let info = &infos[i];
         progress.event(Event::Tensor { name: &info.name });
         let r = compress_tensor(source, i, &pipeline, opts.chunk_elems, &mut w)
             .map_err(|e| e.with_tensor(&info.name).with_file(input))?;
-        progress.event(Event::Advance { bytes: info.source_bytes });
+        progress.event(Event::Advance {
+            bytes: info.source_bytes,
+        });
         reports.push(r);
     }
     let tmp_size = w.finish().map_err(|e| Error::from(e).with_file(output))?;
@@ -207,7 +218,8 @@ fn compress_tensor(
         .step_by(chunk_elems as usize)
         .map(|s| (s, chunk_elems.min(n - s)))
         .collect();
-    let per_batch = (BATCH_BYTES / (chunk_elems as usize * esize).max(1)).max(rayon::current_num_threads());
+    let per_batch =
+        (BATCH_BYTES / (chunk_elems as usize * esize).max(1)).max(rayon::current_num_threads());
     let mut acc = Accumulator::default();
     let mut chunks = Vec::with_capacity(ranges.len());
     for (bi, batch) in ranges.chunks(per_batch).enumerate() {
@@ -249,21 +261,34 @@ fn compress_tensor(
     })
 }
 
-fn encode_chunk(p: &Pipeline, dtype: DType, bytes: &[u8], n: usize) -> Result<(Vec<u8>, Accumulator)> {
+fn encode_chunk(
+    p: &Pipeline,
+    dtype: DType,
+    bytes: &[u8],
+    n: usize,
+) -> Result<(Vec<u8>, Accumulator)> {
     let payload = p.encode(dtype, bytes)?;
     let decoded = p.decode(&payload, dtype, n, u64::MAX)?;
     let out_dtype = p.tensor_codec().decoded_dtype(dtype);
     if p.lossless() && decoded != bytes {
         return Err(Error::new(
             ErrorKind::Malformed,
-            format!("internal error: lossless pipeline {} did not round-trip", p.describe()),
+            format!(
+                "internal error: lossless pipeline {} did not round-trip",
+                p.describe()
+            ),
         ));
     }
     Ok((payload, chunk_stats(dtype, bytes, out_dtype, &decoded)))
 }
 
 /// Metrics accumulator of one chunk: source bytes vs decoded bytes, both read as f64.
-pub(crate) fn chunk_stats(src: DType, src_bytes: &[u8], out: DType, out_bytes: &[u8]) -> Accumulator {
+pub(crate) fn chunk_stats(
+    src: DType,
+    src_bytes: &[u8],
+    out: DType,
+    out_bytes: &[u8],
+) -> Accumulator {
     let x = to_f64(src, src_bytes);
     let y = to_f64(out, out_bytes);
     Accumulator::from_pairs(&x, &y)
@@ -271,9 +296,9 @@ pub(crate) fn chunk_stats(src: DType, src_bytes: &[u8], out: DType, out_bytes: &
 
 fn to_f64(d: DType, b: &[u8]) -> Vec<f64> {
     match d {
-        DType::F64 | DType::I64 | DType::U64 | DType::I32 | DType::U32 => {
-            (0..b.len() / d.size()).map(|i| dtype::to_f64_at(d, b, i)).collect()
-        }
+        DType::F64 | DType::I64 | DType::U64 | DType::I32 | DType::U32 => (0..b.len() / d.size())
+            .map(|i| dtype::to_f64_at(d, b, i))
+            .collect(),
         _ => {
             let mut f = Vec::new();
             dtype::to_f32(d, b, &mut f);

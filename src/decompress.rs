@@ -112,20 +112,33 @@ struct Planned {
 }
 
 /// Decompress `input` (.tpk) to `output` (.safetensors).
-pub fn decompress(input: &Path, output: &Path, opts: &DecompressOptions, progress: &dyn Progress) -> Result<DecompressReport> {
+pub fn decompress(
+    input: &Path,
+    output: &Path,
+    opts: &DecompressOptions,
+    progress: &dyn Progress,
+) -> Result<DecompressReport> {
     let ar = Archive::open(input)?;
     let tensors = ar.file.tensors();
     let mut skipped = Vec::new();
     let mut plan = Vec::new();
     for (i, t) in tensors.iter().enumerate() {
-        if opts.filter.as_deref().is_some_and(|q| !input::name_matches(&t.name, q)) {
+        if opts
+            .filter
+            .as_deref()
+            .is_some_and(|q| !input::name_matches(&t.name, q))
+        {
             continue;
         }
         match ar.pipeline(i) {
             Ok((src, p)) => {
                 let dt = output_dtype(src, p.tensor_codec().decoded_dtype(src), opts.dtype);
                 let n = t.numel().unwrap_or(0);
-                plan.push(Planned { index: i, dtype: dt, bytes: n * dt.size() as u64 });
+                plan.push(Planned {
+                    index: i,
+                    dtype: dt,
+                    bytes: n * dt.size() as u64,
+                });
             }
             Err(e) if e.kind == ErrorKind::Unsupported => skipped.push((t.name.clone(), e.message)),
             Err(e) => return Err(e.with_file(input)),
@@ -153,7 +166,11 @@ pub fn decompress(input: &Path, output: &Path, opts: &DecompressOptions, progres
     };
     let stem = output
         .file_name()
-        .map(|n| n.to_string_lossy().trim_end_matches(".safetensors").to_string())
+        .map(|n| {
+            n.to_string_lossy()
+                .trim_end_matches(".safetensors")
+                .to_string()
+        })
         .unwrap_or_else(|| "model".into());
     let n_shards = shards.len();
     let names: Vec<PathBuf> = if n_shards == 1 {
@@ -167,19 +184,32 @@ pub fn decompress(input: &Path, output: &Path, opts: &DecompressOptions, progres
     if !opts.force {
         for p in names.iter().chain((n_shards > 1).then_some(&index_path)) {
             if p.exists() {
-                return Err(Error::config(format!("{} already exists (pass --force to overwrite)", p.display())));
+                return Err(Error::config(format!(
+                    "{} already exists (pass --force to overwrite)",
+                    p.display()
+                )));
             }
         }
     }
     let mut metadata = BTreeMap::new();
     metadata.insert("format".to_string(), "pt".to_string());
-    metadata.insert("tenpak.source".to_string(), input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    metadata.insert(
+        "tenpak.source".to_string(),
+        input
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
     let total: u64 = plan.iter().map(|p| p.bytes).sum();
-    progress.event(Event::Start { total_bytes: total, tensors: plan.len() });
+    progress.event(Event::Start {
+        total_bytes: total,
+        tensors: plan.len(),
+    });
     let mut temps = Vec::new();
     let mut weight_map = BTreeMap::new();
     for (shard, name) in shards.iter().zip(&names) {
-        let tmp = write_shard(&ar, shard, &dir, &metadata, progress).map_err(|e| e.with_file(input))?;
+        let tmp =
+            write_shard(&ar, shard, &dir, &metadata, progress).map_err(|e| e.with_file(input))?;
         for p in shard {
             weight_map.insert(
                 tensors[p.index].name.clone(),
@@ -198,19 +228,31 @@ pub fn decompress(input: &Path, output: &Path, opts: &DecompressOptions, progres
             "metadata": { "total_size": total },
             "weight_map": weight_map,
         });
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io("create a temporary file", e).with_file(&dir))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+            .map_err(|e| Error::io("create a temporary file", e).with_file(&dir))?;
         tmp.write_all(serde_json::to_string_pretty(&index).unwrap().as_bytes())
             .map_err(|e| Error::io("write", e).with_file(&index_path))?;
         persist(tmp, &index_path, opts.force)?;
         files.push(index_path);
     }
     progress.event(Event::Finish);
-    Ok(DecompressReport { files, tensors: plan.len(), data_bytes: total, skipped })
+    Ok(DecompressReport {
+        files,
+        tensors: plan.len(),
+        data_bytes: total,
+        skipped,
+    })
 }
 
 fn persist(tmp: tempfile::NamedTempFile, dest: &Path, force: bool) -> Result<()> {
-    tmp.as_file().sync_all().map_err(|e| Error::io("sync", e).with_file(dest))?;
-    let r = if force { tmp.persist(dest).map(|_| ()) } else { tmp.persist_noclobber(dest).map(|_| ()) };
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io("sync", e).with_file(dest))?;
+    let r = if force {
+        tmp.persist(dest).map(|_| ())
+    } else {
+        tmp.persist_noclobber(dest).map(|_| ())
+    };
     r.map_err(|e| Error::io("rename into place", e.error).with_file(dest))
 }
 
@@ -223,7 +265,10 @@ fn write_shard(
 ) -> Result<tempfile::NamedTempFile> {
     let tensors = ar.file.tensors();
     let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::to_value(metadata).unwrap());
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(metadata).unwrap(),
+    );
     let mut offset = 0u64;
     for p in shard {
         let t = &tensors[p.index];
@@ -239,7 +284,7 @@ fn write_shard(
     }
     let mut h = serde_json::to_vec(&header).unwrap();
     // safetensors readers expect the data to start 8-byte aligned: pad the header with spaces.
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let tmp = tempfile::Builder::new()
@@ -260,5 +305,6 @@ fn write_shard(
         out.write_all(&bytes).map_err(io)?;
         progress.event(Event::Advance { bytes: p.bytes });
     }
-    out.into_inner().map_err(|e| Error::io("flush", e.into_error()))
+    out.into_inner()
+        .map_err(|e| Error::io("flush", e.into_error()))
 }

@@ -85,7 +85,12 @@ impl DType {
             .iter()
             .copied()
             .find(|d| d.name() == s)
-            .ok_or_else(|| Error::new(crate::ErrorKind::Unsupported, format!("unknown dtype '{s}'")))
+            .ok_or_else(|| {
+                Error::new(
+                    crate::ErrorKind::Unsupported,
+                    format!("unknown dtype '{s}'"),
+                )
+            })
     }
 
     /// Bytes per element.
@@ -195,7 +200,9 @@ pub fn from_f32(dtype: DType, vals: &[f32], out: &mut Vec<u8>) -> Result<()> {
     out.clear();
     out.reserve(vals.len() * dtype.size());
     match dtype {
-        DType::F32 => vals.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DType::F32 => vals
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         DType::F16 => vals
             .iter()
             .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),

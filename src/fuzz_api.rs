@@ -13,14 +13,25 @@ const MAX_BYTES: u64 = 1 << 20;
 /// Open a `.tpk` from bytes, check the layout, decode every chunk of every tensor.
 pub fn container_open(data: &[u8]) {
     let limits = Limits::small();
-    let Ok(f) = TpkFile::open(data, &limits) else { return };
+    let Ok(f) = TpkFile::open(data, &limits) else {
+        return;
+    };
     let _ = f.verify_layout();
     for (i, t) in f.tensors().iter().enumerate() {
-        let Ok(dtype) = DType::from_name(&t.dtype) else { continue };
-        let Ok(p) = Pipeline::from_stages(&t.stages) else { continue };
+        let Ok(dtype) = DType::from_name(&t.dtype) else {
+            continue;
+        };
+        let Ok(p) = Pipeline::from_stages(&t.stages) else {
+            continue;
+        };
         for (c, ch) in t.chunks.iter().enumerate() {
             if let Ok(payload) = f.chunk(i, c) {
-                let _ = p.decode(payload, dtype, ch.elem_count.min(1 << 20) as usize, MAX_BYTES);
+                let _ = p.decode(
+                    payload,
+                    dtype,
+                    ch.elem_count.min(1 << 20) as usize,
+                    MAX_BYTES,
+                );
             }
         }
     }
@@ -28,7 +39,9 @@ pub fn container_open(data: &[u8]) {
 
 /// Input layout for the decoder targets: `[dtype index][n: u16 LE][params len][params][payload]`.
 pub fn decode_codec(codec: &str, data: &[u8]) {
-    let Some(entry) = entry_by_name(codec) else { return };
+    let Some(entry) = entry_by_name(codec) else {
+        return;
+    };
     if data.len() < 4 {
         return;
     }
@@ -50,14 +63,20 @@ pub fn decode_codec(codec: &str, data: &[u8]) {
 /// Encode then decode with a lossless pipeline; the bytes must come back exactly.
 /// Input: `[dtype index][elements...]`.
 pub fn roundtrip(spec: &str, data: &[u8]) {
-    let Some((&d, rest)) = data.split_first() else { return };
+    let Some((&d, rest)) = data.split_first() else {
+        return;
+    };
     let dtype = DType::ALL[d as usize % DType::ALL.len()];
     let n = rest.len() / dtype.size();
     let bytes = &rest[..n * dtype.size()];
     let p = Pipeline::parse(spec).expect("fuzz spec parses");
     assert!(p.lossless());
-    let enc = p.encode(dtype, bytes).expect("encode never fails on valid elements");
-    let dec = p.decode(&enc, dtype, n, u64::MAX).expect("own output decodes");
+    let enc = p
+        .encode(dtype, bytes)
+        .expect("encode never fails on valid elements");
+    let dec = p
+        .decode(&enc, dtype, n, u64::MAX)
+        .expect("own output decodes");
     assert_eq!(dec, bytes, "{spec} did not round-trip");
 }
 

@@ -70,7 +70,12 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
             name: t.name.clone(),
             shape: t.dims.clone(),
             dtype: t.dtype.clone(),
-            codec: t.stages.iter().map(|s| s.codec_name.as_str()).collect::<Vec<_>>().join("+"),
+            codec: t
+                .stages
+                .iter()
+                .map(|s| s.codec_name.as_str())
+                .collect::<Vec<_>>()
+                .join("+"),
             supported: ar.pipeline(i).is_ok(),
             source_bytes: t.source_bytes,
             encoded_bytes: t.payload_bytes(),
@@ -80,7 +85,11 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
         })
         .collect();
     let source_bytes = tensors.iter().map(|t| t.source_bytes).sum();
-    let fp32_bytes = f.tensors().iter().map(|t| t.numel().unwrap_or(0).saturating_mul(4)).sum();
+    let fp32_bytes = f
+        .tensors()
+        .iter()
+        .map(|t| t.numel().unwrap_or(0).saturating_mul(4))
+        .sum();
     let h = f.header();
     Ok(InspectReport {
         format_version: format!("{}.{}", h.major, h.minor),

@@ -227,7 +227,15 @@ mod tests {
         let z = [0.0; 4];
         let c = [2.0; 4];
         let r = [1.0, -2.0, 3.0, 0.5];
-        for (x, y) in [(&z, &z), (&c, &c), (&z, &c), (&c, &z), (&r, &c), (&r, &r), (&c, &r)] {
+        for (x, y) in [
+            (&z, &z),
+            (&c, &c),
+            (&z, &c),
+            (&c, &z),
+            (&r, &c),
+            (&r, &r),
+            (&c, &r),
+        ] {
             let v = m(x, y);
             for f in [v.pcc, v.mae, v.max_abs, v.rmse, v.cosine, v.sqnr_db] {
                 assert!(!f.is_nan(), "{x:?} {y:?} {v:?}");
@@ -246,8 +254,14 @@ mod tests {
 
     #[test]
     fn merge_matches_single_pass() {
-        let x: Vec<f64> = (0..1000).map(|i| (i as f64 * 0.37).sin() * 3.0 + 1.0).collect();
-        let y: Vec<f64> = x.iter().enumerate().map(|(i, v)| v + ((i % 7) as f64 - 3.0) * 0.01).collect();
+        let x: Vec<f64> = (0..1000)
+            .map(|i| (i as f64 * 0.37).sin() * 3.0 + 1.0)
+            .collect();
+        let y: Vec<f64> = x
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + ((i % 7) as f64 - 3.0) * 0.01)
+            .collect();
         let whole = m(&x, &y);
         let mut a = Accumulator::from_pairs(&x[..313], &y[..313]);
         a.merge(&Accumulator::from_pairs(&x[313..], &y[313..]));

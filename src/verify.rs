@@ -46,11 +46,18 @@ pub fn verify(path: &Path, progress: &dyn Progress) -> Result<VerifyReport> {
         .file
         .verify_layout()
         .into_iter()
-        .map(|p| Problem { tensor: p.tensor, chunk: p.chunk, message: p.error.to_string() })
+        .map(|p| Problem {
+            tensor: p.tensor,
+            chunk: p.chunk,
+            message: p.error.to_string(),
+        })
         .collect();
     let mut unsupported = Vec::new();
     let total: u64 = tensors.iter().map(|t| t.payload_bytes()).sum();
-    progress.event(Event::Start { total_bytes: total, tensors: tensors.len() });
+    progress.event(Event::Start {
+        total_bytes: total,
+        tensors: tensors.len(),
+    });
     let mut chunks = 0;
     for (i, t) in tensors.iter().enumerate() {
         progress.event(Event::Tensor { name: &t.name });
@@ -63,23 +70,44 @@ pub fn verify(path: &Path, progress: &dyn Progress) -> Result<VerifyReport> {
                     Ok((dtype, p)) => ar.decode_chunk(i, c, *dtype, p).map(|_| ()),
                     Err(_) => ar.file.chunk(i, c).map(|_| ()).map_err(Into::into),
                 };
-                r.err().map(|e| Problem { tensor: Some(t.name.clone()), chunk: Some(c), message: e.message })
+                r.err().map(|e| Problem {
+                    tensor: Some(t.name.clone()),
+                    chunk: Some(c),
+                    message: e.message,
+                })
             })
             .collect();
         problems.extend(checked.into_iter().flatten());
         match pipeline {
-            Err(e) if e.kind == ErrorKind::Unsupported => {
-                unsupported.push(Problem { tensor: Some(t.name.clone()), chunk: None, message: e.message })
-            }
-            Err(e) => problems.push(Problem { tensor: Some(t.name.clone()), chunk: None, message: e.message }),
+            Err(e) if e.kind == ErrorKind::Unsupported => unsupported.push(Problem {
+                tensor: Some(t.name.clone()),
+                chunk: None,
+                message: e.message,
+            }),
+            Err(e) => problems.push(Problem {
+                tensor: Some(t.name.clone()),
+                chunk: None,
+                message: e.message,
+            }),
             Ok((dtype, p)) => {
                 if let Err(e) = decoded_len(t, p.tensor_codec().decoded_dtype(dtype), &ar.limits) {
-                    problems.push(Problem { tensor: Some(t.name.clone()), chunk: None, message: e.message });
+                    problems.push(Problem {
+                        tensor: Some(t.name.clone()),
+                        chunk: None,
+                        message: e.message,
+                    });
                 }
             }
         }
-        progress.event(Event::Advance { bytes: t.payload_bytes() });
+        progress.event(Event::Advance {
+            bytes: t.payload_bytes(),
+        });
     }
     progress.event(Event::Finish);
-    Ok(VerifyReport { tensors: tensors.len(), chunks, problems, unsupported })
+    Ok(VerifyReport {
+        tensors: tensors.len(),
+        chunks,
+        problems,
+        unsupported,
+    })
 }

@@ -11,8 +11,18 @@ fn usage_errors_exit_2() {
     let o = tenpak(&["compress", s(&minilm()), "-o", s(&out), "--codec", "nope"]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("unknown codec 'nope'") && err.contains("byteplane"), "{err}");
-    let o = tenpak(&["compress", s(&minilm()), "-o", s(&out), "--codec", "zstd:level=99"]);
+    assert!(
+        err.contains("unknown codec 'nope'") && err.contains("byteplane"),
+        "{err}"
+    );
+    let o = tenpak(&[
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&out),
+        "--codec",
+        "zstd:level=99",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(!out.exists());
 }
@@ -20,17 +30,29 @@ fn usage_errors_exit_2() {
 #[test]
 fn missing_input_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let o = tenpak(&["compress", "/nonexistent/model.safetensors", "-o", s(&dir.path().join("x.tpk"))]);
+    let o = tenpak(&[
+        "compress",
+        "/nonexistent/model.safetensors",
+        "-o",
+        s(&dir.path().join("x.tpk")),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.starts_with("tenpak: error: /nonexistent/model.safetensors"), "{err}");
+    assert!(
+        err.starts_with("tenpak: error: /nonexistent/model.safetensors"),
+        "{err}"
+    );
     // Not a model at all.
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"this is not a model").unwrap();
     let o = tenpak(&["compress", s(&junk), "-o", s(&dir.path().join("y.tpk"))]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("junk.safetensors"));
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no output left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no output left behind"
+    );
 }
 
 #[test]
@@ -38,11 +60,28 @@ fn existing_output_needs_force() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.tpk");
     std::fs::write(&out, b"precious").unwrap();
-    let o = tenpak(&["compress", s(&minilm()), "-o", s(&out), "--limit", "1", "-q"]);
+    let o = tenpak(&[
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&out),
+        "--limit",
+        "1",
+        "-q",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
-    tenpak_ok(&["compress", s(&minilm()), "-o", s(&out), "--limit", "1", "--force", "-q"]);
+    tenpak_ok(&[
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&out),
+        "--limit",
+        "1",
+        "--force",
+        "-q",
+    ]);
     assert_ne!(std::fs::read(&out).unwrap(), b"precious");
     // Decompress refuses to overwrite too.
     let st = dir.path().join("x.safetensors");
@@ -57,9 +96,31 @@ fn tables_and_inspect() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.tpk");
     let table = tenpak_ok(&[
-        "compress", s(&minilm()), "-o", s(&out), "--filter", "pooler", "--codec", "bf16", "--meta", "team=ml", "-q",
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&out),
+        "--filter",
+        "pooler",
+        "--codec",
+        "bf16",
+        "--meta",
+        "team=ml",
+        "-q",
     ]);
-    for col in ["name", "shape", "codec", "orig bytes", "enc bytes", "ratio", "PCC", "MAE", "atol", "file bytes:", "ratio vs fp32:"] {
+    for col in [
+        "name",
+        "shape",
+        "codec",
+        "orig bytes",
+        "enc bytes",
+        "ratio",
+        "PCC",
+        "MAE",
+        "atol",
+        "file bytes:",
+        "ratio vs fp32:",
+    ] {
         assert!(table.contains(col), "missing {col} in\n{table}");
     }
     assert!(table.contains("pooler.dense.weight"));
@@ -70,11 +131,18 @@ fn tables_and_inspect() {
     let j = tenpak_json(&["inspect", s(&out)]);
     assert_eq!(j["tensor_count"], 2);
     assert_eq!(j["metadata"]["user.team"], "ml");
-    assert_eq!(j["file_bytes"].as_u64().unwrap(), std::fs::metadata(&out).unwrap().len());
-    let opts: serde_json::Value = serde_json::from_str(j["metadata"]["tenpak.options"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        j["file_bytes"].as_u64().unwrap(),
+        std::fs::metadata(&out).unwrap().len()
+    );
+    let opts: serde_json::Value =
+        serde_json::from_str(j["metadata"]["tenpak.options"].as_str().unwrap()).unwrap();
     assert_eq!(opts["codec"], "bf16");
     let m = &j["tensors"][1]["metrics"];
-    assert!(m["pcc"].as_f64().unwrap() > 0.9999 && m["sqnr_db"].as_f64().unwrap() > 40.0, "{m}");
+    assert!(
+        m["pcc"].as_f64().unwrap() > 0.9999 && m["sqnr_db"].as_f64().unwrap() > 40.0,
+        "{m}"
+    );
     let v = tenpak_json(&["verify", s(&out)]);
     assert_eq!(v["problems"].as_array().unwrap().len(), 0);
     let codecs = tenpak_ok(&["codecs"]);
@@ -85,15 +153,45 @@ fn tables_and_inspect() {
 fn decompress_dtypes_and_filter() {
     let dir = tempfile::tempdir().unwrap();
     let tpk = dir.path().join("x.tpk");
-    tenpak_ok(&["compress", s(&minilm()), "-o", s(&tpk), "--filter", "embeddings", "-q"]);
-    for (dt, want) in [("f16", "F16"), ("bf16", "BF16"), ("f32", "F32"), ("source", "F32")] {
+    tenpak_ok(&[
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&tpk),
+        "--filter",
+        "embeddings",
+        "-q",
+    ]);
+    for (dt, want) in [
+        ("f16", "F16"),
+        ("bf16", "BF16"),
+        ("f32", "F32"),
+        ("source", "F32"),
+    ] {
         let out = dir.path().join(format!("{dt}.safetensors"));
-        tenpak_ok(&["decompress", s(&tpk), "-o", s(&out), "--dtype", dt, "--filter", "word_embeddings", "-q"]);
+        tenpak_ok(&[
+            "decompress",
+            s(&tpk),
+            "-o",
+            s(&out),
+            "--dtype",
+            dt,
+            "--filter",
+            "word_embeddings",
+            "-q",
+        ]);
         let back = read_safetensors(&out);
         assert_eq!(back.len(), 1);
         assert_eq!(back["embeddings.word_embeddings.weight"].0, want);
     }
-    let o = tenpak(&["decompress", s(&tpk), "-o", s(&dir.path().join("z.safetensors")), "--dtype", "f8"]);
+    let o = tenpak(&[
+        "decompress",
+        s(&tpk),
+        "-o",
+        s(&dir.path().join("z.safetensors")),
+        "--dtype",
+        "f8",
+    ]);
     assert_eq!(o.status.code(), Some(2));
 }
 

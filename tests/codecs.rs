@@ -9,7 +9,15 @@ fn dtype_strategy() -> impl Strategy<Value = DType> {
     (0..DType::ALL.len()).prop_map(|i| DType::ALL[i])
 }
 
-const LOSSLESS: &[&str] = &["raw", "zstd", "zstd:level=-3", "byteplane", "byteplane:zstd=always", "byteplane:zstd=never", "raw+zstd:level=1"];
+const LOSSLESS: &[&str] = &[
+    "raw",
+    "zstd",
+    "zstd:level=-3",
+    "byteplane",
+    "byteplane:zstd=always",
+    "byteplane:zstd=never",
+    "raw+zstd:level=1",
+];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]

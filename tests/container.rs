@@ -8,8 +8,17 @@ use tpk_format::{Limits, Stage, TensorEntry, TpkFile, TpkWriter};
 fn small_tpk(dir: &Path) -> PathBuf {
     let tpk = dir.join("small.tpk");
     tenpak_ok(&[
-        "compress", s(&minilm()), "-o", s(&tpk), "--filter", "LayerNorm", "--limit", "3",
-        "--chunk-elems", "128", "-q",
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&tpk),
+        "--filter",
+        "LayerNorm",
+        "--limit",
+        "3",
+        "--chunk-elems",
+        "128",
+        "-q",
     ]);
     tpk
 }
@@ -40,7 +49,10 @@ fn every_single_byte_corruption_is_detected() {
     let o = tenpak(&["verify", s(&bad), "-q"]);
     assert_eq!(o.status.code(), Some(1));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains(&format!("tensor '{}'", f.tensors()[1].name)) && out.contains("chunk 0"), "{out}");
+    assert!(
+        out.contains(&format!("tensor '{}'", f.tensors()[1].name)) && out.contains("chunk 0"),
+        "{out}"
+    );
 }
 
 /// Truncating at any offset gives an error from open or verify, never a panic.
@@ -57,7 +69,10 @@ fn every_truncation_is_a_clean_error() {
     let o = tenpak(&["inspect", s(&cut)]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("cut.tpk") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("cut.tpk") && err.contains("truncated"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"));
 }
 
@@ -67,7 +82,12 @@ fn entry(name: &str, id: u16, codec: &str, chunk: tpk_format::ChunkEntry) -> Ten
         dtype: "F32".into(),
         dims: vec![4],
         source_bytes: 16,
-        stages: vec![Stage { codec_id: id, codec_name: codec.into(), codec_version: 1, params: vec![] }],
+        stages: vec![Stage {
+            codec_id: id,
+            codec_name: codec.into(),
+            codec_version: 1,
+            params: vec![],
+        }],
         metrics: vec![],
         chunks: vec![chunk],
     }
@@ -79,7 +99,10 @@ fn unknown_codec_is_isolated() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("future.tpk");
     let mut w = TpkWriter::create(&p, false).unwrap();
-    let vals: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let vals: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let c0 = w.write_chunk(&vals, 0, 4).unwrap();
     let c1 = w.write_chunk(b"opaque future payload", 0, 4).unwrap();
     w.add_tensor(entry("a", 1, "raw", c0)).unwrap();
@@ -113,7 +136,10 @@ fn newer_major_version_is_refused() {
     let o = tenpak(&["inspect", s(&p)]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("version 2.x is newer") && err.contains("upgrade"), "{err}");
+    assert!(
+        err.contains("version 2.x is newer") && err.contains("upgrade"),
+        "{err}"
+    );
 }
 
 /// Same input and options give the same bytes.
@@ -122,7 +148,17 @@ fn output_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.tpk");
     let b = dir.path().join("b.tpk");
-    let args = |o: &Path| vec!["compress".to_string(), s(&minilm()).into(), "-o".into(), s(o).into(), "--filter".into(), "encoder.layer.0".into(), "-q".into()];
+    let args = |o: &Path| {
+        vec![
+            "compress".to_string(),
+            s(&minilm()).into(),
+            "-o".into(),
+            s(o).into(),
+            "--filter".into(),
+            "encoder.layer.0".into(),
+            "-q".into(),
+        ]
+    };
     let run = |o: &Path, threads: &str| {
         let mut v = args(o);
         v.extend(["--threads".to_string(), threads.to_string()]);

@@ -31,7 +31,11 @@ const TARGETS: &[(&str, Target)] = &[
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
-        .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect())
+        .map(|r| {
+            r.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -52,7 +56,10 @@ fn replay_seeds_and_regressions() {
             }
         }
     }
-    assert!(count >= TARGETS.len(), "only {count} seed files: run with TENPAK_WRITE_SEEDS=1");
+    assert!(
+        count >= TARGETS.len(),
+        "only {count} seed files: run with TENPAK_WRITE_SEEDS=1"
+    );
 }
 
 /// Each file in tests/bad/ must be refused with an error (never a panic) by the reader its
@@ -83,22 +90,49 @@ fn write_seeds() {
     let dir = tempfile::tempdir().unwrap();
     let tpk = dir.path().join("s.tpk");
     for codec in ["byteplane", "bf16+zstd", "raw"] {
-        tenpak_ok(&["compress", s(&minilm()), "-o", s(&tpk), "--filter", "LayerNorm", "--limit", "2", "--chunk-elems", "200", "--codec", codec, "--force", "-q"]);
-        put("container_open", &format!("{}.tpk", codec.replace('+', "_")), &std::fs::read(&tpk).unwrap());
+        tenpak_ok(&[
+            "compress",
+            s(&minilm()),
+            "-o",
+            s(&tpk),
+            "--filter",
+            "LayerNorm",
+            "--limit",
+            "2",
+            "--chunk-elems",
+            "200",
+            "--codec",
+            codec,
+            "--force",
+            "-q",
+        ]);
+        put(
+            "container_open",
+            &format!("{}.tpk", codec.replace('+', "_")),
+            &std::fs::read(&tpk).unwrap(),
+        );
     }
     // Decoder seeds: [dtype index][n u16][params len][params][payload] from real weights.
     let st = read_safetensors(&minilm());
     let w = &st["encoder.layer.0.attention.self.query.weight"].2[..4096];
     let mut b16 = Vec::new();
-    let vals: Vec<f32> = w.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let vals: Vec<f32> = w
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     tenpak::dtype::from_f32(tenpak::dtype::DType::BF16, &vals, &mut b16).unwrap();
-    let idx = |d: tenpak::dtype::DType| tenpak::dtype::DType::ALL.iter().position(|x| *x == d).unwrap() as u8;
+    let idx = |d: tenpak::dtype::DType| {
+        tenpak::dtype::DType::ALL
+            .iter()
+            .position(|x| *x == d)
+            .unwrap() as u8
+    };
     for (codec, dt, bytes) in [
-        ("byteplane", tenpak::dtype::DType::F32, &w[..]),
+        ("byteplane", tenpak::dtype::DType::F32, w),
         ("byteplane", tenpak::dtype::DType::BF16, &b16[..]),
-        ("raw", tenpak::dtype::DType::F32, &w[..]),
-        ("bf16", tenpak::dtype::DType::F32, &w[..]),
-        ("zstd", tenpak::dtype::DType::F32, &w[..]),
+        ("raw", tenpak::dtype::DType::F32, w),
+        ("bf16", tenpak::dtype::DType::F32, w),
+        ("zstd", tenpak::dtype::DType::F32, w),
     ] {
         let p = tenpak::codec::Pipeline::parse(codec).unwrap();
         let stages = p.stages();
@@ -128,12 +162,36 @@ fn write_seeds() {
     put("roundtrip_byteplane", "f32.bin", &rt);
     // Input seeds: the head of the real GGUF (metadata + tensor table) and a tiny safetensors.
     let g = std::fs::read(smollm2()).unwrap();
-    put("input_gguf", "smollm2_head.gguf", &g[..g.len().min(2 << 20)]);
+    put(
+        "input_gguf",
+        "smollm2_head.gguf",
+        &g[..g.len().min(2 << 20)],
+    );
     let fp8 = dir.path().join("fp8.safetensors");
     let views = vec![
-        ("w".to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F8_E4M3, vec![3, 130], &[0x38u8; 390]).unwrap()),
-        ("w_scale_inv".to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 2], &[0u8, 0, 0, 64, 0, 0, 128, 63]).unwrap()),
+        (
+            "w".to_string(),
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F8_E4M3,
+                vec![3, 130],
+                &[0x38u8; 390],
+            )
+            .unwrap(),
+        ),
+        (
+            "w_scale_inv".to_string(),
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                vec![1, 2],
+                &[0u8, 0, 0, 64, 0, 0, 128, 63],
+            )
+            .unwrap(),
+        ),
     ];
     safetensors::serialize_to_file(views, None, &fp8).unwrap();
-    put("input_safetensors", "fp8.safetensors", &std::fs::read(&fp8).unwrap());
+    put(
+        "input_safetensors",
+        "fp8.safetensors",
+        &std::fs::read(&fp8).unwrap(),
+    );
 }

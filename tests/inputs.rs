@@ -12,12 +12,28 @@ fn ggml_dequantization_matches_reference() {
     assert_eq!(cases.len(), 10);
     for c in cases {
         let ty = c["type"].as_u64().unwrap() as u32;
-        let bytes: Vec<u8> = c["bytes"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
-        let want: Vec<u32> = c["values"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let bytes: Vec<u8> = c["bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u8)
+            .collect();
+        let want: Vec<u32> = c["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let mut y = vec![0f32; want.len()];
         tenpak::input::gguf::dequantize(ty, &bytes, &mut y).unwrap();
         for (i, (g, w)) in y.iter().zip(&want).enumerate() {
-            assert_eq!(g.to_bits(), *w, "{}[{i}]: {g} vs {}", c["name"], f32::from_bits(*w));
+            assert_eq!(
+                g.to_bits(),
+                *w,
+                "{}[{i}]: {g} vs {}",
+                c["name"],
+                f32::from_bits(*w)
+            );
         }
     }
 }
@@ -25,7 +41,12 @@ fn ggml_dequantization_matches_reference() {
 fn write_st(path: &std::path::Path, tensors: Vec<(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)>) {
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(n, d, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(n, d, s, b)| {
+            (
+                n.to_string(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
@@ -40,14 +61,32 @@ fn fp8_scale_inv_is_applied_and_consumed() {
     let scales = [0.5f32, 2.0, 4.0, 0.25, 1.0, 8.0]; // [2, 3]
     let sb: Vec<u8> = scales.iter().flat_map(|v| v.to_le_bytes()).collect();
     let p = dir.path().join("fp8.safetensors");
-    write_st(&p, vec![
-        ("layer.weight", safetensors::Dtype::F8_E4M3, vec![r, c], w.clone()),
-        ("layer.weight_scale_inv", safetensors::Dtype::F32, vec![2, 3], sb),
-        ("layer.bias", safetensors::Dtype::F32, vec![2], vec![0; 8]),
-    ]);
+    write_st(
+        &p,
+        vec![
+            (
+                "layer.weight",
+                safetensors::Dtype::F8_E4M3,
+                vec![r, c],
+                w.clone(),
+            ),
+            (
+                "layer.weight_scale_inv",
+                safetensors::Dtype::F32,
+                vec![2, 3],
+                sb,
+            ),
+            ("layer.bias", safetensors::Dtype::F32, vec![2], vec![0; 8]),
+        ],
+    );
     let tpk = dir.path().join("fp8.tpk");
     let rep = tenpak_json(&["compress", s(&p), "-o", s(&tpk), "--codec", "raw", "-q"]);
-    let names: Vec<&str> = rep["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = rep["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["layer.bias", "layer.weight"]);
     let wt = &rep["tensors"][1];
     assert_eq!(wt["source_dtype"], "F8_E4M3");
@@ -60,18 +99,39 @@ fn fp8_scale_inv_is_applied_and_consumed() {
     for (i, v) in bytes.chunks_exact(4).enumerate() {
         let (row, col) = (i / c, i % c);
         let want = tenpak::dtype::f8e4m3_to_f32(w[i]) * scales[(row / 128) * 3 + col / 128];
-        assert_eq!(f32::from_le_bytes(v.try_into().unwrap()), want, "[{row},{col}]");
+        assert_eq!(
+            f32::from_le_bytes(v.try_into().unwrap()),
+            want,
+            "[{row},{col}]"
+        );
     }
     // A scale of the wrong shape is an error naming the tensor.
     let bad = dir.path().join("bad.safetensors");
-    write_st(&bad, vec![
-        ("w", safetensors::Dtype::F8_E4M3, vec![4, 4], vec![0x38; 16]),
-        ("w_scale_inv", safetensors::Dtype::F32, vec![2, 2], vec![0; 16]),
+    write_st(
+        &bad,
+        vec![
+            ("w", safetensors::Dtype::F8_E4M3, vec![4, 4], vec![0x38; 16]),
+            (
+                "w_scale_inv",
+                safetensors::Dtype::F32,
+                vec![2, 2],
+                vec![0; 16],
+            ),
+        ],
+    );
+    let o = tenpak(&[
+        "compress",
+        s(&bad),
+        "-o",
+        s(&dir.path().join("b.tpk")),
+        "-q",
     ]);
-    let o = tenpak(&["compress", s(&bad), "-o", s(&dir.path().join("b.tpk")), "-q"]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("tensor 'w'") && err.contains("scale_inv"), "{err}");
+    assert!(
+        err.contains("tensor 'w'") && err.contains("scale_inv"),
+        "{err}"
+    );
 }
 
 /// All safetensors dtypes: floats decode, integers and bool stay bit-exact under a lossy codec.
@@ -83,12 +143,27 @@ fn every_dtype_survives() {
     let bytes = |n: usize| (0..n).map(|i| (i * 13 % 251) as u8).collect::<Vec<u8>>();
     let mut ts = Vec::new();
     for (name, d, size) in [
-        ("bool", D::BOOL, 1), ("u8", D::U8, 1), ("i8", D::I8, 1), ("u16", D::U16, 2), ("i16", D::I16, 2),
-        ("u32", D::U32, 4), ("i32", D::I32, 4), ("u64", D::U64, 8), ("i64", D::I64, 8),
-        ("f16", D::F16, 2), ("bf16", D::BF16, 2), ("f32", D::F32, 4), ("f64", D::F64, 8),
-        ("e4m3", D::F8_E4M3, 1), ("e5m2", D::F8_E5M2, 1),
+        ("bool", D::BOOL, 1),
+        ("u8", D::U8, 1),
+        ("i8", D::I8, 1),
+        ("u16", D::U16, 2),
+        ("i16", D::I16, 2),
+        ("u32", D::U32, 4),
+        ("i32", D::I32, 4),
+        ("u64", D::U64, 8),
+        ("i64", D::I64, 8),
+        ("f16", D::F16, 2),
+        ("bf16", D::BF16, 2),
+        ("f32", D::F32, 4),
+        ("f64", D::F64, 8),
+        ("e4m3", D::F8_E4M3, 1),
+        ("e5m2", D::F8_E5M2, 1),
     ] {
-        let b = if name == "bool" { vec![0, 1, 1, 0, 1, 0] } else { bytes(6 * size) };
+        let b = if name == "bool" {
+            vec![0, 1, 1, 0, 1, 0]
+        } else {
+            bytes(6 * size)
+        };
         ts.push((name, d, vec![2, 3], b));
     }
     ts.push(("empty", D::F32, vec![0, 5], vec![]));
@@ -98,22 +173,37 @@ fn every_dtype_survives() {
     for codec in ["raw", "byteplane", "zstd"] {
         let tpk = dir.path().join("a.tpk");
         let out = dir.path().join("a.safetensors");
-        tenpak_ok(&["compress", s(&p), "-o", s(&tpk), "--codec", codec, "--force", "-q"]);
+        tenpak_ok(&[
+            "compress",
+            s(&p),
+            "-o",
+            s(&tpk),
+            "--codec",
+            codec,
+            "--force",
+            "-q",
+        ]);
         tenpak_ok(&["verify", s(&tpk), "-q"]);
         tenpak_ok(&["decompress", s(&tpk), "-o", s(&out), "--force", "-q"]);
         assert_eq!(read_safetensors(&out), orig, "{codec}");
     }
     let tpk = dir.path().join("b.tpk");
     let rep = tenpak_json(&["compress", s(&p), "-o", s(&tpk), "--codec", "bf16", "-q"]);
-    let codecs: HashMap<&str, &str> = rep["tensors"].as_array().unwrap().iter()
-        .map(|t| (t["name"].as_str().unwrap(), t["codec"].as_str().unwrap())).collect();
+    let codecs: HashMap<&str, &str> = rep["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["codec"].as_str().unwrap()))
+        .collect();
     assert_eq!(codecs["i64"], "raw");
     assert_eq!(codecs["bool"], "raw");
     assert_eq!(codecs["f64"], "bf16");
     let out = dir.path().join("b.safetensors");
     tenpak_ok(&["decompress", s(&tpk), "-o", s(&out), "-q"]);
     let back = read_safetensors(&out);
-    for k in ["bool", "u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64", "bf16", "empty"] {
+    for k in [
+        "bool", "u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64", "bf16", "empty",
+    ] {
         assert_eq!(back[k], orig[k], "{k}");
     }
     // Lossy floats come back in their source dtype where tenpak can write it, FP8 as F32.
@@ -126,16 +216,56 @@ fn filter_and_limit() {
     let dir = tempfile::tempdir().unwrap();
     let tpk = dir.path().join("f.tpk");
     let names = |r: &serde_json::Value| -> Vec<String> {
-        r["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect()
+        r["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
     };
-    let r = tenpak_json(&["compress", s(&minilm()), "-o", s(&tpk), "--filter", "encoder.layer.1", "-q"]);
+    let r = tenpak_json(&[
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&tpk),
+        "--filter",
+        "encoder.layer.1",
+        "-q",
+    ]);
     let n = names(&r);
     assert_eq!(n.len(), 16);
     assert!(n.iter().all(|x| x.starts_with("encoder.layer.1.")));
-    let r = tenpak_json(&["compress", s(&minilm()), "-o", s(&tpk), "--filter", "LayerNorm", "--limit", "3", "--force", "-q"]);
+    let r = tenpak_json(&[
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&tpk),
+        "--filter",
+        "LayerNorm",
+        "--limit",
+        "3",
+        "--force",
+        "-q",
+    ]);
     let n = names(&r);
-    assert_eq!(n, ["embeddings.LayerNorm.bias", "embeddings.LayerNorm.weight", "encoder.layer.0.attention.output.LayerNorm.bias"]);
-    let o = tenpak(&["compress", s(&minilm()), "-o", s(&tpk), "--filter", "nothing-matches", "--force", "-q"]);
+    assert_eq!(
+        n,
+        [
+            "embeddings.LayerNorm.bias",
+            "embeddings.LayerNorm.weight",
+            "encoder.layer.0.attention.output.LayerNorm.bias"
+        ]
+    );
+    let o = tenpak(&[
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&tpk),
+        "--filter",
+        "nothing-matches",
+        "--force",
+        "-q",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no tensor matches"));
 }

@@ -9,18 +9,45 @@ fn minilm_lossless_codecs_are_bit_exact() {
     let src = minilm();
     let orig = read_safetensors(&src);
     let dir = tempfile::tempdir().unwrap();
-    for codec in ["raw", "zstd", "zstd:level=19", "byteplane", "byteplane:zstd=always", "byteplane:zstd=never"] {
+    for codec in [
+        "raw",
+        "zstd",
+        "zstd:level=19",
+        "byteplane",
+        "byteplane:zstd=always",
+        "byteplane:zstd=never",
+    ] {
         let tpk = dir.path().join("m.tpk");
         let out = dir.path().join("m.safetensors");
-        let r = tenpak_json(&["compress", s(&src), "-o", s(&tpk), "--codec", codec, "--force", "-q"]);
+        let r = tenpak_json(&[
+            "compress",
+            s(&src),
+            "-o",
+            s(&tpk),
+            "--codec",
+            codec,
+            "--force",
+            "-q",
+        ]);
         let file_len = std::fs::metadata(&tpk).unwrap().len();
         assert_eq!(r["file_bytes"].as_u64().unwrap(), file_len);
         let src_bytes = r["source_bytes"].as_u64().unwrap();
-        assert_eq!(src_bytes, orig.values().map(|t| t.2.len() as u64).sum::<u64>());
+        assert_eq!(
+            src_bytes,
+            orig.values().map(|t| t.2.len() as u64).sum::<u64>()
+        );
         let ratio = r["ratio_vs_source"].as_f64().unwrap();
-        assert!((ratio - src_bytes as f64 / file_len as f64).abs() < 1e-12, "{codec}: {ratio}");
+        assert!(
+            (ratio - src_bytes as f64 / file_len as f64).abs() < 1e-12,
+            "{codec}: {ratio}"
+        );
         for t in r["tensors"].as_array().unwrap() {
-            assert_eq!(t["metrics"]["pcc"].as_f64().unwrap(), 1.0, "{codec} {}", t["name"]);
+            assert_eq!(
+                t["metrics"]["pcc"].as_f64().unwrap(),
+                1.0,
+                "{codec} {}",
+                t["name"]
+            );
             assert_eq!(t["metrics"]["max_abs"].as_f64().unwrap(), 0.0);
         }
         tenpak_ok(&["verify", s(&tpk), "-q"]);
@@ -59,9 +86,21 @@ fn minilm_bf16_accuracy() {
         let pcc_reported = t["metrics"]["pcc"].as_f64().unwrap();
         let name = t["name"].as_str().unwrap();
         if name.ends_with("LayerNorm.weight") {
-            let x: Vec<f64> = orig[name].2.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect();
-            let y: Vec<f64> = x.iter().map(|&v| f32::from_bits((tenpak::dtype::f32_to_bf16_bits(v as f32) as u32) << 16) as f64).collect();
-            assert!((pcc(&x, &y) - pcc_reported).abs() < 1e-9, "{name}: {pcc_reported}");
+            let x: Vec<f64> = orig[name]
+                .2
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect();
+            let y: Vec<f64> = x
+                .iter()
+                .map(|&v| {
+                    f32::from_bits((tenpak::dtype::f32_to_bf16_bits(v as f32) as u32) << 16) as f64
+                })
+                .collect();
+            assert!(
+                (pcc(&x, &y) - pcc_reported).abs() < 1e-9,
+                "{name}: {pcc_reported}"
+            );
             assert!(pcc_reported > 0.9995, "{name}: {pcc_reported}");
         } else {
             assert!(pcc_reported >= 0.99999, "{name}: PCC {pcc_reported}");
@@ -86,7 +125,10 @@ fn minilm_bf16_accuracy() {
     for (x, y) in a.chunks_exact(4).zip(b.chunks_exact(4)) {
         let x = f32::from_le_bytes(x.try_into().unwrap());
         let y = f32::from_le_bytes(y.try_into().unwrap());
-        assert_eq!(y.to_bits(), (tenpak::dtype::f32_to_bf16_bits(x) as u32) << 16);
+        assert_eq!(
+            y.to_bits(),
+            (tenpak::dtype::f32_to_bf16_bits(x) as u32) << 16
+        );
     }
 }
 
@@ -96,7 +138,15 @@ fn minilm_bf16_byteplane_roundtrip() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("raw.tpk");
     let bf = dir.path().join("bf16.safetensors");
-    tenpak_ok(&["compress", s(&minilm()), "-o", s(&raw), "--codec", "raw", "-q"]);
+    tenpak_ok(&[
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&raw),
+        "--codec",
+        "raw",
+        "-q",
+    ]);
     tenpak_ok(&["decompress", s(&raw), "-o", s(&bf), "--dtype", "bf16", "-q"]);
     let tpk = dir.path().join("bp.tpk");
     let r = tenpak_json(&["compress", s(&bf), "-o", s(&tpk), "-q"]);
@@ -113,11 +163,27 @@ fn minilm_bf16_byteplane_roundtrip() {
 fn minilm_sharded_roundtrip() {
     let dir = tempfile::tempdir().unwrap();
     let tpk = dir.path().join("m.tpk");
-    tenpak_ok(&["compress", s(&minilm()), "-o", s(&tpk), "--codec", "raw", "-q"]);
+    tenpak_ok(&[
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&tpk),
+        "--codec",
+        "raw",
+        "-q",
+    ]);
     let shards = dir.path().join("sh");
     std::fs::create_dir(&shards).unwrap();
     let out = shards.join("model.safetensors");
-    let r = tenpak_json(&["decompress", s(&tpk), "-o", s(&out), "--max-shard-size", "20MB", "-q"]);
+    let r = tenpak_json(&[
+        "decompress",
+        s(&tpk),
+        "-o",
+        s(&out),
+        "--max-shard-size",
+        "20MB",
+        "-q",
+    ]);
     let files = r["files"].as_array().unwrap();
     assert!(files.len() >= 5, "{files:?}");
     assert!(shards.join("model.safetensors.index.json").is_file());
@@ -125,7 +191,16 @@ fn minilm_sharded_roundtrip() {
     // The folder, the index file: both read as the whole model.
     for input in [shards.clone(), shards.join("model.safetensors.index.json")] {
         let tpk2 = dir.path().join("again.tpk");
-        let r2 = tenpak_json(&["compress", s(&input), "-o", s(&tpk2), "--codec", "raw", "--force", "-q"]);
+        let r2 = tenpak_json(&[
+            "compress",
+            s(&input),
+            "-o",
+            s(&tpk2),
+            "--codec",
+            "raw",
+            "--force",
+            "-q",
+        ]);
         assert_eq!(r2["tensors"].as_array().unwrap().len(), 104);
         let single = dir.path().join("single.safetensors");
         tenpak_ok(&["decompress", s(&tpk2), "-o", s(&single), "--force", "-q"]);
@@ -133,10 +208,19 @@ fn minilm_sharded_roundtrip() {
     }
     // A missing shard is a clear error naming it.
     std::fs::remove_file(shards.join("model-00002-of-00005.safetensors")).unwrap();
-    let o = tenpak(&["compress", s(&shards), "-o", s(&dir.path().join("x.tpk")), "-q"]);
+    let o = tenpak(&[
+        "compress",
+        s(&shards),
+        "-o",
+        s(&dir.path().join("x.tpk")),
+        "-q",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("model-00002-of-00005.safetensors") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("model-00002-of-00005.safetensors") && err.contains("missing"),
+        "{err}"
+    );
 }
 
 /// SmolLM2's GGUF: tensor names as in the file, Q4_1 dequantized, shapes in torch order.
@@ -145,12 +229,28 @@ fn smollm2_gguf_reads_and_roundtrips() {
     let src = smollm2();
     let dir = tempfile::tempdir().unwrap();
     let tpk = dir.path().join("s.tpk");
-    let r = tenpak_json(&["compress", s(&src), "-o", s(&tpk), "--filter", "blk.0.", "--codec", "byteplane", "-q"]);
+    let r = tenpak_json(&[
+        "compress",
+        s(&src),
+        "-o",
+        s(&tpk),
+        "--filter",
+        "blk.0.",
+        "--codec",
+        "byteplane",
+        "-q",
+    ]);
     let tensors = r["tensors"].as_array().unwrap();
-    let names: Vec<&str> = tensors.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = tensors
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert!(names.contains(&"blk.0.attn_q.weight"), "{names:?}");
     assert!(names.iter().all(|n| n.starts_with("blk.0.")));
-    let q = tensors.iter().find(|t| t["name"] == "blk.0.attn_q.weight").unwrap();
+    let q = tensors
+        .iter()
+        .find(|t| t["name"] == "blk.0.attn_q.weight")
+        .unwrap();
     assert_eq!(q["source_dtype"], "Q4_1");
     assert_eq!(q["shape"], serde_json::json!([576, 576]));
     // Q4_1: 20 bytes per 32 weights.
@@ -160,9 +260,15 @@ fn smollm2_gguf_reads_and_roundtrips() {
     tenpak_ok(&["decompress", s(&tpk), "-o", s(&out), "-q"]);
     let back = read_safetensors(&out);
     let (dt, shape, bytes) = &back["blk.0.attn_q.weight"];
-    assert_eq!((dt.as_str(), shape.as_slice()), ("F32", &[576usize, 576][..]));
+    assert_eq!(
+        (dt.as_str(), shape.as_slice()),
+        ("F32", &[576usize, 576][..])
+    );
     // Q4_1 values are d * q + m with q in 0..16: each block of 32 takes at most 16 distinct values.
-    let vals: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let vals: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     for block in vals.chunks(32).take(200) {
         let mut d: Vec<u32> = block.iter().map(|v| v.to_bits()).collect();
         d.sort();

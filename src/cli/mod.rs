@@ -14,7 +14,11 @@ use tenpak::progress::{Event, NoProgress, Progress};
 use tenpak::{Error, ErrorKind};
 
 #[derive(Parser)]
-#[command(name = "tenpak", version, about = "Compress model weights into the chunked, checksummed .tpk container, and back")]
+#[command(
+    name = "tenpak",
+    version,
+    about = "Compress model weights into the chunked, checksummed .tpk container, and back"
+)]
 struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true, value_name = "N")]
@@ -125,7 +129,9 @@ struct DecompressArgs {
 /// `123`, `500KB`, `500MB`, `2GB` (powers of 1000) or `KiB`/`MiB`/`GiB` (powers of 1024).
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -166,8 +172,10 @@ fn progress(quiet: bool) -> Box<dyn Progress> {
     }
     let pb = ProgressBar::new(0);
     pb.set_style(
-        ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_msg}")
-            .unwrap(),
+        ProgressStyle::with_template(
+            "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_msg}",
+        )
+        .unwrap(),
     );
     Box::new(Bar(pb))
 }
@@ -187,7 +195,9 @@ pub fn run() -> i32 {
             return 2;
         }
         // Only fails if a pool was built already, which cannot happen this early.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     }
     let mut out = Vec::new();
     let code = match dispatch(&cli, &mut out) {
@@ -266,7 +276,8 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
                 max_shard_size: a.max_shard_size,
                 force: a.force,
             };
-            let r = tenpak::decompress::decompress(&a.file, &a.output, &opts, &*progress(cli.quiet))?;
+            let r =
+                tenpak::decompress::decompress(&a.file, &a.output, &opts, &*progress(cli.quiet))?;
             for (t, why) in &r.skipped {
                 eprintln!("tenpak: warning: tensor '{t}' skipped: {why}");
             }

@@ -47,7 +47,13 @@ fn sci(v: f64) -> String {
 
 /// The compress report.
 pub fn compress(out: &mut Vec<u8>, r: &CompressReport) {
-    let w = r.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).clamp(4, 60);
+    let w = r
+        .tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 60);
     let _ = writeln!(
         out,
         "{:<w$} {:>16} {:>7} {:<18} {:>12} {:>12} {:>7} {:>10} {:>10} {:>10}",
@@ -72,9 +78,25 @@ pub fn compress(out: &mut Vec<u8>, r: &CompressReport) {
     let _ = writeln!(out);
     let _ = writeln!(out, "source:          {}", r.source);
     let _ = writeln!(out, "tensors:         {}", r.tensors.len());
-    let _ = writeln!(out, "source bytes:    {} ({})", r.source_bytes, human(r.source_bytes));
-    let _ = writeln!(out, "fp32 bytes:      {} ({})", r.fp32_bytes, human(r.fp32_bytes));
-    let _ = writeln!(out, "file bytes:      {} ({}) {}", r.file_bytes, human(r.file_bytes), r.output.display());
+    let _ = writeln!(
+        out,
+        "source bytes:    {} ({})",
+        r.source_bytes,
+        human(r.source_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "fp32 bytes:      {} ({})",
+        r.fp32_bytes,
+        human(r.fp32_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "file bytes:      {} ({}) {}",
+        r.file_bytes,
+        human(r.file_bytes),
+        r.output.display()
+    );
     let _ = writeln!(out, "ratio vs source: {:.4}x", r.ratio_vs_source);
     let _ = writeln!(out, "ratio vs fp32:   {:.4}x", r.ratio_vs_fp32);
 }
@@ -82,10 +104,25 @@ pub fn compress(out: &mut Vec<u8>, r: &CompressReport) {
 /// The inspect report.
 pub fn inspect(out: &mut Vec<u8>, r: &InspectReport, tensors: bool) {
     let _ = writeln!(out, "format:          tpk {}", r.format_version);
-    let _ = writeln!(out, "file bytes:      {} ({})", r.file_bytes, human(r.file_bytes));
+    let _ = writeln!(
+        out,
+        "file bytes:      {} ({})",
+        r.file_bytes,
+        human(r.file_bytes)
+    );
     let _ = writeln!(out, "tensors:         {}", r.tensor_count);
-    let _ = writeln!(out, "source bytes:    {} ({})", r.source_bytes, human(r.source_bytes));
-    let _ = writeln!(out, "fp32 bytes:      {} ({})", r.fp32_bytes, human(r.fp32_bytes));
+    let _ = writeln!(
+        out,
+        "source bytes:    {} ({})",
+        r.source_bytes,
+        human(r.source_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "fp32 bytes:      {} ({})",
+        r.fp32_bytes,
+        human(r.fp32_bytes)
+    );
     let _ = writeln!(out, "ratio vs source: {:.4}x", r.ratio_vs_source);
     let _ = writeln!(out, "ratio vs fp32:   {:.4}x", r.ratio_vs_fp32);
     for (k, v) in &r.metadata {
@@ -93,28 +130,72 @@ pub fn inspect(out: &mut Vec<u8>, r: &InspectReport, tensors: bool) {
     }
     let unsupported = r.tensors.iter().filter(|t| !t.supported).count();
     if unsupported > 0 {
-        let _ = writeln!(out, "unsupported:     {unsupported} tensors use codecs this tenpak lacks");
+        let _ = writeln!(
+            out,
+            "unsupported:     {unsupported} tensors use codecs this tenpak lacks"
+        );
     }
     if !tensors {
         return;
     }
-    let w = r.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).clamp(4, 60);
+    let w = r
+        .tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 60);
     let _ = writeln!(out);
     let _ = writeln!(
         out,
         "{:<w$} {:>16} {:>7} {:<16} {:>12} {:>12} {:>7} {:>6} {:>10} {:>10} {:>10} {:>9}",
-        "name", "shape", "dtype", "codec", "orig bytes", "enc bytes", "ratio", "chunks", "PCC", "MAE", "atol", "SQNR dB"
+        "name",
+        "shape",
+        "dtype",
+        "codec",
+        "orig bytes",
+        "enc bytes",
+        "ratio",
+        "chunks",
+        "PCC",
+        "MAE",
+        "atol",
+        "SQNR dB"
     );
     for t in &r.tensors {
-        let codec = if t.supported { t.codec.clone() } else { format!("{} (unsupported)", t.codec) };
+        let codec = if t.supported {
+            t.codec.clone()
+        } else {
+            format!("{} (unsupported)", t.codec)
+        };
         let (p, mae, atol, sq) = match &t.metrics {
-            Some(m) => (pcc(m), sci(m.mae), sci(m.max_abs), if m.sqnr_db.is_finite() { format!("{:.2}", m.sqnr_db) } else { "inf".into() }),
+            Some(m) => (
+                pcc(m),
+                sci(m.mae),
+                sci(m.max_abs),
+                if m.sqnr_db.is_finite() {
+                    format!("{:.2}", m.sqnr_db)
+                } else {
+                    "inf".into()
+                },
+            ),
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
         let _ = writeln!(
             out,
             "{:<w$} {:>16} {:>7} {:<16} {:>12} {:>12} {:>7.3} {:>6} {:>10} {:>10} {:>10} {:>9}",
-            t.name, shape(&t.shape), t.dtype, codec, t.source_bytes, t.encoded_bytes, t.ratio, t.chunks, p, mae, atol, sq
+            t.name,
+            shape(&t.shape),
+            t.dtype,
+            codec,
+            t.source_bytes,
+            t.encoded_bytes,
+            t.ratio,
+            t.chunks,
+            p,
+            mae,
+            atol,
+            sq
         );
     }
 }
@@ -132,7 +213,13 @@ pub fn verify(out: &mut Vec<u8>, r: &VerifyReport, file: &Path) {
         let _ = writeln!(out, "{}: {place}: {}", file.display(), p.message);
     }
     if r.ok() {
-        let _ = writeln!(out, "{}: OK ({} tensors, {} chunks)", file.display(), r.tensors, r.chunks);
+        let _ = writeln!(
+            out,
+            "{}: OK ({} tensors, {} chunks)",
+            file.display(),
+            r.tensors,
+            r.chunks
+        );
     } else {
         let _ = writeln!(
             out,
@@ -151,5 +238,11 @@ pub fn decompress(out: &mut Vec<u8>, r: &DecompressReport) {
     for f in &r.files {
         let _ = writeln!(out, "wrote {}", f.display());
     }
-    let _ = writeln!(out, "{} tensors, {} ({} data bytes)", r.tensors, human(r.data_bytes), r.data_bytes);
+    let _ = writeln!(
+        out,
+        "{} tensors, {} ({} data bytes)",
+        r.tensors,
+        human(r.data_bytes),
+        r.data_bytes
+    );
 }

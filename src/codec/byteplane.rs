@@ -16,6 +16,7 @@ use super::zstd::{zstd_decode, zstd_encode};
 use super::{Codec, CodecEntry, TensorCodec};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 const METHOD_RAW: u8 = 0;
@@ -54,7 +55,8 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
     id: 5,
     name: "byteplane",
     version: 1,
-    summary: "lossless: exponent byte plane + per-plane rANS/zstd/raw (option zstd=auto|always|never)",
+    summary:
+        "lossless: exponent byte plane + per-plane rANS/zstd/raw (option zstd=auto|always|never)",
     from_options: |o| {
         let zstd = match o.choice("zstd", &["auto", "always", "never"])? {
             "always" => ZstdMode::Always,
@@ -68,7 +70,11 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
             [0] => ZstdMode::Auto,
             [1] => ZstdMode::Always,
             [2] => ZstdMode::Never,
-            _ => return Err(Error::malformed(format!("byteplane params {p:?} are invalid"))),
+            _ => {
+                return Err(Error::malformed(format!(
+                    "byteplane params {p:?} are invalid"
+                )))
+            }
         };
         Ok(Codec::Tensor(Arc::new(ByteplaneCodec { zstd })))
     },
@@ -102,55 +108,67 @@ fn n_planes(layout: Layout, src: DType) -> usize {
 }
 
 fn split(layout: Layout, bytes: &[u8], planes: &mut [Vec<u8>]) {
+    // Index loops over pre-sized planes: the compiler vectorizes these.
     match layout {
         Layout::Bf16 => {
             let [e, m] = planes else { unreachable!() };
-            for c in bytes.chunks_exact(2) {
+            for ((c, e), m) in bytes.chunks_exact(2).zip(e.iter_mut()).zip(m.iter_mut()) {
                 let v = u16::from_le_bytes([c[0], c[1]]);
-                e.push((v >> 7) as u8);
-                m.push(((v >> 8) as u8 & 0x80) | (v as u8 & 0x7F));
+                *e = (v >> 7) as u8;
+                *m = ((v >> 8) as u8 & 0x80) | (v as u8 & 0x7F);
             }
         }
         Layout::F16 => {
             let [e, lo, hi] = planes else { unreachable!() };
-            for c in bytes.chunks_exact(2) {
+            let it = bytes.chunks_exact(2).zip(e.iter_mut()).zip(lo.iter_mut()).zip(hi.iter_mut());
+            for (((c, e), lo), hi) in it {
                 let v = u16::from_le_bytes([c[0], c[1]]);
-                e.push((v >> 10) as u8);
-                lo.push(v as u8);
-                hi.push((v >> 8) as u8 & 0x3);
+                *e = (v >> 10) as u8;
+                *lo = v as u8;
+                *hi = (v >> 8) as u8 & 0x3;
             }
         }
         Layout::F32 => {
             let [e, m2, m1, m0] = planes else { unreachable!() };
-            for c in bytes.chunks_exact(4) {
+            let it = bytes
+                .chunks_exact(4)
+                .zip(e.iter_mut())
+                .zip(m2.iter_mut())
+                .zip(m1.iter_mut())
+                .zip(m0.iter_mut());
+            for ((((c, e), m2), m1), m0) in it {
                 let v = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                e.push((v >> 23) as u8);
-                m2.push(((v >> 24) as u8 & 0x80) | ((v >> 16) as u8 & 0x7F));
-                m1.push((v >> 8) as u8);
-                m0.push(v as u8);
+                *e = (v >> 23) as u8;
+                *m2 = ((v >> 24) as u8 & 0x80) | ((v >> 16) as u8 & 0x7F);
+                *m1 = (v >> 8) as u8;
+                *m0 = v as u8;
             }
         }
         Layout::Bytes => {
             let s = planes.len();
-            for c in bytes.chunks_exact(s) {
+            for (i, c) in bytes.chunks_exact(s).enumerate() {
                 for (p, &b) in planes.iter_mut().zip(c) {
-                    p.push(b);
+                    p[i] = b;
                 }
             }
         }
     }
 }
 
-fn merge(layout: Layout, planes: &[Vec<u8>], out: &mut [u8]) {
+fn merge(layout: Layout, planes: &[Cow<'_, [u8]>], out: &mut [u8]) {
     match layout {
         Layout::Bf16 => {
-            for ((o, &e), &m) in out.chunks_exact_mut(2).zip(&planes[0]).zip(&planes[1]) {
+            for ((o, &e), &m) in out.chunks_exact_mut(2).zip(planes[0].iter()).zip(planes[1].iter()) {
                 let v = ((m as u16 & 0x80) << 8) | ((e as u16) << 7) | (m as u16 & 0x7F);
                 o.copy_from_slice(&v.to_le_bytes());
             }
         }
         Layout::F16 => {
-            let it = out.chunks_exact_mut(2).zip(&planes[0]).zip(&planes[1]).zip(&planes[2]);
+            let it = out
+                .chunks_exact_mut(2)
+                .zip(planes[0].iter())
+                .zip(planes[1].iter())
+                .zip(planes[2].iter());
             for (((o, &e), &lo), &hi) in it {
                 let v = ((e as u16 & 0x3F) << 10) | ((hi as u16 & 0x3) << 8) | lo as u16;
                 o.copy_from_slice(&v.to_le_bytes());
@@ -159,10 +177,10 @@ fn merge(layout: Layout, planes: &[Vec<u8>], out: &mut [u8]) {
         Layout::F32 => {
             let it = out
                 .chunks_exact_mut(4)
-                .zip(&planes[0])
-                .zip(&planes[1])
-                .zip(&planes[2])
-                .zip(&planes[3]);
+                .zip(planes[0].iter())
+                .zip(planes[1].iter())
+                .zip(planes[2].iter())
+                .zip(planes[3].iter());
             for ((((o, &e), &m2), &m1), &m0) in it {
                 let v = ((m2 as u32 & 0x80) << 24)
                     | ((e as u32) << 23)
@@ -240,9 +258,9 @@ impl ByteplaneCodec {
     }
 }
 
-fn decode_plane(method: u8, data: &[u8], n: usize, mask: u8, out: &mut Vec<u8>) -> Result<()> {
-    out.clear();
-    match method {
+/// One plane of `n` bytes; raw planes are borrowed from the payload, not copied.
+fn decode_plane(method: u8, data: &[u8], n: usize, mask: u8) -> Result<Cow<'_, [u8]>> {
+    let plane = match method {
         METHOD_RAW => {
             if data.len() != n {
                 return Err(Error::malformed(format!(
@@ -250,34 +268,36 @@ fn decode_plane(method: u8, data: &[u8], n: usize, mask: u8, out: &mut Vec<u8>) 
                     data.len()
                 )));
             }
-            out.extend_from_slice(data);
+            Cow::Borrowed(data)
         }
         METHOD_CONST => {
             let [b] = data else {
                 return Err(Error::malformed("constant plane must be one byte"));
             };
-            out.resize(n, *b);
+            Cow::Owned(vec![*b; n])
         }
         METHOD_RANS => {
             let (freqs, used) = rans::read_table(data)?;
-            out.resize(n, 0);
-            rans::Decoder::new(&freqs).decode(&data[used..], out)?;
+            let mut out = vec![0u8; n];
+            rans::Decoder::new(&freqs).decode(&data[used..], &mut out)?;
+            Cow::Owned(out)
         }
         METHOD_ZSTD => {
-            *out = zstd_decode(data, n)?;
+            let out = zstd_decode(data, n)?;
             if out.len() != n {
                 return Err(Error::malformed(format!(
                     "zstd plane decodes to {} bytes, expected {n}",
                     out.len()
                 )));
             }
+            Cow::Owned(out)
         }
         m => return Err(Error::malformed(format!("unknown plane method {m}"))),
-    }
-    if mask != 0xFF && out.iter().any(|&b| b & !mask != 0) {
+    };
+    if mask != 0xFF && plane.iter().any(|&b| b & !mask != 0) {
         return Err(Error::malformed("plane holds bits outside its field"));
     }
-    Ok(())
+    Ok(plane)
 }
 
 impl TensorCodec for ByteplaneCodec {
@@ -308,9 +328,7 @@ impl TensorCodec for ByteplaneCodec {
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
         let layout = layout_for(src);
         let n = bytes.len() / src.size();
-        let mut planes: Vec<Vec<u8>> = (0..n_planes(layout, src))
-            .map(|_| Vec::with_capacity(n))
-            .collect();
+        let mut planes: Vec<Vec<u8>> = (0..n_planes(layout, src)).map(|_| vec![0u8; n]).collect();
         split(layout, bytes, &mut planes);
         let mut out = Vec::with_capacity(bytes.len() / 2 + 64);
         out.push(layout as u8);
@@ -333,18 +351,18 @@ impl TensorCodec for ByteplaneCodec {
         let mut planes = Vec::with_capacity(want_planes);
         for i in 0..want_planes {
             if payload.len() < pos + 5 {
-                return Err(Error::malformed(format!("byteplane plane {i} header is truncated")));
+                return Err(Error::malformed(format!(
+                    "byteplane plane {i} header is truncated"
+                )));
             }
             let method = payload[pos];
             let len = u32::from_le_bytes(payload[pos + 1..pos + 5].try_into().unwrap()) as usize;
             pos += 5;
             let data = payload
-                .get(pos..pos.checked_add(len).unwrap_or(usize::MAX))
+                .get(pos..pos.saturating_add(len))
                 .ok_or_else(|| Error::malformed(format!("byteplane plane {i} is truncated")))?;
             pos += len;
-            let mut p = Vec::new();
-            decode_plane(method, data, n, plane_mask(layout, i), &mut p)?;
-            planes.push(p);
+            planes.push(decode_plane(method, data, n, plane_mask(layout, i))?);
         }
         if pos != payload.len() {
             return Err(Error::malformed(format!(

@@ -40,10 +40,18 @@ macro_rules! entry {
 }
 
 pub(super) const F32_ENTRY: CodecEntry = entry!(2, "f32", DType::F32, "convert floats to f32");
-pub(super) const F16_ENTRY: CodecEntry =
-    entry!(3, "f16", DType::F16, "convert floats to IEEE f16 (round to nearest even)");
-pub(super) const BF16_ENTRY: CodecEntry =
-    entry!(4, "bf16", DType::BF16, "convert floats to bf16 (round to nearest even)");
+pub(super) const F16_ENTRY: CodecEntry = entry!(
+    3,
+    "f16",
+    DType::F16,
+    "convert floats to IEEE f16 (round to nearest even)"
+);
+pub(super) const BF16_ENTRY: CodecEntry = entry!(
+    4,
+    "bf16",
+    DType::BF16,
+    "convert floats to bf16 (round to nearest even)"
+);
 
 impl TensorCodec for FloatCodec {
     fn id(&self) -> u16 {

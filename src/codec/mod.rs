@@ -396,7 +396,10 @@ mod tests {
 
     #[test]
     fn parse_specs() {
-        assert_eq!(Pipeline::parse("zstd").unwrap().describe(), "raw+zstd:level=3");
+        assert_eq!(
+            Pipeline::parse("zstd").unwrap().describe(),
+            "raw+zstd:level=3"
+        );
         assert_eq!(
             Pipeline::parse("bf16+zstd:level=9").unwrap().describe(),
             "bf16+zstd:level=9"

@@ -5,9 +5,11 @@
 //! within ~0.01 bit of the order-0 entropy and decodes with one table lookup per symbol.
 //!
 //! Parameters: probabilities quantized to `M = 2^12`; state `x` in `[2^16, 2^32)`;
-//! renormalization moves 16-bit words. Symbol `i` uses state `i % 4`. The encoder works from the
-//! last symbol to the first; the stream is stored so the decoder reads it front to back:
-//! four initial states (high word first, states 0..3), then the renormalization words.
+//! renormalization moves 16-bit words. Symbol `i` uses state `i % 4`, and each state has a word
+//! stream of its own, so the four decode chains are independent and run in parallel in the CPU
+//! (a shared stream makes every state wait for the previous one's read position). The encoder
+//! works from the last symbol to the first; each lane stream is stored so the decoder reads it
+//! front to back: its initial state (high word first), then its renormalization words.
 //! Exact byte layout and decode procedure: formats-spec/codecs.md §byteplane.
 //!
 //! The encoder divides with a precomputed reciprocal (the technique of Fabian Giesen's public
@@ -83,7 +85,7 @@ pub fn estimate_len(hist: &[u32; 256], freqs: &[u16; 256]) -> usize {
         .filter(|(&c, _)| c > 0)
         .map(|(&c, &f)| c as f64 * (PROB_BITS as f64 - (f as f64).log2()))
         .sum();
-    (bits / 8.0) as usize + 2 * 2 * LANES
+    (bits / 8.0) as usize + 8 * LANES
 }
 
 /// Append the frequency table: `min_sym`, `max_sym`, then LEB128 frequencies for min..=max.
@@ -172,7 +174,7 @@ fn enc_symbols(freqs: &[u16; 256]) -> [EncSym; 256] {
             while f > (1u32 << shift) {
                 shift += 1;
             }
-            e.rcp_freq = (((1u64 << (shift + 31)) + f as u64 - 1) / f as u64) as u32;
+            e.rcp_freq = (1u64 << (shift + 31)).div_ceil(f as u64) as u32;
             e.rcp_shift = shift - 1;
             e.bias = start;
         }
@@ -182,29 +184,51 @@ fn enc_symbols(freqs: &[u16; 256]) -> [EncSym; 256] {
     t
 }
 
-/// Encode `data` (every symbol must have a non-zero frequency); appends the stream to `out`.
+/// Encode `data` (every symbol must have a non-zero frequency); appends the stream to `out`:
+/// four `u32` lane lengths in words, then the four lane streams.
 pub fn encode(data: &[u8], freqs: &[u16; 256], out: &mut Vec<u8>) {
     let syms = enc_symbols(freqs);
-    let mut words: Vec<u16> = Vec::with_capacity(data.len() / 4 + 16);
+    // Each lane writes backwards from the end of its own buffer, so `buf[pos..]` ends up in
+    // decoder order. At most one word per symbol plus the final state: never runs out.
+    let cap = data.len() / LANES + 3;
+    let mut bufs = [vec![0u16; cap], vec![0u16; cap], vec![0u16; cap], vec![0u16; cap]];
+    let mut pos = [cap; LANES];
+    // Branch-free put: store unconditionally, keep the word only if renormalization was due.
+    fn put(x: &mut u32, e: &EncSym, buf: &mut [u16], pos: &mut usize) {
+        let need = *x >= e.x_max;
+        buf[*pos - 1] = *x as u16;
+        *pos -= need as usize;
+        let v = if need { *x >> 16 } else { *x };
+        let q = ((v as u64 * e.rcp_freq as u64) >> e.rcp_shift) as u32;
+        *x = v.wrapping_add(e.bias).wrapping_add(q.wrapping_mul(e.cmpl_freq));
+    }
     let mut x = [L; LANES];
-    for i in (0..data.len()).rev() {
-        let k = i % LANES;
-        let e = &syms[data[i] as usize];
-        let mut s = x[k];
-        if s >= e.x_max {
-            words.push(s as u16);
-            s >>= 16;
+    let full = data.len() - data.len() % LANES;
+    for (k, &s) in data[full..].iter().enumerate().rev() {
+        put(&mut x[k], &syms[s as usize], &mut bufs[k], &mut pos[k]);
+    }
+    {
+        let [b0, b1, b2, b3] = &mut bufs;
+        let [p0, p1, p2, p3] = &mut pos;
+        let [x0, x1, x2, x3] = &mut x;
+        for q in data[..full].chunks_exact(LANES).rev() {
+            put(x3, &syms[q[3] as usize], b3, p3);
+            put(x2, &syms[q[2] as usize], b2, p2);
+            put(x1, &syms[q[1] as usize], b1, p1);
+            put(x0, &syms[q[0] as usize], b0, p0);
         }
-        let q = ((s as u64 * e.rcp_freq as u64) >> e.rcp_shift) as u32;
-        x[k] = s.wrapping_add(e.bias).wrapping_add(q.wrapping_mul(e.cmpl_freq));
     }
-    for k in (0..LANES).rev() {
-        words.push(x[k] as u16);
-        words.push((x[k] >> 16) as u16);
+    for k in 0..LANES {
+        bufs[k][pos[k] - 1] = x[k] as u16;
+        bufs[k][pos[k] - 2] = (x[k] >> 16) as u16;
+        pos[k] -= 2;
+        out.extend_from_slice(&((cap - pos[k]) as u32).to_le_bytes());
     }
-    out.reserve(words.len() * 2);
-    for w in words.iter().rev() {
-        out.extend_from_slice(&w.to_le_bytes());
+    for k in 0..LANES {
+        out.reserve((cap - pos[k]) * 2);
+        for w in &bufs[k][pos[k]..] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
     }
 }
 
@@ -225,47 +249,78 @@ impl Decoder {
         Decoder { table }
     }
 
-    /// Decode `out.len()` symbols; the stream must be used exactly and end in the initial states.
+    /// Decode `out.len()` symbols; each lane's stream must be used exactly and end in the
+    /// encoder's initial state.
     pub fn decode(&self, stream: &[u8], out: &mut [u8]) -> Result<()> {
         let bad = |m: &str| Error::malformed(format!("rANS stream: {m}"));
-        if stream.len() % 2 != 0 || stream.len() < 4 * LANES {
-            return Err(bad("length is not whole 16-bit words holding the states"));
+        if stream.len() < 4 * LANES {
+            return Err(bad("too short for the lane lengths"));
         }
-        let word = |i: usize| u16::from_le_bytes([stream[2 * i], stream[2 * i + 1]]) as u32;
-        let n_words = stream.len() / 2;
+        let (head, body) = stream.split_at(4 * LANES);
+        let mut end = [0usize; LANES];
+        let mut total = 0usize;
+        for (k, e) in end.iter_mut().enumerate() {
+            let len = u32::from_le_bytes(head[4 * k..4 * k + 4].try_into().unwrap()) as usize;
+            if len < 2 {
+                return Err(bad("a lane is shorter than its state"));
+            }
+            total = total.saturating_add(len);
+            *e = total;
+        }
+        if body.len() != total.saturating_mul(2) {
+            return Err(bad("lane lengths do not match the stream"));
+        }
+        // One zero word past the end: reads are unconditional (branch-free), clamped to the
+        // lane's end, and any overrun is caught by the final position check.
+        let mut words: Vec<u16> = Vec::with_capacity(total + 1);
+        words.extend(body.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])));
+        words.push(0);
+        let words = &words[..];
+        let mut pos = [0usize; LANES];
         let mut x = [0u32; LANES];
-        for (k, s) in x.iter_mut().enumerate() {
-            *s = word(2 * k) << 16 | word(2 * k + 1);
-            if *s < L {
+        for k in 0..LANES {
+            let p = if k == 0 { 0 } else { end[k - 1] };
+            x[k] = (words[p] as u32) << 16 | words[p + 1] as u32;
+            pos[k] = p + 2;
+            if x[k] < L {
                 return Err(bad("initial state out of range"));
             }
         }
-        let mut pos = 2 * LANES;
-        let table = &self.table[..M as usize];
-        let step = |s: &mut u32, o: &mut u8, pos: &mut usize| {
-            let e = table[(*s & (M - 1)) as usize];
-            *o = e as u8;
-            let f = ((e >> 8) & 0xFFF) + 1;
-            *s = f.wrapping_mul(*s >> PROB_BITS).wrapping_add(e >> 20);
-            if *s < L {
-                let w = if *pos < n_words { word(*pos) } else { 0 };
-                *s = *s << 16 | w;
-                *pos += 1;
-            }
-        };
+        let table: &[u32; M as usize] = self.table[..].try_into().expect("table has M entries");
+        // Plain locals and a macro (not &mut through arrays) keep all eight in registers.
+        let [mut x0, mut x1, mut x2, mut x3] = x;
+        let [mut p0, mut p1, mut p2, mut p3] = pos;
+        let [e0, e1, e2, e3] = end;
+        macro_rules! step {
+            ($x:ident, $p:ident, $e:ident) => {{
+                let t = table[($x & (M - 1)) as usize];
+                let v = (((t >> 8) & 0xFFF) + 1).wrapping_mul($x >> PROB_BITS).wrapping_add(t >> 20);
+                let need = v < L;
+                let w = words[$p.min($e)] as u32;
+                $x = if need { v << 16 | w } else { v };
+                $p += need as usize;
+                t as u8
+            }};
+        }
         let mut quads = out.chunks_exact_mut(LANES);
         for q in &mut quads {
-            let [o0, o1, o2, o3] = q else { unreachable!() };
-            let [x0, x1, x2, x3] = &mut x;
-            step(x0, o0, &mut pos);
-            step(x1, o1, &mut pos);
-            step(x2, o2, &mut pos);
-            step(x3, o3, &mut pos);
+            q[0] = step!(x0, p0, e0);
+            q[1] = step!(x1, p1, e1);
+            q[2] = step!(x2, p2, e2);
+            q[3] = step!(x3, p3, e3);
         }
-        for (k, o) in quads.into_remainder().iter_mut().enumerate() {
-            step(&mut x[k], o, &mut pos);
+        let rest = quads.into_remainder();
+        if !rest.is_empty() {
+            rest[0] = step!(x0, p0, e0);
         }
-        if pos != n_words || x.iter().any(|&s| s != L) {
+        if rest.len() > 1 {
+            rest[1] = step!(x1, p1, e1);
+        }
+        if rest.len() > 2 {
+            rest[2] = step!(x2, p2, e2);
+        }
+        let (x, pos) = ([x0, x1, x2, x3], [p0, p1, p2, p3]);
+        if pos != end || x.iter().any(|&s| s != L) {
             return Err(bad("does not end where the encoder began (corrupt payload)"));
         }
         Ok(())
@@ -299,7 +354,9 @@ mod tests {
         let v: Vec<u8> = (0..10_000u32).map(|i| (i * 7919 % 251) as u8).collect();
         roundtrip(&v);
         // 90% zeros, 10% spread over 7 symbols: 0.469 + 0.1 * log2(7) = 0.75 bits per symbol.
-        let v: Vec<u8> = (0..100_000u32).map(|i| if i % 10 == 3 { (i % 7) as u8 + 1 } else { 0 }).collect();
+        let v: Vec<u8> = (0..100_000u32)
+            .map(|i| if i % 10 == 3 { (i % 7) as u8 + 1 } else { 0 })
+            .collect();
         let len = roundtrip(&v);
         assert!(len < 100_000 * 76 / 800, "{len}");
         // One very rare symbol (frequency 1).

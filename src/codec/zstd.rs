@@ -28,10 +28,18 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
     name: "zstd",
     version: 1,
     summary: "Zstandard byte stage, option level=-7..22 (default 3)",
-    from_options: |o| Ok(Codec::Bytes(Arc::new(ZstdCodec::new(o.int("level", 3, -7, 22)? as i32)))),
+    from_options: |o| {
+        Ok(Codec::Bytes(Arc::new(ZstdCodec::new(
+            o.int("level", 3, -7, 22)? as i32,
+        ))))
+    },
     from_params: |p| match p {
-        [l] if (-7..=22).contains(&(*l as i8)) => Ok(Codec::Bytes(Arc::new(ZstdCodec { level: *l as i8 }))),
-        _ => Err(Error::malformed(format!("zstd params must be one level byte in -7..=22, found {p:?}"))),
+        [l] if (-7..=22).contains(&(*l as i8)) => {
+            Ok(Codec::Bytes(Arc::new(ZstdCodec { level: *l as i8 })))
+        }
+        _ => Err(Error::malformed(format!(
+            "zstd params must be one level byte in -7..=22, found {p:?}"
+        ))),
     },
 };
 

@@ -9,7 +9,9 @@ pub const BLOCK: u64 = 128;
 /// The scale tensor must be 2-D float with one value per 128x128 block (partial edge blocks).
 pub fn check_shapes(w: &[u64], s: &[u64], sdt: DType) -> Result<()> {
     if !sdt.is_float() {
-        return Err(Error::input(format!("scale_inv tensor has dtype {sdt}, expected a float")));
+        return Err(Error::input(format!(
+            "scale_inv tensor has dtype {sdt}, expected a float"
+        )));
     }
     match (w, s) {
         ([r, c], [sr, sc]) if *sr == r.div_ceil(BLOCK) && *sc == c.div_ceil(BLOCK) => Ok(()),
@@ -20,7 +22,14 @@ pub fn check_shapes(w: &[u64], s: &[u64], sdt: DType) -> Result<()> {
 }
 
 /// Dequantize to little-endian f32 bytes.
-pub fn dequantize(w: &[u8], wdt: DType, dims: &[u64], s: &[u8], sdt: DType, sdims: &[u64]) -> Result<Vec<u8>> {
+pub fn dequantize(
+    w: &[u8],
+    wdt: DType,
+    dims: &[u64],
+    s: &[u8],
+    sdt: DType,
+    sdims: &[u64],
+) -> Result<Vec<u8>> {
     check_shapes(dims, sdims, sdt)?;
     let (cols, scols) = (dims[1] as usize, sdims[1] as usize);
     let mut scales = Vec::new();

@@ -91,7 +91,7 @@ fn scalar_size(t: u32) -> Result<Option<u64>> {
     Ok(match t {
         0 | 1 | 7 => Some(1),
         2 | 3 => Some(2),
-        4 | 5 | 6 => Some(4),
+        4..=6 => Some(4),
         10..=12 => Some(8),
         8 | 9 => None,
         _ => return Err(Error::malformed(format!("unknown metadata value type {t}"))),
@@ -114,7 +114,9 @@ fn read_value<'a>(c: &mut Cursor<'a>, t: u32, depth: u32) -> Result<Option<&'a s
             let count = c.u64("array length")?;
             match scalar_size(et)? {
                 Some(n) => {
-                    let bytes = count.checked_mul(n).ok_or_else(|| Error::malformed("array size overflows"))?;
+                    let bytes = count
+                        .checked_mul(n)
+                        .ok_or_else(|| Error::malformed("array size overflows"))?;
                     c.take(bytes, "metadata array")?;
                 }
                 None => {
@@ -188,7 +190,9 @@ fn parse_bytes(b: &[u8]) -> Result<Parsed> {
             }
             alignment = c.u32("alignment")? as u64;
             if alignment == 0 || !alignment.is_power_of_two() {
-                return Err(Error::malformed(format!("alignment {alignment} is not a power of two")));
+                return Err(Error::malformed(format!(
+                    "alignment {alignment} is not a power of two"
+                )));
             }
             continue;
         }
@@ -202,7 +206,9 @@ fn parse_bytes(b: &[u8]) -> Result<Parsed> {
         let name = c.string("tensor name")?.to_string();
         let nd = c.u32("tensor dims")?;
         if nd > 8 {
-            return Err(Error::malformed(format!("tensor '{name}' has {nd} dimensions")));
+            return Err(Error::malformed(format!(
+                "tensor '{name}' has {nd} dimensions"
+            )));
         }
         let mut ne = Vec::with_capacity(nd as usize);
         for _ in 0..nd {
@@ -218,29 +224,46 @@ fn parse_bytes(b: &[u8]) -> Result<Parsed> {
     raw.sort_by(|a, b| a.0.cmp(&b.0));
     for w in raw.windows(2) {
         if w[0].0 == w[1].0 {
-            return Err(Error::malformed(format!("tensor '{}' appears twice", w[0].0)));
+            return Err(Error::malformed(format!(
+                "tensor '{}' appears twice",
+                w[0].0
+            )));
         }
     }
     for (name, ne, ty, off) in raw {
         let err = |m: String| Error::malformed(m).with_tensor(&name);
         let &(_, tname, blk, bsize) = TYPES.iter().find(|t| t.0 == ty).ok_or_else(|| {
-            Error::new(ErrorKind::Unsupported, format!("GGML type {ty} is not supported"))
-                .with_tensor(&name)
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("GGML type {ty} is not supported"),
+            )
+            .with_tensor(&name)
         })?;
         let numel = ne
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d))
             .ok_or_else(|| err("shape overflows".into()))?;
         if ne.first().is_some_and(|&n0| n0 % blk as u64 != 0) {
-            return Err(err(format!("row length {} is not a multiple of {tname}'s block of {blk}", ne[0])));
+            return Err(err(format!(
+                "row length {} is not a multiple of {tname}'s block of {blk}",
+                ne[0]
+            )));
         }
         let size = (numel / blk as u64)
             .checked_mul(bsize as u64)
             .ok_or_else(|| err("size overflows".into()))?;
-        let start = data_start.checked_add(off).ok_or_else(|| err("offset overflows".into()))?;
-        let end = start.checked_add(size).filter(|&e| e <= b.len() as u64).ok_or_else(|| {
-            err(format!("data at {start}+{size} runs past the end of the {} byte file", b.len()))
-        })?;
+        let start = data_start
+            .checked_add(off)
+            .ok_or_else(|| err("offset overflows".into()))?;
+        let end = start
+            .checked_add(size)
+            .filter(|&e| e <= b.len() as u64)
+            .ok_or_else(|| {
+                err(format!(
+                    "data at {start}+{size} runs past the end of the {} byte file",
+                    b.len()
+                ))
+            })?;
         let dtype = match tname {
             "F16" => DType::F16,
             "BF16" => DType::BF16,
@@ -271,8 +294,14 @@ impl TensorSource for GgufSource {
         format!(
             "gguf v{} {}{}",
             self.version,
-            self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            self.architecture.as_ref().map(|a| format!(" ({a})")).unwrap_or_default()
+            self.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            self.architecture
+                .as_ref()
+                .map(|a| format!(" ({a})"))
+                .unwrap_or_default()
         )
     }
     fn tensors(&self) -> &[TensorInfo] {
@@ -285,8 +314,11 @@ impl TensorSource for GgufSource {
             return Ok(Cow::Borrowed(bytes));
         }
         let mut out = vec![0f32; self.infos[i].numel() as usize];
-        dequantize(e.ggml_type, bytes, &mut out).map_err(|err| err.with_tensor(&self.infos[i].name))?;
-        Ok(Cow::Owned(out.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        dequantize(e.ggml_type, bytes, &mut out)
+            .map_err(|err| err.with_tensor(&self.infos[i].name))?;
+        Ok(Cow::Owned(
+            out.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ))
     }
 }
 
@@ -300,7 +332,7 @@ pub fn dequantize(ty: u32, x: &[u8], y: &mut [f32]) -> Result<()> {
         .iter()
         .find(|t| t.0 == ty)
         .ok_or_else(|| Error::new(ErrorKind::Unsupported, format!("GGML type {ty}")))?;
-    if y.len() % blk != 0 || x.len() != y.len() / blk * bsize {
+    if !y.len().is_multiple_of(blk) || x.len() != y.len() / blk * bsize {
         return Err(Error::malformed(format!(
             "{name}: {} bytes for {} elements",
             x.len(),
@@ -400,7 +432,11 @@ fn q3_k(b: &[u8], y: &mut [f32]) {
     aux[3] = ((aux[1] >> 4) & k2) | (((tmp >> 6) & k1) << 4);
     aux[0] = (aux[0] & k2) | ((tmp & k1) << 4);
     aux[1] = (aux[1] & k2) | (((tmp >> 2) & k1) << 4);
-    let scales: Vec<i8> = aux.iter().flat_map(|a| a.to_le_bytes()).map(|v| v as i8).collect();
+    let scales: Vec<i8> = aux
+        .iter()
+        .flat_map(|a| a.to_le_bytes())
+        .map(|v| v as i8)
+        .collect();
     let (mut is, mut yi, mut m) = (0, 0, 1u8);
     for n in 0..2 {
         let q = &qs[32 * n..];
@@ -424,7 +460,10 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 

@@ -54,18 +54,25 @@ pub fn open(path: &Path) -> Result<Box<dyn TensorSource>> {
     if path.is_dir() {
         let index = path.join("model.safetensors.index.json");
         if index.is_file() {
-            return Ok(Box::new(safetensors::SafetensorsSource::open_sharded(&index)?));
+            return Ok(Box::new(safetensors::SafetensorsSource::open_sharded(
+                &index,
+            )?));
         }
         let single = path.join("model.safetensors");
         if single.is_file() {
-            return Ok(Box::new(safetensors::SafetensorsSource::open_files(&[single])?));
+            return Ok(Box::new(safetensors::SafetensorsSource::open_files(&[
+                single,
+            ])?));
         }
         let mut found: Vec<_> = std::fs::read_dir(path)
             .map_err(|e| Error::io(format!("read folder {}", path.display()), e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.is_file()
-                    && matches!(p.extension().and_then(|e| e.to_str()), Some("safetensors" | "gguf"))
+                    && matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("safetensors" | "gguf")
+                    )
             })
             .collect();
         found.sort();
@@ -83,19 +90,22 @@ pub fn open(path: &Path) -> Result<Box<dyn TensorSource>> {
         };
     }
     if path.to_string_lossy().ends_with(".index.json") {
-        return Ok(Box::new(safetensors::SafetensorsSource::open_sharded(path)?));
+        return Ok(Box::new(safetensors::SafetensorsSource::open_sharded(
+            path,
+        )?));
     }
     let mut magic = [0u8; 4];
     {
         use std::io::Read;
-        let mut f = std::fs::File::open(path)
-            .map_err(|e| Error::io("open", e).with_file(path))?;
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", e).with_file(path))?;
         let _ = f.read(&mut magic);
     }
     if &magic == b"GGUF" {
         return Ok(Box::new(gguf::GgufSource::open(path)?));
     }
-    Ok(Box::new(safetensors::SafetensorsSource::open_files(&[path.to_path_buf()])?))
+    Ok(Box::new(safetensors::SafetensorsSource::open_files(&[
+        path.to_path_buf(),
+    ])?))
 }
 
 /// The tensor filter: a query containing a dot is a module-prefix match (`model.layers.0`
@@ -124,7 +134,10 @@ pub fn select(infos: &[TensorInfo], filter: Option<&str>, limit: Option<usize>) 
 /// Memory-map a file read-only.
 pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
     let f = std::fs::File::open(path).map_err(|e| Error::io("open", e).with_file(path))?;
-    let len = f.metadata().map_err(|e| Error::io("stat", e).with_file(path))?.len();
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io("stat", e).with_file(path))?
+        .len();
     if len == 0 {
         return Err(Error::input("file is empty").with_file(path));
     }

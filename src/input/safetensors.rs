@@ -46,8 +46,11 @@ fn parse_header(bytes: &[u8], file: usize) -> Result<Vec<Raw>> {
     for (name, info) in meta.tensors() {
         let dt_name = format!("{:?}", info.dtype);
         let dtype = DType::from_name(&dt_name).map_err(|_| {
-            Error::new(ErrorKind::Unsupported, format!("dtype {dt_name} is not supported"))
-                .with_tensor(&name)
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("dtype {dt_name} is not supported"),
+            )
+            .with_tensor(&name)
         })?;
         let (b, e) = info.data_offsets;
         out.push(Raw {
@@ -67,11 +70,20 @@ pub fn fuzz_parse(bytes: &[u8], max_elems: u64) -> Result<usize> {
     let raws = parse_header(bytes, 0)?;
     let by_name: HashMap<&str, &Raw> = raws.iter().map(|r| (r.name.as_str(), r)).collect();
     for r in &raws {
-        let Some(base) = r.name.strip_suffix("_scale_inv") else { continue };
+        let Some(base) = r.name.strip_suffix("_scale_inv") else {
+            continue;
+        };
         let Some(w) = by_name.get(base) else { continue };
         let numel: u64 = w.dims.iter().product();
         if matches!(w.dtype, DType::F8E4M3 | DType::F8E5M2) && numel <= max_elems {
-            fp8::dequantize(&bytes[w.range.clone()], w.dtype, &w.dims, &bytes[r.range.clone()], r.dtype, &r.dims)?;
+            fp8::dequantize(
+                &bytes[w.range.clone()],
+                w.dtype,
+                &w.dims,
+                &bytes[r.range.clone()],
+                r.dtype,
+                &r.dims,
+            )?;
         }
     }
     Ok(raws.len())
@@ -96,8 +108,8 @@ impl SafetensorsSource {
 
     /// Open a sharded model from its `model.safetensors.index.json`.
     pub fn open_sharded(index: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(index)
-            .map_err(|e| Error::io("read", e).with_file(index))?;
+        let text =
+            std::fs::read_to_string(index).map_err(|e| Error::io("read", e).with_file(index))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::malformed(format!("invalid JSON: {e}")).with_file(index))?;
         let map = v
@@ -113,8 +125,10 @@ impl SafetensorsSource {
                     .with_file(index)
             })?;
             if file.contains('/') || file.contains('\\') || file.contains("..") {
-                return Err(Error::malformed(format!("shard name '{file}' leaves the model folder"))
-                    .with_file(index));
+                return Err(Error::malformed(format!(
+                    "shard name '{file}' leaves the model folder"
+                ))
+                .with_file(index));
             }
             if !shard_names.iter().any(|s| s == file) {
                 shard_names.push(file.to_string());
@@ -149,8 +163,10 @@ impl SafetensorsSource {
             match in_file {
                 Some(f) if file_name(&src.files[f].0) == *file => {}
                 Some(_) => {
-                    return Err(Error::input(format!("tensor '{name}' is not in shard {file}"))
-                        .with_file(index))
+                    return Err(
+                        Error::input(format!("tensor '{name}' is not in shard {file}"))
+                            .with_file(index),
+                    )
                 }
                 None => {
                     return Err(Error::input(format!(
@@ -166,7 +182,11 @@ impl SafetensorsSource {
         })
     }
 
-    fn build(files: Vec<(PathBuf, memmap2::Mmap)>, mut raws: Vec<Raw>, description: String) -> Result<Self> {
+    fn build(
+        files: Vec<(PathBuf, memmap2::Mmap)>,
+        mut raws: Vec<Raw>,
+        description: String,
+    ) -> Result<Self> {
         raws.sort_by(|a, b| a.name.cmp(&b.name));
         for w in raws.windows(2) {
             if w[0].name == w[1].name {
@@ -178,8 +198,11 @@ impl SafetensorsSource {
                 )));
             }
         }
-        let by_name: HashMap<String, usize> =
-            raws.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
+        let by_name: HashMap<String, usize> = raws
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.clone(), i))
+            .collect();
         // Pair FP8 weights with their block scales.
         let mut consumed = vec![false; raws.len()];
         let mut scale_of = vec![None; raws.len()];
@@ -207,7 +230,10 @@ impl SafetensorsSource {
                 Some(s) => {
                     let sr = &raws[s];
                     source_bytes += sr.range.len() as u64;
-                    (DType::F32, Some((sr.file, sr.range.clone(), sr.dtype, sr.dims.clone())))
+                    (
+                        DType::F32,
+                        Some((sr.file, sr.range.clone(), sr.dtype, sr.dims.clone())),
+                    )
                 }
                 None => (r.dtype, None),
             };

@@ -62,12 +62,23 @@ pub fn tenpak_json(args: &[&str]) -> serde_json::Value {
 }
 
 /// Tensors of a safetensors file as (dtype name, shape, bytes), by name.
-pub fn read_safetensors(p: &Path) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+pub fn read_safetensors(
+    p: &Path,
+) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
     let b = std::fs::read(p).unwrap();
     let st = safetensors::SafeTensors::deserialize(&b).unwrap();
     st.tensors()
         .into_iter()
-        .map(|(n, v)| (n, (format!("{:?}", v.dtype()), v.shape().to_vec(), v.data().to_vec())))
+        .map(|(n, v)| {
+            (
+                n,
+                (
+                    format!("{:?}", v.dtype()),
+                    v.shape().to_vec(),
+                    v.data().to_vec(),
+                ),
+            )
+        })
         .collect()
 }
 

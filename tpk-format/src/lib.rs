@@ -104,7 +104,7 @@ pub struct ChunkEntry {
 pub struct TensorEntry {
     /// Tensor name, unique in the file.
     pub name: String,
-    /// Source dtype name (`F32`, `BF16`, `I64`, `Q4_1`, ...).
+    /// Element type fed to the codec (`F32`, `BF16`, `I64`, ...).
     pub dtype: String,
     /// Shape; empty for a scalar.
     pub dims: Vec<u64>,
@@ -131,7 +131,10 @@ impl TensorEntry {
 
     /// Value of a metric by name.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        self.metrics.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+        self.metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
     }
 }
 

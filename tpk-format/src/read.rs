@@ -92,7 +92,7 @@ impl<D: AsRef<[u8]>> TpkFile<D> {
                 supported: VERSION_MAJOR,
             });
         }
-        if header.index_offset < HEADER_LEN as u64 || header.index_offset % crate::ALIGN != 0 {
+        if header.index_offset < HEADER_LEN as u64 || !header.index_offset.is_multiple_of(crate::ALIGN) {
             return Err(FormatError::Malformed(format!(
                 "index offset {} is not a multiple of 64 at or after the header",
                 header.index_offset
@@ -206,7 +206,10 @@ impl<D: AsRef<[u8]>> TpkFile<D> {
         let mut pos = HEADER_LEN as u64;
         for t in &self.tensors {
             for (i, c) in t.chunks.iter().enumerate() {
-                if bytes[pos as usize..c.offset as usize].iter().any(|&b| b != 0) {
+                if bytes[pos as usize..c.offset as usize]
+                    .iter()
+                    .any(|&b| b != 0)
+                {
                     problems.push(VerifyProblem {
                         tensor: Some(t.name.clone()),
                         chunk: Some(i),
@@ -314,8 +317,7 @@ fn parse_index(index: &[u8], limits: &Limits, newer_minor: bool) -> Result<Index
         limits,
     };
     let n_meta = c.count("metadata count", 8)?;
-    let mut metadata: Vec<(String, String)> =
-        Vec::with_capacity(n_meta.min(MAX_INITIAL_CAPACITY));
+    let mut metadata: Vec<(String, String)> = Vec::with_capacity(n_meta.min(MAX_INITIAL_CAPACITY));
     for _ in 0..n_meta {
         let k = c.string("metadata key")?;
         let v = c.string("metadata value")?;

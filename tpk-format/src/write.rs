@@ -110,7 +110,8 @@ impl TpkWriter {
     /// Write the index and header, flush to disk and rename into place. Returns the file size.
     pub fn finish(mut self) -> Result<u64, FormatError> {
         let index_offset = self.pad_to_alignment()?;
-        self.metadata.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        self.metadata
+            .sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         let index = encode_index(&self.metadata, &self.tensors);
         self.out.write_all(&index).map_err(io("write index"))?;
         let header = Header {
@@ -121,16 +122,14 @@ impl TpkWriter {
             index_len: index.len() as u64,
             index_crc: crc32fast::hash(&index),
         };
-        let mut tmp = self
-            .out
-            .into_inner()
-            .map_err(|e| FormatError::Io {
-                context: "flush".into(),
-                source: e.into_error(),
-            })?;
+        let mut tmp = self.out.into_inner().map_err(|e| FormatError::Io {
+            context: "flush".into(),
+            source: e.into_error(),
+        })?;
         let f = tmp.as_file_mut();
         f.seek(SeekFrom::Start(0)).map_err(io("seek"))?;
-        f.write_all(&header.to_bytes()).map_err(io("write header"))?;
+        f.write_all(&header.to_bytes())
+            .map_err(io("write header"))?;
         f.sync_all().map_err(io("sync"))?;
         let size = index_offset + index.len() as u64;
         let dest = self.dest.clone();
@@ -232,7 +231,10 @@ mod tests {
         assert_eq!(size, 72);
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(&bytes[64..], &[0u8; 8]);
-        assert_eq!(u32::from_le_bytes(bytes[32..36].try_into().unwrap()), 0x6522DF69);
+        assert_eq!(
+            u32::from_le_bytes(bytes[32..36].try_into().unwrap()),
+            0x6522DF69
+        );
         let f = TpkFile::open(bytes, &Limits::default()).unwrap();
         assert!(f.tensors().is_empty());
     }
