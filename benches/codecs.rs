@@ -17,20 +17,32 @@ fn bench(c: &mut Criterion) {
         let chunks: Vec<&[u8]> = data.chunks(chunk).collect();
         for spec in ["raw", "bf16", "f16", "zstd:level=3", "byteplane"] {
             let p = Pipeline::parse(spec).unwrap();
-            let encoded: Vec<Vec<u8>> = chunks.iter().map(|c| p.encode(dtype, c).unwrap()).collect();
+            let encoded: Vec<Vec<u8>> =
+                chunks.iter().map(|c| p.encode(dtype, c).unwrap()).collect();
             let mut g = c.benchmark_group(format!("{}/{}", spec, dtype.name()));
             g.sample_size(10);
             g.throughput(Throughput::Bytes(data.len() as u64));
             g.bench_function(BenchmarkId::new("encode", "minilm"), |b| {
-                b.iter(|| chunks.iter().map(|c| p.encode(dtype, c).unwrap().len()).sum::<usize>())
+                b.iter(|| {
+                    chunks
+                        .iter()
+                        .map(|c| p.encode(dtype, c).unwrap().len())
+                        .sum::<usize>()
+                })
             });
+            // Decoding into a preallocated buffer, as `decompress` does (chunks land in their tensor).
+            let mut out =
+                vec![0u8; data.len() * p.tensor_codec().decoded_dtype(dtype).size() / dtype.size()];
             g.bench_function(BenchmarkId::new("decode", "minilm"), |b| {
                 b.iter(|| {
-                    encoded
-                        .iter()
-                        .zip(&chunks)
-                        .map(|(e, c)| p.decode(e, dtype, c.len() / dtype.size(), u64::MAX).unwrap().len())
-                        .sum::<usize>()
+                    let esize = p.tensor_codec().decoded_dtype(dtype).size();
+                    let mut rest = &mut out[..];
+                    for (e, c) in encoded.iter().zip(&chunks) {
+                        let n = c.len() / dtype.size();
+                        let (dst, tail) = rest.split_at_mut(n * esize);
+                        p.decode_into(e, dtype, n, dst).unwrap();
+                        rest = tail;
+                    }
                 })
             });
             g.finish();

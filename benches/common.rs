@@ -8,7 +8,11 @@ pub fn minilm_path() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
     let p = dir.join("minilm/model.safetensors");
-    assert!(p.is_file(), "{} missing: run scripts/fetch-test-models.sh", p.display());
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/fetch-test-models.sh",
+        p.display()
+    );
     p
 }
 

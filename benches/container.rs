@@ -16,14 +16,22 @@ fn bench(c: &mut Criterion) {
         let chunks = data
             .chunks(chunk)
             .enumerate()
-            .map(|(i, c)| w.write_chunk(c, (i * chunk / 4) as u64, (c.len() / 4) as u64).unwrap())
+            .map(|(i, c)| {
+                w.write_chunk(c, (i * chunk / 4) as u64, (c.len() / 4) as u64)
+                    .unwrap()
+            })
             .collect();
         w.add_tensor(TensorEntry {
             name: "all".into(),
             dtype: "F32".into(),
             dims: vec![(data.len() / 4) as u64],
             source_bytes: data.len() as u64,
-            stages: vec![Stage { codec_id: 1, codec_name: "raw".into(), codec_version: 1, params: vec![] }],
+            stages: vec![Stage {
+                codec_id: 1,
+                codec_name: "raw".into(),
+                codec_version: 1,
+                params: vec![],
+            }],
             metrics: vec![],
             chunks,
         })
@@ -38,7 +46,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("read_all_chunks", |b| {
         b.iter(|| {
             let f = TpkFile::open_path(&path, &Limits::default()).unwrap();
-            (0..f.tensors()[0].chunks.len()).map(|i| f.chunk(0, i).unwrap().len()).sum::<usize>()
+            (0..f.tensors()[0].chunks.len())
+                .map(|i| f.chunk(0, i).unwrap().len())
+                .sum::<usize>()
         })
     });
     g.finish();

@@ -57,14 +57,24 @@ impl Archive {
         let (dtype, p) = self.pipeline(i)?;
         let out_dtype = p.tensor_codec().decoded_dtype(dtype);
         let total = decoded_len(t, out_dtype, &self.limits)?;
-        let parts: Vec<Vec<u8>> = (0..t.chunks.len())
-            .into_par_iter()
-            .map(|c| self.decode_chunk(i, c, dtype, &p))
-            .collect::<Result<_>>()?;
-        let mut out = Vec::with_capacity(total);
-        for p in parts {
-            out.extend_from_slice(&p);
+        let mut out = vec![0u8; total];
+        // Each chunk decodes straight into its slice of the tensor: no per-chunk buffers.
+        let esize = out_dtype.size();
+        let mut slices = Vec::with_capacity(t.chunks.len());
+        let mut rest = &mut out[..];
+        for ch in &t.chunks {
+            let (a, b) = rest.split_at_mut(ch.elem_count as usize * esize);
+            slices.push(a);
+            rest = b;
         }
+        slices
+            .into_par_iter()
+            .enumerate()
+            .try_for_each(|(c, slice)| {
+                let payload = self.file.chunk(i, c).map_err(Error::from)?;
+                p.decode_into(payload, dtype, t.chunks[c].elem_count as usize, slice)
+                    .map_err(|e| e.with_chunk(c).with_tensor(&t.name))
+            })?;
         Ok((out_dtype, out))
     }
 

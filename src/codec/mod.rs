@@ -11,7 +11,7 @@
 
 mod byteplane;
 mod float;
-mod rans;
+mod huffman;
 mod raw;
 mod zstd;
 
@@ -335,6 +335,21 @@ impl Pipeline {
                     format!("chunk of {n} elements exceeds the decode limit of {max_bytes} bytes"),
                 )
             })? as usize;
+        let mut out = vec![0u8; out_len];
+        self.decode_into(payload, src, n, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decode one chunk of `n` elements into `out`, which must hold exactly
+    /// `n * decoded_dtype(src).size()` bytes (decoding straight into a tensor's buffer).
+    pub fn decode_into(&self, payload: &[u8], src: DType, n: usize, out: &mut [u8]) -> Result<()> {
+        let want = n.checked_mul(self.tensor.decoded_dtype(src).size());
+        if want != Some(out.len()) {
+            return Err(Error::malformed(format!(
+                "output buffer of {} bytes does not fit {n} elements",
+                out.len()
+            )));
+        }
         let cap = self.tensor.max_encoded_len(src, n);
         let mut owned;
         let mut cur: &[u8] = payload;
@@ -342,9 +357,7 @@ impl Pipeline {
             owned = c.decode(cur, cap)?;
             cur = &owned;
         }
-        let mut out = vec![0u8; out_len];
-        self.tensor.decode(cur, src, n, &mut out)?;
-        Ok(out)
+        self.tensor.decode(cur, src, n, out)
     }
 }
 

@@ -92,7 +92,9 @@ impl<D: AsRef<[u8]>> TpkFile<D> {
                 supported: VERSION_MAJOR,
             });
         }
-        if header.index_offset < HEADER_LEN as u64 || !header.index_offset.is_multiple_of(crate::ALIGN) {
+        if header.index_offset < HEADER_LEN as u64
+            || !header.index_offset.is_multiple_of(crate::ALIGN)
+        {
             return Err(FormatError::Malformed(format!(
                 "index offset {} is not a multiple of 64 at or after the header",
                 header.index_offset

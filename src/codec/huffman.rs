@@ -1,0 +1,478 @@
+//! Order-0 canonical Huffman coding of bytes in four streams, used by `byteplane`.
+//!
+//! Why Huffman and four streams: decoding is the hot path. The symbols are cut into four
+//! contiguous segments, each coded as its own bit stream, so four independent decode chains run
+//! side by side in the CPU; and the decoder looks up 12 bits at a time in a table whose entries
+//! hold up to four whole symbols (about three per lookup for byteplane's symbols). rANS codes
+//! closer to the entropy but needs a multiply and a renormalization test per symbol, which made
+//! it three times slower here; byteplane makes up the difference by coding the exponent jointly
+//! with the top mantissa bits (see byteplane.rs).
+//!
+//! Codes are at most [`MAX_LEN`] = 12 bits; each stream is LSB-first with bit-reversed codes.
+//! Exact layout: formats-spec/codecs.md §byteplane.
+
+use crate::error::{Error, Result};
+
+/// Longest code, in bits.
+pub const MAX_LEN: u32 = 12;
+const STREAMS: usize = 4;
+
+/// Histogram of a byte slice (four sub-histograms avoid store-to-load stalls on runs).
+pub fn histogram(data: &[u8]) -> [u32; 256] {
+    let mut h = [[0u32; 256]; 4];
+    let mut it = data.chunks_exact(4);
+    for c in &mut it {
+        h[0][c[0] as usize] += 1;
+        h[1][c[1] as usize] += 1;
+        h[2][c[2] as usize] += 1;
+        h[3][c[3] as usize] += 1;
+    }
+    for &b in it.remainder() {
+        h[0][b as usize] += 1;
+    }
+    let mut out = [0u32; 256];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = h[0][i] + h[1][i] + h[2][i] + h[3][i];
+    }
+    out
+}
+
+/// Huffman code lengths (0 for unused symbols), at most `MAX_LEN`. Needs two or more used
+/// symbols. Deterministic: ties are broken by symbol value.
+pub fn code_lengths(hist: &[u32; 256]) -> [u8; 256] {
+    let mut weights: Vec<u64> = hist.iter().map(|&c| c as u64).collect();
+    loop {
+        let lens = unlimited_lengths(&weights);
+        if lens.iter().all(|&l| l as u32 <= MAX_LEN) {
+            return lens;
+        }
+        // Flatten the distribution until the tree is shallow enough; rare, and costs little.
+        for w in weights.iter_mut().filter(|w| **w > 0) {
+            *w = (*w).div_ceil(2);
+        }
+    }
+}
+
+fn unlimited_lengths(weights: &[u64]) -> [u8; 256] {
+    let mut leaves: Vec<(u64, usize)> = weights
+        .iter()
+        .enumerate()
+        .filter(|(_, &w)| w > 0)
+        .map(|(s, &w)| (w, s))
+        .collect();
+    leaves.sort_unstable();
+    let n = leaves.len();
+    let mut lens = [0u8; 256];
+    if n < 2 {
+        if let Some(&(_, s)) = leaves.first() {
+            lens[s] = 1;
+        }
+        return lens;
+    }
+    // Two-queue construction: leaves in ascending order, internal nodes appended in order.
+    let mut w: Vec<u64> = leaves.iter().map(|l| l.0).collect();
+    let mut parent = vec![0usize; 2 * n - 1];
+    let (mut i1, mut i2) = (0usize, n);
+    for next in n..2 * n - 1 {
+        let mut pick = || {
+            if i1 < n && (i2 >= next || w[i1] <= w[i2]) {
+                i1 += 1;
+                i1 - 1
+            } else {
+                i2 += 1;
+                i2 - 1
+            }
+        };
+        let a = pick();
+        let b = pick();
+        w.push(w[a] + w[b]);
+        parent[a] = next;
+        parent[b] = next;
+    }
+    let mut depth = vec![0u8; 2 * n - 1];
+    for k in (0..2 * n - 2).rev() {
+        depth[k] = depth[parent[k]].saturating_add(1);
+    }
+    for (i, &(_, s)) in leaves.iter().enumerate() {
+        lens[s] = depth[i];
+    }
+    lens
+}
+
+/// Canonical codes, bit-reversed for an LSB-first stream: `(code, len)` per symbol.
+fn canonical_codes(lens: &[u8; 256]) -> [(u32, u32); 256] {
+    let mut order: Vec<usize> = (0..256).filter(|&s| lens[s] > 0).collect();
+    order.sort_by_key(|&s| (lens[s], s));
+    let mut codes = [(0u32, 0u32); 256];
+    let mut code = 0u32;
+    let mut prev = 0u32;
+    for s in order {
+        let l = lens[s] as u32;
+        code <<= l - prev;
+        prev = l;
+        codes[s] = (code.reverse_bits() >> (32 - l), l);
+        code += 1;
+    }
+    codes
+}
+
+/// Segment `k` of `n` symbols: `[k * ceil(n/4), (k+1) * ceil(n/4))`, clipped to `n`.
+fn segment(n: usize, k: usize) -> std::ops::Range<usize> {
+    let s = n.div_ceil(STREAMS);
+    (k * s).min(n)..((k + 1) * s).min(n)
+}
+
+/// Bytes [`encode`] writes for `hist` with `lens` (table included).
+pub fn encoded_len(hist: &[u32; 256], lens: &[u8; 256]) -> usize {
+    let bits: u64 = hist
+        .iter()
+        .zip(lens)
+        .map(|(&c, &l)| c as u64 * l as u64)
+        .sum();
+    // Each stream rounds up to a byte: at most 4 bytes more than the bit total.
+    table_len(lens) + 4 * (STREAMS - 1) + bits.div_ceil(8) as usize + STREAMS
+}
+
+fn table_len(lens: &[u8; 256]) -> usize {
+    let min = lens.iter().position(|&l| l > 0).unwrap_or(0);
+    let max = lens.iter().rposition(|&l| l > 0).unwrap_or(0);
+    2 + (max - min + 1).div_ceil(2)
+}
+
+/// Append the table and the four streams coding `data` (every byte must have a code).
+pub fn encode(data: &[u8], lens: &[u8; 256], out: &mut Vec<u8>) {
+    let min = lens.iter().position(|&l| l > 0).unwrap_or(0);
+    let max = lens.iter().rposition(|&l| l > 0).unwrap_or(0);
+    out.push(min as u8);
+    out.push(max as u8);
+    for pair in lens[min..=max].chunks(2) {
+        out.push(pair[0] | (pair.get(1).copied().unwrap_or(0) << 4));
+    }
+    let codes = canonical_codes(lens);
+    let head = out.len();
+    out.resize(head + 4 * (STREAMS - 1), 0);
+    // The four segments are coded in one loop: four independent bit accumulators keep the CPU
+    // busy where one would wait on its own shift-or chain.
+    let segs: [&[u8]; STREAMS] = std::array::from_fn(|k| &data[segment(data.len(), k)]);
+    let mut bufs: [Vec<u8>; STREAMS] =
+        std::array::from_fn(|k| vec![0u8; segs[k].len() * MAX_LEN as usize / 8 + 16]);
+    let mut acc = [0u64; STREAMS];
+    let mut nb = [0u32; STREAMS];
+    let mut pos = [0usize; STREAMS];
+    macro_rules! put4 {
+        ($k:expr, $quad:expr) => {{
+            for &s in $quad {
+                let (c, l) = codes[s as usize];
+                acc[$k] |= (c as u64) << nb[$k];
+                nb[$k] += l;
+            }
+            bufs[$k][pos[$k]..pos[$k] + 8].copy_from_slice(&acc[$k].to_le_bytes());
+            let nbytes = nb[$k] / 8;
+            pos[$k] += nbytes as usize;
+            acc[$k] = if nbytes == 8 {
+                0
+            } else {
+                acc[$k] >> (nbytes * 8)
+            };
+            nb[$k] -= nbytes * 8;
+        }};
+    }
+    let common = segs.iter().map(|s| s.len() / 4).min().unwrap_or(0);
+    for q in 0..common {
+        put4!(0, &segs[0][4 * q..4 * q + 4]);
+        put4!(1, &segs[1][4 * q..4 * q + 4]);
+        put4!(2, &segs[2][4 * q..4 * q + 4]);
+        put4!(3, &segs[3][4 * q..4 * q + 4]);
+    }
+    let mut lens_written = [0usize; STREAMS];
+    for k in 0..STREAMS {
+        for quad in segs[k][4 * common..].chunks(4) {
+            put4!(k, quad);
+        }
+        if nb[k] > 0 {
+            bufs[k][pos[k]] = acc[k] as u8;
+            pos[k] += 1;
+        }
+        lens_written[k] = pos[k];
+    }
+    for k in 0..STREAMS - 1 {
+        out[head + 4 * k..head + 4 * k + 4]
+            .copy_from_slice(&(lens_written[k] as u32).to_le_bytes());
+    }
+    for k in 0..STREAMS {
+        out.extend_from_slice(&bufs[k][..pos[k]]);
+    }
+}
+
+/// Parse the table and the stream bounds of data written by [`encode`].
+fn parse(data: &[u8]) -> Result<([u8; 256], [usize; STREAMS + 1])> {
+    let bad = |m: &str| Error::malformed(format!("huffman data: {m}"));
+    if data.len() < 2 || data[0] > data[1] {
+        return Err(bad("table header is invalid"));
+    }
+    let (min, max) = (data[0] as usize, data[1] as usize);
+    let count = max - min + 1;
+    let table_end = 2 + count.div_ceil(2);
+    if data.len() < table_end + 4 * (STREAMS - 1) {
+        return Err(bad("truncated table"));
+    }
+    let mut lens = [0u8; 256];
+    for i in 0..count {
+        let byte = data[2 + i / 2];
+        lens[min + i] = if i % 2 == 0 { byte & 0xF } else { byte >> 4 };
+    }
+    let mut bounds = [0usize; STREAMS + 1];
+    let mut pos = table_end + 4 * (STREAMS - 1);
+    bounds[0] = pos;
+    for k in 0..STREAMS - 1 {
+        let at = table_end + 4 * k;
+        let len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        pos = pos
+            .checked_add(len)
+            .filter(|&p| p <= data.len())
+            .ok_or_else(|| bad("stream lengths exceed the data"))?;
+        bounds[k + 1] = pos;
+    }
+    bounds[STREAMS] = data.len();
+    Ok((lens, bounds))
+}
+
+/// Decode `out.len()` symbols from a table and four streams written by [`encode`].
+pub fn decode(data: &[u8], out: &mut [u8]) -> Result<()> {
+    const IDENTITY: [u32; 256] = {
+        let mut m = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            m[i] = i as u32;
+            i += 1;
+        }
+        m
+    };
+    decode_core::<1>(data, &IDENTITY, out)
+}
+
+/// Decode `out.len() / 2` symbols, writing `map[symbol]` as little-endian u16 values: one step
+/// where byteplane would otherwise decode a symbol plane and then look every symbol up.
+/// A symbol whose `map` value exceeds `0xFFFF` is an error.
+pub fn decode_mapped_u16(data: &[u8], map: &[u32; 256], out: &mut [u8]) -> Result<()> {
+    decode_core::<2>(data, map, out)
+}
+
+/// Lookup table indexed by the next `MAX_LEN` bits: `symbol | length << 8`. The code must be
+/// complete (Kraft sum exactly 1) with lengths <= `MAX_LEN`.
+fn single_table(lens: &[u8; 256]) -> Result<Vec<u16>> {
+    let mut kraft = 0u64;
+    let mut used = 0;
+    for &l in lens.iter() {
+        if l as u32 > MAX_LEN {
+            return Err(Error::malformed(format!(
+                "huffman code length {l} over {MAX_LEN}"
+            )));
+        }
+        if l > 0 {
+            kraft += 1u64 << (MAX_LEN - l as u32);
+            used += 1;
+        }
+    }
+    if used < 2 || kraft != 1u64 << MAX_LEN {
+        return Err(Error::malformed(
+            "huffman code lengths do not form a complete code",
+        ));
+    }
+    let mut single = vec![0u16; 1 << MAX_LEN];
+    for (s, &(c, l)) in canonical_codes(lens).iter().enumerate() {
+        if l == 0 {
+            continue;
+        }
+        for hi in 0..(1u32 << (MAX_LEN - l)) {
+            single[(c | (hi << l)) as usize] = s as u16 | (l as u16) << 8;
+        }
+    }
+    Ok(single)
+}
+
+const INVALID: u64 = 1 << 63;
+
+/// Decode `out.len() / W` symbols, each written as the `W` low bytes of `map[symbol]`.
+///
+/// Multi-symbol table entries hold as many whole symbols as fit in the next 12 bits (at most
+/// `8 / W - ...` values: 4 bytes or 3 u16s) in bits 0..48, their count at bit 48, the bits they
+/// use at bit 52, and bit 63 if a value is out of range. The four streams decode in lockstep
+/// with their state in locals, so the CPU overlaps their independent lookup chains.
+fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) -> Result<()> {
+    let (lens, bounds) = parse(data)?;
+    let single = single_table(&lens)?;
+    let per_entry = if W == 1 { 4 } else { 3 };
+    let limit_value = 1u64 << (8 * W);
+    let mask = (1u32 << MAX_LEN) - 1;
+    let multi: Vec<u64> = (0..1u32 << MAX_LEN)
+        .map(|p| {
+            let (mut e, mut bits, mut count) = (0u64, 0u32, 0u32);
+            while count < per_entry {
+                let s = single[((p >> bits) & mask) as usize];
+                let l = (s >> 8) as u32;
+                if bits + l > MAX_LEN {
+                    break;
+                }
+                let v = map[(s & 0xFF) as usize] as u64;
+                e |= if v >= limit_value {
+                    INVALID
+                } else {
+                    v << (8 * W as u32 * count)
+                };
+                bits += l;
+                count += 1;
+            }
+            e | (count as u64) << 48 | (bits as u64) << 52
+        })
+        .collect();
+    let multi: &[u64; 1 << MAX_LEN] = multi[..].try_into().expect("table size");
+    let single: &[u16; 1 << MAX_LEN] = single[..].try_into().expect("table size");
+    let n = out.len() / W;
+    // Eight zero bytes past the end make every 8-byte read in bounds; a stream reading past
+    // its own end only sees the next stream's bits, and the end check below rejects it.
+    let mut padded = Vec::with_capacity(data.len() + 8);
+    padded.extend_from_slice(data);
+    padded.extend_from_slice(&[0u8; 8]);
+    let limit = data.len();
+    let room = 8 / W; // elements an 8-byte store covers
+    let mut flags = 0u64;
+    let overrun = || Error::malformed("huffman stream ends before all symbols are decoded");
+    macro_rules! step {
+        ($bp:expr, $o:expr) => {{
+            let byte = $bp >> 3;
+            if byte > limit {
+                return Err(overrun());
+            }
+            let w = u64::from_le_bytes(padded[byte..byte + 8].try_into().unwrap()) >> ($bp & 7);
+            let e = multi[(w & mask as u64) as usize];
+            flags |= e;
+            out[$o * W..$o * W + 8].copy_from_slice(&(e & 0xFFFF_FFFF_FFFF).to_le_bytes());
+            $o += ((e >> 48) & 0xF) as usize;
+            $bp += ((e >> 52) & 0xFF) as usize;
+        }};
+    }
+    let mut bp: [usize; STREAMS] = std::array::from_fn(|k| bounds[k] * 8);
+    let mut o: [usize; STREAMS] = std::array::from_fn(|k| segment(n, k).start);
+    let end: [usize; STREAMS] = std::array::from_fn(|k| segment(n, k).end);
+    {
+        let [mut b0, mut b1, mut b2, mut b3] = bp;
+        let [mut o0, mut o1, mut o2, mut o3] = o;
+        let [e0, e1, e2, e3] = end;
+        while o0 + room <= e0 && o1 + room <= e1 && o2 + room <= e2 && o3 + room <= e3 {
+            step!(b0, o0);
+            step!(b1, o1);
+            step!(b2, o2);
+            step!(b3, o3);
+        }
+        bp = [b0, b1, b2, b3];
+        o = [o0, o1, o2, o3];
+    }
+    for k in 0..STREAMS {
+        while o[k] + room <= end[k] {
+            step!(bp[k], o[k]);
+        }
+        while o[k] < end[k] {
+            let byte = bp[k] >> 3;
+            if byte > limit {
+                return Err(overrun());
+            }
+            let w = u64::from_le_bytes(padded[byte..byte + 8].try_into().unwrap()) >> (bp[k] & 7);
+            let s = single[(w & mask as u64) as usize];
+            let v = map[(s & 0xFF) as usize] as u64;
+            if v >= limit_value {
+                flags |= INVALID;
+            }
+            out[o[k] * W..o[k] * W + W].copy_from_slice(&v.to_le_bytes()[..W]);
+            o[k] += 1;
+            bp[k] += (s >> 8) as usize;
+        }
+        let (lo, hi) = (bounds[k] * 8, bounds[k + 1] * 8);
+        if bp[k] > hi || hi - bp[k] >= 8 || bp[k] < lo {
+            return Err(Error::malformed(format!(
+                "huffman stream {k} of {} bytes does not match its {} symbols",
+                bounds[k + 1] - bounds[k],
+                segment(n, k).len()
+            )));
+        }
+    }
+    if flags & INVALID != 0 {
+        return Err(Error::malformed(
+            "huffman data decodes to a symbol outside the dictionary",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(data: &[u8]) -> usize {
+        let h = histogram(data);
+        let lens = code_lengths(&h);
+        let mut s = Vec::new();
+        encode(data, &lens, &mut s);
+        assert!(
+            s.len() <= encoded_len(&h, &lens),
+            "{} > {}",
+            s.len(),
+            encoded_len(&h, &lens)
+        );
+        let mut out = vec![0u8; data.len()];
+        decode(&s, &mut out).unwrap();
+        assert_eq!(out, data);
+        s.len()
+    }
+
+    #[test]
+    fn roundtrips() {
+        for n in [2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 100] {
+            let v: Vec<u8> = (0..n as u32).map(|i| (i * 7 % 3) as u8).collect();
+            roundtrip(&v);
+        }
+        roundtrip(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 2, 3]);
+        let v: Vec<u8> = (0..10_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        roundtrip(&v);
+        // 90% zeros, 10% over 7 symbols: Huffman needs about 1.3 bits per symbol.
+        let v: Vec<u8> = (0..100_000u32)
+            .map(|i| if i % 10 == 3 { (i % 7) as u8 + 1 } else { 0 })
+            .collect();
+        let len = roundtrip(&v);
+        assert!(len < 100_000 * 14 / 80, "{len}");
+        // Fibonacci-like counts force the length limit.
+        let mut v = Vec::new();
+        let (mut a, mut b) = (1usize, 1usize);
+        for s in 0..25u8 {
+            v.extend(std::iter::repeat_n(s, a));
+            (a, b) = (b, a + b);
+        }
+        let lens = code_lengths(&histogram(&v));
+        assert!(lens.iter().all(|&l| l as u32 <= MAX_LEN));
+        roundtrip(&v);
+    }
+
+    #[test]
+    fn rejects_bad_codes_and_streams() {
+        let mut lens = [0u8; 256];
+        lens[0] = 1;
+        lens[1] = 2; // incomplete
+        assert!(single_table(&lens).is_err());
+        let v: Vec<u8> = (0..1000u32).map(|i| (i % 5) as u8).collect();
+        let lens = code_lengths(&histogram(&v));
+        let mut s = Vec::new();
+        encode(&v, &lens, &mut s);
+        let mut out = vec![0u8; v.len()];
+        assert!(decode(&s[..s.len() - 1], &mut out).is_err());
+        assert!(decode(&s, &mut out[..900]).is_err());
+        let mut longer = s.clone();
+        longer.push(0);
+        assert!(decode(&longer, &mut out).is_err());
+        // Flipped bits never panic.
+        for i in 0..s.len() {
+            let mut c = s.clone();
+            c[i] ^= 0x24;
+            let _ = decode(&c, &mut out);
+        }
+    }
+}
