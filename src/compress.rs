@@ -157,7 +157,7 @@ pub fn compress_source(
     for &i in &selected {
         let info = &infos[i];
         progress.event(Event::Tensor { name: &info.name });
-        let r = compress_tensor(source, i, &pipeline, opts.chunk_elems, &mut w)
+        let r = compress_tensor(source, i, &pipeline, opts.chunk_elems, &mut w, progress)
             .map_err(|e| e.with_tensor(&info.name).with_file(input))?;
         progress.event(Event::Advance {
             bytes: info.source_bytes,
@@ -200,6 +200,7 @@ fn compress_tensor(
     pipeline: &Pipeline,
     chunk_elems: u64,
     w: &mut TpkWriter,
+    progress: &dyn Progress,
 ) -> Result<TensorReport> {
     let info = &source.tensors()[i];
     let data = source.data(i)?;
@@ -223,6 +224,9 @@ fn compress_tensor(
     let mut acc = Accumulator::default();
     let mut chunks = Vec::with_capacity(ranges.len());
     for (bi, batch) in ranges.chunks(per_batch).enumerate() {
+        if progress.cancelled() {
+            return Err(crate::progress::interrupted());
+        }
         let done: Vec<Result<(Vec<u8>, Accumulator)>> = batch
             .par_iter()
             .enumerate()

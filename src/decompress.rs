@@ -297,6 +297,9 @@ fn write_shard(
     out.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
     out.write_all(&h).map_err(io)?;
     for p in shard {
+        if progress.cancelled() {
+            return Err(crate::progress::interrupted());
+        }
         let t = &tensors[p.index];
         progress.event(Event::Tensor { name: &t.name });
         let (decoded, bytes) = ar.decode_tensor(p.index)?;

@@ -20,6 +20,8 @@ pub enum ErrorKind {
     Config,
     /// The input model is unusable (missing tensor, missing shard, ...).
     Input,
+    /// The user stopped the operation (Ctrl-C).
+    Interrupted,
 }
 
 /// tenpak's error: kind, message, and the file / tensor / chunk it concerns.

@@ -60,6 +60,9 @@ pub fn verify(path: &Path, progress: &dyn Progress) -> Result<VerifyReport> {
     });
     let mut chunks = 0;
     for (i, t) in tensors.iter().enumerate() {
+        if progress.cancelled() {
+            return Err(crate::progress::interrupted());
+        }
         progress.event(Event::Tensor { name: &t.name });
         chunks += t.chunks.len();
         let pipeline = ar.pipeline(i);

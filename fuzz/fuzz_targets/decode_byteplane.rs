@@ -1,5 +1,5 @@
 #![no_main]
-//! The byteplane decoder (plane headers, rANS tables and streams, zstd planes).
+//! The byteplane decoder (plane headers, dictionaries, Huffman tables and streams, zstd planes).
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

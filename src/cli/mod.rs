@@ -8,9 +8,10 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tenpak::compress::{CompressOptions, DEFAULT_CHUNK_ELEMS};
 use tenpak::decompress::{DecompressOptions, OutDType};
-use tenpak::progress::{Event, NoProgress, Progress};
+use tenpak::progress::{Event, Progress};
 use tenpak::{Error, ErrorKind};
 
 #[derive(Parser)]
@@ -150,9 +151,27 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok((v * mult as f64) as u64)
 }
 
-struct Bar(ProgressBar);
+/// Set by the Ctrl-C handler; long operations stop at the next tensor or batch.
+static CANCELLED: AtomicBool = AtomicBool::new(false);
 
-impl Progress for Bar {
+/// Progress reporter: a bar when stderr is a terminal (and not `--quiet`), else nothing; both
+/// answer the Ctrl-C flag.
+struct Reporter(Option<ProgressBar>);
+
+impl Progress for Reporter {
+    fn event(&self, e: Event<'_>) {
+        if let Some(b) = &self.0 {
+            Bar(b).event(e)
+        }
+    }
+    fn cancelled(&self) -> bool {
+        CANCELLED.load(Ordering::Relaxed)
+    }
+}
+
+struct Bar<'a>(&'a ProgressBar);
+
+impl Progress for Bar<'_> {
     fn event(&self, e: Event<'_>) {
         match e {
             Event::Start { total_bytes, .. } => {
@@ -168,7 +187,7 @@ impl Progress for Bar {
 
 fn progress(quiet: bool) -> Box<dyn Progress> {
     if quiet || !std::io::stderr().is_terminal() {
-        return Box::new(NoProgress);
+        return Box::new(Reporter(None));
     }
     let pb = ProgressBar::new(0);
     pb.set_style(
@@ -177,7 +196,7 @@ fn progress(quiet: bool) -> Box<dyn Progress> {
         )
         .unwrap(),
     );
-    Box::new(Bar(pb))
+    Box::new(Reporter(Some(pb)))
 }
 
 /// Run the CLI; returns the exit code.
@@ -189,6 +208,12 @@ pub fn run() -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    // First Ctrl-C: stop cleanly (temporary outputs removed, exit 130); a second one kills.
+    let _ = ctrlc::set_handler(|| {
+        if CANCELLED.swap(true, Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+    });
     if let Some(n) = cli.threads {
         if n == 0 {
             eprintln!("tenpak: error: --threads must be at least 1");
@@ -206,6 +231,7 @@ pub fn run() -> i32 {
             eprintln!("tenpak: error: {e}");
             match e.kind {
                 ErrorKind::Config => 2,
+                ErrorKind::Interrupted => 130,
                 _ => 1,
             }
         }

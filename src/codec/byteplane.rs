@@ -167,6 +167,29 @@ fn dictionary(h: &[u32; 1024]) -> Option<(Vec<u8>, [u8; 256], [u32; 256])> {
     Some((dict, rank, sym_hist))
 }
 
+/// Histogram of the 10 bits under the sign of every bf16 element (exponent and the top two
+/// mantissa bits), four elements per 64-bit load into four sub-histograms.
+fn histogram_bf16(bytes: &[u8]) -> [u32; 1024] {
+    let mut h = vec![[0u32; 1024]; 4];
+    let words = bytes.chunks_exact(8);
+    let tail = words.remainder();
+    for w in words {
+        let w = u64::from_le_bytes(w.try_into().unwrap());
+        h[0][((w >> 5) & 0x3FF) as usize] += 1;
+        h[1][((w >> 21) & 0x3FF) as usize] += 1;
+        h[2][((w >> 37) & 0x3FF) as usize] += 1;
+        h[3][((w >> 53) & 0x3FF) as usize] += 1;
+    }
+    for c in tail.chunks_exact(2) {
+        h[0][((u16::from_le_bytes([c[0], c[1]]) >> 5) & 0x3FF) as usize] += 1;
+    }
+    let mut out = [0u32; 1024];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = h[0][i] + h[1][i] + h[2][i] + h[3][i];
+    }
+    out
+}
+
 /// Histogram of 10-bit keys (four sub-histograms against store-to-load stalls).
 fn histogram1024(keys: impl Iterator<Item = usize>) -> [u32; 1024] {
     let mut h = vec![[0u32; 4]; 1024];
@@ -180,39 +203,57 @@ fn histogram1024(keys: impl Iterator<Item = usize>) -> [u32; 1024] {
     out
 }
 
+/// The four 6-bit fields (sign, low five mantissa bits) of four bf16 values in a 64-bit word,
+/// packed into 24 bits with word-wide masks instead of per-element shifts.
+#[inline(always)]
+fn gather6(w: u64) -> u32 {
+    let g = (w & 0x001F_001F_001F_001F) | ((w >> 10) & 0x0020_0020_0020_0020);
+    (g & 0x3F | (g >> 10) & 0xFC0 | (g >> 20) & 0x3_F000 | (g >> 30) & 0xFC_0000) as u32
+}
+
+/// Inverse of [`gather6`]: four packed 6-bit fields spread to their places in four bf16 values.
+#[inline(always)]
+fn spread6(u: u64) -> u64 {
+    let g = u & 0x3F | (u & 0xFC0) << 10 | (u & 0x3_F000) << 20 | (u & 0xFC_0000) << 30;
+    (g & 0x001F_001F_001F_001F) | (g & 0x0020_0020_0020_0020) << 10
+}
+
+/// Symbol of each 10-bit key `exponent << 2 | top two mantissa bits`.
+fn symbol_table(rank: &[u8; 256]) -> [u8; 1024] {
+    std::array::from_fn(|k| rank[k >> 2] << 2 | (k & 3) as u8)
+}
+
 /// Split a chunk into its layout, dictionary and planes.
 fn split(src: DType, bytes: &[u8]) -> Split {
     let n = bytes.len() / src.size();
     match src {
         _ if n == 0 => {}
         DType::BF16 => {
-            let h = histogram1024(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| (u16::from_le_bytes([c[0], c[1]]) >> 5) as usize),
-            );
+            let h = histogram_bf16(bytes);
             if let Some((dict, rank, sym_hist)) = dictionary(&h) {
+                let symtab = symbol_table(&rank);
                 let mut sym = vec![0u8; n];
                 let mut p6 = vec![0u8; (6 * n).div_ceil(8)];
+                // Four elements per 64-bit load; 4 symbol bytes and 3 packed bytes out.
                 let quads = bytes
                     .chunks_exact(8)
                     .zip(sym.chunks_exact_mut(4))
                     .zip(p6.chunks_exact_mut(3));
                 for ((c, s), p) in quads {
-                    let mut u = 0u32;
+                    let w = u64::from_le_bytes(c.try_into().unwrap());
+                    let mut sv = 0u32;
                     for j in 0..4 {
-                        let v = u16::from_le_bytes([c[2 * j], c[2 * j + 1]]);
-                        s[j] = rank[(v >> 7) as u8 as usize] << 2 | ((v >> 5) & 3) as u8;
-                        u |= (((v >> 10) & 0x20) as u32 | (v & 0x1F) as u32) << (6 * j);
+                        sv |= (symtab[((w >> (16 * j + 5)) & 0x3FF) as usize] as u32) << (8 * j);
                     }
-                    p.copy_from_slice(&u.to_le_bytes()[..3]);
+                    s.copy_from_slice(&sv.to_le_bytes());
+                    p.copy_from_slice(&gather6(w).to_le_bytes()[..3]);
                 }
                 let full = n / 4 * 4;
                 let mut u = 0u32;
                 for (j, c) in bytes[2 * full..].chunks_exact(2).enumerate() {
-                    let v = u16::from_le_bytes([c[0], c[1]]);
-                    sym[full + j] = rank[(v >> 7) as u8 as usize] << 2 | ((v >> 5) & 3) as u8;
-                    u |= (((v >> 10) & 0x20) as u32 | (v & 0x1F) as u32) << (6 * j);
+                    let v = u16::from_le_bytes([c[0], c[1]]) as u32;
+                    sym[full + j] = symtab[((v >> 5) & 0x3FF) as usize];
+                    u |= ((v >> 10) & 0x20 | v & 0x1F) << (6 * j);
                 }
                 let tail = &mut p6[3 * (full / 4)..];
                 let len = tail.len();
@@ -391,14 +432,6 @@ fn merge(layout: Layout, dict: &[u8], planes: &[Cow<'_, [u8]>], out: &mut [u8]) 
 /// whose upper bits are already decoded; whole groups of four elements only (the caller does
 /// the tail). Eight elements per step: one 64-bit read of the fields, two of the output.
 fn or_low_bits_bf16(p6: &[u8], out: &mut [u8]) {
-    let spread = |u: u64| -> u64 {
-        let mut r = 0u64;
-        for j in 0..4 {
-            let f = (u >> (6 * j)) & 0x3F;
-            r |= ((f & 0x20) << 10 | (f & 0x1F)) << (16 * j);
-        }
-        r
-    };
     let groups8 = (out.len() / 16).min(p6.len().saturating_sub(2) / 6);
     for (g, p) in out
         .chunks_exact_mut(16)
@@ -406,8 +439,8 @@ fn or_low_bits_bf16(p6: &[u8], out: &mut [u8]) {
         .take(groups8)
     {
         let u = u64::from_le_bytes(p.try_into().unwrap());
-        let a = u64::from_le_bytes(g[..8].try_into().unwrap()) | spread(u);
-        let b = u64::from_le_bytes(g[8..].try_into().unwrap()) | spread(u >> 24);
+        let a = u64::from_le_bytes(g[..8].try_into().unwrap()) | spread6(u);
+        let b = u64::from_le_bytes(g[8..].try_into().unwrap()) | spread6(u >> 24);
         g[..8].copy_from_slice(&a.to_le_bytes());
         g[8..].copy_from_slice(&b.to_le_bytes());
     }
@@ -417,7 +450,7 @@ fn or_low_bits_bf16(p6: &[u8], out: &mut [u8]) {
         .zip(p6[3 * done / 4..].chunks_exact(3));
     for (g, p) in quads {
         let u = u32::from_le_bytes([p[0], p[1], p[2], 0]) as u64;
-        let a = u64::from_le_bytes(g.try_into().unwrap()) | spread(u);
+        let a = u64::from_le_bytes(g.try_into().unwrap()) | spread6(u);
         g.copy_from_slice(&a.to_le_bytes());
     }
 }
@@ -722,6 +755,26 @@ mod tests {
             .flat_map(|i| (i << 7 | 5).to_le_bytes())
             .collect();
         rt(DType::BF16, &b16, ZstdMode::Auto);
+    }
+
+    #[test]
+    fn gather_spread_inverse() {
+        for w in [0u64, u64::MAX, 0x8000_7FFF_1234_ABCD, 0x0123_4567_89AB_CDEF] {
+            // Sign and low five mantissa bits of each of the four bf16 lanes survive.
+            assert_eq!(
+                spread6(gather6(w) as u64),
+                w & 0x801F_801F_801F_801F,
+                "{w:#x}"
+            );
+            let fields: Vec<u32> = (0..4)
+                .map(|j| ((w >> (16 * j + 10)) & 0x20 | (w >> (16 * j)) & 0x1F) as u32)
+                .collect();
+            let packed = fields
+                .iter()
+                .enumerate()
+                .fold(0u32, |a, (j, f)| a | f << (6 * j));
+            assert_eq!(gather6(w), packed);
+        }
     }
 
     #[test]

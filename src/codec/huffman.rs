@@ -169,11 +169,8 @@ pub fn encode(data: &[u8], lens: &[u8; 256], out: &mut Vec<u8>) {
             bufs[$k][pos[$k]..pos[$k] + 8].copy_from_slice(&acc[$k].to_le_bytes());
             let nbytes = nb[$k] / 8;
             pos[$k] += nbytes as usize;
-            acc[$k] = if nbytes == 8 {
-                0
-            } else {
-                acc[$k] >> (nbytes * 8)
-            };
+            // At most 4 * 12 + 7 = 55 bits are pending: nbytes <= 6, so the shift is in range.
+            acc[$k] >>= nbytes * 8;
             nb[$k] -= nbytes * 8;
         }};
     }
@@ -340,11 +337,10 @@ fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) ->
     let overrun = || Error::malformed("huffman stream ends before all symbols are decoded");
     macro_rules! step {
         ($bp:expr, $o:expr) => {{
-            let byte = $bp >> 3;
-            if byte > limit {
+            let Some(bytes) = padded.get($bp >> 3..($bp >> 3) + 8) else {
                 return Err(overrun());
-            }
-            let w = u64::from_le_bytes(padded[byte..byte + 8].try_into().unwrap()) >> ($bp & 7);
+            };
+            let w = u64::from_le_bytes(bytes.try_into().unwrap()) >> ($bp & 7);
             let e = multi[(w & mask as u64) as usize];
             flags |= e;
             out[$o * W..$o * W + 8].copy_from_slice(&(e & 0xFFFF_FFFF_FFFF).to_le_bytes());
@@ -450,6 +446,41 @@ mod tests {
         let lens = code_lengths(&histogram(&v));
         assert!(lens.iter().all(|&l| l as u32 <= MAX_LEN));
         roundtrip(&v);
+    }
+
+    /// The incrementally built table must equal a direct greedy decode of every pattern.
+    #[test]
+    fn mapped_decode_matches_and_flags_only_used_invalid_symbols() {
+        let v: Vec<u8> = (0..5000u32)
+            .map(|i| [0u8, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8][(i * 7 % 12) as usize])
+            .collect();
+        let lens = code_lengths(&histogram(&v));
+        let mut s = Vec::new();
+        encode(&v, &lens, &mut s);
+        let mut map = [0x1_0000u32; 256];
+        for (i, m) in map.iter_mut().enumerate().take(9) {
+            *m = 1000 + i as u32;
+        }
+        let mut out = vec![0u8; 2 * v.len()];
+        decode_mapped_u16(&s, &map, &mut out).unwrap();
+        for (i, &x) in v.iter().enumerate() {
+            assert_eq!(
+                u16::from_le_bytes([out[2 * i], out[2 * i + 1]]),
+                1000 + x as u16
+            );
+        }
+        // Symbol 8 unmapped: an error only because the data uses it.
+        map[8] = 0x1_0000;
+        assert!(decode_mapped_u16(&s, &map, &mut out).is_err());
+        let w: Vec<u8> = v.iter().map(|&x| x.min(7)).collect();
+        let mut lens2 = code_lengths(&histogram(&w));
+        lens2[8] = 0;
+        let mut s2 = Vec::new();
+        encode(&w, &lens2, &mut s2);
+        decode_mapped_u16(&s2, &map, &mut out).unwrap();
+        let mut bytes = vec![0u8; w.len()];
+        decode(&s2, &mut bytes).unwrap();
+        assert_eq!(bytes, w);
     }
 
     #[test]
