@@ -111,6 +111,15 @@ struct Planned {
     bytes: u64,
 }
 
+/// Create the folder an output goes into, if it is missing.
+pub(crate) fn create_parent(output: &Path) -> Result<()> {
+    match output.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io("create the output folder", e).with_file(dir)),
+        _ => Ok(()),
+    }
+}
+
 /// Decompress `input` (.tpk) to `output` (.safetensors).
 pub fn decompress(
     input: &Path,
@@ -181,6 +190,7 @@ pub fn decompress(
             .collect()
     };
     let index_path = dir.join(format!("{stem}.safetensors.index.json"));
+    create_parent(output)?;
     if !opts.force {
         for p in names.iter().chain((n_shards > 1).then_some(&index_path)) {
             if p.exists() {

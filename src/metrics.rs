@@ -101,6 +101,16 @@ impl Accumulator {
         a
     }
 
+    /// Moments of `n` finite pairs known to be identical (and `nonfinite` others): every error
+    /// sum is zero, which is all [`Accumulator::finish`] needs to report identity.
+    pub fn identical(n: u64, nonfinite: u64) -> Self {
+        Accumulator {
+            n,
+            nonfinite,
+            ..Default::default()
+        }
+    }
+
     /// Merge another accumulator (pairwise update of the centred moments).
     pub fn merge(&mut self, b: &Accumulator) {
         self.nonfinite += b.nonfinite;
@@ -250,6 +260,15 @@ mod tests {
         let nf = m(&[f64::NAN, 1.0, 2.0], &[f64::NAN, 1.0, 2.5]);
         assert_eq!(nf.nonfinite, 1);
         assert_eq!(nf.max_abs, 0.5);
+    }
+
+    #[test]
+    fn identical_shortcut_matches_full_computation() {
+        let x = [1.0, -2.0, 3.5, f64::NAN, 0.0];
+        let full = Accumulator::from_pairs(&x, &x).finish();
+        let mut a = Accumulator::identical(2, 0);
+        a.merge(&Accumulator::identical(2, 1));
+        assert_eq!(a.finish(), full);
     }
 
     #[test]

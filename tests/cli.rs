@@ -4,40 +4,30 @@ use crate::common::*;
 
 #[test]
 fn usage_errors_exit_2() {
-    let o = tenpak(&["compress"]);
-    assert_eq!(o.status.code(), Some(2));
+    tenpak_fails(&["compress"], 2);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.tpk");
-    let o = tenpak(&["compress", s(&minilm()), "-o", s(&out), "--codec", "nope"]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let m = minilm();
+    let err = tenpak_fails(&["compress", s(&m), "-o", s(&out), "--codec", "nope"], 2);
     assert!(
         err.contains("unknown codec 'nope'") && err.contains("byteplane"),
         "{err}"
     );
-    let o = tenpak(&[
-        "compress",
-        s(&minilm()),
-        "-o",
-        s(&out),
-        "--codec",
-        "zstd:level=99",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
+    tenpak_fails(
+        &["compress", s(&m), "-o", s(&out), "--codec", "zstd:level=99"],
+        2,
+    );
     assert!(!out.exists());
 }
 
 #[test]
 fn missing_input_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let o = tenpak(&[
-        "compress",
-        "/nonexistent/model.safetensors",
-        "-o",
-        s(&dir.path().join("x.tpk")),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let x = dir.path().join("x.tpk");
+    let err = tenpak_fails(
+        &["compress", "/nonexistent/model.safetensors", "-o", s(&x)],
+        1,
+    );
     assert!(
         err.starts_with("tenpak: error: /nonexistent/model.safetensors"),
         "{err}"
@@ -45,9 +35,11 @@ fn missing_input_names_the_file() {
     // Not a model at all.
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"this is not a model").unwrap();
-    let o = tenpak(&["compress", s(&junk), "-o", s(&dir.path().join("y.tpk"))]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("junk.safetensors"));
+    let err = tenpak_fails(
+        &["compress", s(&junk), "-o", s(&dir.path().join("y.tpk"))],
+        1,
+    );
+    assert!(err.contains("junk.safetensors"), "{err}");
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         1,
@@ -184,6 +176,10 @@ fn decompress_dtypes_and_filter() {
         assert_eq!(back.len(), 1);
         assert_eq!(back["embeddings.word_embeddings.weight"].0, want);
     }
+    // A missing output folder is created.
+    let nested = dir.path().join("a/b/model.safetensors");
+    tenpak_ok(&["decompress", s(&tpk), "-o", s(&nested), "-q"]);
+    assert!(nested.is_file());
     let o = tenpak(&[
         "decompress",
         s(&tpk),

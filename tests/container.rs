@@ -66,9 +66,7 @@ fn every_truncation_is_a_clean_error() {
     }
     let cut = dir.path().join("cut.tpk");
     std::fs::write(&cut, &good[..good.len() / 2]).unwrap();
-    let o = tenpak(&["inspect", s(&cut)]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = tenpak_fails(&["inspect", s(&cut)], 1);
     assert!(
         err.contains("cut.tpk") && err.contains("truncated"),
         "{err}"
@@ -133,9 +131,7 @@ fn newer_major_version_is_refused() {
     b[60..64].copy_from_slice(&crc.to_le_bytes());
     let p = dir.path().join("v2.tpk");
     std::fs::write(&p, &b).unwrap();
-    let o = tenpak(&["inspect", s(&p)]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = tenpak_fails(&["inspect", s(&p)], 1);
     assert!(
         err.contains("version 2.x is newer") && err.contains("upgrade"),
         "{err}"

@@ -38,19 +38,6 @@ fn ggml_dequantization_matches_reference() {
     }
 }
 
-fn write_st(path: &std::path::Path, tensors: Vec<(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)>) {
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| {
-            (
-                n.to_string(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
-}
-
 /// An FP8 weight with a `_scale_inv` tensor is dequantized per 128x128 block (partial edge
 /// blocks included) and the scale tensor is consumed.
 #[test]
@@ -119,15 +106,16 @@ fn fp8_scale_inv_is_applied_and_consumed() {
             ),
         ],
     );
-    let o = tenpak(&[
-        "compress",
-        s(&bad),
-        "-o",
-        s(&dir.path().join("b.tpk")),
-        "-q",
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = tenpak_fails(
+        &[
+            "compress",
+            s(&bad),
+            "-o",
+            s(&dir.path().join("b.tpk")),
+            "-q",
+        ],
+        1,
+    );
     assert!(
         err.contains("tensor 'w'") && err.contains("scale_inv"),
         "{err}"

@@ -208,15 +208,16 @@ fn minilm_sharded_roundtrip() {
     }
     // A missing shard is a clear error naming it.
     std::fs::remove_file(shards.join("model-00002-of-00005.safetensors")).unwrap();
-    let o = tenpak(&[
-        "compress",
-        s(&shards),
-        "-o",
-        s(&dir.path().join("x.tpk")),
-        "-q",
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = tenpak_fails(
+        &[
+            "compress",
+            s(&shards),
+            "-o",
+            s(&dir.path().join("x.tpk")),
+            "-q",
+        ],
+        1,
+    );
     assert!(
         err.contains("model-00002-of-00005.safetensors") && err.contains("missing"),
         "{err}"

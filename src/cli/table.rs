@@ -78,53 +78,48 @@ pub fn compress(out: &mut Vec<u8>, r: &CompressReport) {
     let _ = writeln!(out);
     let _ = writeln!(out, "source:          {}", r.source);
     let _ = writeln!(out, "tensors:         {}", r.tensors.len());
-    let _ = writeln!(
+    let file = format!("{} {}", human(r.file_bytes), r.output.display());
+    totals(
         out,
-        "source bytes:    {} ({})",
         r.source_bytes,
-        human(r.source_bytes)
-    );
-    let _ = writeln!(
-        out,
-        "fp32 bytes:      {} ({})",
         r.fp32_bytes,
-        human(r.fp32_bytes)
-    );
-    let _ = writeln!(
-        out,
-        "file bytes:      {} ({}) {}",
         r.file_bytes,
-        human(r.file_bytes),
-        r.output.display()
+        &file,
+        r.ratio_vs_source,
+        r.ratio_vs_fp32,
     );
-    let _ = writeln!(out, "ratio vs source: {:.4}x", r.ratio_vs_source);
-    let _ = writeln!(out, "ratio vs fp32:   {:.4}x", r.ratio_vs_fp32);
+}
+
+/// The size lines compress and inspect share.
+fn totals(
+    out: &mut Vec<u8>,
+    source: u64,
+    fp32: u64,
+    file: u64,
+    file_note: &str,
+    vs_source: f64,
+    vs_fp32: f64,
+) {
+    let _ = writeln!(out, "source bytes:    {source} ({})", human(source));
+    let _ = writeln!(out, "fp32 bytes:      {fp32} ({})", human(fp32));
+    let _ = writeln!(out, "file bytes:      {file} ({file_note})");
+    let _ = writeln!(out, "ratio vs source: {vs_source:.4}x");
+    let _ = writeln!(out, "ratio vs fp32:   {vs_fp32:.4}x");
 }
 
 /// The inspect report.
 pub fn inspect(out: &mut Vec<u8>, r: &InspectReport, tensors: bool) {
     let _ = writeln!(out, "format:          tpk {}", r.format_version);
-    let _ = writeln!(
-        out,
-        "file bytes:      {} ({})",
-        r.file_bytes,
-        human(r.file_bytes)
-    );
     let _ = writeln!(out, "tensors:         {}", r.tensor_count);
-    let _ = writeln!(
+    totals(
         out,
-        "source bytes:    {} ({})",
         r.source_bytes,
-        human(r.source_bytes)
-    );
-    let _ = writeln!(
-        out,
-        "fp32 bytes:      {} ({})",
         r.fp32_bytes,
-        human(r.fp32_bytes)
+        r.file_bytes,
+        &human(r.file_bytes),
+        r.ratio_vs_source,
+        r.ratio_vs_fp32,
     );
-    let _ = writeln!(out, "ratio vs source: {:.4}x", r.ratio_vs_source);
-    let _ = writeln!(out, "ratio vs fp32:   {:.4}x", r.ratio_vs_fp32);
     for (k, v) in &r.metadata {
         let _ = writeln!(out, "meta {k}: {v}");
     }

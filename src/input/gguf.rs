@@ -239,10 +239,7 @@ fn parse_bytes(b: &[u8]) -> Result<Parsed> {
             )
             .with_tensor(&name)
         })?;
-        let numel = ne
-            .iter()
-            .try_fold(1u64, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| err("shape overflows".into()))?;
+        let numel = tpk_format::checked_numel(&ne).ok_or_else(|| err("shape overflows".into()))?;
         if ne.first().is_some_and(|&n0| n0 % blk as u64 != 0) {
             return Err(err(format!(
                 "row length {} is not a multiple of {tname}'s block of {blk}",
@@ -467,15 +464,20 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Scales and mins (already multiplied by `d` and `dmin`) of sub-blocks `2j` and `2j + 1`.
+fn k4_pair(j: usize, scales: &[u8], d: f32, min: f32) -> [(f32, f32); 2] {
+    [2 * j, 2 * j + 1].map(|i| {
+        let (s, m) = scale_min_k4(i, scales);
+        (d * s as f32, min * m as f32)
+    })
+}
+
 // block_q4_K: d: f16, dmin: f16, scales[12], qs[128].
 fn q4_k(b: &[u8], y: &mut [f32]) {
     let (d, min) = (h(b, 0), h(b, 2));
     let (scales, qs) = (&b[4..16], &b[16..144]);
     for j in 0..4 {
-        let (s1, m1) = scale_min_k4(2 * j, scales);
-        let (s2, m2) = scale_min_k4(2 * j + 1, scales);
-        let (d1, m1) = (d * s1 as f32, min * m1 as f32);
-        let (d2, m2) = (d * s2 as f32, min * m2 as f32);
+        let [(d1, m1), (d2, m2)] = k4_pair(j, scales, d, min);
         let q = &qs[32 * j..32 * j + 32];
         for l in 0..32 {
             y[64 * j + l] = d1 * (q[l] & 0xF) as f32 - m1;
@@ -490,10 +492,7 @@ fn q5_k(b: &[u8], y: &mut [f32]) {
     let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
     let (mut u1, mut u2) = (1u8, 2u8);
     for j in 0..4 {
-        let (s1, m1) = scale_min_k4(2 * j, scales);
-        let (s2, m2) = scale_min_k4(2 * j + 1, scales);
-        let (d1, m1) = (d * s1 as f32, min * m1 as f32);
-        let (d2, m2) = (d * s2 as f32, min * m2 as f32);
+        let [(d1, m1), (d2, m2)] = k4_pair(j, scales, d, min);
         let ql = &qs[32 * j..32 * j + 32];
         for l in 0..32 {
             let hi1 = if qh[l] & u1 != 0 { 16 } else { 0 };

@@ -33,9 +33,10 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    /// Element count.
+    /// Element count. Readers only produce shapes whose count fits in u64 (checked when the
+    /// file is opened), so the saturation never shows.
     pub fn numel(&self) -> u64 {
-        self.dims.iter().product()
+        tpk_format::checked_numel(&self.dims).unwrap_or(u64::MAX)
     }
 }
 

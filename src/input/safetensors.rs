@@ -74,7 +74,7 @@ pub fn fuzz_parse(bytes: &[u8], max_elems: u64) -> Result<usize> {
             continue;
         };
         let Some(w) = by_name.get(base) else { continue };
-        let numel: u64 = w.dims.iter().product();
+        let numel = tpk_format::checked_numel(&w.dims).unwrap_or(u64::MAX);
         if matches!(w.dtype, DType::F8E4M3 | DType::F8E5M2) && numel <= max_elems {
             fp8::dequantize(
                 &bytes[w.range.clone()],

@@ -54,6 +54,32 @@ pub fn tenpak_ok(args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// Run, require exit code `code`, return stderr.
+pub fn tenpak_fails(args: &[&str], code: i32) -> String {
+    let o = tenpak(args);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "tenpak {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Write a safetensors file from (name, dtype, shape, bytes).
+pub fn write_st(path: &Path, tensors: Vec<(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)>) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.to_string(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
 /// Run with `--json` appended and parse stdout.
 pub fn tenpak_json(args: &[&str]) -> serde_json::Value {
     let mut a = args.to_vec();

@@ -121,7 +121,7 @@ pub struct TensorEntry {
 impl TensorEntry {
     /// Element count (product of dims); `None` on overflow.
     pub fn numel(&self) -> Option<u64> {
-        self.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d))
+        checked_numel(&self.dims)
     }
 
     /// Total payload bytes of this tensor.
@@ -170,6 +170,15 @@ impl Header {
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
     }
+}
+
+/// Product of `dims`, `None` on overflow. Order-independent: any zero dimension gives 0, so
+/// `[0, 2^40, 2^40]` and `[2^40, 2^40, 0]` agree (a plain checked fold would not).
+pub fn checked_numel(dims: &[u64]) -> Option<u64> {
+    if dims.contains(&0) {
+        return Some(0);
+    }
+    dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d))
 }
 
 /// `align64(x)`, `None` on overflow.
