@@ -296,22 +296,21 @@ fn encode_chunk(
 
 /// Elements whose exponent bits are all ones (NaN or infinity); 0 for integer dtypes.
 fn count_nonfinite(d: DType, b: &[u8]) -> u64 {
-    let count = |mask: u64, size: usize| {
-        b.chunks_exact(size)
-            .filter(|c| {
-                let mut w = [0u8; 8];
-                w[..size].copy_from_slice(c);
-                u64::from_le_bytes(w) & mask == mask
+    fn count<const N: usize>(b: &[u8], mask: u64) -> u64 {
+        b.chunks_exact(N)
+            .map(|c| {
+                let v = c.iter().rev().fold(0u64, |a, &x| a << 8 | x as u64);
+                (v & mask == mask) as u64
             })
-            .count() as u64
-    };
+            .sum()
+    }
     match d {
-        DType::F32 => count(0x7F80_0000, 4),
-        DType::F16 => count(0x7C00, 2),
-        DType::BF16 => count(0x7F80, 2),
-        DType::F64 => count(0x7FF0_0000_0000_0000, 8),
-        DType::F8E5M2 => count(0x7C, 1),
-        DType::F8E4M3 => count(0x7F, 1),
+        DType::F32 => count::<4>(b, 0x7F80_0000),
+        DType::F16 => count::<2>(b, 0x7C00),
+        DType::BF16 => count::<2>(b, 0x7F80),
+        DType::F64 => count::<8>(b, 0x7FF0_0000_0000_0000),
+        DType::F8E5M2 => count::<1>(b, 0x7C),
+        DType::F8E4M3 => count::<1>(b, 0x7F),
         _ => 0,
     }
 }
@@ -338,5 +337,33 @@ fn to_f64(d: DType, b: &[u8]) -> Vec<f64> {
             dtype::to_f32(d, b, &mut f);
             f.into_iter().map(f64::from).collect()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonfinite_counts() {
+        let f: Vec<u8> = [
+            1.0f32,
+            f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            -0.0,
+            f32::MAX,
+        ]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+        assert_eq!(count_nonfinite(DType::F32, &f), 3);
+        let mut b = Vec::new();
+        dtype::from_f32(DType::BF16, &[1.0, f32::NAN, f32::INFINITY, 2.0], &mut b).unwrap();
+        assert_eq!(count_nonfinite(DType::BF16, &b), 2);
+        dtype::from_f32(DType::F16, &[1e6, f32::NAN, 65504.0], &mut b).unwrap();
+        assert_eq!(count_nonfinite(DType::F16, &b), 2); // 1e6 overflows to inf in f16
+        assert_eq!(count_nonfinite(DType::F8E4M3, &[0x7F, 0xFF, 0x7E]), 2);
+        assert_eq!(count_nonfinite(DType::I32, &[0xFF; 8]), 0);
     }
 }
