@@ -165,3 +165,48 @@ fn output_is_deterministic() {
     run(&b, "2");
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }
+
+/// The bytes tenpak writes are pinned: CRC-32 of the .tpk of MiniLM's first layer under every
+/// codec, in tests/golden/results.txt. A change here changes the format or the encoder's
+/// choices: review it, then regenerate with `TENPAK_UPDATE_GOLDEN=1 cargo test golden`.
+#[test]
+fn golden_encoded_crcs() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/results.txt");
+    let mut lines = Vec::new();
+    for codec in [
+        "raw",
+        "f32",
+        "f16",
+        "bf16",
+        "zstd",
+        "zstd:level=19",
+        "byteplane",
+        "bf16+zstd:level=3",
+    ] {
+        let tpk = dir.path().join("g.tpk");
+        tenpak_ok(&[
+            "compress",
+            s(&minilm()),
+            "-o",
+            s(&tpk),
+            "--filter",
+            "encoder.layer.0",
+            "--codec",
+            codec,
+            "--force",
+            "-q",
+        ]);
+        let crc = crc32fast::hash(&std::fs::read(&tpk).unwrap());
+        lines.push(format!("{codec} {crc:08x}"));
+    }
+    let got = lines.join("\n") + "\n";
+    if std::env::var_os("TENPAK_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &got).unwrap();
+    }
+    assert_eq!(
+        got,
+        std::fs::read_to_string(&golden).unwrap_or_default(),
+        "encoded bytes changed"
+    );
+}
