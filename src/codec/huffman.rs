@@ -154,51 +154,62 @@ pub fn encode(data: &[u8], lens: &[u8; 256], out: &mut Vec<u8>) {
     // The four segments are coded in one loop: four independent bit accumulators keep the CPU
     // busy where one would wait on its own shift-or chain.
     let segs: [&[u8]; STREAMS] = std::array::from_fn(|k| &data[segment(data.len(), k)]);
-    let mut bufs: [Vec<u8>; STREAMS] =
-        std::array::from_fn(|k| vec![0u8; segs[k].len() * MAX_LEN as usize / 8 + 16]);
-    let mut acc = [0u64; STREAMS];
-    let mut nb = [0u32; STREAMS];
-    let mut pos = [0usize; STREAMS];
-    macro_rules! put4 {
-        ($k:expr, $quad:expr) => {{
-            for &s in $quad {
-                let (c, l) = codes[s as usize];
-                acc[$k] |= (c as u64) << nb[$k];
-                nb[$k] += l;
+    // One per-thread scratch buffer, reused across chunks, holds the four streams side by side:
+    // the 8-byte stores need room but not zeroed memory, since only the written prefix of each
+    // stream is copied out.
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        let cap: [usize; STREAMS] =
+            std::array::from_fn(|k| segs[k].len() * MAX_LEN as usize / 8 + 16);
+        let base: [usize; STREAMS] = std::array::from_fn(|k| cap[..k].iter().sum());
+        let total: usize = cap.iter().sum();
+        if scratch.len() < total {
+            scratch.resize(total, 0);
+        }
+        let mut acc = [0u64; STREAMS];
+        let mut nb = [0u32; STREAMS];
+        let mut pos = base;
+        macro_rules! put4 {
+            ($k:expr, $quad:expr) => {{
+                for &s in $quad {
+                    let (c, l) = codes[s as usize];
+                    acc[$k] |= (c as u64) << nb[$k];
+                    nb[$k] += l;
+                }
+                scratch[pos[$k]..pos[$k] + 8].copy_from_slice(&acc[$k].to_le_bytes());
+                let nbytes = nb[$k] / 8;
+                pos[$k] += nbytes as usize;
+                // At most 4 * 12 + 7 = 55 bits are pending: nbytes <= 6, so the shift is in range.
+                acc[$k] >>= nbytes * 8;
+                nb[$k] -= nbytes * 8;
+            }};
+        }
+        let common = segs.iter().map(|s| s.len() / 4).min().unwrap_or(0);
+        for q in 0..common {
+            put4!(0, &segs[0][4 * q..4 * q + 4]);
+            put4!(1, &segs[1][4 * q..4 * q + 4]);
+            put4!(2, &segs[2][4 * q..4 * q + 4]);
+            put4!(3, &segs[3][4 * q..4 * q + 4]);
+        }
+        for k in 0..STREAMS {
+            for quad in segs[k][4 * common..].chunks(4) {
+                put4!(k, quad);
             }
-            bufs[$k][pos[$k]..pos[$k] + 8].copy_from_slice(&acc[$k].to_le_bytes());
-            let nbytes = nb[$k] / 8;
-            pos[$k] += nbytes as usize;
-            // At most 4 * 12 + 7 = 55 bits are pending: nbytes <= 6, so the shift is in range.
-            acc[$k] >>= nbytes * 8;
-            nb[$k] -= nbytes * 8;
-        }};
-    }
-    let common = segs.iter().map(|s| s.len() / 4).min().unwrap_or(0);
-    for q in 0..common {
-        put4!(0, &segs[0][4 * q..4 * q + 4]);
-        put4!(1, &segs[1][4 * q..4 * q + 4]);
-        put4!(2, &segs[2][4 * q..4 * q + 4]);
-        put4!(3, &segs[3][4 * q..4 * q + 4]);
-    }
-    let mut lens_written = [0usize; STREAMS];
-    for k in 0..STREAMS {
-        for quad in segs[k][4 * common..].chunks(4) {
-            put4!(k, quad);
+            if nb[k] > 0 {
+                scratch[pos[k]] = acc[k] as u8;
+                pos[k] += 1;
+            }
         }
-        if nb[k] > 0 {
-            bufs[k][pos[k]] = acc[k] as u8;
-            pos[k] += 1;
+        for k in 0..STREAMS - 1 {
+            let len = (pos[k] - base[k]) as u32;
+            out[head + 4 * k..head + 4 * k + 4].copy_from_slice(&len.to_le_bytes());
         }
-        lens_written[k] = pos[k];
-    }
-    for k in 0..STREAMS - 1 {
-        out[head + 4 * k..head + 4 * k + 4]
-            .copy_from_slice(&(lens_written[k] as u32).to_le_bytes());
-    }
-    for k in 0..STREAMS {
-        out.extend_from_slice(&bufs[k][..pos[k]]);
-    }
+        for k in 0..STREAMS {
+            out.extend_from_slice(&scratch[base[k]..pos[k]]);
+        }
+    });
 }
 
 /// Parse the table and the stream bounds of data written by [`encode`].
@@ -288,19 +299,28 @@ fn single_table(lens: &[u8; 256]) -> Result<Vec<u16>> {
     Ok(single)
 }
 
-const INVALID: u64 = 1 << 63;
-
 /// Decode `out.len() / W` symbols, each written as the `W` low bytes of `map[symbol]`.
 ///
 /// Multi-symbol table entries hold as many whole symbols as fit in the next 12 bits (at most
-/// `8 / W - ...` values: 4 bytes or 3 u16s) in bits 0..48, their count at bit 48, the bits they
-/// use at bit 52, and bit 63 if a value is out of range. The four streams decode in lockstep
-/// with their state in locals, so the CPU overlaps their independent lookup chains.
+/// 4 bytes or 3 u16 values) in bits 0..48, their count at bit 48 and the bits they use at bit
+/// 52. The four streams decode in lockstep with their state in locals, so the CPU overlaps
+/// their independent lookup chains.
 fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) -> Result<()> {
     let (lens, bounds) = parse(data)?;
     let single = single_table(&lens)?;
     let per_entry = if W == 1 { 4 } else { 3 };
     let limit_value = 1u64 << (8 * W);
+    // A code for a symbol the map cannot represent makes the data malformed (encoders only
+    // give codes to symbols they use), so the hot loop needs no per-symbol check.
+    if lens
+        .iter()
+        .zip(map)
+        .any(|(&l, &v)| l > 0 && v as u64 >= limit_value)
+    {
+        return Err(Error::malformed(
+            "huffman data decodes to a symbol outside the dictionary",
+        ));
+    }
     let mask = (1u32 << MAX_LEN) - 1;
     let multi: Vec<u64> = (0..1u32 << MAX_LEN)
         .map(|p| {
@@ -311,12 +331,7 @@ fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) ->
                 if bits + l > MAX_LEN {
                     break;
                 }
-                let v = map[(s & 0xFF) as usize] as u64;
-                e |= if v >= limit_value {
-                    INVALID
-                } else {
-                    v << (8 * W as u32 * count)
-                };
+                e |= (map[(s & 0xFF) as usize] as u64) << (8 * W as u32 * count);
                 bits += l;
                 count += 1;
             }
@@ -333,7 +348,6 @@ fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) ->
     padded.extend_from_slice(&[0u8; 8]);
     let limit = data.len();
     let room = 8 / W; // elements an 8-byte store covers
-    let mut flags = 0u64;
     let overrun = || Error::malformed("huffman stream ends before all symbols are decoded");
     macro_rules! step {
         ($bp:expr, $o:expr) => {{
@@ -342,8 +356,9 @@ fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) ->
             };
             let w = u64::from_le_bytes(bytes.try_into().unwrap()) >> ($bp & 7);
             let e = multi[(w & mask as u64) as usize];
-            flags |= e;
-            out[$o * W..$o * W + 8].copy_from_slice(&(e & 0xFFFF_FFFF_FFFF).to_le_bytes());
+            // Bytes past the entry's values (its count and length fields included) land in
+            // slots of this segment that a later store or the tail loop overwrites.
+            out[$o * W..$o * W + 8].copy_from_slice(&e.to_le_bytes());
             $o += ((e >> 48) & 0xF) as usize;
             $bp += ((e >> 52) & 0xFF) as usize;
         }};
@@ -376,9 +391,6 @@ fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) ->
             let w = u64::from_le_bytes(padded[byte..byte + 8].try_into().unwrap()) >> (bp[k] & 7);
             let s = single[(w & mask as u64) as usize];
             let v = map[(s & 0xFF) as usize] as u64;
-            if v >= limit_value {
-                flags |= INVALID;
-            }
             out[o[k] * W..o[k] * W + W].copy_from_slice(&v.to_le_bytes()[..W]);
             o[k] += 1;
             bp[k] += (s >> 8) as usize;
@@ -391,11 +403,6 @@ fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) ->
                 segment(n, k).len()
             )));
         }
-    }
-    if flags & INVALID != 0 {
-        return Err(Error::malformed(
-            "huffman data decodes to a symbol outside the dictionary",
-        ));
     }
     Ok(())
 }
@@ -450,7 +457,7 @@ mod tests {
 
     /// The incrementally built table must equal a direct greedy decode of every pattern.
     #[test]
-    fn mapped_decode_matches_and_flags_only_used_invalid_symbols() {
+    fn mapped_decode_matches_and_rejects_unmapped_codes() {
         let v: Vec<u8> = (0..5000u32)
             .map(|i| [0u8, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8][(i * 7 % 12) as usize])
             .collect();
@@ -469,7 +476,7 @@ mod tests {
                 1000 + x as u16
             );
         }
-        // Symbol 8 unmapped: an error only because the data uses it.
+        // Symbol 8 unmapped while the table gives it a code: malformed.
         map[8] = 0x1_0000;
         assert!(decode_mapped_u16(&s, &map, &mut out).is_err());
         let w: Vec<u8> = v.iter().map(|&x| x.min(7)).collect();
