@@ -24,6 +24,11 @@ pub fn human(b: u64) -> String {
     }
 }
 
+/// Width of the name column: the longest name, between 4 and 60 characters.
+fn name_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names.map(str::len).max().unwrap_or(4).clamp(4, 60)
+}
+
 fn shape(s: &[u64]) -> String {
     let v: Vec<String> = s.iter().map(|d| d.to_string()).collect();
     format!("[{}]", v.join(","))
@@ -47,13 +52,7 @@ fn sci(v: f64) -> String {
 
 /// The compress report.
 pub fn compress(out: &mut Vec<u8>, r: &CompressReport) {
-    let w = r
-        .tensors
-        .iter()
-        .map(|t| t.name.len())
-        .max()
-        .unwrap_or(4)
-        .clamp(4, 60);
+    let w = name_width(r.tensors.iter().map(|t| t.name.as_str()));
     let _ = writeln!(
         out,
         "{:<w$} {:>16} {:>7} {:<18} {:>12} {:>12} {:>7} {:>10} {:>10} {:>10}",
@@ -133,13 +132,7 @@ pub fn inspect(out: &mut Vec<u8>, r: &InspectReport, tensors: bool) {
     if !tensors {
         return;
     }
-    let w = r
-        .tensors
-        .iter()
-        .map(|t| t.name.len())
-        .max()
-        .unwrap_or(4)
-        .clamp(4, 60);
+    let w = name_width(r.tensors.iter().map(|t| t.name.as_str()));
     let _ = writeln!(out);
     let _ = writeln!(
         out,
