@@ -341,11 +341,12 @@ fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) ->
     let multi: &[u64; 1 << MAX_LEN] = multi[..].try_into().expect("table size");
     let single: &[u16; 1 << MAX_LEN] = single[..].try_into().expect("table size");
     let n = out.len() / W;
-    // Eight zero bytes past the end make every 8-byte read in bounds; a stream reading past
-    // its own end only sees the next stream's bits, and the end check below rejects it.
-    let mut padded = Vec::with_capacity(data.len() + 8);
+    // Sixteen zero bytes past the end keep every 8-byte read of a valid stream in bounds (the
+    // bulk phase's buffer reads up to 8 bytes ahead of what it has consumed); a stream reading
+    // past its own end only sees the next stream's bits, and the end check below rejects it.
+    let mut padded = Vec::with_capacity(data.len() + 16);
     padded.extend_from_slice(data);
-    padded.extend_from_slice(&[0u8; 8]);
+    padded.extend_from_slice(&[0u8; 16]);
     let limit = data.len();
     let room = 8 / W; // elements an 8-byte store covers
     let overrun = || Error::malformed("huffman stream ends before all symbols are decoded");
@@ -367,16 +368,55 @@ fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) ->
     let mut o: [usize; STREAMS] = std::array::from_fn(|k| segment(n, k).start);
     let end: [usize; STREAMS] = std::array::from_fn(|k| segment(n, k).end);
     {
-        let [mut b0, mut b1, mut b2, mut b3] = bp;
+        // Bulk phase: each stream keeps a 64-bit bit buffer holding at least 56 unread bits
+        // after a refill, enough for four lookups of at most 12 bits, so it refills once per
+        // four lookups, without branches: load 8 bytes at the first byte not yet in the buffer,
+        // shift them above the bits it holds (bytes already held load the same bits again, so
+        // the OR changes nothing there), and count the whole bytes that now fit.
+        // Bits consumed so far = ptr * 8 - cnt.
         let [mut o0, mut o1, mut o2, mut o3] = o;
         let [e0, e1, e2, e3] = end;
-        while o0 + room <= e0 && o1 + room <= e1 && o2 + room <= e2 && o3 + room <= e3 {
-            step!(b0, o0);
-            step!(b1, o1);
-            step!(b2, o2);
-            step!(b3, o3);
+        let mut ptr: [usize; STREAMS] = std::array::from_fn(|k| bp[k] >> 3);
+        let mut buf = [0u64; STREAMS];
+        let mut cnt = [0u32; STREAMS];
+        // Start aligned to the stream's bit position (it is byte-aligned here: bp = bounds * 8).
+        let ahead = 4 * per_entry as usize + room; // elements four lookups may touch
+        macro_rules! refill {
+            ($k:expr) => {{
+                let Some(bytes) = padded.get(ptr[$k]..ptr[$k] + 8) else {
+                    return Err(overrun());
+                };
+                buf[$k] |= u64::from_le_bytes(bytes.try_into().unwrap()) << cnt[$k];
+                ptr[$k] += ((63 - cnt[$k]) >> 3) as usize;
+                cnt[$k] |= 56;
+            }};
         }
-        bp = [b0, b1, b2, b3];
+        macro_rules! look {
+            ($k:expr, $o:ident) => {{
+                let e = multi[(buf[$k] & mask as u64) as usize];
+                // Bytes past the entry's values land in slots this segment overwrites later.
+                out[$o * W..$o * W + 8].copy_from_slice(&e.to_le_bytes());
+                $o += ((e >> 48) & 0xF) as usize;
+                let bits = ((e >> 52) & 0xF) as u32;
+                buf[$k] >>= bits;
+                cnt[$k] -= bits;
+            }};
+        }
+        while o0 + ahead <= e0 && o1 + ahead <= e1 && o2 + ahead <= e2 && o3 + ahead <= e3 {
+            refill!(0);
+            refill!(1);
+            refill!(2);
+            refill!(3);
+            for _ in 0..4 {
+                look!(0, o0);
+                look!(1, o1);
+                look!(2, o2);
+                look!(3, o3);
+            }
+        }
+        for k in 0..STREAMS {
+            bp[k] = ptr[k] * 8 - cnt[k] as usize;
+        }
         o = [o0, o1, o2, o3];
     }
     for k in 0..STREAMS {
