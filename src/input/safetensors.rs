@@ -64,26 +64,46 @@ fn parse_header(bytes: &[u8], file: usize) -> Result<Vec<Raw>> {
     Ok(out)
 }
 
-/// Parse safetensors bytes and read every small tensor (fuzzing).
+/// Pair FP8 weights with their `<name>_scale_inv` block scales: `scale_of[w]` is the index of
+/// weight `w`'s scale tensor. A scale of the wrong shape is an error naming the weight (with the
+/// index of the scale, to name its file).
+fn pair_scales(raws: &[Raw]) -> std::result::Result<Vec<Option<usize>>, (Error, usize)> {
+    let by_name: HashMap<&str, usize> = raws
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.as_str(), i))
+        .collect();
+    let mut scale_of = vec![None; raws.len()];
+    for (i, r) in raws.iter().enumerate() {
+        let Some(&w) = r
+            .name
+            .strip_suffix("_scale_inv")
+            .and_then(|b| by_name.get(b))
+        else {
+            continue;
+        };
+        if matches!(raws[w].dtype, DType::F8E4M3 | DType::F8E5M2) {
+            fp8::check_shapes(&raws[w].dims, &r.dims, r.dtype)
+                .map_err(|e| (e.with_tensor(&raws[w].name), i))?;
+            scale_of[w] = Some(i);
+        }
+    }
+    Ok(scale_of)
+}
+
+/// Parse safetensors bytes as the reader does, pair FP8 scales, and dequantize every small FP8
+/// weight (fuzzing).
 #[doc(hidden)]
 pub fn fuzz_parse(bytes: &[u8], max_elems: u64) -> Result<usize> {
     let raws = parse_header(bytes, 0)?;
-    let by_name: HashMap<&str, &Raw> = raws.iter().map(|r| (r.name.as_str(), r)).collect();
-    for r in &raws {
-        let Some(base) = r.name.strip_suffix("_scale_inv") else {
+    let scale_of = pair_scales(&raws).map_err(|(e, _)| e)?;
+    for (w, s) in raws.iter().zip(&scale_of) {
+        let Some(s) = s.map(|s| &raws[s]) else {
             continue;
         };
-        let Some(w) = by_name.get(base) else { continue };
-        let numel = tpk_format::checked_numel(&w.dims).unwrap_or(u64::MAX);
-        if matches!(w.dtype, DType::F8E4M3 | DType::F8E5M2) && numel <= max_elems {
-            fp8::dequantize(
-                &bytes[w.range.clone()],
-                w.dtype,
-                &w.dims,
-                &bytes[r.range.clone()],
-                r.dtype,
-                &r.dims,
-            )?;
+        if tpk_format::checked_numel(&w.dims).is_some_and(|n| n <= max_elems) {
+            let (wb, sb) = (&bytes[w.range.clone()], &bytes[s.range.clone()]);
+            fp8::dequantize(wb, w.dtype, &w.dims, sb, s.dtype, &s.dims)?;
         }
     }
     Ok(raws.len())
@@ -198,27 +218,12 @@ impl SafetensorsSource {
                 )));
             }
         }
-        let by_name: HashMap<String, usize> = raws
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.name.clone(), i))
-            .collect();
-        // Pair FP8 weights with their block scales.
-        let mut consumed = vec![false; raws.len()];
-        let mut scale_of = vec![None; raws.len()];
-        for (i, r) in raws.iter().enumerate() {
-            if let Some(base) = r.name.strip_suffix("_scale_inv") {
-                if let Some(&w) = by_name.get(base) {
-                    if matches!(raws[w].dtype, DType::F8E4M3 | DType::F8E5M2) {
-                        fp8::check_shapes(&raws[w].dims, &r.dims, r.dtype).map_err(|e| {
-                            e.with_file(&files[r.file].0).with_tensor(&raws[w].name)
-                        })?;
-                        consumed[i] = true;
-                        scale_of[w] = Some(i);
-                    }
-                }
-            }
-        }
+        let scale_of = pair_scales(&raws).map_err(|(e, r)| e.with_file(&files[raws[r].file].0))?;
+        let consumed: Vec<bool> = {
+            let mut c = vec![false; raws.len()];
+            scale_of.iter().flatten().for_each(|&s| c[s] = true);
+            c
+        };
         let mut infos = Vec::new();
         let mut entries = Vec::new();
         for (i, r) in raws.iter().enumerate() {
