@@ -594,6 +594,13 @@ impl TensorCodec for ByteplaneCodec {
     fn params(&self) -> Vec<u8> {
         vec![self.zstd as u8]
     }
+    fn spec(&self) -> String {
+        match self.zstd {
+            ZstdMode::Auto => "byteplane".into(),
+            ZstdMode::Always => "byteplane:zstd=always".into(),
+            ZstdMode::Never => "byteplane:zstd=never".into(),
+        }
+    }
     fn lossless(&self) -> bool {
         true
     }

@@ -40,6 +40,10 @@ pub trait TensorCodec: Send + Sync + Debug {
     fn params(&self) -> Vec<u8> {
         Vec::new()
     }
+    /// This stage in pipeline syntax, `NAME[:key=value,...]`, options at their default left out.
+    fn spec(&self) -> String {
+        self.name().to_string()
+    }
     /// Whether decoding gives back the source bytes exactly, for every input it accepts.
     fn lossless(&self) -> bool;
     /// Whether this codec can take elements of `src` (lossy codecs take floats only).
@@ -66,6 +70,10 @@ pub trait ByteCodec: Send + Sync + Debug {
     }
     /// Canonical parameters.
     fn params(&self) -> Vec<u8>;
+    /// This stage in pipeline syntax, `NAME[:key=value,...]`.
+    fn spec(&self) -> String {
+        self.name().to_string()
+    }
     /// Compress.
     fn encode(&self, b: &[u8]) -> Result<Vec<u8>>;
     /// Decompress; more than `max_len` output bytes is an error, never an allocation.
@@ -284,14 +292,10 @@ impl Pipeline {
 
     /// Canonical text form, e.g. `bf16+zstd:level=3`.
     pub fn describe(&self) -> String {
-        let mut s = self.tensor.name().to_string();
+        let mut s = self.tensor.spec();
         for b in &self.bytes {
             s.push('+');
-            s.push_str(b.name());
-            let p = b.params();
-            if b.name() == "zstd" && p.len() == 1 {
-                s.push_str(&format!(":level={}", p[0] as i8));
-            }
+            s.push_str(&b.spec());
         }
         s
     }

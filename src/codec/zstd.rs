@@ -53,6 +53,9 @@ impl ByteCodec for ZstdCodec {
     fn params(&self) -> Vec<u8> {
         vec![self.level as u8]
     }
+    fn spec(&self) -> String {
+        format!("zstd:level={}", self.level)
+    }
     fn encode(&self, b: &[u8]) -> Result<Vec<u8>> {
         zstd_encode(b, self.level as i32)
     }
