@@ -334,34 +334,7 @@ fn merge(layout: Layout, dict: &[u8], planes: &[Cow<'_, [u8]>], out: &mut [u8]) 
     const INVALID: u32 = 1 << 31;
     let mut bad = 0u32;
     match layout {
-        Layout::Bf16 => {
-            let mut hi = [INVALID; 256];
-            for (s, h) in hi.iter_mut().enumerate().take(4 * dict.len()) {
-                *h = (dict[s >> 2] as u32) << 7 | ((s & 3) as u32) << 5;
-            }
-            let (sym, p6) = (&planes[0], &planes[1]);
-            let groups = out
-                .chunks_exact_mut(8)
-                .zip(sym.chunks_exact(4))
-                .zip(p6.chunks_exact(3));
-            for ((g, s), p) in groups {
-                let u = u32::from_le_bytes([p[0], p[1], p[2], 0]);
-                for j in 0..4 {
-                    let f = (u >> (6 * j)) & 0x3F;
-                    let h = hi[s[j] as usize];
-                    bad |= h;
-                    let v = (h | (f & 0x20) << 10 | (f & 0x1F)) as u16;
-                    g[2 * j..2 * j + 2].copy_from_slice(&v.to_le_bytes());
-                }
-            }
-            let full = sym.len() / 4 * 4;
-            for (j, o) in out[2 * full..].chunks_exact_mut(2).enumerate() {
-                let f = field6(p6, full + j);
-                let h = hi[sym[full + j] as usize];
-                bad |= h;
-                o.copy_from_slice(&((h | (f & 0x20) << 10 | (f & 0x1F)) as u16).to_le_bytes());
-            }
-        }
+        Layout::Bf16 => unreachable!("bf16 chunks are assembled by decode_bf16"),
         Layout::F32 => {
             let (sym, p6, m1, m0) = (&planes[0], &planes[1], &planes[2], &planes[3]);
             // f32 uses every bit of a u32, so no flag bit: one vectorized max over the symbols.
@@ -429,8 +402,8 @@ fn merge(layout: Layout, dict: &[u8], planes: &[Cow<'_, [u8]>], out: &mut [u8]) 
 }
 
 /// OR each element's sign and low five mantissa bits (packed 6-bit fields) into a bf16 output
-/// whose upper bits are already decoded; whole groups of four elements only (the caller does
-/// the tail). Eight elements per step: one 64-bit read of the fields, two of the output.
+/// whose upper bits are already decoded. Eight elements per step (one 64-bit read of the
+/// fields, two of the output), then groups of four, then the last few one by one.
 fn or_low_bits_bf16(p6: &[u8], out: &mut [u8]) {
     let groups8 = (out.len() / 16).min(p6.len().saturating_sub(2) / 6);
     for (g, p) in out
@@ -453,6 +426,47 @@ fn or_low_bits_bf16(p6: &[u8], out: &mut [u8]) {
         let a = u64::from_le_bytes(g.try_into().unwrap()) | spread6(u);
         g.copy_from_slice(&a.to_le_bytes());
     }
+    let full = out.len() / 8 * 4;
+    for (j, o) in out[2 * full..].chunks_exact_mut(2).enumerate() {
+        let f = field6(p6, full + j);
+        let v = u16::from_le_bytes([o[0], o[1]]) | ((f & 0x20) << 10 | (f & 0x1F)) as u16;
+        o.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Assemble a bf16 chunk: each element's exponent and top mantissa bits go straight into the
+/// output (the Huffman decoder writes them mapped; other symbol planes go through the same
+/// map), then the packed sign and low bits are ORed in.
+fn decode_bf16(dict: &[u8], heads: &[(u8, &[u8])], lens: &[usize], out: &mut [u8]) -> Result<()> {
+    let n = out.len() / 2;
+    let p6 = decode_plane(heads[1].0, heads[1].1, lens[1])?;
+    check_padding(
+        Layout::Bf16,
+        &[Cow::Borrowed(&[][..]), Cow::Borrowed(&p6[..])],
+        n,
+    )?;
+    let mut map = [0x1_0000u32; 256];
+    for (s, m) in map.iter_mut().enumerate().take(4 * dict.len()) {
+        *m = (dict[s >> 2] as u32) << 7 | ((s & 3) as u32) << 5;
+    }
+    if heads[0].0 == METHOD_HUFFMAN {
+        huffman::decode_mapped_u16(heads[0].1, &map, out)?;
+    } else {
+        let sym = decode_plane(heads[0].0, heads[0].1, lens[0])?;
+        let mut bad = 0u32;
+        for (o, &s) in out.chunks_exact_mut(2).zip(sym.iter()) {
+            let v = map[s as usize];
+            bad |= v;
+            o.copy_from_slice(&(v as u16).to_le_bytes());
+        }
+        if bad > 0xFFFF {
+            return Err(Error::malformed(
+                "byteplane: symbol outside the exponent dictionary",
+            ));
+        }
+    }
+    or_low_bits_bf16(&p6, out);
+    Ok(())
 }
 
 /// Padding bits after the last packed field must be zero, so every payload decodes to one value.
@@ -678,24 +692,8 @@ impl TensorCodec for ByteplaneCodec {
                 payload.len() - pos
             )));
         }
-        if layout == Layout::Bf16 && heads[0].0 == METHOD_HUFFMAN {
-            // Fast path: the Huffman decoder writes each element's exponent and top mantissa
-            // bits straight into the output; the packed sign and low bits are ORed in after.
-            let p6 = decode_plane(heads[1].0, heads[1].1, lens[1])?;
-            check_padding(layout, &[Cow::Borrowed(&[][..]), Cow::Borrowed(&p6[..])], n)?;
-            let mut map = [0x1_0000u32; 256];
-            for (s, m) in map.iter_mut().enumerate().take(4 * dict.len()) {
-                *m = (dict[s >> 2] as u32) << 7 | ((s & 3) as u32) << 5;
-            }
-            huffman::decode_mapped_u16(heads[0].1, &map, out)?;
-            or_low_bits_bf16(&p6, out);
-            let full = n / 4 * 4;
-            for (j, o) in out[2 * full..].chunks_exact_mut(2).enumerate() {
-                let f = field6(&p6, full + j);
-                let v = u16::from_le_bytes([o[0], o[1]]) | ((f & 0x20) << 10 | (f & 0x1F)) as u16;
-                o.copy_from_slice(&v.to_le_bytes());
-            }
-            return Ok(());
+        if layout == Layout::Bf16 {
+            return decode_bf16(dict, &heads, &lens, out);
         }
         let planes = heads
             .iter()
@@ -748,6 +746,46 @@ mod tests {
                 rt(DType::U8, b, mode);
             }
         }
+    }
+
+    /// bf16 symbol planes stored constant or as zstd go through the same assembly as Huffman.
+    #[test]
+    fn bf16_symbol_plane_methods() {
+        // One exponent and top bits, varying low bits: the symbol plane is constant.
+        let same: Vec<u8> = (0..5000u16)
+            .flat_map(|i| (0x3F80 | (i & 0x1F)).to_le_bytes())
+            .collect();
+        let enc = ByteplaneCodec::default()
+            .encode(DType::BF16, &same)
+            .unwrap();
+        assert_eq!(
+            enc[2 + 1 + 1],
+            METHOD_CONST,
+            "layout, 1-exponent dictionary, plane count, method"
+        );
+        rt(DType::BF16, &same, ZstdMode::Auto);
+        // Long runs of two symbols: zstd wins over Huffman.
+        let runs: Vec<u8> = (0..20000u16)
+            .flat_map(|i| {
+                (if (i / 500) % 2 == 0 {
+                    0x3F80u16
+                } else {
+                    0x4000
+                })
+                .to_le_bytes()
+            })
+            .collect();
+        let enc = ByteplaneCodec {
+            zstd: ZstdMode::Always,
+        }
+        .encode(DType::BF16, &runs)
+        .unwrap();
+        assert_eq!(
+            enc[2 + 2 + 1],
+            METHOD_ZSTD,
+            "layout, 2-exponent dictionary, plane count, method"
+        );
+        rt(DType::BF16, &runs, ZstdMode::Always);
     }
 
     #[test]
