@@ -322,22 +322,9 @@ pub(crate) fn chunk_stats(
     out: DType,
     out_bytes: &[u8],
 ) -> Accumulator {
-    let x = to_f64(src, src_bytes);
-    let y = to_f64(out, out_bytes);
+    let x = dtype::to_f64(src, src_bytes);
+    let y = dtype::to_f64(out, out_bytes);
     Accumulator::from_pairs(&x, &y)
-}
-
-fn to_f64(d: DType, b: &[u8]) -> Vec<f64> {
-    match d {
-        DType::F64 | DType::I64 | DType::U64 | DType::I32 | DType::U32 => (0..b.len() / d.size())
-            .map(|i| dtype::to_f64_at(d, b, i))
-            .collect(),
-        _ => {
-            let mut f = Vec::new();
-            dtype::to_f32(d, b, &mut f);
-            f.into_iter().map(f64::from).collect()
-        }
-    }
 }
 
 #[cfg(test)]

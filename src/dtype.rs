@@ -167,19 +167,26 @@ pub fn to_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
 }
 
 /// Decode elements to f64 (exact for every dtype but 64-bit integers beyond 2^53); for metrics.
-pub fn to_f64_at(dtype: DType, bytes: &[u8], i: usize) -> f64 {
-    let s = dtype.size();
-    let c = &bytes[i * s..(i + 1) * s];
+pub fn to_f64(dtype: DType, bytes: &[u8]) -> Vec<f64> {
+    macro_rules! conv {
+        ($n:expr, $f:expr) => {
+            bytes
+                .chunks_exact($n)
+                .map(|c| $f(c.try_into().unwrap()))
+                .collect()
+        };
+    }
     match dtype {
-        DType::F64 => f64::from_le_bytes(c.try_into().unwrap()),
-        DType::I64 => i64::from_le_bytes(c.try_into().unwrap()) as f64,
-        DType::U64 => u64::from_le_bytes(c.try_into().unwrap()) as f64,
-        DType::I32 => i32::from_le_bytes(c.try_into().unwrap()) as f64,
-        DType::U32 => u32::from_le_bytes(c.try_into().unwrap()) as f64,
+        DType::F64 => conv!(8, f64::from_le_bytes),
+        DType::I64 => conv!(8, |c| i64::from_le_bytes(c) as f64),
+        DType::U64 => conv!(8, |c| u64::from_le_bytes(c) as f64),
+        DType::I32 => conv!(4, |c| i32::from_le_bytes(c) as f64),
+        DType::U32 => conv!(4, |c| u32::from_le_bytes(c) as f64),
+        // Every other type converts to f32 exactly.
         _ => {
-            let mut v = Vec::with_capacity(1);
-            to_f32(dtype, c, &mut v);
-            v[0] as f64
+            let mut f = Vec::new();
+            to_f32(dtype, bytes, &mut f);
+            f.into_iter().map(f64::from).collect()
         }
     }
 }

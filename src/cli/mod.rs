@@ -160,28 +160,19 @@ struct Reporter(Option<ProgressBar>);
 
 impl Progress for Reporter {
     fn event(&self, e: Event<'_>) {
-        if let Some(b) = &self.0 {
-            Bar(b).event(e)
+        let Some(bar) = &self.0 else { return };
+        match e {
+            Event::Start { total_bytes, .. } => {
+                bar.set_length(total_bytes);
+                bar.reset();
+            }
+            Event::Tensor { name } => bar.set_message(name.to_string()),
+            Event::Advance { bytes } => bar.inc(bytes),
+            Event::Finish => bar.finish_and_clear(),
         }
     }
     fn cancelled(&self) -> bool {
         CANCELLED.load(Ordering::Relaxed)
-    }
-}
-
-struct Bar<'a>(&'a ProgressBar);
-
-impl Progress for Bar<'_> {
-    fn event(&self, e: Event<'_>) {
-        match e {
-            Event::Start { total_bytes, .. } => {
-                self.0.set_length(total_bytes);
-                self.0.reset();
-            }
-            Event::Tensor { name } => self.0.set_message(name.to_string()),
-            Event::Advance { bytes } => self.0.inc(bytes),
-            Event::Finish => self.0.finish_and_clear(),
-        }
     }
 }
 
