@@ -1,5 +1,5 @@
 //! Encode and decode throughput of each codec, one thread, on all of MiniLM's weights cut into
-//! tenpak's default 64 Ki-element chunks, as f32 and as bf16. Throughput is in source bytes.
+//! tenpak's default 128 Ki-element chunks, as f32 and as bf16. Throughput is in source bytes.
 //!
 //! `cargo bench --bench codecs` (add `-- byteplane` to run one codec).
 
