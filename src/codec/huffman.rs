@@ -205,11 +205,36 @@ fn encode_core(data: &[u8], lens: &[u8; 256], out: &mut Vec<u8>) {
             }};
         }
         let common = segs.iter().map(|s| s.len() / 4).min().unwrap_or(0);
-        for q in 0..common {
-            put4!(0, &segs[0][4 * q..4 * q + 4]);
-            put4!(1, &segs[1][4 * q..4 * q + 4]);
-            put4!(2, &segs[2][4 * q..4 * q + 4]);
-            put4!(3, &segs[3][4 * q..4 * q + 4]);
+        // The bulk loop stores through a raw pointer: checked stores cost a compare, a branch
+        // and a reload per quad, as the four streams' state leaves no register spare.
+        let sp = scratch.as_mut_ptr();
+        macro_rules! put4_bulk {
+            ($k:expr, $quad:expr) => {{
+                for &s in $quad {
+                    let (c, l) = codes[s as usize];
+                    acc[$k] |= (c as u64) << nb[$k];
+                    nb[$k] += l;
+                }
+                // SAFETY: stream k has written at most 12 bits per symbol of its segment, so
+                // `pos[k] + 8 <= base[k] + len * 12 / 8 + 8 <= base[k] + cap[k] <= scratch.len()`.
+                unsafe { std::ptr::write_unaligned(sp.add(pos[$k]) as *mut u64, acc[$k].to_le()) };
+                let nbytes = nb[$k] / 8;
+                pos[$k] += nbytes as usize;
+                acc[$k] >>= nbytes * 8;
+                nb[$k] -= nbytes * 8;
+            }};
+        }
+        let quads = segs[0]
+            .chunks_exact(4)
+            .zip(segs[1].chunks_exact(4))
+            .zip(segs[2].chunks_exact(4))
+            .zip(segs[3].chunks_exact(4))
+            .take(common);
+        for (((q0, q1), q2), q3) in quads {
+            put4_bulk!(0, q0);
+            put4_bulk!(1, q1);
+            put4_bulk!(2, q2);
+            put4_bulk!(3, q3);
         }
         for k in 0..STREAMS {
             for quad in segs[k][4 * common..].chunks(4) {
@@ -414,38 +439,37 @@ fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) ->
     let mut o: [usize; STREAMS] = std::array::from_fn(|k| segment(n, k).start);
     let end: [usize; STREAMS] = std::array::from_fn(|k| segment(n, k).end);
     {
-        // Bulk phase: each stream keeps a 64-bit bit buffer holding at least 56 unread bits
-        // after a refill, enough for four lookups of at most 12 bits, so it refills once per
-        // four lookups, without branches: load 8 bytes at the first byte not yet in the buffer,
-        // shift them above the bits it holds (bytes already held load the same bits again, so
-        // the OR changes nothing there), and count the whole bytes that now fit.
-        // Bits consumed so far = ptr * 8 - cnt.
+        // Bulk phase: every four lookups each stream reloads its 64-bit buffer from its bit
+        // position (8 bytes at bp / 8, shifted by bp % 8: at least 57 valid bits, enough for four
+        // lookups of at most 12), so a reload does not depend on the previous buffer.
         let [mut o0, mut o1, mut o2, mut o3] = o;
         let [e0, e1, e2, e3] = end;
-        let mut ptr: [usize; STREAMS] = std::array::from_fn(|k| bp[k] >> 3);
         let mut buf = [0u64; STREAMS];
-        let mut cnt = [0u32; STREAMS];
-        // Start aligned to the stream's bit position (it is byte-aligned here: bp = bounds * 8).
         let ahead = 4 * per_entry as usize + room; // elements four lookups may touch
+        let dst = out.as_mut_ptr();
         macro_rules! refill {
             ($k:expr) => {{
-                let Some(bytes) = padded.get(ptr[$k]..ptr[$k] + 8) else {
+                let at = bp[$k] >> 3;
+                let Some(bytes) = padded.get(at..at + 8) else {
                     return Err(overrun());
                 };
-                buf[$k] |= u64::from_le_bytes(bytes.try_into().unwrap()) << cnt[$k];
-                ptr[$k] += ((63 - cnt[$k]) >> 3) as usize;
-                cnt[$k] |= 56;
+                buf[$k] = u64::from_le_bytes(bytes.try_into().unwrap()) >> (bp[$k] & 7);
             }};
         }
         macro_rules! look {
             ($k:expr, $o:ident) => {{
                 let e = multi[(buf[$k] & mask as u64) as usize];
-                // Bytes past the entry's values land in slots this segment overwrites later.
-                out[$o * W..$o * W + 8].copy_from_slice(&e.to_le_bytes());
+                // SAFETY: the loop condition keeps `$o + ahead <= end <= n` before these four
+                // lookups, and each lookup advances `$o` by at most `per_entry`, so this 8-byte
+                // store (`room` elements) ends inside `out`. A checked slice store here cost a
+                // compare, a branch and a reload of `out` per lookup, as the four streams'
+                // state leaves no register spare. Bytes past the entry's values land in slots
+                // this segment overwrites later.
+                unsafe { std::ptr::write_unaligned(dst.add($o * W) as *mut u64, e.to_le()) };
                 $o += ((e >> 48) & 0xF) as usize;
-                let bits = (e >> 60) as u32;
+                let bits = (e >> 60) as usize;
                 buf[$k] >>= bits;
-                cnt[$k] -= bits;
+                bp[$k] += bits;
             }};
         }
         while o0 + ahead <= e0 && o1 + ahead <= e1 && o2 + ahead <= e2 && o3 + ahead <= e3 {
@@ -459,9 +483,6 @@ fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) ->
                 look!(2, o2);
                 look!(3, o3);
             }
-        }
-        for k in 0..STREAMS {
-            bp[k] = ptr[k] * 8 - cnt[k] as usize;
         }
         o = [o0, o1, o2, o3];
     }
