@@ -22,6 +22,7 @@ fn bench(c: &mut Criterion) {
             })
             .collect();
         w.add_tensor(TensorEntry {
+            layout: Default::default(),
             name: "all".into(),
             dtype: "F32".into(),
             dims: vec![(data.len() / 4) as u64],

@@ -3,6 +3,7 @@
 use crate::codec::Pipeline;
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, Result};
+use crate::tiles::TileGeom;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use tpk_format::{Limits, TensorEntry, TpkFile};
@@ -57,9 +58,36 @@ impl Archive {
         let (dtype, p) = self.pipeline(i)?;
         let out_dtype = p.tensor_codec().decoded_dtype(dtype);
         let total = decoded_len(t, out_dtype, &self.limits)?;
-        let mut out = vec![0u8; total];
-        // Each chunk decodes straight into its slice of the tensor: no per-chunk buffers.
         let esize = out_dtype.size();
+        if let Some(geom) = TileGeom::new(
+            t.layout,
+            &t.dims,
+            self.limits.max_decoded_bytes / esize as u64,
+        )
+        .map_err(|e| e.with_tensor(&t.name))?
+        {
+            // Chunks hold tiles: decode into tile order, then put the elements in place.
+            let tiles = self.decode_chunks(i, dtype, &p, esize, geom.prows * geom.pcols)?;
+            let mut out = vec![0u8; total];
+            geom.scatter(&tiles, esize, &mut out);
+            return Ok((out_dtype, out));
+        }
+        let n = total / esize.max(1);
+        Ok((out_dtype, self.decode_chunks(i, dtype, &p, esize, n)?))
+    }
+
+    /// Decode every chunk of tensor `i` in parallel into one buffer of `n` elements.
+    fn decode_chunks(
+        &self,
+        i: usize,
+        dtype: DType,
+        p: &Pipeline,
+        esize: usize,
+        n: usize,
+    ) -> Result<Vec<u8>> {
+        let t = &self.file.tensors()[i];
+        let mut out = vec![0u8; n * esize];
+        // Each chunk decodes straight into its slice of the tensor: no per-chunk buffers.
         let mut slices = Vec::with_capacity(t.chunks.len());
         let mut rest = &mut out[..];
         for ch in &t.chunks {
@@ -75,7 +103,7 @@ impl Archive {
                 p.decode_into(payload, dtype, t.chunks[c].elem_count as usize, slice)
                     .map_err(|e| e.with_chunk(c).with_tensor(&t.name))
             })?;
-        Ok((out_dtype, out))
+        Ok(out)
     }
 
     /// Index of the tensor named `name`.

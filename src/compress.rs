@@ -8,14 +8,15 @@
 use crate::codec::{Pipeline, RawCodec};
 use crate::dtype::{self, DType};
 use crate::error::{Error, ErrorKind, Result};
-use crate::input::{self, TensorSource};
+use crate::input::{self, TensorInfo, TensorSource};
 use crate::metrics::{Accumulator, Metrics};
 use crate::progress::{Event, Progress};
+use crate::tiles::TileGeom;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tpk_format::{TensorEntry, TpkWriter};
+use tpk_format::{Layout, TensorEntry, TpkWriter};
 
 /// Source bytes encoded in parallel before they are written out.
 pub const BATCH_BYTES: usize = 64 << 20;
@@ -39,6 +40,12 @@ pub struct CompressOptions {
     pub force: bool,
     /// User metadata, stored as `user.<key>`.
     pub meta: Vec<(String, String)>,
+    /// Tile codecs: tile the tensor with its axes reversed (the `transpose` algorithm).
+    pub transpose: bool,
+    /// Tile codecs: also tile tensors of fewer than two dimensions (viewed as `[1, n]`, padded
+    /// to 32 rows); by default they are stored as they are (`raw`), since padding a vector to a
+    /// tile row costs 32x its size.
+    pub tile_vectors: bool,
 }
 
 impl Default for CompressOptions {
@@ -50,6 +57,8 @@ impl Default for CompressOptions {
             limit: None,
             force: false,
             meta: Vec::new(),
+            transpose: false,
+            tile_vectors: false,
         }
     }
 }
@@ -145,6 +154,8 @@ pub fn compress_source(
         "chunk_elems": opts.chunk_elems,
         "filter": opts.filter,
         "limit": opts.limit,
+        "transpose": opts.transpose,
+        "tile_vectors": opts.tile_vectors,
     });
     w.set_metadata("tenpak.options", &options.to_string());
     for (k, v) in &opts.meta {
@@ -159,7 +170,7 @@ pub fn compress_source(
     for &i in &selected {
         let info = &infos[i];
         progress.event(Event::Tensor { name: &info.name });
-        let r = compress_tensor(source, i, &pipeline, opts.chunk_elems, &mut w, progress)
+        let r = compress_tensor(source, i, &pipeline, opts, &mut w, progress)
             .map_err(|e| e.with_tensor(&info.name).with_file(input))?;
         progress.event(Event::Advance {
             bytes: info.source_bytes,
@@ -196,16 +207,64 @@ pub fn effective_pipeline(p: &Pipeline, dtype: DType) -> Pipeline {
     }
 }
 
+/// How a tensor is stored: its pipeline and element layout, after the tile policy (tile codecs
+/// leave vectors and scalars raw unless `tile_vectors`).
+pub fn tensor_plan(p: &Pipeline, info: &TensorInfo, opts: &CompressOptions) -> (Pipeline, Layout) {
+    let p = effective_pipeline(p, info.dtype);
+    if !p.tensor_codec().tiled() {
+        return (p, Layout::RowMajor);
+    }
+    if info.dims.len() < 2 && !opts.tile_vectors {
+        return (p.with_tensor_codec(Arc::new(RawCodec)), Layout::RowMajor);
+    }
+    let layout = if opts.transpose {
+        Layout::Tiles32Transposed
+    } else {
+        Layout::Tiles32
+    };
+    (p, layout)
+}
+
 fn compress_tensor(
     source: &dyn TensorSource,
     i: usize,
     pipeline: &Pipeline,
-    chunk_elems: u64,
+    opts: &CompressOptions,
     w: &mut TpkWriter,
     progress: &dyn Progress,
 ) -> Result<TensorReport> {
+    let chunk_elems = opts.chunk_elems;
     let info = &source.tensors()[i];
     let data = source.data(i)?;
+    let (pipeline, layout) = tensor_plan(pipeline, info, opts);
+    if layout != Layout::RowMajor {
+        let t = encode_tiled(info, &data, &pipeline, layout, chunk_elems, progress)?;
+        let mut chunks = Vec::with_capacity(t.chunks.len());
+        for (payload, s, c) in &t.chunks {
+            chunks.push(w.write_chunk(payload, *s, *c)?);
+        }
+        let encoded_bytes: u64 = chunks.iter().map(|c| c.len).sum();
+        w.add_tensor(TensorEntry {
+            name: info.name.clone(),
+            dtype: DType::F32.name().to_string(),
+            dims: info.dims.clone(),
+            source_bytes: info.source_bytes,
+            stages: t.pipeline.stages(),
+            metrics: t.metrics.to_pairs(),
+            chunks,
+            layout,
+        })?;
+        return Ok(TensorReport {
+            name: info.name.clone(),
+            shape: info.dims.clone(),
+            source_dtype: info.source_dtype.clone(),
+            codec: t.pipeline.describe(),
+            source_bytes: info.source_bytes,
+            encoded_bytes,
+            ratio: ratio(info.source_bytes, encoded_bytes),
+            metrics: t.metrics,
+        });
+    }
     let esize = info.dtype.size();
     let n = info.numel();
     if data.len() as u64 != n * esize as u64 {
@@ -216,7 +275,6 @@ fn compress_tensor(
             info.dtype
         )));
     }
-    let pipeline = effective_pipeline(pipeline, info.dtype);
     let ranges: Vec<(u64, u64)> = (0..n)
         .step_by(chunk_elems as usize)
         .map(|s| (s, chunk_elems.min(n - s)))
@@ -254,6 +312,7 @@ fn compress_tensor(
         stages: pipeline.stages(),
         metrics: metrics.to_pairs(),
         chunks,
+        layout,
     })?;
     Ok(TensorReport {
         name: info.name.clone(),
@@ -264,6 +323,102 @@ fn compress_tensor(
         encoded_bytes,
         ratio: ratio(info.source_bytes, encoded_bytes),
         metrics,
+    })
+}
+
+/// A tensor encoded in its tile layout, in memory: the pipeline with its per-tensor parameters,
+/// the chunks as (payload, first element, element count) in tile space, and the metrics over
+/// the tensor's real elements (padding left out).
+pub struct TiledTensor {
+    /// The pipeline, fixed for this tensor (nvfp4's global scale).
+    pub pipeline: Pipeline,
+    /// Chunks in order.
+    pub chunks: Vec<(Vec<u8>, u64, u64)>,
+    /// Metrics against the source values.
+    pub metrics: Metrics,
+}
+
+/// Encode one tensor with a tile codec: values widened to f32 (non-finite values are an error
+/// naming the count), chunks of whole tile rows encoded in parallel and decoded again for the
+/// metrics.
+pub fn encode_tiled(
+    info: &TensorInfo,
+    data: &[u8],
+    pipeline: &Pipeline,
+    layout: Layout,
+    chunk_elems: u64,
+    progress: &dyn Progress,
+) -> Result<TiledTensor> {
+    let n = info.numel();
+    if data.len() as u64 != n * info.dtype.size() as u64 {
+        return Err(Error::malformed(format!(
+            "{} bytes of data for shape {:?} of {}",
+            data.len(),
+            info.dims,
+            info.dtype
+        )));
+    }
+    let mut vals = Vec::new();
+    dtype::to_f32(info.dtype, data, &mut vals);
+    let nonfinite = vals.iter().filter(|v| !v.is_finite()).count();
+    if nonfinite > 0 {
+        return Err(Error::input(format!(
+            "{nonfinite} non-finite values (NaN or infinity); {} encodes finite weights only",
+            pipeline.tensor_codec().name()
+        )));
+    }
+    let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let pipeline = match pipeline.tensor_codec().for_tensor(amax) {
+        Some(t) => pipeline.with_tensor_codec(t),
+        None => pipeline.clone(),
+    };
+    let geom = TileGeom::new(layout, &info.dims, u64::MAX)?.expect("a tile layout");
+    let per_chunk = (chunk_elems as usize / geom.tile_row_elems()).max(1);
+    let trs: Vec<std::ops::Range<usize>> = (0..geom.tile_rows())
+        .step_by(per_chunk)
+        .map(|s| s..(s + per_chunk).min(geom.tile_rows()))
+        .collect();
+    let batch = (BATCH_BYTES / (4 * per_chunk * geom.tile_row_elems()).max(1))
+        .max(rayon::current_num_threads());
+    let mut acc = Accumulator::default();
+    let mut chunks = Vec::with_capacity(trs.len());
+    for (bi, b) in trs.chunks(batch).enumerate() {
+        if progress.cancelled() {
+            return Err(crate::progress::interrupted());
+        }
+        let done: Vec<Result<(Vec<u8>, Accumulator)>> = b
+            .par_iter()
+            .enumerate()
+            .map(|(k, r)| {
+                let tiles = geom.gather(&vals, r.clone());
+                let bytes: Vec<u8> = tiles.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let payload = pipeline
+                    .encode(DType::F32, &bytes)
+                    .map_err(|e| e.with_chunk(bi * batch + k))?;
+                let dec_dtype = pipeline.tensor_codec().decoded_dtype(DType::F32);
+                let dec = pipeline
+                    .decode(&payload, DType::F32, tiles.len(), u64::MAX)
+                    .map_err(|e| e.with_chunk(bi * batch + k))?;
+                let dec = dtype::to_f64(dec_dtype, &dec);
+                let (mut x, mut y) = (Vec::new(), Vec::new());
+                geom.for_each(r.clone(), |t, _| {
+                    x.push(tiles[t] as f64);
+                    y.push(dec[t]);
+                });
+                Ok((payload, Accumulator::from_pairs(&x, &y)))
+            })
+            .collect();
+        for (res, r) in done.into_iter().zip(b) {
+            let (payload, a) = res?;
+            acc.merge(&a);
+            let e = geom.tile_row_elems() as u64;
+            chunks.push((payload, r.start as u64 * e, r.len() as u64 * e));
+        }
+    }
+    Ok(TiledTensor {
+        pipeline,
+        chunks,
+        metrics: acc.finish(),
     })
 }
 

@@ -13,6 +13,7 @@ pub mod input;
 pub mod inspect;
 pub mod metrics;
 pub mod progress;
+pub mod tiles;
 pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};

@@ -117,7 +117,7 @@ fn tables_and_inspect() {
     }
     assert!(table.contains("pooler.dense.weight"));
     let text = tenpak_ok(&["inspect", s(&out), "--tensors"]);
-    assert!(text.contains("format:          tpk 1.0"), "{text}");
+    assert!(text.contains("format:          tpk 1.1"), "{text}");
     assert!(text.contains("meta user.team: ml"));
     assert!(text.contains("pooler.dense.bias"));
     let j = tenpak_json(&["inspect", s(&out)]);

@@ -76,6 +76,7 @@ fn every_truncation_is_a_clean_error() {
 
 fn entry(name: &str, id: u16, codec: &str, chunk: tpk_format::ChunkEntry) -> TensorEntry {
     TensorEntry {
+        layout: Default::default(),
         name: name.into(),
         dtype: "F32".into(),
         dims: vec![4],
@@ -209,4 +210,45 @@ fn golden_encoded_crcs() {
         std::fs::read_to_string(&golden).unwrap_or_default(),
         "encoded bytes changed"
     );
+}
+
+/// Files written by earlier format versions stay readable (tests/fixtures/v1.0 was written by
+/// tenpak before format 1.1 added the element layout): byteplane decodes bit-exact, bf16 to the
+/// source rounded to bf16 (written back as f32, the source dtype).
+#[test]
+fn older_format_versions_still_decode() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1.0");
+    let src = read_safetensors(&dir.join("source.safetensors"));
+    let out = tempfile::tempdir().unwrap();
+    for name in ["byteplane", "bf16-zstd"] {
+        let tpk = dir.join(format!("{name}.tpk"));
+        let text = tenpak_ok(&["inspect", s(&tpk)]);
+        assert!(text.contains("tpk 1.0"), "{text}");
+        tenpak_ok(&["verify", s(&tpk)]);
+        let back = out.path().join(format!("{name}.safetensors"));
+        tenpak_ok(&["decompress", s(&tpk), "-o", s(&back), "-q"]);
+        let got = read_safetensors(&back);
+        assert_eq!(got.len(), 3);
+        for (k, (dt, shape, bytes)) in &src {
+            let (gdt, gshape, gbytes) = &got[k];
+            assert_eq!(gshape, shape, "{name} {k}");
+            if name == "byteplane" || dt != "F32" {
+                assert_eq!((gdt, gbytes), (dt, bytes), "{name} {k}");
+            } else {
+                let vals: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                // `decompress` writes the source dtype by default: bf16 values widened to f32.
+                let want: Vec<u8> = vals
+                    .iter()
+                    .flat_map(|v| {
+                        let b = tenpak::dtype::f32_to_bf16_bits(*v);
+                        f32::from_bits((b as u32) << 16).to_le_bytes()
+                    })
+                    .collect();
+                assert_eq!((gdt.as_str(), gbytes), ("F32", &want), "{name} {k}");
+            }
+        }
+    }
 }

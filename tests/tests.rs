@@ -2,6 +2,7 @@
 
 mod common;
 
+mod blockfloat;
 mod cli;
 mod codecs;
 mod container;

@@ -77,6 +77,12 @@ struct CompressArgs {
     /// Store user metadata KEY=VALUE (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     meta: Vec<String>,
+    /// Tile codecs: tile each tensor with its axes reversed (a matrix's transpose).
+    #[arg(long)]
+    transpose: bool,
+    /// Tile codecs: tile vectors and scalars too (by default they are stored raw).
+    #[arg(long)]
+    tile_vectors: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -259,6 +265,8 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
                 limit: a.limit,
                 force: a.force,
                 meta,
+                transpose: a.transpose,
+                tile_vectors: a.tile_vectors,
             };
             let r = tenpak::compress::compress(&a.model, &a.output, &opts, &*progress(cli.quiet))?;
             if a.json {

@@ -3,7 +3,8 @@
 //! Spec: formats-spec/codecs.md §float. Elements are converted to f32, then to the target with
 //! round-to-nearest-even (bf16: the tt-metal rule, NaN -> 0x7FC0); stored little-endian,
 //! row-major. Lossless only when the source already is the target type.
-//! Config: `--codec bf16` (no options).
+//! Config: `--codec bf16`; `bf16:order=tile` stores the elements in TTNN tile order (the
+//! container's `tiles32` layout: 32x32 tiles, 2048 bytes each) instead of row-major.
 
 use super::{expect_len, no_params, Codec, CodecEntry, TensorCodec};
 use crate::dtype::{self, DType};
@@ -14,12 +15,17 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy)]
 pub struct FloatCodec {
     target: DType,
+    /// bf16 only: elements in 32x32 tile order (payload version 2, params `[1]`).
+    tile: bool,
 }
 
 impl FloatCodec {
     /// The codec for `target`, which must be F32, F16 or BF16.
     pub fn new(target: DType) -> Option<Self> {
-        matches!(target, DType::F32 | DType::F16 | DType::BF16).then_some(FloatCodec { target })
+        matches!(target, DType::F32 | DType::F16 | DType::BF16).then_some(FloatCodec {
+            target,
+            tile: false,
+        })
     }
 }
 
@@ -30,10 +36,18 @@ macro_rules! entry {
             name: $name,
             version: 1,
             summary: $summary,
-            from_options: |_| Ok(Codec::Tensor(Arc::new(FloatCodec { target: $dt }))),
+            from_options: |_| {
+                Ok(Codec::Tensor(Arc::new(FloatCodec {
+                    target: $dt,
+                    tile: false,
+                })))
+            },
             from_params: |p| {
                 no_params($name, p)?;
-                Ok(Codec::Tensor(Arc::new(FloatCodec { target: $dt })))
+                Ok(Codec::Tensor(Arc::new(FloatCodec {
+                    target: $dt,
+                    tile: false,
+                })))
             },
         }
     };
@@ -46,12 +60,34 @@ pub(super) const F16_ENTRY: CodecEntry = entry!(
     DType::F16,
     "convert floats to IEEE f16 (round to nearest even)"
 );
-pub(super) const BF16_ENTRY: CodecEntry = entry!(
-    4,
-    "bf16",
-    DType::BF16,
-    "convert floats to bf16 (round to nearest even)"
-);
+pub(super) const BF16_ENTRY: CodecEntry = CodecEntry {
+    id: 4,
+    name: "bf16",
+    version: 2,
+    summary: "convert floats to bf16 (round to nearest even); order=tile for TTNN tile order",
+    from_options: |o| {
+        let tile = o.choice("order", &["row", "tile"])? == "tile";
+        Ok(Codec::Tensor(Arc::new(FloatCodec {
+            target: DType::BF16,
+            tile,
+        })))
+    },
+    from_params: |p| {
+        let tile = match p {
+            [] => false,
+            [1] => true,
+            _ => {
+                return Err(crate::error::Error::malformed(format!(
+                    "bf16 parameters {p:?}: expected none or [1] (tile order)"
+                )))
+            }
+        };
+        Ok(Codec::Tensor(Arc::new(FloatCodec {
+            target: DType::BF16,
+            tile,
+        })))
+    },
+};
 
 impl TensorCodec for FloatCodec {
     fn id(&self) -> u16 {
@@ -67,6 +103,31 @@ impl TensorCodec for FloatCodec {
             DType::F16 => F16_ENTRY.name,
             _ => BF16_ENTRY.name,
         }
+    }
+    fn version(&self) -> u16 {
+        // Tile order is a different payload: readers before it must refuse, not misplace.
+        if self.tile {
+            2
+        } else {
+            1
+        }
+    }
+    fn params(&self) -> Vec<u8> {
+        if self.tile {
+            vec![1]
+        } else {
+            Vec::new()
+        }
+    }
+    fn spec(&self) -> String {
+        if self.tile {
+            "bf16:order=tile".into()
+        } else {
+            self.name().into()
+        }
+    }
+    fn tiled(&self) -> bool {
+        self.tile
     }
     fn lossless(&self) -> bool {
         false

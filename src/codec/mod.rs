@@ -9,9 +9,11 @@
 //! e.g. `bf16`, `zstd:level=19`, `bf16+zstd:level=3`, `byteplane`. A pipeline that starts with a
 //! byte codec gets `raw` in front (`zstd` means `raw+zstd`).
 
+pub mod bfp;
 mod byteplane;
 mod float;
 mod huffman;
+pub mod mx;
 mod raw;
 mod zstd;
 
@@ -21,8 +23,10 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
+pub use bfp::{BfpCodec, Fp0Codec};
 pub use byteplane::ByteplaneCodec;
 pub use float::FloatCodec;
+pub use mx::{Mxfp4Codec, Nvfp4Codec};
 pub use raw::RawCodec;
 pub use zstd::ZstdCodec;
 
@@ -48,6 +52,16 @@ pub trait TensorCodec: Send + Sync + Debug {
     fn lossless(&self) -> bool;
     /// Whether this codec can take elements of `src` (lossy codecs take floats only).
     fn accepts(&self, src: DType) -> bool;
+    /// Whether chunks hold whole 32x32 tiles of the tensor's 2-D view (the container's tile
+    /// layouts) rather than row-major runs; tile codecs are fed f32.
+    fn tiled(&self) -> bool {
+        false
+    }
+    /// This codec with its per-tensor parameters fixed from the whole tensor (largest
+    /// magnitude `amax`), for codecs that have any (nvfp4's global scale); `None` otherwise.
+    fn for_tensor(&self, _amax: f32) -> Option<Arc<dyn TensorCodec>> {
+        None
+    }
     /// The dtype `decode` writes, for a tensor whose source dtype is `src`.
     fn decoded_dtype(&self, src: DType) -> DType;
     /// Most bytes `encode` can produce for `n` elements (a hard cap for byte stages' decoders).
@@ -160,6 +174,12 @@ pub static REGISTRY: &[CodecEntry] = &[
     float::BF16_ENTRY,
     byteplane::ENTRY,
     zstd::ENTRY,
+    bfp::BFP8_ENTRY,
+    bfp::BFP4_ENTRY,
+    bfp::BFP2_ENTRY,
+    bfp::FP0_ENTRY,
+    mx::MXFP4_ENTRY,
+    mx::NVFP4_ENTRY,
 ];
 
 /// Look up a registry entry by name.

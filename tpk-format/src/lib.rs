@@ -21,7 +21,7 @@ pub const MAGIC: [u8; 8] = [0x89, b'T', b'P', b'K', 0x0D, 0x0A, 0x1A, 0x0A];
 /// Major version this crate reads and writes.
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor version this crate writes (and the newest whose fields it knows).
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 64;
 /// Alignment of every payload and of the index.
@@ -116,6 +116,75 @@ pub struct TensorEntry {
     pub metrics: Vec<(String, f64)>,
     /// Chunk table in element order.
     pub chunks: Vec<ChunkEntry>,
+    /// Order of the elements the chunks hold (format 1.1; 1.0 files are all row-major).
+    pub layout: Layout,
+}
+
+/// Order in which a tensor's chunks hold its elements (formats-spec/tpk.md §4 "Layout").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// The tensor's elements in row-major order: chunks cover `0..numel`.
+    #[default]
+    RowMajor,
+    /// 32x32 tiles of the tensor viewed as 2-D, `[product of all dims but the last, last dim]`,
+    /// zero-padded to multiples of 32; tiles row-major over the tile grid, elements row-major
+    /// inside a tile. Chunks cover `0..padded_rows * padded_cols`.
+    Tiles32,
+    /// As `Tiles32`, of the tensor with its axes reversed first (the transpose of a matrix).
+    Tiles32Transposed,
+}
+
+impl Layout {
+    /// On-disk code.
+    pub fn code(self) -> u8 {
+        match self {
+            Layout::RowMajor => 0,
+            Layout::Tiles32 => 1,
+            Layout::Tiles32Transposed => 2,
+        }
+    }
+
+    /// From the on-disk code.
+    pub fn from_code(c: u8) -> Option<Layout> {
+        match c {
+            0 => Some(Layout::RowMajor),
+            1 => Some(Layout::Tiles32),
+            2 => Some(Layout::Tiles32Transposed),
+            _ => None,
+        }
+    }
+
+    /// The 2-D view `(rows, cols)` this layout tiles, for a tensor of shape `dims`
+    /// (`None` for row-major or on overflow).
+    pub fn view(self, dims: &[u64]) -> Option<(u64, u64)> {
+        let (first, rest): (u64, &[u64]) = match self {
+            Layout::RowMajor => return None,
+            Layout::Tiles32 => match dims.split_last() {
+                Some((&last, rest)) => (last, rest),
+                None => (1, &[]),
+            },
+            // Reversed axes: the last dim of the view is the tensor's first.
+            Layout::Tiles32Transposed => match dims.split_first() {
+                Some((&first, rest)) => (first, rest),
+                None => (1, &[]),
+            },
+        };
+        Some((checked_numel(rest)?, first))
+    }
+
+    /// Elements the chunks of a tensor of shape `dims` cover.
+    pub fn space(self, dims: &[u64]) -> Option<u64> {
+        match self.view(dims) {
+            None => checked_numel(dims),
+            Some((r, c)) => {
+                if r == 0 || c == 0 {
+                    return Some(0);
+                }
+                r.checked_next_multiple_of(32)?
+                    .checked_mul(c.checked_next_multiple_of(32)?)
+            }
+        }
+    }
 }
 
 impl TensorEntry {

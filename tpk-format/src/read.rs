@@ -1,7 +1,7 @@
 use crate::error::io;
 use crate::{
-    align_up, ChunkEntry, FormatError, Header, Limits, Stage, TensorEntry, CHECK_CRC, HEADER_LEN,
-    MAGIC, VERSION_MAJOR, VERSION_MINOR,
+    align_up, ChunkEntry, FormatError, Header, Layout, Limits, Stage, TensorEntry, CHECK_CRC,
+    HEADER_LEN, MAGIC, VERSION_MAJOR, VERSION_MINOR,
 };
 use std::collections::HashSet;
 use std::path::Path;
@@ -135,8 +135,7 @@ impl<D: AsRef<[u8]>> TpkFile<D> {
                 computed,
             });
         }
-        let newer_minor = header.minor > VERSION_MINOR;
-        let (metadata, tensors) = parse_index(index, limits, newer_minor)?;
+        let (metadata, tensors) = parse_index(index, limits, header.minor)?;
         check_layout(&tensors, header.index_offset)?;
         Ok(TpkFile {
             header,
@@ -312,7 +311,8 @@ impl<'a> Cursor<'a> {
 
 type Index = (Vec<(String, String)>, Vec<TensorEntry>);
 
-fn parse_index(index: &[u8], limits: &Limits, newer_minor: bool) -> Result<Index, FormatError> {
+fn parse_index(index: &[u8], limits: &Limits, minor: u16) -> Result<Index, FormatError> {
+    let newer_minor = minor > VERSION_MINOR;
     let mut c = Cursor {
         b: index,
         pos: 0,
@@ -350,7 +350,7 @@ fn parse_index(index: &[u8], limits: &Limits, newer_minor: bool) -> Result<Index
             pos: 0,
             limits,
         };
-        let t = parse_tensor(&mut e, limits)
+        let t = parse_tensor(&mut e, limits, minor)
             .map_err(|err| FormatError::Malformed(format!("tensor entry #{i}: {err}")))?;
         if e.remaining() != 0 && !newer_minor {
             return Err(FormatError::Malformed(format!(
@@ -376,7 +376,11 @@ fn parse_index(index: &[u8], limits: &Limits, newer_minor: bool) -> Result<Index
     Ok((metadata, tensors))
 }
 
-fn parse_tensor(c: &mut Cursor<'_>, limits: &Limits) -> Result<TensorEntry, FormatError> {
+fn parse_tensor(
+    c: &mut Cursor<'_>,
+    limits: &Limits,
+    minor: u16,
+) -> Result<TensorEntry, FormatError> {
     let name = c.string("tensor name")?;
     if name.is_empty() {
         return Err(FormatError::Malformed("empty tensor name".into()));
@@ -434,6 +438,15 @@ fn parse_tensor(c: &mut Cursor<'_>, limits: &Limits) -> Result<TensorEntry, Form
             elem_count: c.u64("chunk element count")?,
         });
     }
+    // Format 1.1 added the element order; 1.0 tensors are row-major.
+    let layout = if minor >= 1 {
+        let code = c.u8("layout")?;
+        Layout::from_code(code).ok_or_else(|| {
+            FormatError::Malformed(format!("tensor '{name}': unknown element layout {code}"))
+        })?
+    } else {
+        Layout::RowMajor
+    };
     let t = TensorEntry {
         name,
         dtype,
@@ -442,9 +455,10 @@ fn parse_tensor(c: &mut Cursor<'_>, limits: &Limits) -> Result<TensorEntry, Form
         stages,
         metrics,
         chunks,
+        layout,
     };
-    let n = t
-        .numel()
+    let n = layout
+        .space(&t.dims)
         .ok_or_else(|| FormatError::Malformed(format!("tensor '{}': shape overflows", t.name)))?;
     let mut next = 0u64;
     for (i, ch) in t.chunks.iter().enumerate() {

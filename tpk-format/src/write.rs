@@ -195,6 +195,7 @@ pub(crate) fn encode_index(metadata: &[(String, String)], tensors: &[TensorEntry
             e.extend_from_slice(&c.elem_start.to_le_bytes());
             e.extend_from_slice(&c.elem_count.to_le_bytes());
         }
+        e.push(t.layout.code());
         b.extend_from_slice(&(e.len() as u32).to_le_bytes());
         b.extend_from_slice(&e);
     }
@@ -208,6 +209,7 @@ mod tests {
 
     fn entry(name: &str, chunks: Vec<ChunkEntry>, n: u64) -> TensorEntry {
         TensorEntry {
+            layout: Default::default(),
             name: name.into(),
             dtype: "F32".into(),
             dims: vec![n],

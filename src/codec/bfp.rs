@@ -1,0 +1,504 @@
+//! Tenstorrent block floats `bfp8` (id 10), `bfp4` (id 11), `bfp2` (id 12) — TTNN's
+//! `bfloat8_b` / `bfloat4_b` / `bfloat2_b` tiles — and `fp0` (id 13), a tile with no payload.
+//!
+//! Spec: formats-spec/blockfloat.md. Tile codecs see their chunk as whole 32x32 tiles of the
+//! tensor's padded 2-D view (the container's `tiles32` element order), 1024 f32 values each in
+//! row-major order inside the tile. A `bfpN` tile is 64 shared-exponent bytes (group
+//! `p = 16 * face + row`, faces TL, TR, BL, BR) followed by the 64 groups' codes, `sign << W | m`
+//! with `W` = 7, 3, 1 magnitude bits: 1088, 576 and 320 bytes. Encoding follows TTNN's host
+//! packer bit for bit: shared exponent = largest exponent field, a truncating alignment shift,
+//! round-to-nearest-even on what is left (no sticky bit), saturation, zero/denormal flush.
+//! Config: `--codec bfp8` (no options), `bfp4`, `bfp2`, `fp0`.
+
+use super::{expect_len, no_params, Codec, CodecEntry, TensorCodec};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// Elements per side of a tile.
+pub const TILE: usize = 32;
+/// Elements per tile.
+pub const TILE_ELEMS: usize = TILE * TILE;
+
+/// Block-float width: magnitude bits per element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bfp {
+    /// 7 magnitude bits, 1088 bytes a tile.
+    B8,
+    /// 3 magnitude bits, 576 bytes a tile.
+    B4,
+    /// 1 magnitude bit, 320 bytes a tile.
+    B2,
+}
+
+impl Bfp {
+    /// Magnitude bits `W`.
+    pub const fn width(self) -> u32 {
+        match self {
+            Bfp::B8 => 7,
+            Bfp::B4 => 3,
+            Bfp::B2 => 1,
+        }
+    }
+
+    /// Bytes of one packed tile: 64 exponents plus 1024 codes of `W + 1` bits.
+    pub const fn tile_bytes(self) -> usize {
+        64 + TILE_ELEMS * (self.width() as usize + 1) / 8
+    }
+
+    /// Codec name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Bfp::B8 => "bfp8",
+            Bfp::B4 => "bfp4",
+            Bfp::B2 => "bfp2",
+        }
+    }
+}
+
+/// Shared exponent and codes of one group of 16 f32 bit patterns (formats-spec/blockfloat.md §2).
+pub fn encode_group(w: &[u32; 16], kind: Bfp) -> (u8, [u8; 16]) {
+    let width = kind.width();
+    let shift = 24 - width;
+    let exp = w.iter().map(|&x| (x >> 23) & 0xFF).max().unwrap_or(0);
+    let max_m = (1u32 << width) - 1;
+    let mut codes = [0u8; 16];
+    for (c, &x) in codes.iter_mut().zip(w) {
+        let e = (x >> 23) & 0xFF;
+        if e == 0 {
+            continue; // zero and denormals flush; the sign is dropped
+        }
+        let d = exp - e;
+        let m = if d >= 32 {
+            0
+        } else {
+            ((x & 0x7F_FFFF) | 0x80_0000) >> d
+        };
+        let m = ((m + (1 << (shift - 1)) - 1 + ((m >> shift) & 1)) >> shift).min(max_m);
+        if m != 0 {
+            *c = ((x >> 31) << width | m) as u8;
+        }
+    }
+    (exp as u8, codes)
+}
+
+/// Value of one code under shared exponent `exp`: `(-1)^s * m * 2^(exp - 127 - (W - 1))`, +0
+/// for m = 0. Exact in f32 (m has at most 7 bits and the scale is at least 2^-133).
+pub fn decode_value(exp: u8, code: u8, kind: Bfp) -> f32 {
+    let width = kind.width();
+    let m = (code as u32) & ((1 << width) - 1);
+    if m == 0 {
+        return 0.0;
+    }
+    let v = m as f64 * pow2(exp as i32 - 127 - (width as i32 - 1));
+    (if code >> width & 1 == 1 { -v } else { v }) as f32
+}
+
+/// 2^k as f64 for -1100 < k < 1000 (exact).
+pub(crate) fn pow2(k: i32) -> f64 {
+    f64::from_bits(((k + 1023) as u64) << 52)
+}
+
+/// Tile row and column of element `j` of group `p` (face `p / 16`, face row `p % 16`).
+#[inline]
+fn group_origin(p: usize) -> (usize, usize) {
+    let (f, r) = (p / 16, p % 16);
+    (16 * (f / 2) + r, 16 * (f % 2))
+}
+
+/// Pack one 32x32 tile (row-major f32) into `out` (`kind.tile_bytes()` bytes).
+pub fn encode_tile(tile: &[f32], kind: Bfp, out: &mut [u8]) {
+    debug_assert_eq!(tile.len(), TILE_ELEMS);
+    let bits = (kind.width() + 1) as usize;
+    let group_bytes = 2 * bits; // 16 codes of `bits` bits
+    for p in 0..64 {
+        let (row, col) = group_origin(p);
+        let src = &tile[row * TILE + col..row * TILE + col + 16];
+        let w: [u32; 16] = std::array::from_fn(|j| src[j].to_bits());
+        let (exp, codes) = encode_group(&w, kind);
+        out[p] = exp;
+        let dst = &mut out[64 + p * group_bytes..64 + (p + 1) * group_bytes];
+        match kind {
+            Bfp::B8 => dst.copy_from_slice(&codes),
+            Bfp::B4 => {
+                for (k, b) in dst.iter_mut().enumerate() {
+                    *b = codes[2 * k] | codes[2 * k + 1] << 4;
+                }
+            }
+            Bfp::B2 => {
+                for (k, b) in dst.iter_mut().enumerate() {
+                    *b = codes[4 * k]
+                        | codes[4 * k + 1] << 2
+                        | codes[4 * k + 2] << 4
+                        | codes[4 * k + 3] << 6;
+                }
+            }
+        }
+    }
+}
+
+/// Unpack one tile written by [`encode_tile`] into 1024 row-major f32 values. Every byte pattern
+/// decodes (there is no invalid tile).
+pub fn decode_tile(data: &[u8], kind: Bfp, out: &mut [f32]) {
+    let bits = (kind.width() + 1) as usize;
+    let group_bytes = 2 * bits;
+    let mask = ((1u16 << bits) - 1) as u8;
+    for p in 0..64 {
+        let (row, col) = group_origin(p);
+        let src = &data[64 + p * group_bytes..64 + (p + 1) * group_bytes];
+        let dst = &mut out[row * TILE + col..row * TILE + col + 16];
+        // m * 2^k is exact in f32: m has at most 7 bits and k >= -133 keeps its lowest bit
+        // above f32's smallest denormal (2^-149).
+        let unit = pow2(data[p] as i32 - 127 - (kind.width() as i32 - 1)) as f32;
+        for (j, d) in dst.iter_mut().enumerate() {
+            let bit = j * bits;
+            let code = (src[bit / 8] >> (bit % 8)) & mask;
+            let m = code & (mask >> 1);
+            let v = if m == 0 { 0.0 } else { m as f32 * unit };
+            *d = if code >> (bits - 1) == 1 && m != 0 {
+                -v
+            } else {
+                v
+            };
+        }
+    }
+}
+
+/// `bfp8` / `bfp4` / `bfp2` tile codec.
+#[derive(Debug, Clone, Copy)]
+pub struct BfpCodec(pub Bfp);
+
+/// `fp0`: every tile dropped; decodes to zeros.
+#[derive(Debug, Clone, Copy)]
+pub struct Fp0Codec;
+
+macro_rules! bfp_entry {
+    ($id:expr, $kind:expr, $summary:expr) => {
+        CodecEntry {
+            id: $id,
+            name: $kind.name(),
+            version: 1,
+            summary: $summary,
+            from_options: |_| Ok(Codec::Tensor(Arc::new(BfpCodec($kind)))),
+            from_params: |p| {
+                no_params($kind.name(), p)?;
+                Ok(Codec::Tensor(Arc::new(BfpCodec($kind))))
+            },
+        }
+    };
+}
+
+pub(super) const BFP8_ENTRY: CodecEntry = bfp_entry!(
+    10,
+    Bfp::B8,
+    "Tenstorrent bfloat8_b tiles: 16-element shared exponent, 7-bit magnitudes (1088 B/tile)"
+);
+pub(super) const BFP4_ENTRY: CodecEntry = bfp_entry!(
+    11,
+    Bfp::B4,
+    "Tenstorrent bfloat4_b tiles: 16-element shared exponent, 3-bit magnitudes (576 B/tile)"
+);
+pub(super) const BFP2_ENTRY: CodecEntry = bfp_entry!(
+    12,
+    Bfp::B2,
+    "Tenstorrent bfloat2_b tiles: 16-element shared exponent, 1-bit magnitudes (320 B/tile)"
+);
+pub(super) const FP0_ENTRY: CodecEntry = CodecEntry {
+    id: 13,
+    name: "fp0",
+    version: 1,
+    summary: "tiles dropped: no payload, decodes to zeros",
+    from_options: |_| Ok(Codec::Tensor(Arc::new(Fp0Codec))),
+    from_params: |p| {
+        no_params("fp0", p)?;
+        Ok(Codec::Tensor(Arc::new(Fp0Codec)))
+    },
+};
+
+/// Tile count of a tile-codec chunk of `n` elements; `n` must be a whole number of tiles.
+pub(crate) fn tiles_of(codec: &str, n: usize) -> Result<usize> {
+    if !n.is_multiple_of(TILE_ELEMS) {
+        return Err(Error::malformed(format!(
+            "{codec}: a chunk of {n} elements is not a whole number of 32x32 tiles"
+        )));
+    }
+    Ok(n / TILE_ELEMS)
+}
+
+/// f32 elements of a tile-codec chunk; tile codecs take f32 (the compressor widens first).
+pub(crate) fn f32_elems(codec: &str, src: DType, bytes: &[u8]) -> Result<Vec<f32>> {
+    if src != DType::F32 {
+        return Err(Error::malformed(format!(
+            "{codec} encodes f32 tiles, got {src}"
+        )));
+    }
+    let v: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+        return Err(Error::input(format!(
+            "{codec} cannot encode the non-finite value {x}; tile formats take finite weights only"
+        )));
+    }
+    Ok(v)
+}
+
+pub(crate) fn write_f32(vals: &[f32], out: &mut [u8]) {
+    for (o, v) in out.chunks_exact_mut(4).zip(vals) {
+        o.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+impl TensorCodec for BfpCodec {
+    fn id(&self) -> u16 {
+        match self.0 {
+            Bfp::B8 => BFP8_ENTRY.id,
+            Bfp::B4 => BFP4_ENTRY.id,
+            Bfp::B2 => BFP2_ENTRY.id,
+        }
+    }
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn lossless(&self) -> bool {
+        false
+    }
+    fn tiled(&self) -> bool {
+        true
+    }
+    fn accepts(&self, src: DType) -> bool {
+        src.is_float()
+    }
+    fn decoded_dtype(&self, _: DType) -> DType {
+        DType::F32
+    }
+    fn max_encoded_len(&self, _: DType, n: usize) -> usize {
+        n.div_ceil(TILE_ELEMS).saturating_mul(self.0.tile_bytes())
+    }
+    fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
+        let vals = f32_elems(self.name(), src, bytes)?;
+        let tiles = tiles_of(self.name(), vals.len())?;
+        let tb = self.0.tile_bytes();
+        let mut out = vec![0u8; tiles * tb];
+        for (t, o) in vals.chunks_exact(TILE_ELEMS).zip(out.chunks_exact_mut(tb)) {
+            encode_tile(t, self.0, o);
+        }
+        Ok(out)
+    }
+    fn decode(&self, payload: &[u8], _: DType, n: usize, out: &mut [u8]) -> Result<()> {
+        let tiles = tiles_of(self.name(), n)?;
+        let tb = self.0.tile_bytes();
+        expect_len(self.name(), payload, tiles * tb)?;
+        let mut vals = [0f32; TILE_ELEMS];
+        for (t, o) in payload
+            .chunks_exact(tb)
+            .zip(out.chunks_exact_mut(4 * TILE_ELEMS))
+        {
+            decode_tile(t, self.0, &mut vals);
+            write_f32(&vals, o);
+        }
+        Ok(())
+    }
+}
+
+impl TensorCodec for Fp0Codec {
+    fn id(&self) -> u16 {
+        FP0_ENTRY.id
+    }
+    fn name(&self) -> &'static str {
+        FP0_ENTRY.name
+    }
+    fn lossless(&self) -> bool {
+        false
+    }
+    fn tiled(&self) -> bool {
+        true
+    }
+    fn accepts(&self, src: DType) -> bool {
+        src.is_float()
+    }
+    fn decoded_dtype(&self, _: DType) -> DType {
+        DType::F32
+    }
+    fn max_encoded_len(&self, _: DType, _: usize) -> usize {
+        0
+    }
+    fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
+        let vals = f32_elems(self.name(), src, bytes)?;
+        tiles_of(self.name(), vals.len())?;
+        Ok(Vec::new())
+    }
+    fn decode(&self, payload: &[u8], _: DType, n: usize, out: &mut [u8]) -> Result<()> {
+        tiles_of(self.name(), n)?;
+        expect_len(self.name(), payload, 0)?;
+        out.fill(0);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(bits: &[u32]) -> [u32; 16] {
+        bits.try_into().unwrap()
+    }
+
+    /// formats-spec/blockfloat.md §8.1-8.3 (from ../shared/formats.md §8), byte for byte.
+    #[test]
+    fn spec_row_vectors() {
+        let r8 = row(&[
+            0x407FEF9E, 0xBF800000, 0x00000000, 0x80000000, 0x40030000, 0x40010000, 0x3DCCCCCD,
+            0xBC800000, 0x3F820001, 0xC0400000, 0x3727C5AC, 0x000116C2, 0xC03FFE5D, 0x3F000000,
+            0x3D000000, 0xBD400000,
+        ]);
+        let (e, c) = encode_group(&r8, Bfp::B8);
+        assert_eq!(e, 0x80);
+        assert_eq!(
+            c,
+            [
+                0x7F, 0xA0, 0x00, 0x00, 0x42, 0x40, 0x03, 0x00, 0x20, 0xE0, 0x00, 0x00, 0xE0, 0x10,
+                0x01, 0x82
+            ]
+        );
+        let dec: Vec<f32> = c.iter().map(|&k| decode_value(e, k, Bfp::B8)).collect();
+        assert_eq!(&dec[..4], &[3.96875, -1.0, 0.0, 0.0]);
+        assert_eq!(dec[8], 1.0); // the missing sticky bit: exact RNE would give 1.03125
+        assert_eq!(dec[15], -0.0625);
+
+        let r4 = row(&[
+            0x3FF33333, 0xBF800000, 0x00000000, 0x3EC00000, 0x3F200000, 0x3E000000, 0xBE051EB8,
+            0x3FC00000, 0xBFE00000, 0x3F200001, 0x3FA00000, 0xBF000000, 0x3F400000, 0x0DA24260,
+            0x3F8FDF3B, 0xBF9020C5,
+        ]);
+        let (e, c) = encode_group(&r4, Bfp::B4);
+        assert_eq!(e, 0x7F);
+        assert_eq!(
+            c,
+            [0x7, 0xC, 0x0, 0x2, 0x2, 0x0, 0x9, 0x6, 0xF, 0x2, 0x5, 0xA, 0x3, 0x0, 0x4, 0xD]
+        );
+        assert_eq!(decode_value(e, 0xD, Bfp::B4), -1.25);
+
+        let r2 = row(&[
+            0x3FF33333, 0xBF800000, 0x00000000, 0x3F000000, 0x3F000001, 0x3F400000, 0xBF19999A,
+            0xBECCCCCD, 0x3FC00000, 0x3E800000, 0xBFFEB852, 0x3A83126F, 0x3F028F5C, 0x80000000,
+            0x3F800000, 0xBF000000,
+        ]);
+        let (e, c) = encode_group(&r2, Bfp::B2);
+        assert_eq!(e, 0x7F);
+        assert_eq!(
+            c,
+            [0x1, 0x3, 0x0, 0x0, 0x0, 0x1, 0x3, 0x0, 0x1, 0x0, 0x3, 0x0, 0x1, 0x0, 0x1, 0x0]
+        );
+
+        // §8.4: the rows placed at tile[0][0:16], tile[0][16:32] and tile[16][0:16].
+        for (kind, r, packed, exp_byte, offsets) in [
+            (
+                Bfp::B8,
+                r8,
+                &[
+                    0x7F, 0xA0, 0x00, 0x00, 0x42, 0x40, 0x03, 0x00, 0x20, 0xE0, 0x00, 0x00, 0xE0,
+                    0x10, 0x01, 0x82,
+                ][..],
+                0x80,
+                [64, 320, 576],
+            ),
+            (
+                Bfp::B4,
+                r4,
+                &[0xC7, 0x20, 0x02, 0x69, 0x2F, 0xA5, 0x03, 0xD4][..],
+                0x7F,
+                [64, 192, 320],
+            ),
+            (
+                Bfp::B2,
+                r2,
+                &[0x0D, 0x34, 0x31, 0x11][..],
+                0x7F,
+                [64, 128, 192],
+            ),
+        ] {
+            let mut tile = vec![0f32; TILE_ELEMS];
+            for (j, &b) in r.iter().enumerate() {
+                let v = f32::from_bits(b);
+                tile[j] = v;
+                tile[16 + j] = v;
+                tile[16 * TILE + j] = v;
+            }
+            let mut out = vec![0u8; kind.tile_bytes()];
+            encode_tile(&tile, kind, &mut out);
+            assert_eq!(out.len(), [1088, 576, 320][kind as usize]);
+            for (p, &b) in out[..64].iter().enumerate() {
+                let want = if [0, 16, 32].contains(&p) {
+                    exp_byte
+                } else {
+                    0
+                };
+                assert_eq!(b, want, "{} exponent byte {p}", kind.name());
+            }
+            for off in offsets {
+                assert_eq!(&out[off..off + packed.len()], packed, "{}", kind.name());
+            }
+        }
+    }
+
+    /// The upstream rounding vectors (formats-spec §2.4): bfp8 with E = the element's exponent.
+    #[test]
+    fn upstream_rounding_vectors() {
+        for (x, code, dec) in [
+            (64.75f32, 0x41u8, 65.0f32),
+            (65.25, 0x41, 65.0),
+            (64.5, 0x40, 64.0),
+            (65.5, 0x42, 66.0),
+        ] {
+            for s in [1.0f32, -1.0] {
+                let mut w = [0u32; 16];
+                w[0] = (s * x).to_bits();
+                let (e, c) = encode_group(&w, Bfp::B8);
+                let want = if s < 0.0 { code | 0x80 } else { code };
+                assert_eq!(c[0], want, "{x}");
+                assert_eq!(decode_value(e, c[0], Bfp::B8), s * dec);
+            }
+        }
+    }
+
+    #[test]
+    fn tile_roundtrip_is_idempotent_and_bounded() {
+        let mut x = 0x2545_F491u64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for kind in [Bfp::B8, Bfp::B4, Bfp::B2] {
+            for scale in [1e-30f32, 1e-3, 1.0, 1e20] {
+                let tile: Vec<f32> = (0..TILE_ELEMS).map(|_| rnd() * scale).collect();
+                let mut a = vec![0u8; kind.tile_bytes()];
+                encode_tile(&tile, kind, &mut a);
+                let mut dec = vec![0f32; TILE_ELEMS];
+                decode_tile(&a, kind, &mut dec);
+                let mut b = vec![0u8; kind.tile_bytes()];
+                encode_tile(&dec, kind, &mut b);
+                assert_eq!(a, b, "{} at scale {scale}", kind.name());
+                // Error bound: one unit of the group's scale (half from rounding, up to one
+                // where the top element saturates).
+                for (p, &exp) in a[..64].iter().enumerate() {
+                    let (r, c) = group_origin(p);
+                    let unit = pow2(exp as i32 - 127 - (kind.width() as i32 - 1)) as f32;
+                    for j in 0..16 {
+                        let i = (r * TILE) + c + j;
+                        assert!(
+                            (tile[i] - dec[i]).abs() <= unit,
+                            "{} p={p} j={j}: {} vs {}",
+                            kind.name(),
+                            tile[i],
+                            dec[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
