@@ -35,6 +35,14 @@ impl Archive {
         let t = &self.file.tensors()[i];
         let dtype = DType::from_name(&t.dtype).map_err(|e| e.with_tensor(&t.name))?;
         let p = Pipeline::from_stages(&t.stages).map_err(|e| e.with_tensor(&t.name))?;
+        if p.tensor_codec().tiled() != (t.layout != tpk_format::Layout::RowMajor) {
+            return Err(Error::malformed(format!(
+                "codec {} does not match the tensor's {:?} element layout",
+                p.describe(),
+                t.layout
+            ))
+            .with_tensor(&t.name));
+        }
         Ok((dtype, p))
     }
 

@@ -233,37 +233,75 @@ fn compress_tensor(
     w: &mut TpkWriter,
     progress: &dyn Progress,
 ) -> Result<TensorReport> {
-    let chunk_elems = opts.chunk_elems;
     let info = &source.tensors()[i];
     let data = source.data(i)?;
     let (pipeline, layout) = tensor_plan(pipeline, info, opts);
-    if layout != Layout::RowMajor {
-        let t = encode_tiled(info, &data, &pipeline, layout, chunk_elems, progress)?;
-        let mut chunks = Vec::with_capacity(t.chunks.len());
-        for (payload, s, c) in &t.chunks {
-            chunks.push(w.write_chunk(payload, *s, *c)?);
-        }
-        let encoded_bytes: u64 = chunks.iter().map(|c| c.len).sum();
-        w.add_tensor(TensorEntry {
-            name: info.name.clone(),
-            dtype: DType::F32.name().to_string(),
-            dims: info.dims.clone(),
-            source_bytes: info.source_bytes,
-            stages: t.pipeline.stages(),
-            metrics: t.metrics.to_pairs(),
-            chunks,
-            layout,
-        })?;
-        return Ok(TensorReport {
-            name: info.name.clone(),
-            shape: info.dims.clone(),
-            source_dtype: info.source_dtype.clone(),
-            codec: t.pipeline.describe(),
-            source_bytes: info.source_bytes,
-            encoded_bytes,
-            ratio: ratio(info.source_bytes, encoded_bytes),
-            metrics: t.metrics,
-        });
+    let mut chunks = Vec::new();
+    let e = encode_tensor(
+        info,
+        &data,
+        &pipeline,
+        layout,
+        opts.chunk_elems,
+        progress,
+        &mut |payload, s, c| {
+            chunks.push(w.write_chunk(payload, s, c)?);
+            Ok(())
+        },
+    )?;
+    w.add_tensor(TensorEntry {
+        name: info.name.clone(),
+        dtype: e.dtype.name().to_string(),
+        dims: info.dims.clone(),
+        source_bytes: info.source_bytes,
+        stages: e.pipeline.stages(),
+        metrics: e.metrics.to_pairs(),
+        chunks,
+        layout,
+    })?;
+    Ok(TensorReport {
+        name: info.name.clone(),
+        shape: info.dims.clone(),
+        source_dtype: info.source_dtype.clone(),
+        codec: e.pipeline.describe(),
+        source_bytes: info.source_bytes,
+        encoded_bytes: e.encoded_bytes,
+        ratio: ratio(info.source_bytes, e.encoded_bytes),
+        metrics: e.metrics,
+    })
+}
+
+/// One tensor after encoding: what was used, what it measured, what it took.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// The pipeline, with any per-tensor parameters fixed (nvfp4's global scale).
+    pub pipeline: Pipeline,
+    /// The dtype fed to the codec (F32 for tile codecs).
+    pub dtype: DType,
+    /// Metrics against the source values (padding left out).
+    pub metrics: Metrics,
+    /// Payload bytes of all chunks.
+    pub encoded_bytes: u64,
+}
+
+/// Sink for encoded chunks: `(payload, first element, element count)`, in order.
+pub type ChunkSink<'a> = dyn FnMut(&[u8], u64, u64) -> Result<()> + 'a;
+
+/// Encode one tensor with `pipeline` in `layout` (see [`tensor_plan`]): chunks are encoded in
+/// parallel in batches of at most [`BATCH_BYTES`], decoded again for the metrics (and the
+/// bit-exactness check of lossless pipelines), and handed to `sink` in order.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_tensor(
+    info: &TensorInfo,
+    data: &[u8],
+    pipeline: &Pipeline,
+    layout: Layout,
+    chunk_elems: u64,
+    progress: &dyn Progress,
+    sink: &mut ChunkSink<'_>,
+) -> Result<Encoded> {
+    if chunk_elems == 0 {
+        return Err(Error::config("--chunk-elems must be at least 1"));
     }
     let esize = info.dtype.size();
     let n = info.numel();
@@ -275,6 +313,9 @@ fn compress_tensor(
             info.dtype
         )));
     }
+    if layout != Layout::RowMajor {
+        return encode_tiled(info, data, pipeline, layout, chunk_elems, progress, sink);
+    }
     let ranges: Vec<(u64, u64)> = (0..n)
         .step_by(chunk_elems as usize)
         .map(|s| (s, chunk_elems.min(n - s)))
@@ -282,7 +323,7 @@ fn compress_tensor(
     let per_batch =
         (BATCH_BYTES / (chunk_elems as usize * esize).max(1)).max(rayon::current_num_threads());
     let mut acc = Accumulator::default();
-    let mut chunks = Vec::with_capacity(ranges.len());
+    let mut encoded_bytes = 0;
     for (bi, batch) in ranges.chunks(per_batch).enumerate() {
         if progress.cancelled() {
             return Err(crate::progress::interrupted());
@@ -292,72 +333,36 @@ fn compress_tensor(
             .enumerate()
             .map(|(k, &(s, c))| {
                 let bytes = &data[s as usize * esize..(s + c) as usize * esize];
-                encode_chunk(&pipeline, info.dtype, bytes, c as usize)
+                encode_chunk(pipeline, info.dtype, bytes, c as usize)
                     .map_err(|e| e.with_chunk(bi * per_batch + k))
             })
             .collect();
         for (r, &(s, c)) in done.into_iter().zip(batch) {
             let (payload, a) = r?;
             acc.merge(&a);
-            chunks.push(w.write_chunk(&payload, s, c)?);
+            encoded_bytes += payload.len() as u64;
+            sink(&payload, s, c)?;
         }
     }
-    let metrics = acc.finish();
-    let encoded_bytes: u64 = chunks.iter().map(|c| c.len).sum();
-    w.add_tensor(TensorEntry {
-        name: info.name.clone(),
-        dtype: info.dtype.name().to_string(),
-        dims: info.dims.clone(),
-        source_bytes: info.source_bytes,
-        stages: pipeline.stages(),
-        metrics: metrics.to_pairs(),
-        chunks,
-        layout,
-    })?;
-    Ok(TensorReport {
-        name: info.name.clone(),
-        shape: info.dims.clone(),
-        source_dtype: info.source_dtype.clone(),
-        codec: pipeline.describe(),
-        source_bytes: info.source_bytes,
+    Ok(Encoded {
+        pipeline: pipeline.clone(),
+        dtype: info.dtype,
+        metrics: acc.finish(),
         encoded_bytes,
-        ratio: ratio(info.source_bytes, encoded_bytes),
-        metrics,
     })
 }
 
-/// A tensor encoded in its tile layout, in memory: the pipeline with its per-tensor parameters,
-/// the chunks as (payload, first element, element count) in tile space, and the metrics over
-/// the tensor's real elements (padding left out).
-pub struct TiledTensor {
-    /// The pipeline, fixed for this tensor (nvfp4's global scale).
-    pub pipeline: Pipeline,
-    /// Chunks in order.
-    pub chunks: Vec<(Vec<u8>, u64, u64)>,
-    /// Metrics against the source values.
-    pub metrics: Metrics,
-}
-
-/// Encode one tensor with a tile codec: values widened to f32 (non-finite values are an error
-/// naming the count), chunks of whole tile rows encoded in parallel and decoded again for the
-/// metrics.
-pub fn encode_tiled(
+/// Tile codecs: values widened to f32 (non-finite values are an error naming the count), the
+/// codec fixed for this tensor, chunks of whole tile rows.
+fn encode_tiled(
     info: &TensorInfo,
     data: &[u8],
     pipeline: &Pipeline,
     layout: Layout,
     chunk_elems: u64,
     progress: &dyn Progress,
-) -> Result<TiledTensor> {
-    let n = info.numel();
-    if data.len() as u64 != n * info.dtype.size() as u64 {
-        return Err(Error::malformed(format!(
-            "{} bytes of data for shape {:?} of {}",
-            data.len(),
-            info.dims,
-            info.dtype
-        )));
-    }
+    sink: &mut ChunkSink<'_>,
+) -> Result<Encoded> {
     let mut vals = Vec::new();
     dtype::to_f32(info.dtype, data, &mut vals);
     let nonfinite = vals.iter().filter(|v| !v.is_finite()).count();
@@ -380,8 +385,9 @@ pub fn encode_tiled(
         .collect();
     let batch = (BATCH_BYTES / (4 * per_chunk * geom.tile_row_elems()).max(1))
         .max(rayon::current_num_threads());
+    let dec_dtype = pipeline.tensor_codec().decoded_dtype(DType::F32);
     let mut acc = Accumulator::default();
-    let mut chunks = Vec::with_capacity(trs.len());
+    let mut encoded_bytes = 0;
     for (bi, b) in trs.chunks(batch).enumerate() {
         if progress.cancelled() {
             return Err(crate::progress::interrupted());
@@ -395,7 +401,6 @@ pub fn encode_tiled(
                 let payload = pipeline
                     .encode(DType::F32, &bytes)
                     .map_err(|e| e.with_chunk(bi * batch + k))?;
-                let dec_dtype = pipeline.tensor_codec().decoded_dtype(DType::F32);
                 let dec = pipeline
                     .decode(&payload, DType::F32, tiles.len(), u64::MAX)
                     .map_err(|e| e.with_chunk(bi * batch + k))?;
@@ -412,13 +417,15 @@ pub fn encode_tiled(
             let (payload, a) = res?;
             acc.merge(&a);
             let e = geom.tile_row_elems() as u64;
-            chunks.push((payload, r.start as u64 * e, r.len() as u64 * e));
+            encoded_bytes += payload.len() as u64;
+            sink(&payload, r.start as u64 * e, r.len() as u64 * e)?;
         }
     }
-    Ok(TiledTensor {
+    Ok(Encoded {
         pipeline,
-        chunks,
+        dtype: DType::F32,
         metrics: acc.finish(),
+        encoded_bytes,
     })
 }
 

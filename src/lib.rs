@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod codec;
 pub mod compress;
+pub mod config;
 pub mod decompress;
 pub mod dtype;
 pub mod error;

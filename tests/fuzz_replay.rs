@@ -20,6 +20,16 @@ const TARGETS: &[(&str, Target)] = &[
     }),
     ("decode_zstd", |d| f::decode_codec("zstd", d)),
     ("decode_byteplane", |d| f::decode_codec("byteplane", d)),
+    ("decode_bfp", |d| {
+        for c in ["bfp8", "bfp4", "bfp2", "fp0"] {
+            f::decode_codec(c, d)
+        }
+    }),
+    ("decode_mx", |d| {
+        for c in ["mxfp4", "nvfp4"] {
+            f::decode_codec(c, d)
+        }
+    }),
     ("roundtrip_byteplane", |d| {
         f::roundtrip("byteplane:zstd=always", d);
         f::roundtrip("byteplane", d)
@@ -112,6 +122,26 @@ fn write_seeds() {
             &std::fs::read(&tpk).unwrap(),
         );
     }
+    // A tiled tensor, transposed, for the container target.
+    tenpak_ok(&[
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&tpk),
+        "--filter",
+        "encoder.layer.0.attention.self.query",
+        "--codec",
+        "nvfp4",
+        "--transpose",
+        "--tile-vectors",
+        "--force",
+        "-q",
+    ]);
+    put(
+        "container_open",
+        "nvfp4_tiles.tpk",
+        &std::fs::read(&tpk).unwrap(),
+    );
     // Decoder seeds: [dtype index][n u16][params len][params][payload] from real weights.
     let st = read_safetensors(&minilm());
     let w = &st["encoder.layer.0.attention.self.query.weight"].2[..4096];
@@ -128,6 +158,10 @@ fn write_seeds() {
             .unwrap() as u8
     };
     for (codec, dt, bytes) in [
+        ("bfp8", tenpak::dtype::DType::F32, w),
+        ("bfp2", tenpak::dtype::DType::F32, w),
+        ("mxfp4", tenpak::dtype::DType::F32, w),
+        ("nvfp4", tenpak::dtype::DType::F32, w),
         ("byteplane", tenpak::dtype::DType::F32, w),
         ("byteplane", tenpak::dtype::DType::BF16, &b16[..]),
         ("raw", tenpak::dtype::DType::F32, w),
@@ -135,6 +169,10 @@ fn write_seeds() {
         ("zstd", tenpak::dtype::DType::F32, w),
     ] {
         let p = tenpak::codec::Pipeline::parse(codec).unwrap();
+        let p = match p.tensor_codec().for_tensor(0.5) {
+            Some(t) => p.with_tensor_codec(t),
+            None => p,
+        };
         let stages = p.stages();
         let n = bytes.len() / dt.size();
         let (params, payload) = if codec == "zstd" {
@@ -149,6 +187,8 @@ fn write_seeds() {
         seed.extend(&payload);
         let target = match codec {
             "bf16" => "decode_float".to_string(),
+            "bfp8" | "bfp2" => "decode_bfp".to_string(),
+            "mxfp4" | "nvfp4" => "decode_mx".to_string(),
             c => format!("decode_{c}"),
         };
         put(&target, &format!("{}_{}.bin", codec, dt.name()), &seed);
