@@ -46,6 +46,8 @@ pub struct CompressOptions {
     /// to 32 rows); by default they are stored as they are (`raw`), since padding a vector to a
     /// tile row costs 32x its size.
     pub tile_vectors: bool,
+    /// The resolved compression config, stored as metadata `tenpak.config`.
+    pub config: Option<serde_json::Value>,
 }
 
 impl Default for CompressOptions {
@@ -59,6 +61,7 @@ impl Default for CompressOptions {
             meta: Vec::new(),
             transpose: false,
             tile_vectors: false,
+            config: None,
         }
     }
 }
@@ -158,6 +161,9 @@ pub fn compress_source(
         "tile_vectors": opts.tile_vectors,
     });
     w.set_metadata("tenpak.options", &options.to_string());
+    if let Some(c) = &opts.config {
+        w.set_metadata("tenpak.config", &c.to_string());
+    }
     for (k, v) in &opts.meta {
         w.set_metadata(&format!("user.{k}"), v);
     }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod analyze;
 pub mod archive;
 pub mod codec;
 pub mod compress;

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub sqnr_db: f64,
     /// Pairs left out because a value is not finite.
     pub nonfinite: u64,
+    /// PCC has no meaning here (one side is constant and they differ, e.g. `fp0`); `pcc` then
+    /// holds 0 by the stored definition, and reports that can say "n/a" do.
+    #[serde(skip)]
+    pub pcc_undefined: bool,
 }
 
 fn finite_or_null<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
@@ -152,6 +156,7 @@ impl Accumulator {
                 cosine: 1.0,
                 sqnr_db: f64::INFINITY,
                 nonfinite: self.nonfinite,
+                pcc_undefined: false,
             };
         }
         let n = self.n as f64;
@@ -187,6 +192,7 @@ impl Accumulator {
             cosine,
             sqnr_db,
             nonfinite: self.nonfinite,
+            pcc_undefined: !exact && (self.m2x <= 0.0 || self.m2y <= 0.0),
         }
     }
 }
@@ -215,6 +221,8 @@ impl Metrics {
             cosine: t.metric("cosine")?,
             sqnr_db: t.metric("sqnr_db")?,
             nonfinite: t.metric("nonfinite")? as u64,
+            // Not stored: a file's reader sees the defined value 0.
+            pcc_undefined: false,
         };
         let ok = [m.pcc, m.mae, m.max_abs, m.rmse, m.cosine]
             .iter()

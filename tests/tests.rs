@@ -2,6 +2,7 @@
 
 mod common;
 
+mod analyze;
 mod blockfloat;
 mod cli;
 mod codecs;

@@ -43,6 +43,44 @@ enum Command {
     Decompress(DecompressArgs),
     /// List the codecs this tenpak implements.
     Codecs(JsonArg),
+    /// Per-tensor, per-format error report: encode each tensor with each lossy format, measure.
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Args)]
+struct AnalyzeArgs {
+    /// Model file or folder.
+    model: PathBuf,
+    /// Only tensors matching: a query with a dot is a module prefix, otherwise a substring.
+    filter: Option<String>,
+    /// Format to analyze (repeatable; `all` = every lossy format). Default: the config's
+    /// formats, else all.
+    #[arg(short = 'c', long = "codec", value_name = "FORMAT")]
+    formats: Vec<String>,
+    /// Compression config (JSON): runs the `none` baseline and its algorithm.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Only the first N matching tensors (name order).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Print only the per-format summary.
+    #[arg(long)]
+    summary: bool,
+    /// Results folder (default: results/<model>/<algorithm>/<timestamp>/).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Write no result files.
+    #[arg(long, conflicts_with = "out")]
+    no_files: bool,
+    /// Store vectors raw as compress does, instead of tiling them.
+    #[arg(long)]
+    no_tile_vectors: bool,
+    /// Elements per chunk.
+    #[arg(long, default_value_t = DEFAULT_CHUNK_ELEMS)]
+    chunk_elems: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -77,6 +115,9 @@ struct CompressArgs {
     /// Store user metadata KEY=VALUE (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     meta: Vec<String>,
+    /// Compression config (JSON, see compression_configs/): its algorithm applies to tile codecs.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Tile codecs: tile each tensor with its axes reversed (a matrix's transpose).
     #[arg(long)]
     transpose: bool,
@@ -243,6 +284,15 @@ pub fn run() -> i32 {
     }
 }
 
+/// Load a config and print its warnings (ignored params) on stderr.
+fn load_config(path: &std::path::Path) -> Result<tenpak::config::Config, Error> {
+    let c = tenpak::config::Config::load(path)?;
+    for w in &c.warnings {
+        eprintln!("tenpak: warning: {w}");
+    }
+    Ok(c)
+}
+
 fn json(out: &mut Vec<u8>, v: &impl serde::Serialize) {
     serde_json::to_writer_pretty(&mut *out, v).expect("reports serialize");
     out.push(b'\n');
@@ -258,6 +308,7 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
                     .ok_or_else(|| Error::config(format!("--meta '{kv}' is not KEY=VALUE")))?;
                 meta.push((k.to_string(), v.to_string()));
             }
+            let config = a.config.as_deref().map(load_config).transpose()?;
             let opts = CompressOptions {
                 codec: a.codec.clone(),
                 chunk_elems: a.chunk_elems,
@@ -265,14 +316,57 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
                 limit: a.limit,
                 force: a.force,
                 meta,
-                transpose: a.transpose,
+                transpose: a.transpose
+                    || config
+                        .as_ref()
+                        .is_some_and(|c| c.algorithm == tenpak::config::Algorithm::Transpose),
                 tile_vectors: a.tile_vectors,
+                config: config.as_ref().map(|c| c.used_json()),
             };
             let r = tenpak::compress::compress(&a.model, &a.output, &opts, &*progress(cli.quiet))?;
             if a.json {
                 json(out, &r);
             } else {
                 table::compress(out, &r);
+            }
+            Ok(0)
+        }
+        Command::Analyze(a) => {
+            let config = a.config.as_deref().map(load_config).transpose()?;
+            let mut formats = Vec::new();
+            for f in &a.formats {
+                if f == "all" {
+                    formats.extend(tenpak::analyze::all_formats());
+                } else {
+                    formats.push(f.clone());
+                }
+            }
+            if formats.is_empty() {
+                formats = match &config {
+                    Some(c) => c.formats.clone(),
+                    None => tenpak::analyze::all_formats(),
+                };
+            }
+            let mut seen = std::collections::HashSet::new();
+            formats.retain(|f| seen.insert(f.clone()));
+            let opts = tenpak::analyze::AnalyzeOptions {
+                formats,
+                config,
+                filter: a.filter.clone(),
+                limit: a.limit,
+                chunk_elems: a.chunk_elems,
+                tile_vectors: !a.no_tile_vectors,
+                out_dir: a.out.clone(),
+                no_files: a.no_files,
+            };
+            let r = tenpak::analyze::analyze(&a.model, &opts, &*progress(cli.quiet))?;
+            if a.json {
+                json(out, &r);
+            } else {
+                out.extend_from_slice(tenpak::analyze::table(&r, a.summary).as_bytes());
+                if let Some(d) = &r.out_dir {
+                    let _ = writeln!(out, "\nresults: {}", d.display());
+                }
             }
             Ok(0)
         }
