@@ -41,6 +41,9 @@ pub struct AnalyzeOptions {
     pub out_dir: Option<PathBuf>,
     /// Write no files (the report is still returned).
     pub no_files: bool,
+    /// Also draw `plots/<tensor>.png` per tensor: reconstructed vs original, one series per
+    /// format (and algorithm).
+    pub plots: bool,
 }
 
 impl Default for AnalyzeOptions {
@@ -57,6 +60,7 @@ impl Default for AnalyzeOptions {
             tile_vectors: true,
             out_dir: None,
             no_files: false,
+            plots: false,
         }
     }
 }
@@ -198,6 +202,16 @@ pub fn analyze_source(
         })
         .with_file(input));
     }
+    if opts.plots && opts.no_files {
+        return Err(Error::config(
+            "plots are files: --plots needs a results folder",
+        ));
+    }
+    let dir = match (&opts.out_dir, opts.no_files) {
+        (_, true) => None,
+        (Some(d), _) => Some(d.clone()),
+        (None, _) => Some(results_dir(input, runs.last().expect("a run").name())?),
+    };
     let total: u64 = selected.iter().map(|&i| infos[i].source_bytes).sum();
     progress.event(Event::Start {
         total_bytes: total,
@@ -212,7 +226,7 @@ pub fn analyze_source(
             .iter()
             .flat_map(|&a| (0..pipelines.len()).map(move |f| (a, f)))
             .collect();
-        let done: Vec<Result<Row>> = jobs
+        let done: Vec<Result<(Row, Vec<(f32, f32)>)>> = jobs
             .par_iter()
             .map(|&(alg, f)| {
                 let copts = CompressOptions {
@@ -221,6 +235,7 @@ pub fn analyze_source(
                     ..CompressOptions::default()
                 };
                 let (p, layout) = tensor_plan(&pipelines[f], info, &copts);
+                let mut kept = Vec::new();
                 let e = encode_tensor(
                     info,
                     &data,
@@ -228,16 +243,27 @@ pub fn analyze_source(
                     layout,
                     opts.chunk_elems,
                     progress,
-                    &mut |_, _, _| Ok(()),
+                    &mut |payload, s, c| {
+                        if opts.plots {
+                            kept.push((payload.to_vec(), s, c));
+                        }
+                        Ok(())
+                    },
                 )
                 .map_err(|e| e.with_tensor(&info.name).with_file(input))?;
+                let pairs = if opts.plots {
+                    sample_pairs(info, &data, &e, layout, &kept)
+                        .map_err(|e| e.with_tensor(&info.name))?
+                } else {
+                    Vec::new()
+                };
                 let n = info.numel();
                 let bpe = if n == 0 {
                     0.0
                 } else {
                     e.encoded_bytes as f64 / n as f64
                 };
-                Ok(Row {
+                let row = Row {
                     tensor: info.name.clone(),
                     algorithm: alg.name().to_string(),
                     format: opts.formats[f].clone(),
@@ -252,11 +278,30 @@ pub fn analyze_source(
                     bytes_per_elem: bpe,
                     bits_per_weight: 8.0 * bpe,
                     ratio_vs_fp32: crate::compress::ratio(4 * n, e.encoded_bytes),
-                })
+                };
+                Ok((row, pairs))
             })
             .collect();
+        let mut series = Vec::new();
         for r in done {
-            rows.push(r?);
+            let (row, pairs) = r?;
+            let label = if row.algorithm == "none" {
+                row.format.clone()
+            } else {
+                format!("{} ({})", row.format, row.algorithm)
+            };
+            series.push((label, pairs));
+            rows.push(row);
+        }
+        if opts.plots {
+            let pdir = dir.as_ref().expect("a results folder").join("plots");
+            std::fs::create_dir_all(&pdir)
+                .map_err(|e| Error::io(format!("create {}", pdir.display()), e))?;
+            crate::plot::tensor_pairs(
+                &pdir.join(format!("{}.png", file_safe(&info.name))),
+                &info.name,
+                &series,
+            )?;
         }
         progress.event(Event::Advance {
             bytes: info.source_bytes,
@@ -275,15 +320,60 @@ pub fn analyze_source(
         rows,
         summary,
     };
-    if !opts.no_files {
-        let dir = match &opts.out_dir {
-            Some(d) => d.clone(),
-            None => results_dir(input, runs.last().expect("a run").name())?,
-        };
+    if let Some(dir) = dir {
         write_files(&dir, &report)?;
         report.out_dir = Some(dir);
     }
     Ok(report)
+}
+
+/// A tensor name as a file name.
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// At most 4000 (original, decoded) pairs of one encoding, evenly spaced over the tensor, from
+/// its chunks decoded back into row-major order.
+fn sample_pairs(
+    info: &crate::input::TensorInfo,
+    data: &[u8],
+    e: &crate::compress::Encoded,
+    layout: tpk_format::Layout,
+    chunks: &[(Vec<u8>, u64, u64)],
+) -> Result<Vec<(f32, f32)>> {
+    let out_dtype = e.pipeline.tensor_codec().decoded_dtype(e.dtype);
+    let esize = out_dtype.size();
+    let n = info.numel() as usize;
+    let space = layout
+        .space(&info.dims)
+        .ok_or_else(|| Error::malformed("shape overflows"))? as usize;
+    let mut buf = vec![0u8; space * esize];
+    for (payload, s, c) in chunks {
+        let (s, c) = (*s as usize, *c as usize);
+        e.pipeline
+            .decode_into(payload, e.dtype, c, &mut buf[s * esize..(s + c) * esize])?;
+    }
+    let buf = match crate::tiles::TileGeom::new(layout, &info.dims, u64::MAX)? {
+        Some(g) => {
+            let mut out = vec![0u8; n * esize];
+            g.scatter(&buf, esize, &mut out);
+            out
+        }
+        None => buf,
+    };
+    let y = crate::dtype::to_f64(out_dtype, &buf);
+    let mut x = Vec::new();
+    crate::dtype::to_f32(info.dtype, data, &mut x);
+    let step = n.div_ceil(4000).max(1);
+    Ok((0..n).step_by(step).map(|i| (x[i], y[i] as f32)).collect())
 }
 
 fn summarize(rows: &[Row], runs: &[Algorithm], formats: &[String]) -> Vec<SummaryRow> {

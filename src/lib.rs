@@ -14,6 +14,7 @@ pub mod fuzz_api;
 pub mod input;
 pub mod inspect;
 pub mod metrics;
+pub mod plot;
 pub mod progress;
 pub mod tiles;
 pub mod verify;

@@ -243,3 +243,52 @@ fn compress_records_the_config() {
         serde_json::from_str(j["metadata"]["tenpak.options"].as_str().unwrap()).unwrap();
     assert_eq!(o["transpose"], true);
 }
+
+/// `plot staircase` and `analyze --plots` write real PNGs (and nothing is left half-written).
+#[test]
+fn plots_are_pngs() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("stair.png");
+    tenpak_ok(&[
+        "plot",
+        "staircase",
+        "-c",
+        "bfp8",
+        "-c",
+        "mxfp4",
+        "--rand-samples",
+        "3",
+        "--out",
+        s(&png),
+    ]);
+    let b = std::fs::read(&png).unwrap();
+    assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n");
+    // IHDR width and height.
+    assert_eq!(u32::from_be_bytes(b[16..20].try_into().unwrap()), 1200);
+    let out = dir.path().join("res");
+    tenpak_ok(&[
+        "analyze",
+        s(&minilm()),
+        "pooler.dense",
+        "-c",
+        "bfp4",
+        "-c",
+        "nvfp4",
+        "--plots",
+        "--out",
+        s(&out),
+        "-q",
+    ]);
+    for t in ["pooler.dense.weight", "pooler.dense.bias"] {
+        let b = std::fs::read(out.join("plots").join(format!("{t}.png"))).unwrap();
+        assert_eq!(&b[..4], b"\x89PNG");
+    }
+    let stray: Vec<_> = std::fs::read_dir(out.join("plots"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tenpak"))
+        .collect();
+    assert!(stray.is_empty());
+    let bad = tenpak(&["plot", "staircase", "-c", "bfp9", "--out", s(&png)]);
+    assert_eq!(bad.status.code(), Some(2));
+}

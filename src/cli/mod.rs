@@ -45,6 +45,35 @@ enum Command {
     Codecs(JsonArg),
     /// Per-tensor, per-format error report: encode each tensor with each lossy format, measure.
     Analyze(AnalyzeArgs),
+    /// Draw plots that need no model.
+    #[command(subcommand)]
+    Plot(PlotCommand),
+}
+
+#[derive(Subcommand)]
+enum PlotCommand {
+    /// Input value -> reconstructed value per format: alone in its block ("ideal") and with
+    /// random neighbours ("rand").
+    Staircase(StaircaseArgs),
+}
+
+#[derive(Args)]
+struct StaircaseArgs {
+    /// Format (repeatable; `all` = the tile formats). Default: bf16, bfp8, bfp4, bfp2, fp0.
+    #[arg(short = 'c', long = "codec", value_name = "FORMAT")]
+    formats: Vec<String>,
+    /// Random neighbour sets per plotted value.
+    #[arg(long, default_value_t = 20)]
+    rand_samples: usize,
+    /// Largest input value.
+    #[arg(long, default_value_t = 4.0)]
+    max: f32,
+    /// Seed of the random neighbours.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output PNG.
+    #[arg(long, default_value = "staircase.png")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -75,6 +104,9 @@ struct AnalyzeArgs {
     /// Store vectors raw as compress does, instead of tiling them.
     #[arg(long)]
     no_tile_vectors: bool,
+    /// Draw plots/<tensor>.png: reconstructed vs original values, one series per format.
+    #[arg(long, conflicts_with = "no_files")]
+    plots: bool,
     /// Elements per chunk.
     #[arg(long, default_value_t = DEFAULT_CHUNK_ELEMS)]
     chunk_elems: u64,
@@ -358,6 +390,7 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
                 tile_vectors: !a.no_tile_vectors,
                 out_dir: a.out.clone(),
                 no_files: a.no_files,
+                plots: a.plots,
             };
             let r = tenpak::analyze::analyze(&a.model, &opts, &*progress(cli.quiet))?;
             if a.json {
@@ -368,6 +401,37 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
                     let _ = writeln!(out, "\nresults: {}", d.display());
                 }
             }
+            Ok(0)
+        }
+        Command::Plot(PlotCommand::Staircase(a)) => {
+            let mut formats = Vec::new();
+            for f in &a.formats {
+                if f == "all" {
+                    formats.extend(
+                        tenpak::config::DEFAULT_FORMATS
+                            .iter()
+                            .map(|s| s.to_string()),
+                    );
+                } else {
+                    formats.push(f.clone());
+                }
+            }
+            if formats.is_empty() {
+                formats = ["bf16", "bfp8", "bfp4", "bfp2", "fp0"]
+                    .map(String::from)
+                    .to_vec();
+            }
+            if !(a.max.is_finite() && a.max > 0.0) {
+                return Err(Error::config("--max must be a positive number"));
+            }
+            let o = tenpak::plot::StaircaseOptions {
+                formats,
+                rand_samples: a.rand_samples,
+                max: a.max,
+                seed: a.seed,
+            };
+            tenpak::plot::staircase(&a.out, &o)?;
+            let _ = writeln!(out, "wrote {}", a.out.display());
             Ok(0)
         }
         Command::Inspect(a) => {

@@ -1,0 +1,264 @@
+//! PNG plots with plotters: the format staircase (`tenpak plot staircase`) and, per tensor,
+//! reconstructed against original values (`analyze --plots`).
+//!
+//! Text is drawn with DejaVu Sans Mono, embedded (assets/fonts, Bitstream Vera license), so plots
+//! look the same on machines without system fonts.
+
+use crate::codec::Pipeline;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+use std::path::Path;
+use std::sync::Once;
+
+const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSansMono.ttf");
+
+fn fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The embedded font parses; a failure here would be a build defect, so it is ignored
+        // rather than turned into a user-facing error (plots would then lack text).
+        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// Draw into a temporary PNG beside `path`, then rename it into place, so an interrupted or
+/// failed drawing leaves nothing at `path`.
+fn atomic_png(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".tenpak-plot-")
+        .suffix(".png")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("create a temporary file", e).with_file(path))?;
+    draw(tmp.path())?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("rename into place", e.error).with_file(path))?;
+    Ok(())
+}
+
+fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::new(
+        crate::error::ErrorKind::Io,
+        format!("drawing the plot: {e}"),
+    )
+    .with_file(path)
+}
+
+/// A color per series, distinguishable and stable.
+fn color(i: usize) -> RGBColor {
+    const C: [RGBColor; 10] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
+    C[i % C.len()]
+}
+
+/// Decode `vals` placed in one 32x32 tile (row 0, from column 0; the rest zeros) with `format`:
+/// the reconstruction of each value when it shares its block with `vals`' other entries.
+fn through_tile(p: &Pipeline, vals: &[f32]) -> Result<Vec<f32>> {
+    let mut tile = vec![0f32; 1024];
+    tile[..vals.len()].copy_from_slice(vals);
+    let amax = tile.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let p = match p.tensor_codec().for_tensor(amax) {
+        Some(t) => p.with_tensor_codec(t),
+        None => p.clone(),
+    };
+    let bytes: Vec<u8> = tile.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let dec = p.decode(&p.encode(DType::F32, &bytes)?, DType::F32, 1024, u64::MAX)?;
+    let out = crate::dtype::to_f64(p.tensor_codec().decoded_dtype(DType::F32), &dec);
+    Ok(out[..vals.len()].iter().map(|&v| v as f32).collect())
+}
+
+/// Options of [`staircase`].
+#[derive(Debug, Clone)]
+pub struct StaircaseOptions {
+    /// Formats (pipeline specs).
+    pub formats: Vec<String>,
+    /// Random companion sets per x value for the "rand" points.
+    pub rand_samples: usize,
+    /// Largest input value plotted.
+    pub max: f32,
+    /// Seed of the companions.
+    pub seed: u64,
+}
+
+/// amax -> reconstructed value, per format: the "ideal" curve (the value alone sets its block
+/// scale) and "rand" points (the value shares its 16/32-element block with uniform random
+/// companions in [-max, max], so a larger neighbour can set the scale).
+pub fn staircase(path: &Path, o: &StaircaseOptions) -> Result<()> {
+    atomic_png(path, |tmp| staircase_to(tmp, o))
+}
+
+fn staircase_to(path: &Path, o: &StaircaseOptions) -> Result<()> {
+    fonts();
+    let pipelines: Vec<Pipeline> = o
+        .formats
+        .iter()
+        .map(|f| Pipeline::parse(f))
+        .collect::<Result<_>>()?;
+    let n = 600;
+    let xs: Vec<f32> = (0..=n).map(|i| o.max * i as f32 / n as f32).collect();
+    let mut ideal = Vec::new();
+    let mut rand = Vec::new();
+    let mut state = o.seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f32 / (1u64 << 53) as f32
+    };
+    for p in &pipelines {
+        let mut curve = Vec::with_capacity(xs.len());
+        for &x in &xs {
+            curve.push((x, through_tile(p, &[x])?[0]));
+        }
+        ideal.push(curve);
+        let mut pts = Vec::new();
+        for &x in xs.iter().step_by(4) {
+            for _ in 0..o.rand_samples {
+                let mut row = [0f32; 32];
+                row[0] = x;
+                for v in row.iter_mut().skip(1) {
+                    *v = (2.0 * next() - 1.0) * o.max;
+                }
+                pts.push((x, through_tile(p, &row)?[0]));
+            }
+        }
+        rand.push(pts);
+    }
+    let root = BitMapBackend::new(path, (1200, 800)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "reconstructed value vs input (ideal: alone in its block; rand: with random neighbours)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f32..o.max, 0f32..o.max * 1.05)
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("input value (= block amax for the ideal curve)")
+        .y_desc("reconstructed value")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, 0.0), (o.max, o.max)],
+            BLACK.mix(0.4).stroke_width(1),
+        ))
+        .map_err(|e| plot_err(path, e))?
+        .label("exact")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.4)));
+    for (i, f) in o.formats.iter().enumerate() {
+        let c = color(i);
+        chart
+            .draw_series(
+                rand[i]
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x, y), 2, c.mix(0.3).filled())),
+            )
+            .map_err(|e| plot_err(path, e))?;
+        chart
+            .draw_series(LineSeries::new(ideal[i].iter().copied(), c.stroke_width(2)))
+            .map_err(|e| plot_err(path, e))?
+            .label(f.as_str())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 16))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
+
+/// One tensor: (original, reconstructed) pairs of each format over the tensor's [min, max], with
+/// the identity line ("ideal").
+pub fn tensor_pairs(path: &Path, tensor: &str, series: &[(String, Vec<(f32, f32)>)]) -> Result<()> {
+    atomic_png(path, |tmp| tensor_pairs_to(tmp, tensor, series))
+}
+
+fn tensor_pairs_to(path: &Path, tensor: &str, series: &[(String, Vec<(f32, f32)>)]) -> Result<()> {
+    fonts();
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for (_, pts) in series {
+        for &(x, y) in pts {
+            lo = lo.min(x).min(y);
+            hi = hi.max(x).max(y);
+        }
+    }
+    if !(lo.is_finite() && hi.is_finite()) || lo == hi {
+        lo -= 1.0;
+        hi += 1.0;
+    }
+    let pad = (hi - lo) * 0.03;
+    let root = BitMapBackend::new(path, (1000, 1000)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{tensor}: reconstructed vs original"),
+            ("sans-serif", 18),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(lo - pad..hi + pad, lo - pad..hi + pad)
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("original value")
+        .y_desc("reconstructed value")
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .draw_series(LineSeries::new(
+            [(lo, lo), (hi, hi)],
+            BLACK.mix(0.5).stroke_width(1),
+        ))
+        .map_err(|e| plot_err(path, e))?
+        .label("ideal")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.5)));
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let c = color(i);
+        chart
+            .draw_series(
+                pts.iter()
+                    .map(|&(x, y)| Circle::new((x, y), 2, c.mix(0.5).filled())),
+            )
+            .map_err(|e| plot_err(path, e))?
+            .label(name.as_str())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 4, c.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
