@@ -22,6 +22,9 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+/// (original, decoded) samples of one encoding, for plots.
+type Pairs = Vec<(f32, f32)>;
+
 /// Options of [`analyze`].
 #[derive(Debug, Clone)]
 pub struct AnalyzeOptions {
@@ -226,7 +229,7 @@ pub fn analyze_source(
             .iter()
             .flat_map(|&a| (0..pipelines.len()).map(move |f| (a, f)))
             .collect();
-        let done: Vec<Result<(Row, Vec<(f32, f32)>)>> = jobs
+        let done: Vec<Result<(Row, Pairs)>> = jobs
             .par_iter()
             .map(|&(alg, f)| {
                 let copts = CompressOptions {
