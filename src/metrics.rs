@@ -105,6 +105,102 @@ impl Accumulator {
         a
     }
 
+    /// [`Accumulator::from_pairs`] of f32 data, without widening copies: four interleaved lanes
+    /// per sum keep the f64 adds from waiting on each other (lanes are combined in a fixed
+    /// order, so results stay independent of threads). Pairs with a non-finite value take the
+    /// general path.
+    pub fn from_f32_pairs(x: &[f32], y: &[f32]) -> Self {
+        // The four lanes map onto AVX registers where the CPU has them. No FMA: fused
+        // multiply-adds round differently, and stored metrics must not depend on the machine.
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx") {
+            #[target_feature(enable = "avx")]
+            fn avx(x: &[f32], y: &[f32]) -> Accumulator {
+                Accumulator::f32_pairs_core(x, y)
+            }
+            // SAFETY: the CPU has AVX, checked just above.
+            return unsafe { avx(x, y) };
+        }
+        Self::f32_pairs_core(x, y)
+    }
+
+    #[inline(always)]
+    fn f32_pairs_core(x: &[f32], y: &[f32]) -> Self {
+        debug_assert_eq!(x.len(), y.len());
+        let general = || {
+            let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let yf: Vec<f64> = y.iter().map(|&v| v as f64).collect();
+            Accumulator::from_pairs(&xf, &yf)
+        };
+        if x.is_empty() {
+            return general();
+        }
+        const L: usize = 4;
+        let n = x.len();
+        let (mut sx, mut sy) = ([0f64; L], [0f64; L]);
+        let (xc, yc) = (x.chunks_exact(L), y.chunks_exact(L));
+        let (xr, yr) = (xc.remainder(), yc.remainder());
+        for (a, b) in xc.zip(yc) {
+            for l in 0..L {
+                sx[l] += a[l] as f64;
+                sy[l] += b[l] as f64;
+            }
+        }
+        for (l, (&a, &b)) in xr.iter().zip(yr).enumerate() {
+            sx[l] += a as f64;
+            sy[l] += b as f64;
+        }
+        // f32 values cannot overflow an f64 sum, so a non-finite sum means a non-finite value.
+        if !sx.iter().chain(&sy).all(|v| v.is_finite()) {
+            return general();
+        }
+        let mut acc = Accumulator {
+            n: n as u64,
+            mean_x: sx.iter().sum::<f64>() / n as f64,
+            mean_y: sy.iter().sum::<f64>() / n as f64,
+            ..Default::default()
+        };
+        let (mx, my) = (acc.mean_x, acc.mean_y);
+        let mut s = [[0f64; L]; 5];
+        let mut mmax = [0f64; L];
+        let mut step = |l: usize, a: f32, b: f32| {
+            let (xi, yi) = (a as f64, b as f64);
+            let (dx, dy) = (xi - mx, yi - my);
+            let e = (xi - yi).abs();
+            s[0][l] += dx * dx;
+            s[1][l] += dy * dy;
+            s[2][l] += dx * dy;
+            s[3][l] += e;
+            s[4][l] += e * e;
+            // Both are finite here: a plain compare-select (no NaN handling) vectorizes.
+            if e > mmax[l] {
+                mmax[l] = e;
+            }
+        };
+        for (a, b) in x.chunks_exact(L).zip(y.chunks_exact(L)) {
+            for l in 0..L {
+                step(l, a[l], b[l]);
+            }
+        }
+        for (l, (&a, &b)) in xr.iter().zip(yr).enumerate() {
+            step(l, a, b);
+        }
+        let t = |k: usize| s[k].iter().sum::<f64>();
+        acc.m2x = t(0);
+        acc.m2y = t(1);
+        acc.cxy = t(2);
+        acc.sum_abs = t(3);
+        acc.sum_sq_err = t(4);
+        // The raw sums follow from the centred ones (no cancellation for the squares; the
+        // cross term only feeds the cosine).
+        let nf = n as f64;
+        acc.sum_xx = acc.m2x + nf * mx * mx;
+        acc.sum_yy = acc.m2y + nf * my * my;
+        acc.sum_xy = acc.cxy + nf * mx * my;
+        acc.max_abs = mmax.iter().copied().fold(0.0, f64::max);
+        acc
+    }
+
     /// Moments of `n` finite pairs known to be identical (and `nonfinite` others): every error
     /// sum is zero, which is all [`Accumulator::finish`] needs to report identity.
     pub fn identical(n: u64, nonfinite: u64) -> Self {
@@ -238,6 +334,38 @@ mod tests {
 
     fn m(x: &[f64], y: &[f64]) -> Metrics {
         Accumulator::from_pairs(x, y).finish()
+    }
+
+    #[test]
+    fn f32_pairs_agree_with_f64_pairs() {
+        let mut v = 0x1234_5678u32;
+        let mut r = || {
+            v = v.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (v >> 8) as f32 / (1u32 << 24) as f32 - 0.3
+        };
+        for n in [1usize, 3, 4, 7, 1000] {
+            let x: Vec<f32> = (0..n).map(|_| r()).collect();
+            let y: Vec<f32> = x.iter().map(|&a| a + r() * 0.01).collect();
+            let a = Accumulator::from_f32_pairs(&x, &y).finish();
+            let xf: Vec<f64> = x.iter().map(|&a| a as f64).collect();
+            let yf: Vec<f64> = y.iter().map(|&a| a as f64).collect();
+            let b = Accumulator::from_pairs(&xf, &yf).finish();
+            for (p, q) in [
+                (a.pcc, b.pcc),
+                (a.mae, b.mae),
+                (a.rmse, b.rmse),
+                (a.cosine, b.cosine),
+            ] {
+                assert!(
+                    (p - q).abs() <= 1e-12 * q.abs().max(1e-300),
+                    "{n}: {p} vs {q}"
+                );
+            }
+            assert_eq!(a.max_abs, b.max_abs);
+        }
+        let x = [1.0f32, f32::NAN, 2.0];
+        let y = [1.5f32, 0.0, 2.5];
+        assert_eq!(Accumulator::from_f32_pairs(&x, &y).finish().nonfinite, 1);
     }
 
     #[test]

@@ -56,28 +56,34 @@ impl Bfp {
     }
 }
 
-/// Shared exponent and codes of one group of 16 f32 bit patterns (formats-spec/blockfloat.md §2).
+/// Shared exponent and codes of one group of 16 f32 bit patterns (formats-spec/blockfloat.md §1).
 pub fn encode_group(w: &[u32; 16], kind: Bfp) -> (u8, [u8; 16]) {
-    let width = kind.width();
-    let shift = 24 - width;
-    let exp = w.iter().map(|&x| (x >> 23) & 0xFF).max().unwrap_or(0);
-    let max_m = (1u32 << width) - 1;
+    match kind {
+        Bfp::B8 => encode_group_w::<7>(w),
+        Bfp::B4 => encode_group_w::<3>(w),
+        Bfp::B2 => encode_group_w::<1>(w),
+    }
+}
+
+/// [`encode_group`] for `W` magnitude bits; a constant `W` and no branches let the compiler
+/// unroll and vectorize the 16 elements.
+#[inline(always)]
+fn encode_group_w<const W: u32>(w: &[u32; 16]) -> (u8, [u8; 16]) {
+    let shift = 24 - W;
+    let exp = w.iter().map(|&x| (x >> 23) & 0xFF).fold(0, u32::max);
+    let max_m = (1u32 << W) - 1;
     let mut codes = [0u8; 16];
     for (c, &x) in codes.iter_mut().zip(w) {
         let e = (x >> 23) & 0xFF;
-        if e == 0 {
-            continue; // zero and denormals flush; the sign is dropped
-        }
-        let d = exp - e;
-        let m = if d >= 32 {
-            0
-        } else {
-            ((x & 0x7F_FFFF) | 0x80_0000) >> d
-        };
+        // Alignment drops the shifted-out bits (no sticky bit); 32 or more shifts all out.
+        let m = ((x & 0x7F_FFFF) | 0x80_0000)
+            .checked_shr(exp - e)
+            .unwrap_or(0);
         let m = ((m + (1 << (shift - 1)) - 1 + ((m >> shift) & 1)) >> shift).min(max_m);
-        if m != 0 {
-            *c = ((x >> 31) << width | m) as u8;
-        }
+        // Zero and denormals flush; a zero magnitude drops the sign.
+        let m = if e == 0 { 0 } else { m };
+        let sign = if m == 0 { 0 } else { x >> 31 };
+        *c = (sign << W | m) as u8;
     }
     (exp as u8, codes)
 }
@@ -108,24 +114,31 @@ fn group_origin(p: usize) -> (usize, usize) {
 
 /// Pack one 32x32 tile (row-major f32) into `out` (`kind.tile_bytes()` bytes).
 pub fn encode_tile(tile: &[f32], kind: Bfp, out: &mut [u8]) {
+    match kind {
+        Bfp::B8 => encode_tile_w::<7>(tile, out),
+        Bfp::B4 => encode_tile_w::<3>(tile, out),
+        Bfp::B2 => encode_tile_w::<1>(tile, out),
+    }
+}
+
+fn encode_tile_w<const W: u32>(tile: &[f32], out: &mut [u8]) {
     debug_assert_eq!(tile.len(), TILE_ELEMS);
-    let bits = (kind.width() + 1) as usize;
-    let group_bytes = 2 * bits; // 16 codes of `bits` bits
+    let group_bytes = 2 * (W as usize + 1); // 16 codes of W + 1 bits
     for p in 0..64 {
         let (row, col) = group_origin(p);
         let src = &tile[row * TILE + col..row * TILE + col + 16];
         let w: [u32; 16] = std::array::from_fn(|j| src[j].to_bits());
-        let (exp, codes) = encode_group(&w, kind);
+        let (exp, codes) = encode_group_w::<W>(&w);
         out[p] = exp;
         let dst = &mut out[64 + p * group_bytes..64 + (p + 1) * group_bytes];
-        match kind {
-            Bfp::B8 => dst.copy_from_slice(&codes),
-            Bfp::B4 => {
+        match W {
+            7 => dst.copy_from_slice(&codes),
+            3 => {
                 for (k, b) in dst.iter_mut().enumerate() {
                     *b = codes[2 * k] | codes[2 * k + 1] << 4;
                 }
             }
-            Bfp::B2 => {
+            _ => {
                 for (k, b) in dst.iter_mut().enumerate() {
                     *b = codes[4 * k]
                         | codes[4 * k + 1] << 2
@@ -140,26 +153,30 @@ pub fn encode_tile(tile: &[f32], kind: Bfp, out: &mut [u8]) {
 /// Unpack one tile written by [`encode_tile`] into 1024 row-major f32 values. Every byte pattern
 /// decodes (there is no invalid tile).
 pub fn decode_tile(data: &[u8], kind: Bfp, out: &mut [f32]) {
-    let bits = (kind.width() + 1) as usize;
+    match kind {
+        Bfp::B8 => decode_tile_w::<7>(data, out),
+        Bfp::B4 => decode_tile_w::<3>(data, out),
+        Bfp::B2 => decode_tile_w::<1>(data, out),
+    }
+}
+
+fn decode_tile_w<const W: u32>(data: &[u8], out: &mut [f32]) {
+    let bits = W as usize + 1;
     let group_bytes = 2 * bits;
-    let mask = ((1u16 << bits) - 1) as u8;
+    let mask = (1u32 << bits) - 1;
     for p in 0..64 {
         let (row, col) = group_origin(p);
         let src = &data[64 + p * group_bytes..64 + (p + 1) * group_bytes];
         let dst = &mut out[row * TILE + col..row * TILE + col + 16];
         // m * 2^k is exact in f32: m has at most 7 bits and k >= -133 keeps its lowest bit
         // above f32's smallest denormal (2^-149).
-        let unit = pow2(data[p] as i32 - 127 - (kind.width() as i32 - 1)) as f32;
+        let unit = pow2(data[p] as i32 - 127 - (W as i32 - 1)) as f32;
         for (j, d) in dst.iter_mut().enumerate() {
             let bit = j * bits;
-            let code = (src[bit / 8] >> (bit % 8)) & mask;
+            let code = (src[bit / 8] as u32 >> (bit % 8)) & mask;
             let m = code & (mask >> 1);
-            let v = if m == 0 { 0.0 } else { m as f32 * unit };
-            *d = if code >> (bits - 1) == 1 && m != 0 {
-                -v
-            } else {
-                v
-            };
+            let sign = if m == 0 { 0 } else { code >> W };
+            *d = f32::from_bits((m as f32 * unit).to_bits() | sign << 31);
         }
     }
 }

@@ -24,23 +24,15 @@ pub const E2M1: [f32; 8] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
 /// (-0.0 included) keeps its sign bit even when it rounds to zero.
 pub fn e2m1(y: f32) -> u8 {
     let a = y.abs();
-    let m = if a <= 0.25 {
-        0
-    } else if a < 0.75 {
-        1
-    } else if a <= 1.25 {
-        2
-    } else if a < 1.75 {
-        3
-    } else if a <= 2.5 {
-        4
-    } else if a < 3.5 {
-        5
-    } else if a <= 5.0 {
-        6
-    } else {
-        7
-    };
+    // The code is the number of rounding thresholds |y| passes: strict where the tie goes to
+    // the even code below, inclusive where it goes above.
+    let m = (a > 0.25) as u8
+        + (a >= 0.75) as u8
+        + (a > 1.25) as u8
+        + (a >= 1.75) as u8
+        + (a > 2.5) as u8
+        + (a >= 3.5) as u8
+        + (a > 5.0) as u8;
     m | ((y.is_sign_negative() as u8) << 3)
 }
 
@@ -111,10 +103,11 @@ pub fn mxfp4_block(v: &[f32], codes: &mut [u8]) -> u8 {
     } else {
         (floor_log2(amax) - 2).clamp(-127, 127)
     };
-    let inv = pow2(-s);
+    // 2^-s is a normal f32 (-127 <= s <= 125 for finite data) and the scaled values stay below
+    // 8, so the product is exact wherever it can reach a rounding threshold.
+    let inv = pow2(-s) as f32;
     for (c, &x) in codes.iter_mut().zip(v) {
-        // Scaling by a power of two is exact in f64 and the quotient fits f32 exactly.
-        *c = e2m1((x as f64 * inv) as f32);
+        *c = e2m1(x * inv);
     }
     (s + 127) as u8
 }
@@ -124,10 +117,6 @@ fn pack_nibbles(codes: &[u8], out: &mut [u8]) {
     for (o, pair) in out.iter_mut().zip(codes.chunks_exact(2)) {
         *o = pair[0] | pair[1] << 4;
     }
-}
-
-fn nibble(data: &[u8], j: usize) -> u8 {
-    (data[j / 2] >> (4 * (j % 2))) & 0xF
 }
 
 /// mxfp4 tile: bytes per tile.
@@ -144,18 +133,26 @@ pub fn mxfp4_encode_tile(tile: &[f32], out: &mut [u8]) {
     }
 }
 
+/// E2M1 values of all 16 codes, sign included (8 is -0.0).
+const E2M1_SIGNED: [f32; 16] = [
+    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+];
+
 /// Unpack one mxfp4 tile; a scale byte 0xFF (NaN in OCP) decodes its block to NaN.
 pub fn mxfp4_decode_tile(data: &[u8], out: &mut [f32]) {
     for r in 0..TILE {
         let scale = data[r];
-        let x = pow2(scale as i32 - 127);
+        // E2M1 values have two significant bits, so the product with a power of two (an f32
+        // subnormal for small scales) is exact.
+        let x = if scale == 0xFF {
+            f32::NAN
+        } else {
+            pow2(scale as i32 - 127) as f32
+        };
         let codes = &data[32 + 16 * r..32 + 16 * (r + 1)];
-        for (j, o) in out[r * TILE..(r + 1) * TILE].iter_mut().enumerate() {
-            *o = if scale == 0xFF {
-                f32::NAN
-            } else {
-                (e2m1_value(nibble(codes, j)) as f64 * x) as f32
-            };
+        for (o, &b) in out[r * TILE..(r + 1) * TILE].chunks_exact_mut(2).zip(codes) {
+            o[0] = E2M1_SIGNED[(b & 0xF) as usize] * x;
+            o[1] = E2M1_SIGNED[(b >> 4) as usize] * x;
         }
     }
 }
@@ -200,8 +197,9 @@ pub fn nvfp4_decode_tile(data: &[u8], g: f32, out: &mut [f32]) {
     for b in 0..64 {
         let den = e4m3_value(data[b]) * g;
         let codes = &data[64 + 8 * b..64 + 8 * (b + 1)];
-        for (j, o) in out[16 * b..16 * (b + 1)].iter_mut().enumerate() {
-            *o = e2m1_value(nibble(codes, j)) * den;
+        for (o, &c) in out[16 * b..16 * (b + 1)].chunks_exact_mut(2).zip(codes) {
+            o[0] = E2M1_SIGNED[(c & 0xF) as usize] * den;
+            o[1] = E2M1_SIGNED[(c >> 4) as usize] * den;
         }
     }
 }
