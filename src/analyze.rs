@@ -130,7 +130,7 @@ pub struct SummaryRow {
     pub tensors: usize,
     /// Elements.
     pub numel: u64,
-    /// Element-weighted mean PCC over tensors where it is defined (`null` if none).
+    /// Element-weighted mean PCC (`null` if any tensor has none).
     pub pcc: Option<f64>,
     /// Element-weighted MAE.
     pub mae: f64,
@@ -390,14 +390,13 @@ fn summarize(rows: &[Row], runs: &[Algorithm], formats: &[String]) -> Vec<Summar
             let numel: u64 = rs.iter().map(|r| r.numel).sum();
             let bytes: u64 = rs.iter().map(|r| r.encoded_bytes).sum();
             let w = |r: &Row| r.numel as f64 / numel.max(1) as f64;
-            let defined: Vec<&&Row> = rs.iter().filter(|r| r.pcc.is_some()).collect();
-            let dn: u64 = defined.iter().map(|r| r.numel).sum();
-            let pcc = (!defined.is_empty()).then(|| {
-                defined
-                    .iter()
+            // One tensor without a PCC (fp0) leaves the aggregate without one too: averaging
+            // only the others (say, vectors stored raw) would report a meaningless 1.
+            let pcc = rs.iter().all(|r| r.pcc.is_some()).then(|| {
+                rs.iter()
                     .map(|r| r.pcc.unwrap_or(0.0) * r.numel as f64)
                     .sum::<f64>()
-                    / dn.max(1) as f64
+                    / numel.max(1) as f64
             });
             let bpe = bytes as f64 / numel.max(1) as f64;
             out.push(SummaryRow {
