@@ -328,28 +328,16 @@ pub fn encode_tensor(
         .collect();
     let per_batch =
         (BATCH_BYTES / (chunk_elems as usize * esize).max(1)).max(rayon::current_num_threads());
-    let mut acc = Accumulator::default();
-    let mut encoded_bytes = 0;
-    for (bi, batch) in ranges.chunks(per_batch).enumerate() {
-        if progress.cancelled() {
-            return Err(crate::progress::interrupted());
-        }
-        let done: Vec<Result<(Vec<u8>, Accumulator)>> = batch
-            .par_iter()
-            .enumerate()
-            .map(|(k, &(s, c))| {
-                let bytes = &data[s as usize * esize..(s + c) as usize * esize];
-                encode_chunk(pipeline, info.dtype, bytes, c as usize)
-                    .map_err(|e| e.with_chunk(bi * per_batch + k))
-            })
-            .collect();
-        for (r, &(s, c)) in done.into_iter().zip(batch) {
-            let (payload, a) = r?;
-            acc.merge(&a);
-            encoded_bytes += payload.len() as u64;
-            sink(&payload, s, c)?;
-        }
-    }
+    let (acc, encoded_bytes) = encode_batches(
+        &ranges,
+        per_batch,
+        progress,
+        |&(s, c)| {
+            let bytes = &data[s as usize * esize..(s + c) as usize * esize];
+            encode_chunk(pipeline, info.dtype, bytes, c as usize)
+        },
+        |&(s, c), payload| sink(payload, s, c),
+    )?;
     Ok(Encoded {
         pipeline: pipeline.clone(),
         dtype: info.dtype,
@@ -392,58 +380,74 @@ fn encode_tiled(
     let batch = (BATCH_BYTES / (4 * per_chunk * geom.tile_row_elems()).max(1))
         .max(rayon::current_num_threads());
     let dec_dtype = pipeline.tensor_codec().decoded_dtype(DType::F32);
-    let mut acc = Accumulator::default();
-    let mut encoded_bytes = 0;
-    for (bi, b) in trs.chunks(batch).enumerate() {
-        if progress.cancelled() {
-            return Err(crate::progress::interrupted());
-        }
-        let done: Vec<Result<(Vec<u8>, Accumulator)>> = b
-            .par_iter()
-            .enumerate()
-            .map(|(k, r)| {
-                let tiles = geom.gather(&vals, r.clone());
-                let mut bytes = vec![0u8; 4 * tiles.len()];
-                for (b, v) in bytes.chunks_exact_mut(4).zip(&tiles) {
-                    b.copy_from_slice(&v.to_le_bytes());
-                }
-                let payload = pipeline
-                    .encode(DType::F32, &bytes)
-                    .map_err(|e| e.with_chunk(bi * batch + k))?;
-                let dec = pipeline
-                    .decode(&payload, DType::F32, tiles.len(), u64::MAX)
-                    .map_err(|e| e.with_chunk(bi * batch + k))?;
-                let mut dec32 = Vec::new();
-                dtype::to_f32(dec_dtype, &dec, &mut dec32);
-                // Padding is left out of the metrics; a band with none is measured as it is.
-                let padded = geom.cols != geom.pcols || geom.rows < r.end * crate::tiles::T;
-                let acc = if padded {
-                    let (mut x, mut y) = (Vec::new(), Vec::new());
-                    geom.for_each(r.clone(), |t, _| {
-                        x.push(tiles[t]);
-                        y.push(dec32[t]);
-                    });
-                    Accumulator::from_f32_pairs(&x, &y)
-                } else {
-                    Accumulator::from_f32_pairs(&tiles, &dec32)
-                };
-                Ok((payload, acc))
-            })
-            .collect();
-        for (res, r) in done.into_iter().zip(b) {
-            let (payload, a) = res?;
-            acc.merge(&a);
-            let e = geom.tile_row_elems() as u64;
-            encoded_bytes += payload.len() as u64;
-            sink(&payload, r.start as u64 * e, r.len() as u64 * e)?;
-        }
-    }
+    let e = geom.tile_row_elems() as u64;
+    let (acc, encoded_bytes) = encode_batches(
+        &trs,
+        batch,
+        progress,
+        |r| {
+            let tiles = geom.gather(&vals, r.clone());
+            let mut bytes = vec![0u8; 4 * tiles.len()];
+            for (b, v) in bytes.chunks_exact_mut(4).zip(&tiles) {
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+            let payload = pipeline.encode(DType::F32, &bytes)?;
+            let dec = pipeline.decode(&payload, DType::F32, tiles.len(), u64::MAX)?;
+            let mut dec32 = Vec::new();
+            dtype::to_f32(dec_dtype, &dec, &mut dec32);
+            // Padding is left out of the metrics; a band with none is measured as it is.
+            let padded = geom.cols != geom.pcols || geom.rows < r.end * crate::tiles::T;
+            let acc = if padded {
+                let (mut x, mut y) = (Vec::new(), Vec::new());
+                geom.for_each(r.clone(), |t, _| {
+                    x.push(tiles[t]);
+                    y.push(dec32[t]);
+                });
+                Accumulator::from_f32_pairs(&x, &y)
+            } else {
+                Accumulator::from_f32_pairs(&tiles, &dec32)
+            };
+            Ok((payload, acc))
+        },
+        |r, payload| sink(payload, r.start as u64 * e, r.len() as u64 * e),
+    )?;
     Ok(Encoded {
         pipeline,
         dtype: DType::F32,
         metrics: acc.finish(),
         encoded_bytes,
     })
+}
+
+/// Encode `items` (chunk descriptions) in parallel, `per_batch` at a time, handing each
+/// payload to `emit` in order and merging the metrics; stops at Ctrl-C between batches. Errors
+/// name the chunk.
+fn encode_batches<T: Sync>(
+    items: &[T],
+    per_batch: usize,
+    progress: &dyn Progress,
+    encode: impl Fn(&T) -> Result<(Vec<u8>, Accumulator)> + Sync,
+    mut emit: impl FnMut(&T, &[u8]) -> Result<()>,
+) -> Result<(Accumulator, u64)> {
+    let mut acc = Accumulator::default();
+    let mut bytes = 0;
+    for (bi, batch) in items.chunks(per_batch.max(1)).enumerate() {
+        if progress.cancelled() {
+            return Err(crate::progress::interrupted());
+        }
+        let done: Vec<Result<(Vec<u8>, Accumulator)>> = batch
+            .par_iter()
+            .enumerate()
+            .map(|(k, it)| encode(it).map_err(|e| e.with_chunk(bi * per_batch + k)))
+            .collect();
+        for (r, it) in done.into_iter().zip(batch) {
+            let (payload, a) = r?;
+            acc.merge(&a);
+            bytes += payload.len() as u64;
+            emit(it, &payload)?;
+        }
+    }
+    Ok((acc, bytes))
 }
 
 fn encode_chunk(

@@ -102,23 +102,7 @@ impl TileGeom {
     /// Tile-ordered values of tile rows `trs` from the tensor's row-major `vals` (padding 0).
     pub fn gather(&self, vals: &[f32], trs: std::ops::Range<usize>) -> Vec<f32> {
         let mut out = vec![0f32; trs.len() * self.tile_row_elems()];
-        let tiles_wide = self.pcols / T;
-        for (k, tr) in trs.enumerate() {
-            for tc in 0..tiles_wide {
-                let tile = &mut out[(k * tiles_wide + tc) * T * T..][..T * T];
-                for i in 0..T {
-                    let r = tr * T + i;
-                    if r >= self.rows {
-                        break;
-                    }
-                    for j in 0..T {
-                        if let Some(idx) = self.index(r, tc * T + j) {
-                            tile[i * T + j] = vals[idx];
-                        }
-                    }
-                }
-            }
-        }
+        self.for_each(trs, |t, idx| out[t] = vals[idx]);
         out
     }
 

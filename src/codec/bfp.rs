@@ -232,8 +232,21 @@ pub(super) const FP0_ENTRY: CodecEntry = CodecEntry {
     },
 };
 
+/// What a tile codec supplies: its name, tile size and the two tile kernels. [`tile_codec!`]
+/// builds the [`TensorCodec`] around them (tile layout, f32 input, exact payload sizes).
+pub(crate) trait TileKernel {
+    /// Codec name, for messages.
+    fn kernel_name(&self) -> &'static str;
+    /// Bytes of one packed tile.
+    fn tile_bytes(&self) -> usize;
+    /// Pack one row-major 32x32 tile into `out` (`tile_bytes()` long).
+    fn pack(&self, tile: &[f32], out: &mut [u8]);
+    /// Unpack one tile into 1024 row-major values; every byte pattern decodes.
+    fn unpack(&self, data: &[u8], out: &mut [f32]);
+}
+
 /// Tile count of a tile-codec chunk of `n` elements; `n` must be a whole number of tiles.
-pub(crate) fn tiles_of(codec: &str, n: usize) -> Result<usize> {
+fn tiles_of(codec: &str, n: usize) -> Result<usize> {
     if !n.is_multiple_of(TILE_ELEMS) {
         return Err(Error::malformed(format!(
             "{codec}: a chunk of {n} elements is not a whole number of 32x32 tiles"
@@ -242,28 +255,98 @@ pub(crate) fn tiles_of(codec: &str, n: usize) -> Result<usize> {
     Ok(n / TILE_ELEMS)
 }
 
-/// f32 elements of a tile-codec chunk; tile codecs take f32 (the compressor widens first).
-pub(crate) fn f32_elems(codec: &str, src: DType, bytes: &[u8]) -> Result<Vec<f32>> {
+/// Encode a chunk of f32 tiles (tile codecs take f32: the compressor widens first); a
+/// non-finite value is an input error, since the formats cannot hold it faithfully.
+pub(crate) fn encode_tiles(k: &impl TileKernel, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
+    let name = k.kernel_name();
     if src != DType::F32 {
         return Err(Error::malformed(format!(
-            "{codec} encodes f32 tiles, got {src}"
+            "{name} encodes f32 tiles, got {src}"
         )));
     }
-    let v: Vec<f32> = bytes
+    let vals: Vec<f32> = bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+    if let Some(x) = vals.iter().find(|x| !x.is_finite()) {
         return Err(Error::input(format!(
-            "{codec} cannot encode the non-finite value {x}; tile formats take finite weights only"
+            "{name} cannot encode the non-finite value {x}; tile formats take finite weights only"
         )));
     }
-    Ok(v)
+    let tiles = tiles_of(name, vals.len())?;
+    let tb = k.tile_bytes();
+    let mut out = vec![0u8; tiles * tb];
+    for (t, o) in vals.chunks_exact(TILE_ELEMS).zip(out.chunks_mut(tb.max(1))) {
+        k.pack(t, o);
+    }
+    Ok(out)
 }
 
-pub(crate) fn write_f32(vals: &[f32], out: &mut [u8]) {
-    for (o, v) in out.chunks_exact_mut(4).zip(vals) {
-        o.copy_from_slice(&v.to_le_bytes());
+/// Decode a chunk of `n` elements (whole tiles) into little-endian f32 `out`, after checking the
+/// payload is exactly `n / 1024` tiles long.
+pub(crate) fn decode_tiles(
+    k: &impl TileKernel,
+    payload: &[u8],
+    n: usize,
+    out: &mut [u8],
+) -> Result<()> {
+    let tiles = tiles_of(k.kernel_name(), n)?;
+    let tb = k.tile_bytes();
+    expect_len(k.kernel_name(), payload, tiles * tb)?;
+    let mut vals = [0f32; TILE_ELEMS];
+    for (t, o) in out.chunks_exact_mut(4 * TILE_ELEMS).enumerate() {
+        k.unpack(&payload[t * tb..(t + 1) * tb], &mut vals);
+        for (b, v) in o.chunks_exact_mut(4).zip(&vals) {
+            b.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// The [`TensorCodec`] methods every tile codec shares, around its [`TileKernel`].
+macro_rules! tile_codec {
+    () => {
+        $crate::codec::bfp::tile_codec!(no_coding);
+        fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
+            $crate::codec::bfp::encode_tiles(self, src, bytes)
+        }
+        fn decode(&self, payload: &[u8], _: DType, n: usize, out: &mut [u8]) -> Result<()> {
+            $crate::codec::bfp::decode_tiles(self, payload, n, out)
+        }
+    };
+    (no_coding) => {
+        fn lossless(&self) -> bool {
+            false
+        }
+        fn tiled(&self) -> bool {
+            true
+        }
+        fn accepts(&self, src: DType) -> bool {
+            src.is_float()
+        }
+        fn decoded_dtype(&self, _: DType) -> DType {
+            DType::F32
+        }
+        fn max_encoded_len(&self, _: DType, n: usize) -> usize {
+            n.div_ceil($crate::codec::bfp::TILE_ELEMS)
+                .saturating_mul(self.tile_bytes())
+        }
+    };
+}
+pub(crate) use tile_codec;
+
+impl TileKernel for BfpCodec {
+    fn kernel_name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn tile_bytes(&self) -> usize {
+        self.0.tile_bytes()
+    }
+    fn pack(&self, tile: &[f32], out: &mut [u8]) {
+        encode_tile(tile, self.0, out)
+    }
+    fn unpack(&self, data: &[u8], out: &mut [f32]) {
+        decode_tile(data, self.0, out)
     }
 }
 
@@ -278,44 +361,19 @@ impl TensorCodec for BfpCodec {
     fn name(&self) -> &'static str {
         self.0.name()
     }
-    fn lossless(&self) -> bool {
-        false
+    tile_codec!();
+}
+
+impl TileKernel for Fp0Codec {
+    fn kernel_name(&self) -> &'static str {
+        FP0_ENTRY.name
     }
-    fn tiled(&self) -> bool {
-        true
+    fn tile_bytes(&self) -> usize {
+        0
     }
-    fn accepts(&self, src: DType) -> bool {
-        src.is_float()
-    }
-    fn decoded_dtype(&self, _: DType) -> DType {
-        DType::F32
-    }
-    fn max_encoded_len(&self, _: DType, n: usize) -> usize {
-        n.div_ceil(TILE_ELEMS).saturating_mul(self.0.tile_bytes())
-    }
-    fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
-        let vals = f32_elems(self.name(), src, bytes)?;
-        let tiles = tiles_of(self.name(), vals.len())?;
-        let tb = self.0.tile_bytes();
-        let mut out = vec![0u8; tiles * tb];
-        for (t, o) in vals.chunks_exact(TILE_ELEMS).zip(out.chunks_exact_mut(tb)) {
-            encode_tile(t, self.0, o);
-        }
-        Ok(out)
-    }
-    fn decode(&self, payload: &[u8], _: DType, n: usize, out: &mut [u8]) -> Result<()> {
-        let tiles = tiles_of(self.name(), n)?;
-        let tb = self.0.tile_bytes();
-        expect_len(self.name(), payload, tiles * tb)?;
-        let mut vals = [0f32; TILE_ELEMS];
-        for (t, o) in payload
-            .chunks_exact(tb)
-            .zip(out.chunks_exact_mut(4 * TILE_ELEMS))
-        {
-            decode_tile(t, self.0, &mut vals);
-            write_f32(&vals, o);
-        }
-        Ok(())
+    fn pack(&self, _: &[f32], _: &mut [u8]) {}
+    fn unpack(&self, _: &[u8], out: &mut [f32]) {
+        out.fill(0.0);
     }
 }
 
@@ -326,32 +384,7 @@ impl TensorCodec for Fp0Codec {
     fn name(&self) -> &'static str {
         FP0_ENTRY.name
     }
-    fn lossless(&self) -> bool {
-        false
-    }
-    fn tiled(&self) -> bool {
-        true
-    }
-    fn accepts(&self, src: DType) -> bool {
-        src.is_float()
-    }
-    fn decoded_dtype(&self, _: DType) -> DType {
-        DType::F32
-    }
-    fn max_encoded_len(&self, _: DType, _: usize) -> usize {
-        0
-    }
-    fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
-        let vals = f32_elems(self.name(), src, bytes)?;
-        tiles_of(self.name(), vals.len())?;
-        Ok(Vec::new())
-    }
-    fn decode(&self, payload: &[u8], _: DType, n: usize, out: &mut [u8]) -> Result<()> {
-        tiles_of(self.name(), n)?;
-        expect_len(self.name(), payload, 0)?;
-        out.fill(0);
-        Ok(())
-    }
+    tile_codec!();
 }
 
 #[cfg(test)]

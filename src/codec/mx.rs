@@ -11,8 +11,8 @@
 //!
 //! Config: `--codec mxfp4`, `--codec nvfp4` (no options).
 
-use super::bfp::{f32_elems, pow2, tiles_of, write_f32, TILE, TILE_ELEMS};
-use super::{expect_len, no_params, Codec, CodecEntry, TensorCodec};
+use super::bfp::{decode_tiles, encode_tiles, pow2, tile_codec, TileKernel, TILE, TILE_ELEMS};
+use super::{no_params, Codec, CodecEntry, TensorCodec};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -253,6 +253,21 @@ pub(super) const NVFP4_ENTRY: CodecEntry = CodecEntry {
     },
 };
 
+impl TileKernel for Mxfp4Codec {
+    fn kernel_name(&self) -> &'static str {
+        MXFP4_ENTRY.name
+    }
+    fn tile_bytes(&self) -> usize {
+        MXFP4_TILE_BYTES
+    }
+    fn pack(&self, tile: &[f32], out: &mut [u8]) {
+        mxfp4_encode_tile(tile, out)
+    }
+    fn unpack(&self, data: &[u8], out: &mut [f32]) {
+        mxfp4_decode_tile(data, out)
+    }
+}
+
 impl TensorCodec for Mxfp4Codec {
     fn id(&self) -> u16 {
         MXFP4_ENTRY.id
@@ -260,53 +275,30 @@ impl TensorCodec for Mxfp4Codec {
     fn name(&self) -> &'static str {
         MXFP4_ENTRY.name
     }
-    fn lossless(&self) -> bool {
-        false
+    tile_codec!();
+}
+
+/// nvfp4 with its global scale fixed: the kernel the codec runs once the scale is known.
+struct Nvfp4Kernel(f32);
+
+impl TileKernel for Nvfp4Kernel {
+    fn kernel_name(&self) -> &'static str {
+        NVFP4_ENTRY.name
     }
-    fn tiled(&self) -> bool {
-        true
+    fn tile_bytes(&self) -> usize {
+        NVFP4_TILE_BYTES
     }
-    fn accepts(&self, src: DType) -> bool {
-        src.is_float()
+    fn pack(&self, tile: &[f32], out: &mut [u8]) {
+        nvfp4_encode_tile(tile, self.0, out)
     }
-    fn decoded_dtype(&self, _: DType) -> DType {
-        DType::F32
-    }
-    fn max_encoded_len(&self, _: DType, n: usize) -> usize {
-        n.div_ceil(TILE_ELEMS).saturating_mul(MXFP4_TILE_BYTES)
-    }
-    fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
-        let vals = f32_elems(self.name(), src, bytes)?;
-        let tiles = tiles_of(self.name(), vals.len())?;
-        let mut out = vec![0u8; tiles * MXFP4_TILE_BYTES];
-        for (t, o) in vals
-            .chunks_exact(TILE_ELEMS)
-            .zip(out.chunks_exact_mut(MXFP4_TILE_BYTES))
-        {
-            mxfp4_encode_tile(t, o);
-        }
-        Ok(out)
-    }
-    fn decode(&self, payload: &[u8], _: DType, n: usize, out: &mut [u8]) -> Result<()> {
-        let tiles = tiles_of(self.name(), n)?;
-        expect_len(self.name(), payload, tiles * MXFP4_TILE_BYTES)?;
-        let mut vals = [0f32; TILE_ELEMS];
-        for (t, o) in payload
-            .chunks_exact(MXFP4_TILE_BYTES)
-            .zip(out.chunks_exact_mut(4 * TILE_ELEMS))
-        {
-            mxfp4_decode_tile(t, &mut vals);
-            write_f32(&vals, o);
-        }
-        Ok(())
+    fn unpack(&self, data: &[u8], out: &mut [f32]) {
+        nvfp4_decode_tile(data, self.0, out)
     }
 }
 
 impl Nvfp4Codec {
-    fn g(&self) -> Result<f32> {
-        self.g.ok_or_else(|| {
-            Error::config("nvfp4 needs its per-tensor scale: encode whole tensors (for_tensor)")
-        })
+    fn tile_bytes(&self) -> usize {
+        NVFP4_TILE_BYTES
     }
 }
 
@@ -320,54 +312,23 @@ impl TensorCodec for Nvfp4Codec {
     fn params(&self) -> Vec<u8> {
         self.g.map(|g| g.to_le_bytes().to_vec()).unwrap_or_default()
     }
-    fn lossless(&self) -> bool {
-        false
-    }
-    fn tiled(&self) -> bool {
-        true
-    }
-    fn accepts(&self, src: DType) -> bool {
-        src.is_float()
-    }
-    fn decoded_dtype(&self, _: DType) -> DType {
-        DType::F32
-    }
     fn for_tensor(&self, amax: f32) -> Option<Arc<dyn TensorCodec>> {
         Some(Arc::new(Nvfp4Codec {
             g: Some(nvfp4_global(amax)),
         }))
     }
-    fn max_encoded_len(&self, _: DType, n: usize) -> usize {
-        n.div_ceil(TILE_ELEMS).saturating_mul(NVFP4_TILE_BYTES)
-    }
+    tile_codec!(no_coding);
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
-        let g = self.g()?;
-        let vals = f32_elems(self.name(), src, bytes)?;
-        let tiles = tiles_of(self.name(), vals.len())?;
-        let mut out = vec![0u8; tiles * NVFP4_TILE_BYTES];
-        for (t, o) in vals
-            .chunks_exact(TILE_ELEMS)
-            .zip(out.chunks_exact_mut(NVFP4_TILE_BYTES))
-        {
-            nvfp4_encode_tile(t, g, o);
-        }
-        Ok(out)
+        let g = self.g.ok_or_else(|| {
+            Error::config("nvfp4 needs its per-tensor scale: encode whole tensors (for_tensor)")
+        })?;
+        encode_tiles(&Nvfp4Kernel(g), src, bytes)
     }
     fn decode(&self, payload: &[u8], _: DType, n: usize, out: &mut [u8]) -> Result<()> {
-        let g = self
-            .g()
-            .map_err(|_| Error::malformed("nvfp4 tensor has no global scale in its parameters"))?;
-        let tiles = tiles_of(self.name(), n)?;
-        expect_len(self.name(), payload, tiles * NVFP4_TILE_BYTES)?;
-        let mut vals = [0f32; TILE_ELEMS];
-        for (t, o) in payload
-            .chunks_exact(NVFP4_TILE_BYTES)
-            .zip(out.chunks_exact_mut(4 * TILE_ELEMS))
-        {
-            nvfp4_decode_tile(t, g, &mut vals);
-            write_f32(&vals, o);
-        }
-        Ok(())
+        let g = self.g.ok_or_else(|| {
+            Error::malformed("nvfp4 tensor has no global scale in its parameters")
+        })?;
+        decode_tiles(&Nvfp4Kernel(g), payload, n, out)
     }
 }
 
