@@ -6,7 +6,8 @@
 # tenpak's time includes what `compress` always does: decoding every chunk again to measure the
 # error, and writing the file.
 #
-# Needs: python3 with numpy, gguf and llama-cpp-python (pip install gguf llama-cpp-python).
+# Needs: python3 with numpy, gguf and llama-cpp-python
+# (pip install gguf; CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python, which builds llama.cpp).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
