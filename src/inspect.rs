@@ -19,6 +19,8 @@ pub struct TensorSummary {
     pub dtype: String,
     /// Pipeline as stored (`name` per stage, joined by `+`).
     pub codec: String,
+    /// Element layout of the chunks: `row-major`, `tiles32` or `tiles32-transposed`.
+    pub layout: &'static str,
     /// Whether this tenpak can decode it.
     pub supported: bool,
     /// Bytes in the source.
@@ -76,6 +78,11 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
                 .map(|s| s.codec_name.as_str())
                 .collect::<Vec<_>>()
                 .join("+"),
+            layout: match t.layout {
+                tpk_format::Layout::RowMajor => "row-major",
+                tpk_format::Layout::Tiles32 => "tiles32",
+                tpk_format::Layout::Tiles32Transposed => "tiles32-transposed",
+            },
             supported: ar.pipeline(i).is_ok(),
             source_bytes: t.source_bytes,
             encoded_bytes: t.payload_bytes(),

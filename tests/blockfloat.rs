@@ -187,6 +187,22 @@ fn tile_codecs_on_minilm() {
             let j = tenpak_json(&args);
             let back = dir.path().join("t.safetensors");
             tenpak_ok(&["verify", s(&tpk)]);
+            let ins = tenpak_json(&["inspect", s(&tpk)]);
+            let layouts: Vec<&str> = ins["tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["layout"].as_str().unwrap())
+                .collect();
+            let tiled = if transpose {
+                "tiles32-transposed"
+            } else {
+                "tiles32"
+            };
+            assert!(
+                layouts.contains(&tiled) && layouts.contains(&"row-major"),
+                "{layouts:?}"
+            );
             tenpak_ok(&["decompress", s(&tpk), "-o", s(&back), "--force", "-q"]);
             let got = read_safetensors(&back);
             for t in j["tensors"].as_array().unwrap() {

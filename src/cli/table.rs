@@ -151,10 +151,16 @@ pub fn inspect(out: &mut Vec<u8>, r: &InspectReport, tensors: bool) {
         "SQNR dB"
     );
     for t in &r.tensors {
+        // Tile layouts show after the codec: `bfp8 (tiles)`, `bfp8 (tiles, T)` when transposed.
+        let codec = match t.layout {
+            "tiles32" => format!("{} (tiles)", t.codec),
+            "tiles32-transposed" => format!("{} (tiles, T)", t.codec),
+            _ => t.codec.clone(),
+        };
         let codec = if t.supported {
-            t.codec.clone()
+            codec
         } else {
-            format!("{} (unsupported)", t.codec)
+            format!("{codec} (unsupported)")
         };
         let (p, mae, atol, sq) = match &t.metrics {
             Some(m) => (
