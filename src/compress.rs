@@ -357,16 +357,28 @@ fn encode_tiled(
     progress: &dyn Progress,
     sink: &mut ChunkSink<'_>,
 ) -> Result<Encoded> {
-    let mut vals = Vec::new();
-    dtype::to_f32(info.dtype, data, &mut vals);
-    let nonfinite = vals.iter().filter(|v| !v.is_finite()).count();
+    // f32 sources are read in place; others are widened once.
+    let mut widened = Vec::new();
+    let vals: &[f32] = match bytes_as_f32(info.dtype, data) {
+        Some(v) => v,
+        None => {
+            dtype::to_f32(info.dtype, data, &mut widened);
+            &widened
+        }
+    };
+    // One pass for both: the count of non-finite values and the largest magnitude.
+    let (nonfinite, amax) = vals.iter().fold((0usize, 0f32), |(n, m), v| {
+        (
+            n + !v.is_finite() as usize,
+            if v.abs() > m { v.abs() } else { m },
+        )
+    });
     if nonfinite > 0 {
         return Err(Error::input(format!(
             "{nonfinite} non-finite values (NaN or infinity); {} encodes finite weights only",
             pipeline.tensor_codec().name()
         )));
     }
-    let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
     let pipeline = match pipeline.tensor_codec().for_tensor(amax) {
         Some(t) => pipeline.with_tensor_codec(t),
         None => pipeline.clone(),
@@ -386,15 +398,21 @@ fn encode_tiled(
         batch,
         progress,
         |r| {
-            let tiles = geom.gather(&vals, r.clone());
-            let mut bytes = vec![0u8; 4 * tiles.len()];
-            for (b, v) in bytes.chunks_exact_mut(4).zip(&tiles) {
-                b.copy_from_slice(&v.to_le_bytes());
-            }
-            let payload = pipeline.encode(DType::F32, &bytes)?;
-            let dec = pipeline.decode(&payload, DType::F32, tiles.len(), u64::MAX)?;
-            let mut dec32 = Vec::new();
-            dtype::to_f32(dec_dtype, &dec, &mut dec32);
+            let tiles = geom.gather(vals, r.clone());
+            let mut dec32 = vec![0f32; tiles.len()];
+            let payload = match pipeline.encode_f32_tiles(&tiles, &mut dec32) {
+                Some(p) => p?,
+                None => {
+                    let mut bytes = vec![0u8; 4 * tiles.len()];
+                    for (b, v) in bytes.chunks_exact_mut(4).zip(&tiles) {
+                        b.copy_from_slice(&v.to_le_bytes());
+                    }
+                    let payload = pipeline.encode(DType::F32, &bytes)?;
+                    let dec = pipeline.decode(&payload, DType::F32, tiles.len(), u64::MAX)?;
+                    dtype::to_f32(dec_dtype, &dec, &mut dec32);
+                    payload
+                }
+            };
             // Padding is left out of the metrics; a band with none is measured as it is.
             let padded = geom.cols != geom.pcols || geom.rows < r.end * crate::tiles::T;
             let acc = if padded {
@@ -417,6 +435,18 @@ fn encode_tiled(
         metrics: acc.finish(),
         encoded_bytes,
     })
+}
+
+/// Little-endian f32 bytes viewed as `&[f32]` in place, where the platform allows (little-endian,
+/// 4-byte aligned, as memory-mapped safetensors and GGUF data are); `None` otherwise.
+fn bytes_as_f32(d: DType, data: &[u8]) -> Option<&[f32]> {
+    if d != DType::F32 || cfg!(target_endian = "big") {
+        return None;
+    }
+    // SAFETY: every bit pattern is a valid f32; align_to only yields the aligned middle part,
+    // which must then be the whole slice.
+    let (head, mid, tail) = unsafe { data.align_to::<f32>() };
+    (head.is_empty() && tail.is_empty()).then_some(mid)
 }
 
 /// Encode `items` (chunk descriptions) in parallel, `per_batch` at a time, handing each

@@ -102,7 +102,26 @@ impl TileGeom {
     /// Tile-ordered values of tile rows `trs` from the tensor's row-major `vals` (padding 0).
     pub fn gather(&self, vals: &[f32], trs: std::ops::Range<usize>) -> Vec<f32> {
         let mut out = vec![0f32; trs.len() * self.tile_row_elems()];
-        self.for_each(trs, |t, idx| out[t] = vals[idx]);
+        if self.col_stride == 1 {
+            // Rows are contiguous in the tensor: copy each tile row's 32-element runs (cut short
+            // at the last column; padding stays zero).
+            let tiles_wide = self.pcols / T;
+            for (k, tr) in trs.enumerate() {
+                for i in 0..T {
+                    let r = tr * T + i;
+                    if r >= self.rows {
+                        break;
+                    }
+                    let row = &vals[self.row_base[r]..self.row_base[r] + self.cols];
+                    for (tc, run) in row.chunks(T).enumerate() {
+                        let at = (k * tiles_wide + tc) * T * T + i * T;
+                        out[at..at + run.len()].copy_from_slice(run);
+                    }
+                }
+            }
+        } else {
+            self.for_each(trs, |t, idx| out[t] = vals[idx]);
+        }
         out
     }
 

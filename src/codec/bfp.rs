@@ -268,7 +268,24 @@ pub(crate) fn encode_tiles(k: &impl TileKernel, src: DType, bytes: &[u8]) -> Res
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    if let Some(x) = vals.iter().find(|x| !x.is_finite()) {
+    encode_f32_tiles(k, &vals, None)
+}
+
+/// Encode f32 tiles held in memory; with `recon`, also write there what the payload decodes to
+/// (the compressor measures against it without a byte round trip).
+pub(crate) fn encode_f32_tiles(
+    k: &impl TileKernel,
+    vals: &[f32],
+    mut recon: Option<&mut [f32]>,
+) -> Result<Vec<u8>> {
+    let name = k.kernel_name();
+    // A branch-free scan first (it vectorizes); the culprit is looked up only on failure.
+    if !vals.iter().fold(true, |ok, x| ok & x.is_finite()) {
+        let x = vals
+            .iter()
+            .find(|x| !x.is_finite())
+            .copied()
+            .unwrap_or(f32::NAN);
         return Err(Error::input(format!(
             "{name} cannot encode the non-finite value {x}; tile formats take finite weights only"
         )));
@@ -276,8 +293,12 @@ pub(crate) fn encode_tiles(k: &impl TileKernel, src: DType, bytes: &[u8]) -> Res
     let tiles = tiles_of(name, vals.len())?;
     let tb = k.tile_bytes();
     let mut out = vec![0u8; tiles * tb];
-    for (t, o) in vals.chunks_exact(TILE_ELEMS).zip(out.chunks_mut(tb.max(1))) {
+    for (i, t) in vals.chunks_exact(TILE_ELEMS).enumerate() {
+        let o = &mut out[i * tb..(i + 1) * tb];
         k.pack(t, o);
+        if let Some(r) = recon.as_deref_mut() {
+            k.unpack(o, &mut r[i * TILE_ELEMS..(i + 1) * TILE_ELEMS]);
+        }
     }
     Ok(out)
 }
@@ -307,6 +328,13 @@ pub(crate) fn decode_tiles(
 macro_rules! tile_codec {
     () => {
         $crate::codec::bfp::tile_codec!(no_coding);
+        fn encode_f32_tiles(&self, tiles: &[f32], recon: &mut [f32]) -> Option<Result<Vec<u8>>> {
+            Some($crate::codec::bfp::encode_f32_tiles(
+                self,
+                tiles,
+                Some(recon),
+            ))
+        }
         fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
             $crate::codec::bfp::encode_tiles(self, src, bytes)
         }

@@ -57,6 +57,12 @@ pub trait TensorCodec: Send + Sync + Debug {
     fn tiled(&self) -> bool {
         false
     }
+    /// Tile codecs: encode f32 tiles held in memory and write into `recon` (same length) what
+    /// the payload decodes to, sparing the compressor a byte round trip and a decode. `None`
+    /// for codecs without this path (the caller then encodes bytes and decodes).
+    fn encode_f32_tiles(&self, _tiles: &[f32], _recon: &mut [f32]) -> Option<Result<Vec<u8>>> {
+        None
+    }
     /// This codec with its per-tensor parameters fixed from the whole tensor (largest
     /// magnitude `amax`), for codecs that have any (nvfp4's global scale); `None` otherwise.
     fn for_tensor(&self, _amax: f32) -> Option<Arc<dyn TensorCodec>> {
@@ -344,6 +350,17 @@ impl Pipeline {
             b = c.encode(&b)?;
         }
         Ok(b)
+    }
+
+    /// [`TensorCodec::encode_f32_tiles`] through the whole pipeline (byte stages after it).
+    pub fn encode_f32_tiles(&self, tiles: &[f32], recon: &mut [f32]) -> Option<Result<Vec<u8>>> {
+        let r = self.tensor.encode_f32_tiles(tiles, recon)?;
+        Some(r.and_then(|mut b| {
+            for c in &self.bytes {
+                b = c.encode(&b)?;
+            }
+            Ok(b)
+        }))
     }
 
     /// Decode one chunk of `n` elements; returns bytes of `decoded_dtype(src)`.

@@ -11,7 +11,9 @@
 //!
 //! Config: `--codec mxfp4`, `--codec nvfp4` (no options).
 
-use super::bfp::{decode_tiles, encode_tiles, pow2, tile_codec, TileKernel, TILE, TILE_ELEMS};
+use super::bfp::{
+    decode_tiles, encode_f32_tiles, encode_tiles, pow2, tile_codec, TileKernel, TILE, TILE_ELEMS,
+};
 use super::{no_params, Codec, CodecEntry, TensorCodec};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -300,6 +302,12 @@ impl Nvfp4Codec {
     fn tile_bytes(&self) -> usize {
         NVFP4_TILE_BYTES
     }
+
+    fn scale(&self) -> Result<f32> {
+        self.g.ok_or_else(|| {
+            Error::config("nvfp4 needs its per-tensor scale: encode whole tensors (for_tensor)")
+        })
+    }
 }
 
 impl TensorCodec for Nvfp4Codec {
@@ -319,10 +327,13 @@ impl TensorCodec for Nvfp4Codec {
     }
     tile_codec!(no_coding);
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
-        let g = self.g.ok_or_else(|| {
-            Error::config("nvfp4 needs its per-tensor scale: encode whole tensors (for_tensor)")
-        })?;
-        encode_tiles(&Nvfp4Kernel(g), src, bytes)
+        encode_tiles(&Nvfp4Kernel(self.scale()?), src, bytes)
+    }
+    fn encode_f32_tiles(&self, tiles: &[f32], recon: &mut [f32]) -> Option<Result<Vec<u8>>> {
+        Some(
+            self.scale()
+                .and_then(|g| encode_f32_tiles(&Nvfp4Kernel(g), tiles, Some(recon))),
+        )
     }
     fn decode(&self, payload: &[u8], _: DType, n: usize, out: &mut [u8]) -> Result<()> {
         let g = self.g.ok_or_else(|| {
