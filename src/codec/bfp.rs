@@ -122,6 +122,22 @@ pub fn encode_tile(tile: &[f32], kind: Bfp, out: &mut [u8]) {
 }
 
 fn encode_tile_w<const W: u32>(tile: &[f32], out: &mut [u8]) {
+    // With AVX2 the branch-free group encoder vectorizes: per-lane variable shifts (`vpsrlvd`,
+    // which gives 0 for counts of 32 or more, as the format wants) and unsigned min.
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2")]
+        fn avx2<const W: u32>(tile: &[f32], out: &mut [u8]) {
+            encode_tile_core::<W>(tile, out)
+        }
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2::<W>(tile, out) };
+    }
+    encode_tile_core::<W>(tile, out)
+}
+
+#[inline(always)]
+fn encode_tile_core<const W: u32>(tile: &[f32], out: &mut [u8]) {
     debug_assert_eq!(tile.len(), TILE_ELEMS);
     let group_bytes = 2 * (W as usize + 1); // 16 codes of W + 1 bits
     for p in 0..64 {
