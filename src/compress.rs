@@ -366,14 +366,16 @@ fn encode_tiled(
             &widened
         }
     };
-    // One pass for both: the count of non-finite values and the largest magnitude.
-    let (nonfinite, amax) = vals.iter().fold((0usize, 0f32), |(n, m), v| {
-        (
-            n + !v.is_finite() as usize,
-            if v.abs() > m { v.abs() } else { m },
-        )
-    });
-    if nonfinite > 0 {
+    // One integer max over the magnitude bits (it vectorizes; a float max does not): for
+    // non-negative floats the bit patterns order as the values do, and anything at or above
+    // the infinity pattern is non-finite.
+    let top = vals
+        .iter()
+        .map(|v| v.to_bits() & 0x7FFF_FFFF)
+        .fold(0u32, u32::max);
+    let amax = f32::from_bits(top);
+    if top >= 0x7F80_0000 {
+        let nonfinite = vals.iter().filter(|v| !v.is_finite()).count();
         return Err(Error::input(format!(
             "{nonfinite} non-finite values (NaN or infinity); {} encodes finite weights only",
             pipeline.tensor_codec().name()

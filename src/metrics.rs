@@ -107,25 +107,9 @@ impl Accumulator {
 
     /// [`Accumulator::from_pairs`] of f32 data, without widening copies: four interleaved lanes
     /// per sum keep the f64 adds from waiting on each other (lanes are combined in a fixed
-    /// order, so results stay independent of threads). Pairs with a non-finite value take the
-    /// general path.
+    /// order, so results stay independent of threads and CPUs). Pairs with a non-finite value
+    /// take the general path.
     pub fn from_f32_pairs(x: &[f32], y: &[f32]) -> Self {
-        // The four lanes map onto AVX registers where the CPU has them. No FMA: fused
-        // multiply-adds round differently, and stored metrics must not depend on the machine.
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx") {
-            #[target_feature(enable = "avx")]
-            fn avx(x: &[f32], y: &[f32]) -> Accumulator {
-                Accumulator::f32_pairs_core(x, y)
-            }
-            // SAFETY: the CPU has AVX, checked just above.
-            return unsafe { avx(x, y) };
-        }
-        Self::f32_pairs_core(x, y)
-    }
-
-    #[inline(always)]
-    fn f32_pairs_core(x: &[f32], y: &[f32]) -> Self {
         debug_assert_eq!(x.len(), y.len());
         let general = || {
             let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
@@ -135,18 +119,10 @@ impl Accumulator {
         if x.is_empty() {
             return general();
         }
-        const L: usize = 4;
         let n = x.len();
-        let (mut sx, mut sy) = ([0f64; L], [0f64; L]);
-        let (xc, yc) = (x.chunks_exact(L), y.chunks_exact(L));
-        let (xr, yr) = (xc.remainder(), yc.remainder());
-        for (a, b) in xc.zip(yc) {
-            for l in 0..L {
-                sx[l] += a[l] as f64;
-                sy[l] += b[l] as f64;
-            }
-        }
-        for (l, (&a, &b)) in xr.iter().zip(yr).enumerate() {
+        let body = n / L * L;
+        let (mut sx, mut sy) = lanes::sums(&x[..body], &y[..body]);
+        for (l, (&a, &b)) in x[body..].iter().zip(&y[body..]).enumerate() {
             sx[l] += a as f64;
             sy[l] += b as f64;
         }
@@ -161,29 +137,9 @@ impl Accumulator {
             ..Default::default()
         };
         let (mx, my) = (acc.mean_x, acc.mean_y);
-        let mut s = [[0f64; L]; 5];
-        let mut mmax = [0f64; L];
-        let mut step = |l: usize, a: f32, b: f32| {
-            let (xi, yi) = (a as f64, b as f64);
-            let (dx, dy) = (xi - mx, yi - my);
-            let e = (xi - yi).abs();
-            s[0][l] += dx * dx;
-            s[1][l] += dy * dy;
-            s[2][l] += dx * dy;
-            s[3][l] += e;
-            s[4][l] += e * e;
-            // Both are finite here: a plain compare-select (no NaN handling) vectorizes.
-            if e > mmax[l] {
-                mmax[l] = e;
-            }
-        };
-        for (a, b) in x.chunks_exact(L).zip(y.chunks_exact(L)) {
-            for l in 0..L {
-                step(l, a[l], b[l]);
-            }
-        }
-        for (l, (&a, &b)) in xr.iter().zip(yr).enumerate() {
-            step(l, a, b);
+        let (mut s, mut mmax) = lanes::moments(&x[..body], &y[..body], mx, my);
+        for (l, (&a, &b)) in x[body..].iter().zip(&y[body..]).enumerate() {
+            lanes::step(&mut s, &mut mmax, l, a, b, mx, my);
         }
         let t = |k: usize| s[k].iter().sum::<f64>();
         acc.m2x = t(0);
@@ -293,6 +249,131 @@ impl Accumulator {
     }
 }
 
+/// Lanes of [`Accumulator::from_f32_pairs`]: lane `l` takes elements `4i + l`, in order, in
+/// both the portable code and the AVX code, which therefore give identical bits (plain IEEE
+/// adds and multiplies, no fused multiply-add).
+const L: usize = 4;
+
+mod lanes {
+    use super::L;
+
+    /// Centred sums: `(x-mx)^2, (y-my)^2, (x-mx)(y-my), |x-y|, (x-y)^2` per lane.
+    pub type Moments = [[f64; L]; 5];
+
+    #[inline(always)]
+    pub fn step(s: &mut Moments, mmax: &mut [f64; L], l: usize, a: f32, b: f32, mx: f64, my: f64) {
+        let (xi, yi) = (a as f64, b as f64);
+        let (dx, dy) = (xi - mx, yi - my);
+        let e = (xi - yi).abs();
+        s[0][l] += dx * dx;
+        s[1][l] += dy * dy;
+        s[2][l] += dx * dy;
+        s[3][l] += e;
+        s[4][l] += e * e;
+        if e > mmax[l] {
+            mmax[l] = e;
+        }
+    }
+
+    /// Per-lane sums of `x` and `y` (lengths a multiple of 4).
+    pub fn sums(x: &[f32], y: &[f32]) -> ([f64; L], [f64; L]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU has AVX, checked just above.
+            return unsafe { avx::sums(x, y) };
+        }
+        let (mut sx, mut sy) = ([0f64; L], [0f64; L]);
+        for (a, b) in x.chunks_exact(L).zip(y.chunks_exact(L)) {
+            for l in 0..L {
+                sx[l] += a[l] as f64;
+                sy[l] += b[l] as f64;
+            }
+        }
+        (sx, sy)
+    }
+
+    /// Per-lane centred moments and largest error (lengths a multiple of 4).
+    pub fn moments(x: &[f32], y: &[f32], mx: f64, my: f64) -> (Moments, [f64; L]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU has AVX, checked just above.
+            return unsafe { avx::moments(x, y, mx, my) };
+        }
+        let (mut s, mut mmax) = ([[0f64; L]; 5], [0f64; L]);
+        for (a, b) in x.chunks_exact(L).zip(y.chunks_exact(L)) {
+            for l in 0..L {
+                step(&mut s, &mut mmax, l, a[l], b[l], mx, my);
+            }
+        }
+        (s, mmax)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod avx {
+        use super::{Moments, L};
+        use std::arch::x86_64::*;
+
+        #[target_feature(enable = "avx")]
+        pub fn sums(x: &[f32], y: &[f32]) -> ([f64; L], [f64; L]) {
+            let (mut sx, mut sy) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+            for (a, b) in x.chunks_exact(L).zip(y.chunks_exact(L)) {
+                // SAFETY: each chunk holds exactly 4 f32; unaligned loads.
+                let (xa, yb) = unsafe {
+                    (
+                        _mm256_cvtps_pd(_mm_loadu_ps(a.as_ptr())),
+                        _mm256_cvtps_pd(_mm_loadu_ps(b.as_ptr())),
+                    )
+                };
+                sx = _mm256_add_pd(sx, xa);
+                sy = _mm256_add_pd(sy, yb);
+            }
+            let (mut ox, mut oy) = ([0f64; L], [0f64; L]);
+            // SAFETY: the arrays hold 4 f64; unaligned stores.
+            unsafe {
+                _mm256_storeu_pd(ox.as_mut_ptr(), sx);
+                _mm256_storeu_pd(oy.as_mut_ptr(), sy);
+            }
+            (ox, oy)
+        }
+
+        #[target_feature(enable = "avx")]
+        pub fn moments(x: &[f32], y: &[f32], mx: f64, my: f64) -> (Moments, [f64; L]) {
+            let (mxv, myv) = (_mm256_set1_pd(mx), _mm256_set1_pd(my));
+            let abs = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFF_FFFF_FFFF_FFFF));
+            let mut s = [_mm256_setzero_pd(); 5];
+            let mut mm = _mm256_setzero_pd();
+            for (a, b) in x.chunks_exact(L).zip(y.chunks_exact(L)) {
+                // SAFETY: each chunk holds exactly 4 f32; unaligned loads.
+                let (xa, yb) = unsafe {
+                    (
+                        _mm256_cvtps_pd(_mm_loadu_ps(a.as_ptr())),
+                        _mm256_cvtps_pd(_mm_loadu_ps(b.as_ptr())),
+                    )
+                };
+                let (dx, dy) = (_mm256_sub_pd(xa, mxv), _mm256_sub_pd(yb, myv));
+                let e = _mm256_and_pd(_mm256_sub_pd(xa, yb), abs);
+                s[0] = _mm256_add_pd(s[0], _mm256_mul_pd(dx, dx));
+                s[1] = _mm256_add_pd(s[1], _mm256_mul_pd(dy, dy));
+                s[2] = _mm256_add_pd(s[2], _mm256_mul_pd(dx, dy));
+                s[3] = _mm256_add_pd(s[3], e);
+                s[4] = _mm256_add_pd(s[4], _mm256_mul_pd(e, e));
+                // Finite inputs: max_pd picks the larger, as the portable compare does.
+                mm = _mm256_max_pd(e, mm);
+            }
+            let mut out = [[0f64; L]; 5];
+            let mut om = [0f64; L];
+            // SAFETY: the arrays hold 4 f64; unaligned stores.
+            unsafe {
+                for (o, v) in out.iter_mut().zip(&s) {
+                    _mm256_storeu_pd(o.as_mut_ptr(), *v);
+                }
+                _mm256_storeu_pd(om.as_mut_ptr(), mm);
+            }
+            (out, om)
+        }
+    }
+}
+
 impl Metrics {
     /// As (name, value) pairs for the index.
     pub fn to_pairs(&self) -> Vec<(String, f64)> {
@@ -334,6 +415,36 @@ mod tests {
 
     fn m(x: &[f64], y: &[f64]) -> Metrics {
         Accumulator::from_pairs(x, y).finish()
+    }
+
+    /// The vector lanes give the portable lanes' bits exactly.
+    #[test]
+    fn lane_kernels_match_portable_code() {
+        let mut v = 0x9E37_79B9u32;
+        let mut r = || {
+            v = v.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (v >> 8) as f32 / (1u32 << 24) as f32 - 0.4
+        };
+        let x: Vec<f32> = (0..4096).map(|_| r()).collect();
+        let y: Vec<f32> = x.iter().map(|&a| a + r() * 0.001).collect();
+        let (sx, sy) = lanes::sums(&x, &y);
+        let (mut px, mut py) = ([0f64; L], [0f64; L]);
+        for (i, (&a, &b)) in x.iter().zip(&y).enumerate() {
+            px[i % L] += a as f64;
+            py[i % L] += b as f64;
+        }
+        assert_eq!(sx.map(f64::to_bits), px.map(f64::to_bits));
+        assert_eq!(sy.map(f64::to_bits), py.map(f64::to_bits));
+        let (s, m) = lanes::moments(&x, &y, 0.01, -0.02);
+        let (mut ps, mut pm) = ([[0f64; L]; 5], [0f64; L]);
+        for (i, (&a, &b)) in x.iter().zip(&y).enumerate() {
+            lanes::step(&mut ps, &mut pm, i % L, a, b, 0.01, -0.02);
+        }
+        assert_eq!(
+            s.map(|k| k.map(f64::to_bits)),
+            ps.map(|k| k.map(f64::to_bits))
+        );
+        assert_eq!(m.map(f64::to_bits), pm.map(f64::to_bits));
     }
 
     #[test]
