@@ -177,6 +177,21 @@ pub fn decode_tile(data: &[u8], kind: Bfp, out: &mut [f32]) {
 }
 
 fn decode_tile_w<const W: u32>(data: &[u8], out: &mut [f32]) {
+    // As for encoding: the branch-free element loop vectorizes better with AVX2.
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2")]
+        fn avx2<const W: u32>(data: &[u8], out: &mut [f32]) {
+            decode_tile_core::<W>(data, out)
+        }
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { avx2::<W>(data, out) };
+    }
+    decode_tile_core::<W>(data, out)
+}
+
+#[inline(always)]
+fn decode_tile_core<const W: u32>(data: &[u8], out: &mut [f32]) {
     let bits = W as usize + 1;
     let group_bytes = 2 * bits;
     let mask = (1u32 << bits) - 1;
