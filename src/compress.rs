@@ -400,34 +400,18 @@ fn encode_tiled(
         batch,
         progress,
         |r| {
-            let tiles = geom.gather(vals, r.clone());
-            let mut dec32 = vec![0f32; tiles.len()];
-            let payload = match pipeline.encode_f32_tiles(&tiles, &mut dec32) {
-                Some(p) => p?,
-                None => {
-                    let mut bytes = vec![0u8; 4 * tiles.len()];
-                    for (b, v) in bytes.chunks_exact_mut(4).zip(&tiles) {
-                        b.copy_from_slice(&v.to_le_bytes());
-                    }
-                    let payload = pipeline.encode(DType::F32, &bytes)?;
-                    let dec = pipeline.decode(&payload, DType::F32, tiles.len(), u64::MAX)?;
-                    dtype::to_f32(dec_dtype, &dec, &mut dec32);
-                    payload
-                }
-            };
-            // Padding is left out of the metrics; a band with none is measured as it is.
-            let padded = geom.cols != geom.pcols || geom.rows < r.end * crate::tiles::T;
-            let acc = if padded {
-                let (mut x, mut y) = (Vec::new(), Vec::new());
-                geom.for_each(r.clone(), |t, _| {
-                    x.push(tiles[t]);
-                    y.push(dec32[t]);
-                });
-                Accumulator::from_f32_pairs(&x, &y)
-            } else {
-                Accumulator::from_f32_pairs(&tiles, &dec32)
-            };
-            Ok((payload, acc))
+            // Per-thread buffers, reused across chunks: fresh ones cost a zeroing pass and page
+            // faults per chunk.
+            thread_local! {
+                static BUFS: std::cell::Cell<(Vec<f32>, Vec<f32>)> =
+                    const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+            }
+            let (mut tiles, mut dec32) = BUFS.take();
+            geom.gather_into(vals, r.clone(), &mut tiles);
+            dec32.resize(tiles.len(), 0.0);
+            let result = encode_tile_chunk(&pipeline, &geom, r, &tiles, &mut dec32, dec_dtype);
+            BUFS.set((tiles, dec32));
+            result
         },
         |r, payload| sink(payload, r.start as u64 * e, r.len() as u64 * e),
     )?;
@@ -437,6 +421,43 @@ fn encode_tiled(
         metrics: acc.finish(),
         encoded_bytes,
     })
+}
+
+/// Encode one band of tiles and measure it against its reconstruction (`dec32`, tile-sized).
+fn encode_tile_chunk(
+    pipeline: &Pipeline,
+    geom: &TileGeom,
+    r: &std::ops::Range<usize>,
+    tiles: &[f32],
+    dec32: &mut Vec<f32>,
+    dec_dtype: DType,
+) -> Result<(Vec<u8>, Accumulator)> {
+    let payload = match pipeline.encode_f32_tiles(tiles, dec32) {
+        Some(p) => p?,
+        None => {
+            let mut bytes = vec![0u8; 4 * tiles.len()];
+            for (b, v) in bytes.chunks_exact_mut(4).zip(tiles) {
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+            let payload = pipeline.encode(DType::F32, &bytes)?;
+            let dec = pipeline.decode(&payload, DType::F32, tiles.len(), u64::MAX)?;
+            dtype::to_f32(dec_dtype, &dec, dec32);
+            payload
+        }
+    };
+    // Padding is left out of the metrics; a band with none is measured as it is.
+    let padded = geom.cols != geom.pcols || geom.rows < r.end * crate::tiles::T;
+    let acc = if padded {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        geom.for_each(r.clone(), |t, _| {
+            x.push(tiles[t]);
+            y.push(dec32[t]);
+        });
+        Accumulator::from_f32_pairs(&x, &y)
+    } else {
+        Accumulator::from_f32_pairs(tiles, dec32)
+    };
+    Ok((payload, acc))
 }
 
 /// Little-endian f32 bytes viewed as `&[f32]` in place, where the platform allows (little-endian,

@@ -101,7 +101,16 @@ impl TileGeom {
 
     /// Tile-ordered values of tile rows `trs` from the tensor's row-major `vals` (padding 0).
     pub fn gather(&self, vals: &[f32], trs: std::ops::Range<usize>) -> Vec<f32> {
-        let mut out = vec![0f32; trs.len() * self.tile_row_elems()];
+        let mut out = Vec::new();
+        self.gather_into(vals, trs, &mut out);
+        out
+    }
+
+    /// [`TileGeom::gather`] into a reusable buffer (resized; padding set to zero).
+    pub fn gather_into(&self, vals: &[f32], trs: std::ops::Range<usize>, out: &mut Vec<f32>) {
+        let len = trs.len() * self.tile_row_elems();
+        out.clear();
+        out.resize(len, 0.0);
         if self.col_stride == 1 {
             // Rows are contiguous in the tensor: copy each tile row's 32-element runs (cut short
             // at the last column; padding stays zero).
@@ -122,7 +131,6 @@ impl TileGeom {
         } else {
             self.for_each(trs, |t, idx| out[t] = vals[idx]);
         }
-        out
     }
 
     /// Call `f(tile_space_index, tensor_index)` for every non-padding element of tile rows `trs`
