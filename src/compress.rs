@@ -366,24 +366,28 @@ fn encode_tiled(
             &widened
         }
     };
-    // One integer max over the magnitude bits (it vectorizes; a float max does not): for
-    // non-negative floats the bit patterns order as the values do, and anything at or above
-    // the infinity pattern is non-finite.
-    let top = vals
-        .iter()
-        .map(|v| v.to_bits() & 0x7FFF_FFFF)
-        .fold(0u32, u32::max);
-    let amax = f32::from_bits(top);
-    if top >= 0x7F80_0000 {
-        let nonfinite = vals.iter().filter(|v| !v.is_finite()).count();
-        return Err(Error::input(format!(
-            "{nonfinite} non-finite values (NaN or infinity); {} encodes finite weights only",
-            pipeline.tensor_codec().name()
-        )));
-    }
-    let pipeline = match pipeline.tensor_codec().for_tensor(amax) {
-        Some(t) => pipeline.with_tensor_codec(t),
-        None => pipeline.clone(),
+    // A pass over the whole tensor only for codecs with per-tensor parameters; the others
+    // refuse non-finite values chunk by chunk. One integer max over the magnitude bits (it
+    // vectorizes; a float max does not): for non-negative floats the bit patterns order as the
+    // values do, and anything at or above the infinity pattern is non-finite.
+    let pipeline = if pipeline.tensor_codec().per_tensor() {
+        let top = vals
+            .iter()
+            .map(|v| v.to_bits() & 0x7FFF_FFFF)
+            .fold(0u32, u32::max);
+        if top >= 0x7F80_0000 {
+            let nonfinite = vals.iter().filter(|v| !v.is_finite()).count();
+            return Err(Error::input(format!(
+                "{nonfinite} non-finite values (NaN or infinity); {} encodes finite weights only",
+                pipeline.tensor_codec().name()
+            )));
+        }
+        match pipeline.tensor_codec().for_tensor(f32::from_bits(top)) {
+            Some(t) => pipeline.with_tensor_codec(t),
+            None => pipeline.clone(),
+        }
+    } else {
+        pipeline.clone()
     };
     let geom = TileGeom::new(layout, &info.dims, u64::MAX)?.expect("a tile layout");
     let per_chunk = (chunk_elems as usize / geom.tile_row_elems()).max(1);

@@ -124,7 +124,15 @@ impl TileGeom {
                     let row = &vals[self.row_base[r]..self.row_base[r] + self.cols];
                     for (tc, run) in row.chunks(T).enumerate() {
                         let at = (k * tiles_wide + tc) * T * T + i * T;
-                        out[at..at + run.len()].copy_from_slice(run);
+                        // Whole runs as fixed-size arrays: inline moves, not a memmove call each.
+                        match <&[f32; T]>::try_from(run) {
+                            Ok(full) => {
+                                let dst: &mut [f32; T] =
+                                    (&mut out[at..at + T]).try_into().expect("32 elements");
+                                *dst = *full;
+                            }
+                            Err(_) => out[at..at + run.len()].copy_from_slice(run),
+                        }
                     }
                 }
             }

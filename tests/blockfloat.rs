@@ -265,3 +265,32 @@ fn f32s(b: &[u8]) -> Vec<f32> {
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect()
 }
+
+/// Tile codecs refuse NaN and infinity with an error naming the file and the tensor, and leave
+/// no output behind.
+#[test]
+fn non_finite_weights_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("nan.safetensors");
+    let mut vals = vec![0.5f32; 40 * 40];
+    vals[3 * 40 + 5] = f32::NAN;
+    vals[7 * 40 + 7] = f32::INFINITY;
+    let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_st(
+        &src,
+        vec![("bad.weight", safetensors::Dtype::F32, vec![40, 40], bytes)],
+    );
+    for codec in ["bfp8", "nvfp4", "mxfp4"] {
+        let out = dir.path().join("o.tpk");
+        let o = tenpak(&["compress", s(&src), "-o", s(&out), "--codec", codec, "-q"]);
+        assert_eq!(o.status.code(), Some(1), "{codec}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("nan.safetensors")
+                && err.contains("'bad.weight'")
+                && err.contains("non-finite"),
+            "{codec}: {err}"
+        );
+        assert!(!out.exists());
+    }
+}

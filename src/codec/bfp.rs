@@ -310,8 +310,13 @@ pub(crate) fn encode_f32_tiles(
     mut recon: Option<&mut [f32]>,
 ) -> Result<Vec<u8>> {
     let name = k.kernel_name();
-    // A branch-free scan first (it vectorizes); the culprit is looked up only on failure.
-    if !vals.iter().fold(true, |ok, x| ok & x.is_finite()) {
+    // An integer max over the magnitude bits first (it vectorizes): at or above the infinity
+    // pattern means a non-finite value, looked up only then.
+    let top = vals
+        .iter()
+        .map(|v| v.to_bits() & 0x7FFF_FFFF)
+        .fold(0u32, u32::max);
+    if top >= 0x7F80_0000 {
         let x = vals
             .iter()
             .find(|x| !x.is_finite())

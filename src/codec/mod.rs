@@ -63,6 +63,11 @@ pub trait TensorCodec: Send + Sync + Debug {
     fn encode_f32_tiles(&self, _tiles: &[f32], _recon: &mut [f32]) -> Option<Result<Vec<u8>>> {
         None
     }
+    /// Whether [`TensorCodec::for_tensor`] needs the tensor's largest magnitude (a pass over the
+    /// whole tensor before its chunks are encoded).
+    fn per_tensor(&self) -> bool {
+        false
+    }
     /// This codec with its per-tensor parameters fixed from the whole tensor (largest
     /// magnitude `amax`), for codecs that have any (nvfp4's global scale); `None` otherwise.
     fn for_tensor(&self, _amax: f32) -> Option<Arc<dyn TensorCodec>> {

@@ -320,6 +320,9 @@ impl TensorCodec for Nvfp4Codec {
     fn params(&self) -> Vec<u8> {
         self.g.map(|g| g.to_le_bytes().to_vec()).unwrap_or_default()
     }
+    fn per_tensor(&self) -> bool {
+        true
+    }
     fn for_tensor(&self, amax: f32) -> Option<Arc<dyn TensorCodec>> {
         Some(Arc::new(Nvfp4Codec {
             g: Some(nvfp4_global(amax)),
