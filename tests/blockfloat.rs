@@ -280,7 +280,7 @@ fn non_finite_weights_are_refused() {
         &src,
         vec![("bad.weight", safetensors::Dtype::F32, vec![40, 40], bytes)],
     );
-    for codec in ["bfp8", "nvfp4", "mxfp4"] {
+    for codec in ["bfp8", "bfp2", "nvfp4", "mxfp4", "fp0"] {
         let out = dir.path().join("o.tpk");
         let o = tenpak(&["compress", s(&src), "-o", s(&out), "--codec", codec, "-q"]);
         assert_eq!(o.status.code(), Some(1), "{codec}");

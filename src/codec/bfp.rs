@@ -274,6 +274,22 @@ pub(crate) trait TileKernel {
     fn pack(&self, tile: &[f32], out: &mut [u8]);
     /// Unpack one tile into 1024 row-major values; every byte pattern decodes.
     fn unpack(&self, data: &[u8], out: &mut [f32]);
+    /// Whether a packed tile shows that all its values were finite, for kernels whose bytes
+    /// tell (`None`: the encoder scans the values first).
+    fn packed_finite(&self, _packed: &[u8]) -> Option<bool> {
+        None
+    }
+}
+
+fn non_finite(name: &str, vals: &[f32]) -> Error {
+    let x = vals
+        .iter()
+        .find(|x| !x.is_finite())
+        .copied()
+        .unwrap_or(f32::NAN);
+    Error::input(format!(
+        "{name} cannot encode the non-finite value {x}; tile formats take finite weights only"
+    ))
 }
 
 /// Tile count of a tile-codec chunk of `n` elements; `n` must be a whole number of tiles.
@@ -310,28 +326,31 @@ pub(crate) fn encode_f32_tiles(
     mut recon: Option<&mut [f32]>,
 ) -> Result<Vec<u8>> {
     let name = k.kernel_name();
-    // An integer max over the magnitude bits first (it vectorizes): at or above the infinity
-    // pattern means a non-finite value, looked up only then.
-    let top = vals
-        .iter()
-        .map(|v| v.to_bits() & 0x7FFF_FFFF)
-        .fold(0u32, u32::max);
-    if top >= 0x7F80_0000 {
-        let x = vals
-            .iter()
-            .find(|x| !x.is_finite())
-            .copied()
-            .unwrap_or(f32::NAN);
-        return Err(Error::input(format!(
-            "{name} cannot encode the non-finite value {x}; tile formats take finite weights only"
-        )));
-    }
     let tiles = tiles_of(name, vals.len())?;
     let tb = k.tile_bytes();
     let mut out = vec![0u8; tiles * tb];
+    // Kernels whose bytes show a non-finite input are checked per tile, for free; for the
+    // others an integer max over the magnitude bits (it vectorizes) runs first: at or above the
+    // infinity pattern means a non-finite value, looked up only then.
+    if tiles == 0 {
+        return Ok(out);
+    }
+    let bytes_tell = k.packed_finite(&out[..tb]).is_some();
+    if !bytes_tell {
+        let top = vals
+            .iter()
+            .map(|v| v.to_bits() & 0x7FFF_FFFF)
+            .fold(0u32, u32::max);
+        if top >= 0x7F80_0000 {
+            return Err(non_finite(name, vals));
+        }
+    }
     for (i, t) in vals.chunks_exact(TILE_ELEMS).enumerate() {
         let o = &mut out[i * tb..(i + 1) * tb];
         k.pack(t, o);
+        if k.packed_finite(o) == Some(false) {
+            return Err(non_finite(name, t));
+        }
         if let Some(r) = recon.as_deref_mut() {
             k.unpack(o, &mut r[i * TILE_ELEMS..(i + 1) * TILE_ELEMS]);
         }
@@ -411,6 +430,10 @@ impl TileKernel for BfpCodec {
     }
     fn unpack(&self, data: &[u8], out: &mut [f32]) {
         decode_tile(data, self.0, out)
+    }
+    fn packed_finite(&self, packed: &[u8]) -> Option<bool> {
+        // A group's exponent is the largest exponent field in it: 255 only for Inf or NaN.
+        Some(!packed[..64].contains(&0xFF))
     }
 }
 
