@@ -313,9 +313,11 @@ impl TensorSource for GgufSource {
         let mut out = vec![0f32; self.infos[i].numel() as usize];
         dequantize(e.ggml_type, bytes, &mut out)
             .map_err(|err| err.with_tensor(&self.infos[i].name))?;
-        Ok(Cow::Owned(
-            out.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ))
+        let mut le = vec![0u8; 4 * out.len()];
+        for (b, v) in le.chunks_exact_mut(4).zip(&out) {
+            b.copy_from_slice(&v.to_le_bytes());
+        }
+        Ok(Cow::Owned(le))
     }
 }
 
