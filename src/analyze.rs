@@ -16,6 +16,7 @@ use crate::compress::{encode_tensor, tensor_plan, CompressOptions};
 use crate::config::{Algorithm, Config};
 use crate::error::{Error, Result};
 use crate::input::{self, TensorSource};
+use crate::metrics::{fmt_pcc, fmt_sci as sci};
 use crate::progress::{Event, Progress};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -330,7 +331,7 @@ pub fn analyze_source(
     Ok(report)
 }
 
-/// A tensor name as a file name.
+/// A name (tensor, model) as a file name: anything but ASCII letters, digits, `-_.` becomes `_`.
 fn file_safe(name: &str) -> String {
     name.chars()
         .map(|c| {
@@ -443,16 +444,7 @@ pub fn model_name(input: &Path) -> String {
     } else {
         stem
     };
-    let clean: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let clean = file_safe(&name);
     if clean.is_empty() {
         "model".into()
     } else {
@@ -498,22 +490,6 @@ fn results_dir(input: &Path, algorithm: &str) -> Result<PathBuf> {
         k += 1;
     }
     Ok(dir)
-}
-
-fn fmt_pcc(p: Option<f64>) -> String {
-    match p {
-        None => "n/a".into(),
-        Some(1.0) => "1".into(),
-        Some(v) => format!("{v:.7}"),
-    }
-}
-
-fn sci(v: f64) -> String {
-    if v == 0.0 {
-        "0".into()
-    } else {
-        format!("{v:.3e}")
-    }
 }
 
 /// The report as a text table (what `table.txt` holds and the command prints).

@@ -58,6 +58,24 @@ pub struct Metrics {
     pub pcc_undefined: bool,
 }
 
+/// PCC for tables: `1` when exact, 7 decimals otherwise, `n/a` when undefined.
+pub fn fmt_pcc(p: Option<f64>) -> String {
+    match p {
+        None => "n/a".into(),
+        Some(1.0) => "1".into(),
+        Some(v) => format!("{v:.7}"),
+    }
+}
+
+/// An error figure for tables: `0`, or 4 significant digits in scientific notation.
+pub fn fmt_sci(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
 fn finite_or_null<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
     if v.is_finite() {
         s.serialize_f64(*v)

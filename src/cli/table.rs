@@ -5,7 +5,7 @@ use std::path::Path;
 use tenpak::compress::CompressReport;
 use tenpak::decompress::DecompressReport;
 use tenpak::inspect::InspectReport;
-use tenpak::metrics::Metrics;
+use tenpak::metrics::{fmt_pcc, fmt_sci as sci, Metrics};
 use tenpak::verify::VerifyReport;
 
 /// `1234567` -> `1.23 MB` (decimal units, as file managers show).
@@ -35,19 +35,7 @@ fn shape(s: &[u64]) -> String {
 }
 
 fn pcc(m: &Metrics) -> String {
-    if m.pcc == 1.0 {
-        "1".into()
-    } else {
-        format!("{:.7}", m.pcc)
-    }
-}
-
-fn sci(v: f64) -> String {
-    if v == 0.0 {
-        "0".into()
-    } else {
-        format!("{v:.3e}")
-    }
+    fmt_pcc(Some(m.pcc))
 }
 
 /// The compress report.
