@@ -407,14 +407,12 @@ fn encode_tiled(
             // Per-thread buffers, reused across chunks: fresh ones cost a zeroing pass and page
             // faults per chunk.
             thread_local! {
-                static BUFS: std::cell::Cell<(Vec<f32>, Vec<f32>)> =
-                    const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+                static BUF: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
             }
-            let (mut tiles, mut dec32) = BUFS.take();
+            let mut tiles = BUF.take();
             geom.gather_into(vals, r.clone(), &mut tiles);
-            dec32.resize(tiles.len(), 0.0);
-            let result = encode_tile_chunk(&pipeline, &geom, r, &tiles, &mut dec32, dec_dtype);
-            BUFS.set((tiles, dec32));
+            let result = encode_tile_chunk(&pipeline, &geom, r, &tiles, dec_dtype);
+            BUF.set(tiles);
             result
         },
         |r, payload| sink(payload, r.start as u64 * e, r.len() as u64 * e),
@@ -427,16 +425,37 @@ fn encode_tiled(
     })
 }
 
-/// Encode one band of tiles and measure it against its reconstruction (`dec32`, tile-sized).
+/// Encode one band of tiles and measure it, tile by tile, against its reconstruction.
 fn encode_tile_chunk(
     pipeline: &Pipeline,
     geom: &TileGeom,
     r: &std::ops::Range<usize>,
     tiles: &[f32],
-    dec32: &mut Vec<f32>,
     dec_dtype: DType,
 ) -> Result<(Vec<u8>, Accumulator)> {
-    let payload = match pipeline.encode_f32_tiles(tiles, dec32) {
+    use crate::tiles::T;
+    let tiles_wide = geom.pcols / T;
+    let mut acc = Accumulator::default();
+    let mut i = 0;
+    // Padding is left out of the metrics; whole tiles are measured as they are.
+    let mut measure = |x: &[f32], y: &[f32]| {
+        let (tr, tc) = (r.start + i / tiles_wide, i % tiles_wide);
+        i += 1;
+        let vr = geom.rows.saturating_sub(tr * T).min(T);
+        let vc = geom.cols.saturating_sub(tc * T).min(T);
+        let a = if vr == T && vc == T {
+            Accumulator::from_f32_block(x, y)
+        } else {
+            let (mut xs, mut ys) = (Vec::with_capacity(vr * vc), Vec::with_capacity(vr * vc));
+            for row in 0..vr {
+                xs.extend_from_slice(&x[row * T..row * T + vc]);
+                ys.extend_from_slice(&y[row * T..row * T + vc]);
+            }
+            Accumulator::from_f32_pairs(&xs, &ys)
+        };
+        acc.merge(&a);
+    };
+    let payload = match pipeline.encode_f32_tiles(tiles, &mut measure) {
         Some(p) => p?,
         None => {
             let mut bytes = vec![0u8; 4 * tiles.len()];
@@ -445,21 +464,14 @@ fn encode_tile_chunk(
             }
             let payload = pipeline.encode(DType::F32, &bytes)?;
             let dec = pipeline.decode(&payload, DType::F32, tiles.len(), u64::MAX)?;
-            dtype::to_f32(dec_dtype, &dec, dec32);
+            let mut dec32 = Vec::new();
+            dtype::to_f32(dec_dtype, &dec, &mut dec32);
+            let te = T * T;
+            for (x, y) in tiles.chunks_exact(te).zip(dec32.chunks_exact(te)) {
+                measure(x, y);
+            }
             payload
         }
-    };
-    // Padding is left out of the metrics; a band with none is measured as it is.
-    let padded = geom.cols != geom.pcols || geom.rows < r.end * crate::tiles::T;
-    let acc = if padded {
-        let (mut x, mut y) = (Vec::new(), Vec::new());
-        geom.for_each(r.clone(), |t, _| {
-            x.push(tiles[t]);
-            y.push(dec32[t]);
-        });
-        Accumulator::from_f32_pairs(&x, &y)
-    } else {
-        Accumulator::from_f32_pairs(tiles, dec32)
     };
     Ok((payload, acc))
 }

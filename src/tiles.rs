@@ -109,8 +109,15 @@ impl TileGeom {
     /// [`TileGeom::gather`] into a reusable buffer (resized; padding set to zero).
     pub fn gather_into(&self, vals: &[f32], trs: std::ops::Range<usize>, out: &mut Vec<f32>) {
         let len = trs.len() * self.tile_row_elems();
-        out.clear();
-        out.resize(len, 0.0);
+        // Every non-padding element is written below, so a buffer of the right length needs
+        // zeroing only where this band has padding (a pass over the band otherwise).
+        let padded = self.cols != self.pcols || self.rows < trs.end * T;
+        if out.len() != len {
+            out.clear();
+            out.resize(len, 0.0);
+        } else if padded {
+            out.fill(0.0);
+        }
         if self.col_stride == 1 {
             // Rows are contiguous in the tensor: copy each tile row's 32-element runs (cut short
             // at the last column; padding stays zero).

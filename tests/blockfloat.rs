@@ -243,16 +243,19 @@ fn tile_codecs_on_minilm() {
                         .collect(),
                     other => panic!("{other}"),
                 };
+                // compress sums each tile in f32 (formats-spec/metrics.md): MAE to f32
+                // rounding, PCC to a small fraction of its distance from 1.
                 let (pcc, mae) = pcc_mae(&x, &y);
                 let want = &t["metrics"];
+                let (wmae, wpcc) = (want["mae"].as_f64().unwrap(), want["pcc"].as_f64().unwrap());
                 assert!(
-                    (mae - want["mae"].as_f64().unwrap()).abs() < 1e-9,
-                    "{codec} {name}"
+                    (mae - wmae).abs() <= 1e-5 * mae,
+                    "{codec} {name}: mae {mae} vs {wmae}"
                 );
                 if codec != "fp0" {
                     assert!(
-                        (pcc - want["pcc"].as_f64().unwrap()).abs() < 1e-9,
-                        "{codec} {name}"
+                        (pcc - wpcc).abs() <= (1e-3 * (1.0 - pcc)).max(1e-12),
+                        "{codec} {name}: pcc {pcc} vs {wpcc}"
                     );
                 }
             }

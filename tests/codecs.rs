@@ -162,8 +162,19 @@ fn tile_codec_reconstruction_is_the_decoder_output() {
             Some(t) => p.with_tensor_codec(t),
             None => p,
         };
-        let mut recon = vec![0f32; vals.len()];
-        let fast = p.encode_f32_tiles(&vals, &mut recon).unwrap().unwrap();
+        let mut recon = Vec::new();
+        let mut seen = Vec::new();
+        let fast = p
+            .encode_f32_tiles(&vals, &mut |x, y| {
+                seen.extend_from_slice(x);
+                recon.extend_from_slice(y);
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            seen, vals,
+            "{spec}: the visitor sees the source tiles in order"
+        );
         assert_eq!(fast, p.encode(DType::F32, &bytes).unwrap(), "{spec}");
         let dec = p.decode(&fast, DType::F32, vals.len(), u64::MAX).unwrap();
         let want: Vec<u32> = dec
@@ -175,7 +186,5 @@ fn tile_codec_reconstruction_is_the_decoder_output() {
     }
     // Codecs without the path say so.
     let p = Pipeline::parse("bf16:order=tile").unwrap();
-    assert!(p
-        .encode_f32_tiles(&vals, &mut vec![0f32; vals.len()])
-        .is_none());
+    assert!(p.encode_f32_tiles(&vals, &mut |_, _| ()).is_none());
 }

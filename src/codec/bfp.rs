@@ -66,14 +66,25 @@ pub fn encode_group(w: &[u32; 16], kind: Bfp) -> (u8, [u8; 16]) {
 }
 
 /// [`encode_group`] for `W` magnitude bits; a constant `W` and no branches let the compiler
-/// unroll and vectorize the 16 elements.
+/// unroll and vectorize the 16 elements. `recon` receives what the codes decode to (the same
+/// bits as [`decode_tile`] gives), for the compressor's measurements without a decode pass.
 #[inline(always)]
 fn encode_group_w<const W: u32>(w: &[u32; 16]) -> (u8, [u8; 16]) {
+    let mut recon = [0f32; 16];
+    encode_group_recon_w::<W, false>(w, &mut recon)
+}
+
+#[inline(always)]
+fn encode_group_recon_w<const W: u32, const R: bool>(
+    w: &[u32; 16],
+    recon: &mut [f32; 16],
+) -> (u8, [u8; 16]) {
     let shift = 24 - W;
     let exp = w.iter().map(|&x| (x >> 23) & 0xFF).fold(0, u32::max);
     let max_m = (1u32 << W) - 1;
+    let unit = unit_w::<W>(exp as u8);
     let mut codes = [0u8; 16];
-    for (c, &x) in codes.iter_mut().zip(w) {
+    for ((c, r), &x) in codes.iter_mut().zip(recon.iter_mut()).zip(w) {
         let e = (x >> 23) & 0xFF;
         // Alignment drops the shifted-out bits (no sticky bit); 32 or more shifts all out.
         let m = ((x & 0x7F_FFFF) | 0x80_0000)
@@ -84,8 +95,19 @@ fn encode_group_w<const W: u32>(w: &[u32; 16]) -> (u8, [u8; 16]) {
         let m = if e == 0 { 0 } else { m };
         let sign = if m == 0 { 0 } else { x >> 31 };
         *c = (sign << W | m) as u8;
+        if R {
+            *r = f32::from_bits((m as f32 * unit).to_bits() | sign << 31);
+        }
     }
     (exp as u8, codes)
+}
+
+/// Value of magnitude 1 under shared exponent `exp`: `2^(exp - 127 - (W - 1))`. `m * unit` is
+/// exact in f32: m has at most 7 bits and the exponent, at least -133, keeps m's lowest bit
+/// above f32's smallest denormal (2^-149).
+#[inline(always)]
+fn unit_w<const W: u32>(exp: u8) -> f32 {
+    pow2(exp as i32 - 127 - (W as i32 - 1)) as f32
 }
 
 /// Value of one code under shared exponent `exp`: `(-1)^s * m * 2^(exp - 127 - (W - 1))`, +0
@@ -115,36 +137,51 @@ fn group_origin(p: usize) -> (usize, usize) {
 /// Pack one 32x32 tile (row-major f32) into `out` (`kind.tile_bytes()` bytes).
 pub fn encode_tile(tile: &[f32], kind: Bfp, out: &mut [u8]) {
     match kind {
-        Bfp::B8 => encode_tile_w::<7>(tile, out),
-        Bfp::B4 => encode_tile_w::<3>(tile, out),
-        Bfp::B2 => encode_tile_w::<1>(tile, out),
+        Bfp::B8 => encode_tile_w::<7, false>(tile, out, &mut []),
+        Bfp::B4 => encode_tile_w::<3, false>(tile, out, &mut []),
+        Bfp::B2 => encode_tile_w::<1, false>(tile, out, &mut []),
     }
 }
 
-fn encode_tile_w<const W: u32>(tile: &[f32], out: &mut [u8]) {
+/// [`encode_tile`] that also writes into `recon` (1024 values) what the tile decodes to.
+pub fn encode_tile_recon(tile: &[f32], kind: Bfp, out: &mut [u8], recon: &mut [f32]) {
+    match kind {
+        Bfp::B8 => encode_tile_w::<7, true>(tile, out, recon),
+        Bfp::B4 => encode_tile_w::<3, true>(tile, out, recon),
+        Bfp::B2 => encode_tile_w::<1, true>(tile, out, recon),
+    }
+}
+
+fn encode_tile_w<const W: u32, const R: bool>(tile: &[f32], out: &mut [u8], recon: &mut [f32]) {
     // With AVX2 the branch-free group encoder vectorizes: per-lane variable shifts (`vpsrlvd`,
     // which gives 0 for counts of 32 or more, as the format wants) and unsigned min.
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         #[target_feature(enable = "avx2")]
-        fn avx2<const W: u32>(tile: &[f32], out: &mut [u8]) {
-            encode_tile_core::<W>(tile, out)
+        fn avx2<const W: u32, const R: bool>(tile: &[f32], out: &mut [u8], recon: &mut [f32]) {
+            encode_tile_core::<W, R>(tile, out, recon)
         }
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2::<W>(tile, out) };
+        return unsafe { avx2::<W, R>(tile, out, recon) };
     }
-    encode_tile_core::<W>(tile, out)
+    encode_tile_core::<W, R>(tile, out, recon)
 }
 
 #[inline(always)]
-fn encode_tile_core<const W: u32>(tile: &[f32], out: &mut [u8]) {
+fn encode_tile_core<const W: u32, const R: bool>(tile: &[f32], out: &mut [u8], recon: &mut [f32]) {
     debug_assert_eq!(tile.len(), TILE_ELEMS);
+    debug_assert!(!R || recon.len() == TILE_ELEMS);
     let group_bytes = 2 * (W as usize + 1); // 16 codes of W + 1 bits
+    let mut vals = [0f32; 16];
     for p in 0..64 {
         let (row, col) = group_origin(p);
-        let src = &tile[row * TILE + col..row * TILE + col + 16];
+        let at = row * TILE + col;
+        let src = &tile[at..at + 16];
         let w: [u32; 16] = std::array::from_fn(|j| src[j].to_bits());
-        let (exp, codes) = encode_group_w::<W>(&w);
+        let (exp, codes) = encode_group_recon_w::<W, R>(&w, &mut vals);
+        if R {
+            recon[at..at + 16].copy_from_slice(&vals);
+        }
         out[p] = exp;
         let dst = &mut out[64 + p * group_bytes..64 + (p + 1) * group_bytes];
         match W {
@@ -199,9 +236,7 @@ fn decode_tile_core<const W: u32>(data: &[u8], out: &mut [f32]) {
         let (row, col) = group_origin(p);
         let src = &data[64 + p * group_bytes..64 + (p + 1) * group_bytes];
         let dst = &mut out[row * TILE + col..row * TILE + col + 16];
-        // m * 2^k is exact in f32: m has at most 7 bits and k >= -133 keeps its lowest bit
-        // above f32's smallest denormal (2^-149).
-        let unit = pow2(data[p] as i32 - 127 - (W as i32 - 1)) as f32;
+        let unit = unit_w::<W>(data[p]);
         for (j, d) in dst.iter_mut().enumerate() {
             let bit = j * bits;
             let code = (src[bit / 8] as u32 >> (bit % 8)) & mask;
@@ -274,6 +309,11 @@ pub(crate) trait TileKernel {
     fn pack(&self, tile: &[f32], out: &mut [u8]);
     /// Unpack one tile into 1024 row-major values; every byte pattern decodes.
     fn unpack(&self, data: &[u8], out: &mut [f32]);
+    /// [`TileKernel::pack`], also writing into `recon` what `unpack` would give.
+    fn pack_recon(&self, tile: &[f32], out: &mut [u8], recon: &mut [f32]) {
+        self.pack(tile, out);
+        self.unpack(out, recon);
+    }
     /// Whether a packed tile shows that all its values were finite, for kernels whose bytes
     /// tell (`None`: the encoder scans the values first).
     fn packed_finite(&self, _packed: &[u8]) -> Option<bool> {
@@ -318,12 +358,16 @@ pub(crate) fn encode_tiles(k: &impl TileKernel, src: DType, bytes: &[u8]) -> Res
     encode_f32_tiles(k, &vals, None)
 }
 
-/// Encode f32 tiles held in memory; with `recon`, also write there what the payload decodes to
-/// (the compressor measures against it without a byte round trip).
+/// What the compressor does with each tile as it is encoded: `visit(source, reconstruction)`,
+/// tiles in order, 1024 values each.
+pub type TileVisitor<'a> = dyn FnMut(&[f32], &[f32]) + 'a;
+
+/// Encode f32 tiles held in memory; with `visit`, also hand it each tile with what the payload
+/// decodes to (the compressor measures that while the tile is in cache, with no decode pass).
 pub(crate) fn encode_f32_tiles(
     k: &impl TileKernel,
     vals: &[f32],
-    mut recon: Option<&mut [f32]>,
+    mut visit: Option<&mut TileVisitor<'_>>,
 ) -> Result<Vec<u8>> {
     let name = k.kernel_name();
     let tiles = tiles_of(name, vals.len())?;
@@ -345,14 +389,23 @@ pub(crate) fn encode_f32_tiles(
             return Err(non_finite(name, vals));
         }
     }
+    let mut recon = [0f32; TILE_ELEMS];
     for (i, t) in vals.chunks_exact(TILE_ELEMS).enumerate() {
         let o = &mut out[i * tb..(i + 1) * tb];
-        k.pack(t, o);
-        if k.packed_finite(o) == Some(false) {
-            return Err(non_finite(name, t));
-        }
-        if let Some(r) = recon.as_deref_mut() {
-            k.unpack(o, &mut r[i * TILE_ELEMS..(i + 1) * TILE_ELEMS]);
+        match visit.as_deref_mut() {
+            Some(v) => {
+                k.pack_recon(t, o, &mut recon);
+                if k.packed_finite(o) == Some(false) {
+                    return Err(non_finite(name, t));
+                }
+                v(t, &recon);
+            }
+            None => {
+                k.pack(t, o);
+                if k.packed_finite(o) == Some(false) {
+                    return Err(non_finite(name, t));
+                }
+            }
         }
     }
     Ok(out)
@@ -383,11 +436,15 @@ pub(crate) fn decode_tiles(
 macro_rules! tile_codec {
     () => {
         $crate::codec::bfp::tile_codec!(no_coding);
-        fn encode_f32_tiles(&self, tiles: &[f32], recon: &mut [f32]) -> Option<Result<Vec<u8>>> {
+        fn encode_f32_tiles(
+            &self,
+            tiles: &[f32],
+            visit: &mut $crate::codec::bfp::TileVisitor<'_>,
+        ) -> Option<Result<Vec<u8>>> {
             Some($crate::codec::bfp::encode_f32_tiles(
                 self,
                 tiles,
-                Some(recon),
+                Some(visit),
             ))
         }
         fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
@@ -430,6 +487,9 @@ impl TileKernel for BfpCodec {
     }
     fn unpack(&self, data: &[u8], out: &mut [f32]) {
         decode_tile(data, self.0, out)
+    }
+    fn pack_recon(&self, tile: &[f32], out: &mut [u8], recon: &mut [f32]) {
+        encode_tile_recon(tile, self.0, out, recon)
     }
     fn packed_finite(&self, packed: &[u8]) -> Option<bool> {
         // A group's exponent is the largest exponent field in it: 255 only for Inf or NaN.

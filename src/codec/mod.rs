@@ -57,10 +57,15 @@ pub trait TensorCodec: Send + Sync + Debug {
     fn tiled(&self) -> bool {
         false
     }
-    /// Tile codecs: encode f32 tiles held in memory and write into `recon` (same length) what
-    /// the payload decodes to, sparing the compressor a byte round trip and a decode. `None`
-    /// for codecs without this path (the caller then encodes bytes and decodes).
-    fn encode_f32_tiles(&self, _tiles: &[f32], _recon: &mut [f32]) -> Option<Result<Vec<u8>>> {
+    /// Tile codecs: encode f32 tiles held in memory, handing `visit` each source tile with
+    /// what the payload decodes to (1024 values each, in order), sparing the compressor a byte
+    /// round trip and a decode. `None` for codecs without this path (the caller then encodes
+    /// bytes and decodes).
+    fn encode_f32_tiles(
+        &self,
+        _tiles: &[f32],
+        _visit: &mut bfp::TileVisitor<'_>,
+    ) -> Option<Result<Vec<u8>>> {
         None
     }
     /// Whether [`TensorCodec::for_tensor`] needs the tensor's largest magnitude (a pass over the
@@ -358,8 +363,12 @@ impl Pipeline {
     }
 
     /// [`TensorCodec::encode_f32_tiles`] through the whole pipeline (byte stages after it).
-    pub fn encode_f32_tiles(&self, tiles: &[f32], recon: &mut [f32]) -> Option<Result<Vec<u8>>> {
-        let r = self.tensor.encode_f32_tiles(tiles, recon)?;
+    pub fn encode_f32_tiles(
+        &self,
+        tiles: &[f32],
+        visit: &mut bfp::TileVisitor<'_>,
+    ) -> Option<Result<Vec<u8>>> {
+        let r = self.tensor.encode_f32_tiles(tiles, visit)?;
         Some(r.and_then(|mut b| {
             for c in &self.bytes {
                 b = c.encode(&b)?;

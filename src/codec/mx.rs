@@ -12,7 +12,8 @@
 //! Config: `--codec mxfp4`, `--codec nvfp4` (no options).
 
 use super::bfp::{
-    decode_tiles, encode_f32_tiles, encode_tiles, pow2, tile_codec, TileKernel, TILE, TILE_ELEMS,
+    decode_tiles, encode_f32_tiles, encode_tiles, pow2, tile_codec, TileKernel, TileVisitor, TILE,
+    TILE_ELEMS,
 };
 use super::{no_params, Codec, CodecEntry, TensorCodec};
 use crate::dtype::DType;
@@ -332,10 +333,14 @@ impl TensorCodec for Nvfp4Codec {
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
         encode_tiles(&Nvfp4Kernel(self.scale()?), src, bytes)
     }
-    fn encode_f32_tiles(&self, tiles: &[f32], recon: &mut [f32]) -> Option<Result<Vec<u8>>> {
+    fn encode_f32_tiles(
+        &self,
+        tiles: &[f32],
+        visit: &mut TileVisitor<'_>,
+    ) -> Option<Result<Vec<u8>>> {
         Some(
             self.scale()
-                .and_then(|g| encode_f32_tiles(&Nvfp4Kernel(g), tiles, Some(recon))),
+                .and_then(|g| encode_f32_tiles(&Nvfp4Kernel(g), tiles, Some(visit))),
         )
     }
     fn decode(&self, payload: &[u8], _: DType, n: usize, out: &mut [u8]) -> Result<()> {
