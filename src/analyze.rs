@@ -221,6 +221,24 @@ pub fn analyze_source(
         total_bytes: total,
         tensors: selected.len(),
     });
+    // Whole-model mixed-tile plans need every tensor's error table first.
+    let mut plans: Vec<Option<crate::mixed::MixedTensor>> = vec![None; infos.len()];
+    if let Some(spec) = config
+        .mixed
+        .as_ref()
+        .filter(|s| crate::mixed::whole_model(s))
+    {
+        let elig: Vec<usize> = selected
+            .iter()
+            .copied()
+            .filter(|&i| crate::mixed::eligible(&infos[i], opts.tile_vectors))
+            .collect();
+        let planned = crate::mixed::plan_model(source, &elig, spec, opts.chunk_elems, progress)
+            .map_err(|e| e.with_file(input))?;
+        for (i, p) in elig.into_iter().zip(planned) {
+            plans[i] = Some(p);
+        }
+    }
     let mut rows = Vec::new();
     for &i in &selected {
         let info = &infos[i];
@@ -228,6 +246,7 @@ pub fn analyze_source(
         let data = source.data(i).map_err(|e| e.with_tensor(&info.name))?;
         let jobs: Vec<(Algorithm, usize)> = runs
             .iter()
+            .filter(|a| !a.is_mixed())
             .flat_map(|&a| (0..pipelines.len()).map(move |f| (a, f)))
             .collect();
         let done: Vec<Result<(Row, Pairs)>> = jobs
@@ -261,29 +280,7 @@ pub fn analyze_source(
                 } else {
                     Vec::new()
                 };
-                let n = info.numel();
-                let bpe = if n == 0 {
-                    0.0
-                } else {
-                    e.encoded_bytes as f64 / n as f64
-                };
-                let row = Row {
-                    tensor: info.name.clone(),
-                    algorithm: alg.name().to_string(),
-                    format: opts.formats[f].clone(),
-                    codec: e.pipeline.describe(),
-                    shape: info.dims.clone(),
-                    numel: n,
-                    pcc: (!e.metrics.pcc_undefined).then_some(e.metrics.pcc),
-                    mae: e.metrics.mae,
-                    atol: e.metrics.max_abs,
-                    rmse: e.metrics.rmse,
-                    encoded_bytes: e.encoded_bytes,
-                    bytes_per_elem: bpe,
-                    bits_per_weight: 8.0 * bpe,
-                    ratio_vs_fp32: crate::compress::ratio(4 * n, e.encoded_bytes),
-                };
-                Ok((row, pairs))
+                Ok((row(info, alg, &opts.formats[f], &e), pairs))
             })
             .collect();
         let mut series = Vec::new();
@@ -296,6 +293,34 @@ pub fn analyze_source(
             };
             series.push((label, pairs));
             rows.push(row);
+        }
+        if let Some(spec) = config
+            .mixed
+            .as_ref()
+            .filter(|_| crate::mixed::eligible(info, opts.tile_vectors))
+        {
+            let plan = match plans[i].take() {
+                Some(p) => p,
+                None => crate::mixed::plan_tensor(info, &data, spec, opts.chunk_elems)
+                    .map_err(|e| e.with_tensor(&info.name).with_file(input))?,
+            };
+            let e = encode_tensor(
+                info,
+                &data,
+                &plan.pipeline()?,
+                tpk_format::Layout::Tiles32,
+                opts.chunk_elems,
+                progress,
+                &mut |_, _, _| Ok(()),
+            )
+            .map_err(|e| e.with_tensor(&info.name).with_file(input))?;
+            rows.push(row(info, spec.algorithm, "MIXED", &e));
+            if let Some(d) = &dir {
+                let safe = file_safe(&info.name);
+                let tdir = d.join(spec.algorithm.name().replace('-', "_")).join(&safe);
+                crate::mixed::write_artifacts(&tdir, &info.name, &safe, &info.dims, &plan, spec)
+                    .map_err(|e| e.with_tensor(&info.name))?;
+            }
         }
         if opts.plots {
             let pdir = dir.as_ref().expect("a results folder").join("plots");
@@ -329,6 +354,37 @@ pub fn analyze_source(
         report.out_dir = Some(dir);
     }
     Ok(report)
+}
+
+/// One report row from an encoding.
+fn row(
+    info: &crate::input::TensorInfo,
+    alg: Algorithm,
+    format: &str,
+    e: &crate::compress::Encoded,
+) -> Row {
+    let n = info.numel();
+    let bpe = if n == 0 {
+        0.0
+    } else {
+        e.encoded_bytes as f64 / n as f64
+    };
+    Row {
+        tensor: info.name.clone(),
+        algorithm: alg.name().to_string(),
+        format: format.to_string(),
+        codec: e.pipeline.describe(),
+        shape: info.dims.clone(),
+        numel: n,
+        pcc: (!e.metrics.pcc_undefined).then_some(e.metrics.pcc),
+        mae: e.metrics.mae,
+        atol: e.metrics.max_abs,
+        rmse: e.metrics.rmse,
+        encoded_bytes: e.encoded_bytes,
+        bytes_per_elem: bpe,
+        bits_per_weight: 8.0 * bpe,
+        ratio_vs_fp32: crate::compress::ratio(4 * n, e.encoded_bytes),
+    }
 }
 
 /// A name (tensor, model) as a file name: anything but ASCII letters, digits, `-_.` becomes `_`.
@@ -382,8 +438,10 @@ fn sample_pairs(
 
 fn summarize(rows: &[Row], runs: &[Algorithm], formats: &[String]) -> Vec<SummaryRow> {
     let mut out = Vec::new();
+    let mixed = ["MIXED".to_string()];
     for a in runs {
-        for f in formats {
+        let fs: &[String] = if a.is_mixed() { &mixed } else { formats };
+        for f in fs {
             let rs: Vec<&Row> = rows
                 .iter()
                 .filter(|r| r.algorithm == a.name() && &r.format == f)
@@ -495,6 +553,13 @@ fn results_dir(input: &Path, algorithm: &str) -> Result<PathBuf> {
 /// The report as a text table (what `table.txt` holds and the command prints).
 pub fn table(r: &AnalyzeReport, summary_only: bool) -> String {
     let mut s = String::new();
+    let aw = r
+        .summary
+        .iter()
+        .map(|x| x.algorithm.len())
+        .max()
+        .unwrap_or(9)
+        .max(9);
     if !summary_only {
         let w = r
             .rows
@@ -505,7 +570,7 @@ pub fn table(r: &AnalyzeReport, summary_only: bool) -> String {
             .clamp(6, 60);
         let _ = writeln!(
             s,
-            "{:<w$} {:<10} {:<16} {:>10} {:>10} {:>10} {:>10} {:>12} {:>7} {:>7} {:>8}",
+            "{:<w$} {:<aw$} {:<16} {:>10} {:>10} {:>10} {:>10} {:>12} {:>7} {:>7} {:>8}",
             "tensor",
             "algorithm",
             "format",
@@ -521,7 +586,7 @@ pub fn table(r: &AnalyzeReport, summary_only: bool) -> String {
         for x in &r.rows {
             let _ = writeln!(
                 s,
-                "{:<w$} {:<10} {:<16} {:>10} {:>10} {:>10} {:>10} {:>12} {:>7.4} {:>7.3} {:>7.2}x",
+                "{:<w$} {:<aw$} {:<16} {:>10} {:>10} {:>10} {:>10} {:>12} {:>7.4} {:>7.3} {:>7.2}x",
                 x.tensor,
                 x.algorithm,
                 x.format,
@@ -543,7 +608,7 @@ pub fn table(r: &AnalyzeReport, summary_only: bool) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<10} {:<16} {:>7} {:>12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>7} {:>7} {:>8}",
+        "{:<aw$} {:<16} {:>7} {:>12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>7} {:>7} {:>8}",
         "algorithm",
         "format",
         "tensors",
@@ -560,7 +625,7 @@ pub fn table(r: &AnalyzeReport, summary_only: bool) -> String {
     for x in &r.summary {
         let _ = writeln!(
             s,
-            "{:<10} {:<16} {:>7} {:>12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>7.4} {:>7.3} {:>7.2}x",
+            "{:<aw$} {:<16} {:>7} {:>12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>7.4} {:>7.3} {:>7.2}x",
             x.algorithm,
             x.format,
             x.tensors,

@@ -114,9 +114,79 @@ impl Archive {
         Ok(out)
     }
 
+    /// The stored tile assignment of a `mixed` tensor: its format table, tile grid (tiles
+    /// across, down) and one table index per tile, read from the chunks' code headers (CRC
+    /// checked). `None` for other codecs.
+    pub fn mixed_assignment(&self, i: usize) -> Result<Option<StoredAssignment>> {
+        use crate::codec::mixed::{MixedCodec, MIXED_ID};
+        let t = &self.file.tensors()[i];
+        let Some(first) = t.stages.first().filter(|s| s.codec_id == MIXED_ID) else {
+            return Ok(None);
+        };
+        if t.stages.len() != 1 {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "a mixed tensor behind byte stages: its tile codes are not readable in place",
+            )
+            .with_tensor(&t.name));
+        }
+        let codec = MixedCodec::from_params(&first.params).map_err(|e| e.with_tensor(&t.name))?;
+        let geom = TileGeom::new(t.layout, &t.dims, self.limits.max_decoded_bytes / 4)
+            .map_err(|e| e.with_tensor(&t.name))?
+            .ok_or_else(|| {
+                Error::malformed("a mixed tensor in row-major layout").with_tensor(&t.name)
+            })?;
+        let mut codes = Vec::new();
+        for (c, ch) in t.chunks.iter().enumerate() {
+            let payload = self.file.chunk(i, c).map_err(Error::from)?;
+            codes.extend(
+                codec
+                    .chunk_codes(payload, ch.elem_count as usize)
+                    .map_err(|e| e.with_chunk(c).with_tensor(&t.name))?,
+            );
+        }
+        let grid = (geom.pcols / crate::tiles::T, geom.tile_rows());
+        if codes.len() != grid.0 * grid.1 {
+            return Err(Error::malformed(format!(
+                "{} tile codes for a grid of {} x {} tiles",
+                codes.len(),
+                grid.0,
+                grid.1
+            ))
+            .with_tensor(&t.name));
+        }
+        Ok(Some(StoredAssignment {
+            formats: codec.table().to_vec(),
+            grid,
+            codes,
+        }))
+    }
+
     /// Index of the tensor named `name`.
     pub fn find(&self, name: &str) -> Option<usize> {
         self.file.tensors().iter().position(|t| t.name == name)
+    }
+}
+
+/// A mixed tensor's assignment as stored.
+#[derive(Debug, Clone)]
+pub struct StoredAssignment {
+    /// The format table.
+    pub formats: Vec<crate::codec::mixed::TileFormat>,
+    /// Tiles across and down.
+    pub grid: (usize, usize),
+    /// Table index per tile, row-major over the grid.
+    pub codes: Vec<u8>,
+}
+
+impl StoredAssignment {
+    /// Tiles per table entry.
+    pub fn counts(&self) -> Vec<u64> {
+        let mut c = vec![0u64; self.formats.len()];
+        for &a in &self.codes {
+            c[a as usize] += 1;
+        }
+        c
     }
 }
 

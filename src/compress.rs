@@ -48,6 +48,9 @@ pub struct CompressOptions {
     pub tile_vectors: bool,
     /// The resolved compression config, stored as metadata `tenpak.config`.
     pub config: Option<serde_json::Value>,
+    /// A mixed-tile algorithm: eligible tensors (floats of two or more dimensions) get a format
+    /// per tile from it and the `mixed` codec; the others use `codec` as usual.
+    pub mixed: Option<crate::config::MixedSpec>,
 }
 
 impl Default for CompressOptions {
@@ -62,6 +65,7 @@ impl Default for CompressOptions {
             transpose: false,
             tile_vectors: false,
             config: None,
+            mixed: None,
         }
     }
 }
@@ -85,6 +89,9 @@ pub struct TensorReport {
     pub ratio: f64,
     /// Metrics against the source.
     pub metrics: Metrics,
+    /// Mixed tensors: formats used and what the search predicted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mixed: Option<crate::mixed::MixedSummary>,
 }
 
 /// The whole report; sizes come from the written file.
@@ -172,12 +179,34 @@ pub fn compress_source(
         total_bytes: total,
         tensors: selected.len(),
     });
+    // Whole-model mixed-tile plans come first: they need every tensor's error table.
+    let mut plans: Vec<Option<crate::mixed::MixedTensor>> = vec![None; infos.len()];
+    if let Some(spec) = opts.mixed.as_ref().filter(|s| crate::mixed::whole_model(s)) {
+        let elig: Vec<usize> = selected
+            .iter()
+            .copied()
+            .filter(|&i| crate::mixed::eligible(&infos[i], opts.tile_vectors))
+            .collect();
+        let planned = crate::mixed::plan_model(source, &elig, spec, opts.chunk_elems, progress)
+            .map_err(|e| e.with_file(input))?;
+        for (i, p) in elig.into_iter().zip(planned) {
+            plans[i] = Some(p);
+        }
+    }
     let mut reports = Vec::with_capacity(selected.len());
     for &i in &selected {
         let info = &infos[i];
         progress.event(Event::Tensor { name: &info.name });
-        let r = compress_tensor(source, i, &pipeline, opts, &mut w, progress)
-            .map_err(|e| e.with_tensor(&info.name).with_file(input))?;
+        let r = compress_tensor(
+            source,
+            i,
+            &pipeline,
+            opts,
+            plans[i].take(),
+            &mut w,
+            progress,
+        )
+        .map_err(|e| e.with_tensor(&info.name).with_file(input))?;
         progress.event(Event::Advance {
             bytes: info.source_bytes,
         });
@@ -236,12 +265,23 @@ fn compress_tensor(
     i: usize,
     pipeline: &Pipeline,
     opts: &CompressOptions,
+    plan: Option<crate::mixed::MixedTensor>,
     w: &mut TpkWriter,
     progress: &dyn Progress,
 ) -> Result<TensorReport> {
     let info = &source.tensors()[i];
     let data = source.data(i)?;
-    let (pipeline, layout) = tensor_plan(pipeline, info, opts);
+    let plan = match (&opts.mixed, plan) {
+        (_, Some(p)) => Some(p),
+        (Some(spec), None) if crate::mixed::eligible(info, opts.tile_vectors) => Some(
+            crate::mixed::plan_tensor(info, &data, spec, opts.chunk_elems)?,
+        ),
+        _ => None,
+    };
+    let (pipeline, layout) = match &plan {
+        Some(p) => (p.pipeline()?, Layout::Tiles32),
+        None => tensor_plan(pipeline, info, opts),
+    };
     let mut chunks = Vec::new();
     let e = encode_tensor(
         info,
@@ -274,6 +314,7 @@ fn compress_tensor(
         encoded_bytes: e.encoded_bytes,
         ratio: ratio(info.source_bytes, e.encoded_bytes),
         metrics: e.metrics,
+        mixed: plan.map(|p| p.summary()),
     })
 }
 
@@ -455,7 +496,7 @@ fn encode_tile_chunk(
         };
         acc.merge(&a);
     };
-    let payload = match pipeline.encode_f32_tiles(tiles, &mut measure) {
+    let payload = match pipeline.encode_f32_tiles_at(r.start * tiles_wide, tiles, &mut measure) {
         Some(p) => p?,
         None => {
             let mut bytes = vec![0u8; 4 * tiles.len()];

@@ -19,8 +19,10 @@
 //! 2. `seed` `0` or `"random"`: a fresh random seed (`"random"`);
 //! 3. `random_seed: true`: a fresh random seed (`"random"`);
 //! 4. `params.seed` an integer: used (`"params"`), `0` meaning a fresh random seed (`"random"`);
-//! 5. otherwise no seed (`seed: null`, `seed_source: "none"`); the algorithms of this version
-//!    draw no random numbers.
+//! 5. otherwise: `mixed-tile-greedy` draws a fresh random seed (`"random"`: its documented
+//!    default `0` means random), `mixed-tile-random` uses seed 0 (`"default"`: documented as
+//!    deterministic), and the other algorithms, which draw no random numbers, have none
+//!    (`seed: null`, `seed_source: "none"`).
 //!
 //! Unknown top-level keys, wrong types, unknown algorithms and unknown formats are errors naming
 //! the field; `params` an algorithm does not use are ignored with a warning naming them.
@@ -41,6 +43,14 @@ pub enum Algorithm {
     None,
     /// Quantize the tensor with its axes reversed (then transpose back on decode).
     Transpose,
+    /// Per tile, the cheapest format whose own tile score passes.
+    MixedThreshold,
+    /// Seeded random-order per-tile replacements under the tensor's metric (alias `mixed-tile`).
+    MixedGreedy,
+    /// The best of `iters` seeded random assignments.
+    MixedRandom,
+    /// Moves in order of least added error per byte saved, under a threshold or a budget.
+    MixedOptimal,
 }
 
 impl Algorithm {
@@ -49,22 +59,106 @@ impl Algorithm {
         match self {
             Algorithm::None => "none",
             Algorithm::Transpose => "transpose",
+            Algorithm::MixedThreshold => "mixed-tile-threshold",
+            Algorithm::MixedGreedy => "mixed-tile-greedy",
+            Algorithm::MixedRandom => "mixed-tile-random",
+            Algorithm::MixedOptimal => "mixed-tile-optimal",
         }
+    }
+
+    /// Every algorithm, by config name (`mixed-tile` is an alias of `mixed-tile-greedy`).
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        Some(match s {
+            "none" => Algorithm::None,
+            "transpose" => Algorithm::Transpose,
+            "mixed-tile-threshold" => Algorithm::MixedThreshold,
+            "mixed-tile-greedy" | "mixed-tile" => Algorithm::MixedGreedy,
+            "mixed-tile-random" => Algorithm::MixedRandom,
+            "mixed-tile-optimal" => Algorithm::MixedOptimal,
+            _ => return None,
+        })
+    }
+
+    /// Whether this is a mixed-tile algorithm.
+    pub fn is_mixed(self) -> bool {
+        !matches!(self, Algorithm::None | Algorithm::Transpose)
     }
 
     /// Params this algorithm reads.
     fn known_params(self) -> &'static [&'static str] {
-        &[]
+        const BASE: &[&str] = &["metric", "threshold", "formats", "tile_formats"];
+        match self {
+            Algorithm::None | Algorithm::Transpose => &[],
+            Algorithm::MixedThreshold | Algorithm::MixedGreedy => BASE,
+            Algorithm::MixedRandom => &["metric", "threshold", "formats", "tile_formats", "iters"],
+            Algorithm::MixedOptimal => &[
+                "metric",
+                "threshold",
+                "formats",
+                "tile_formats",
+                "target_bpw",
+                "target_bytes",
+                "scope",
+            ],
+        }
     }
 }
 
-/// Algorithms of the config schema that a later version implements.
-const NOT_YET: &[&str] = &[
-    "mixed-tile-threshold",
-    "mixed-tile-greedy",
-    "mixed-tile-random",
-    "mixed-tile",
-];
+const ALGORITHMS: &str = "none, transpose, mixed-tile-threshold, mixed-tile-greedy (mixed-tile), mixed-tile-random, mixed-tile-optimal";
+
+/// Tile formats the seed's mixed-tile algorithms take by default (from `quantization_formats`);
+/// `params.formats` may also name the extensions fp0, mxfp4 and nvfp4.
+pub const MIXED_DEFAULT_FORMATS: &[&str] = &["bf16", "bfp8", "bfp4", "bfp2"];
+
+/// A budget instead of a threshold (`mixed-tile-optimal`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    /// Bits per weight (payload bytes x 8 / elements).
+    Bpw(f64),
+    /// Payload bytes.
+    Bytes(u64),
+}
+
+/// Whether one threshold or budget holds per tensor or for the whole model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Each tensor on its own.
+    Tensor,
+    /// Shared across tensors: bytes go where they buy the most.
+    Model,
+}
+
+/// The resolved parameters of a mixed-tile algorithm.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MixedSpec {
+    /// The algorithm.
+    #[serde(skip)]
+    pub algorithm: Algorithm,
+    /// `pcc`, `mae` or `atol`.
+    #[serde(serialize_with = "metric_name")]
+    pub metric: crate::assign::Metric,
+    /// The threshold on `metric`.
+    pub threshold: f64,
+    /// Candidate tile formats, in order (greedy starts from the first).
+    pub formats: Vec<String>,
+    /// Samples of `mixed-tile-random`.
+    pub iters: usize,
+    /// The seed (greedy, random).
+    pub seed: u64,
+    /// A budget instead of the threshold (`mixed-tile-optimal`).
+    pub budget: Option<Budget>,
+    /// Per tensor or whole model (`mixed-tile-optimal`).
+    pub scope: Scope,
+}
+
+fn metric_name<S: serde::Serializer>(
+    m: &crate::assign::Metric,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(m.name())
+}
 
 /// A validated config with its seed resolved.
 #[derive(Debug, Clone)]
@@ -81,6 +175,8 @@ pub struct Config {
     pub params: Map<String, Value>,
     /// Warnings (ignored params).
     pub warnings: Vec<String>,
+    /// The mixed-tile algorithm's resolved parameters (mixed-tile algorithms only).
+    pub mixed: Option<MixedSpec>,
 }
 
 impl Default for Config {
@@ -92,6 +188,7 @@ impl Default for Config {
             seed_source: "none",
             params: Map::new(),
             warnings: Vec::new(),
+            mixed: None,
         }
     }
 }
@@ -147,26 +244,20 @@ impl Config {
         }
         let algorithm = match obj.get("algorithm") {
             None => Algorithm::None,
-            Some(Value::String(s)) => match s.as_str() {
-                "none" => Algorithm::None,
-                "transpose" => Algorithm::Transpose,
-                s if NOT_YET.contains(&s) => {
-                    return Err(Error::new(
-                        crate::error::ErrorKind::Unsupported,
-                        format!(
-                            "{file}: field 'algorithm': '{s}' is not supported yet by this tenpak (available: none, transpose)"
-                        ),
-                    ))
-                }
-                s => {
-                    return Err(field_err(
-                        file,
-                        "algorithm",
-                        format!("unknown algorithm '{s}' (available: none, transpose)"),
-                    ))
-                }
-            },
-            Some(other) => return Err(field_err(file, "algorithm", format!("expected a string, got {other}"))),
+            Some(Value::String(s)) => Algorithm::parse(s).ok_or_else(|| {
+                field_err(
+                    file,
+                    "algorithm",
+                    format!("unknown algorithm '{s}' (available: {ALGORITHMS})"),
+                )
+            })?,
+            Some(other) => {
+                return Err(field_err(
+                    file,
+                    "algorithm",
+                    format!("expected a string, got {other}"),
+                ))
+            }
         };
         let formats = match obj.get("quantization_formats") {
             None | Some(Value::Null) => DEFAULT_FORMATS.iter().map(|s| s.to_string()).collect(),
@@ -238,7 +329,11 @@ impl Config {
             },
             None | Some(Value::Null) if random_flag => (Some(random_seed()), "random"),
             None | Some(Value::Null) => match params.get("seed") {
-                None | Some(Value::Null) => (None, "none"),
+                None | Some(Value::Null) => match algorithm {
+                    Algorithm::MixedGreedy => (Some(random_seed()), "random"),
+                    Algorithm::MixedRandom => (Some(0), "default"),
+                    _ => (None, "none"),
+                },
                 Some(v) => match int(v, "params.seed")? {
                     0 => (Some(random_seed()), "random"),
                     n => (Some(n), "params"),
@@ -268,6 +363,17 @@ impl Config {
                     .join(", ")
             ));
         }
+        let mixed = if algorithm.is_mixed() {
+            Some(mixed_spec(
+                file,
+                algorithm,
+                &params,
+                &formats,
+                seed.unwrap_or(0),
+            )?)
+        } else {
+            None
+        };
         Ok(Config {
             algorithm,
             formats,
@@ -275,20 +381,199 @@ impl Config {
             seed_source,
             params,
             warnings,
+            mixed,
         })
     }
 
     /// The resolved config, as written to `compression_config.used.json` and into `.tpk`
     /// metadata (`tenpak.config`).
     pub fn used_json(&self) -> Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "algorithm": self.algorithm.name(),
             "quantization_formats": self.formats,
             "seed": self.seed,
             "seed_source": self.seed_source,
             "params": self.params,
-        })
+        });
+        if let Some(m) = &self.mixed {
+            v["mixed_tile"] = serde_json::to_value(m).expect("plain data");
+        }
+        v
     }
+}
+
+/// Validate a mixed-tile algorithm's params (formats-spec/mixed.md §3).
+fn mixed_spec(
+    file: &str,
+    algorithm: Algorithm,
+    params: &Map<String, Value>,
+    quantization_formats: &[String],
+    seed: u64,
+) -> Result<MixedSpec> {
+    use crate::assign::Metric;
+    use crate::codec::mixed::{TileFormat, MAX_FORMATS, TILE_FORMAT_NAMES};
+    let perr = |k: &str, m: String| field_err(file, &format!("params.{k}"), m);
+    let num = |k: &str| -> Result<Option<f64>> {
+        match params.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .map(Some)
+                .ok_or_else(|| perr(k, format!("expected a number, got {v}"))),
+        }
+    };
+    let metric = match params.get("metric") {
+        None | Some(Value::Null) => Metric::Pcc,
+        Some(Value::String(s)) => Metric::parse(s)
+            .ok_or_else(|| perr("metric", format!("'{s}' is not pcc, mae or atol")))?,
+        Some(v) => {
+            return Err(perr(
+                "metric",
+                format!("expected pcc, mae or atol, got {v}"),
+            ))
+        }
+    };
+    let threshold = num("threshold")?.unwrap_or(0.999);
+    match metric {
+        Metric::Pcc if !(-1.0..=1.0).contains(&threshold) => {
+            return Err(perr(
+                "threshold",
+                format!("a PCC threshold is in [-1, 1], got {threshold}"),
+            ))
+        }
+        Metric::Mae | Metric::Atol if threshold < 0.0 => {
+            return Err(perr(
+                "threshold",
+                format!("an error threshold is at least 0, got {threshold}"),
+            ))
+        }
+        _ => {}
+    }
+    let key = ["formats", "tile_formats"]
+        .into_iter()
+        .find(|k| params.get(*k).is_some_and(|v| !v.is_null()));
+    let formats: Vec<String> = match key {
+        Some(k) => {
+            let names: Vec<String> = match &params[k] {
+                Value::String(s) => s.split(',').map(|x| x.trim().to_string()).collect(),
+                Value::Array(a) => a
+                    .iter()
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| perr(k, format!("expected format names, got {v}")))
+                    })
+                    .collect::<Result<_>>()?,
+                v => {
+                    return Err(perr(
+                        k,
+                        format!("expected a list or a comma-separated string, got {v}"),
+                    ))
+                }
+            };
+            let mut out: Vec<String> = Vec::new();
+            for n in names {
+                if TileFormat::parse(&n).is_none() {
+                    return Err(perr(
+                        k,
+                        format!(
+                            "'{n}' is not a tile format ({})",
+                            TILE_FORMAT_NAMES.join(", ")
+                        ),
+                    ));
+                }
+                if !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+            out
+        }
+        None => quantization_formats
+            .iter()
+            .filter(|f| MIXED_DEFAULT_FORMATS.contains(&f.as_str()))
+            .cloned()
+            .collect(),
+    };
+    if formats.is_empty() {
+        return Err(field_err(
+            file,
+            key.map(|k| format!("params.{k}"))
+                .as_deref()
+                .unwrap_or("quantization_formats"),
+            format!(
+                "no mixed-tile format ({})",
+                MIXED_DEFAULT_FORMATS.join(", ")
+            ),
+        ));
+    }
+    if formats.len() > MAX_FORMATS {
+        return Err(perr("formats", format!("at most {MAX_FORMATS} formats")));
+    }
+    let iters = match params.get("iters") {
+        None | Some(Value::Null) => 50,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+            _ => {
+                return Err(perr(
+                    "iters",
+                    format!("expected an integer from 1 to 1000000, got {v}"),
+                ))
+            }
+        },
+    };
+    let budget = match (num("target_bpw")?, params.get("target_bytes")) {
+        (Some(_), Some(b)) if !b.is_null() => {
+            return Err(perr(
+                "target_bytes",
+                "give target_bpw or target_bytes, not both".into(),
+            ))
+        }
+        (Some(b), _) if b > 0.0 => Some(Budget::Bpw(b)),
+        (Some(b), _) => {
+            return Err(perr(
+                "target_bpw",
+                format!("expected a positive number, got {b}"),
+            ))
+        }
+        (None, None | Some(Value::Null)) => None,
+        (None, Some(v)) => match v.as_u64() {
+            Some(n) if n > 0 => Some(Budget::Bytes(n)),
+            _ => {
+                return Err(perr(
+                    "target_bytes",
+                    format!("expected a positive integer, got {v}"),
+                ))
+            }
+        },
+    };
+    if budget.is_some() && algorithm != Algorithm::MixedOptimal {
+        return Err(perr(
+            "target_bpw",
+            "budgets are for mixed-tile-optimal".into(),
+        ));
+    }
+    let scope = match params.get("scope") {
+        None | Some(Value::Null) => Scope::Tensor,
+        Some(Value::String(s)) if s == "tensor" => Scope::Tensor,
+        Some(Value::String(s)) if s == "model" => Scope::Model,
+        Some(v) => {
+            return Err(perr(
+                "scope",
+                format!("expected \"tensor\" or \"model\", got {v}"),
+            ))
+        }
+    };
+    Ok(MixedSpec {
+        algorithm,
+        metric,
+        threshold,
+        formats,
+        iters,
+        seed,
+        budget,
+        scope,
+    })
 }
 
 /// A format name must be a lossy tensor codec spec of the registry (`bfp8`, `bf16:order=tile`).
@@ -344,9 +629,61 @@ mod tests {
         assert!(e(r#"{"params": {"seed": "x"}}"#).contains("'params.seed'"));
         assert!(e(r#"{"algoritm": "none"}"#).contains("'algoritm'"));
         assert!(e("[1]").contains("JSON object"));
-        let u = Config::parse(r#"{"algorithm": "mixed-tile-greedy"}"#, "c.json").unwrap_err();
-        assert_eq!(u.kind, crate::error::ErrorKind::Unsupported);
-        assert!(u.message.contains("not supported yet"));
+        assert!(
+            e(r#"{"algorithm": "mixed-tile-greedy", "params": {"metric": "l2"}}"#)
+                .contains("'params.metric'")
+        );
+        assert!(
+            e(r#"{"algorithm": "mixed-tile-greedy", "params": {"threshold": 2}}"#)
+                .contains("'params.threshold'")
+        );
+        assert!(
+            e(r#"{"algorithm": "mixed-tile", "params": {"formats": "bfp8,bfp3"}}"#)
+                .contains("'bfp3'")
+        );
+        assert!(
+            e(r#"{"algorithm": "mixed-tile-random", "params": {"iters": 0}}"#)
+                .contains("'params.iters'")
+        );
+        assert!(
+            e(r#"{"algorithm": "mixed-tile-greedy", "params": {"target_bpw": 4}}"#)
+                .contains("mixed-tile-optimal")
+        );
+        assert!(
+            e(r#"{"algorithm": "mixed-tile-threshold", "quantization_formats": ["mxfp4"]}"#)
+                .contains("no mixed-tile format")
+        );
+    }
+
+    #[test]
+    fn mixed_params_resolve_as_the_seed_says() {
+        let c = |t: &str| Config::parse(t, "c.json").unwrap();
+        // Defaults: pcc, 0.999, quantization_formats intersected with the seed's four.
+        let m = c(
+            r#"{"algorithm": "mixed-tile", "quantization_formats": ["mxfp4", "bfp8", "bf16", "fp0"]}"#,
+        );
+        assert_eq!(m.algorithm, Algorithm::MixedGreedy);
+        let s = m.mixed.unwrap();
+        assert_eq!(s.formats, ["bfp8", "bf16"]);
+        assert_eq!(
+            (s.metric, s.threshold, s.iters),
+            (crate::assign::Metric::Pcc, 0.999, 50)
+        );
+        assert_eq!(m.seed_source, "random");
+        // params.formats overrides, as a list or a comma string; tile_formats is the same.
+        let s = c(r#"{"algorithm": "mixed-tile-threshold", "params": {"tile_formats": "bfp4, fp0", "metric": "atol", "threshold": 0.1}}"#).mixed.unwrap();
+        assert_eq!(s.formats, ["bfp4", "fp0"]);
+        let r = c(r#"{"algorithm": "mixed-tile-random"}"#);
+        assert_eq!((r.seed, r.seed_source), (Some(0), "default"));
+        let o = c(
+            r#"{"algorithm": "mixed-tile-optimal", "params": {"target_bpw": 4.5, "scope": "model"}}"#,
+        );
+        let s = o.mixed.unwrap();
+        assert_eq!((s.budget, s.scope), (Some(Budget::Bpw(4.5)), Scope::Model));
+        assert_eq!(
+            c(r#"{"algorithm": "mixed-tile-threshold"}"#).used_json()["mixed_tile"]["metric"],
+            "pcc"
+        );
     }
 
     #[test]

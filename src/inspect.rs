@@ -1,4 +1,5 @@
-//! `inspect`: what a `.tpk` holds, from its header and index only (payloads are never read).
+//! `inspect`: what a `.tpk` holds, from its header and index; of the payloads only mixed
+//! tensors' tile-code headers are read (tiles and bytes per format).
 
 use crate::archive::Archive;
 use crate::compress::ratio;
@@ -33,6 +34,9 @@ pub struct TensorSummary {
     pub chunks: usize,
     /// Compress-time metrics, if stored.
     pub metrics: Option<Metrics>,
+    /// Mixed tensors: tiles and payload bytes per format.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mixed: Option<Vec<crate::mixed::FormatShare>>,
 }
 
 /// The whole file.
@@ -89,6 +93,11 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
             ratio: ratio(t.source_bytes, t.payload_bytes()),
             chunks: t.chunks.len(),
             metrics: Metrics::from_entry(t),
+            mixed: ar
+                .mixed_assignment(i)
+                .ok()
+                .flatten()
+                .map(|a| crate::mixed::shares(&a.formats, &a.counts())),
         })
         .collect();
     let source_bytes = tensors.iter().map(|t| t.source_bytes).sum();

@@ -3,6 +3,7 @@
 
 pub mod analyze;
 pub mod archive;
+pub mod assign;
 pub mod codec;
 pub mod compress;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod fuzz_api;
 pub mod input;
 pub mod inspect;
 pub mod metrics;
+pub mod mixed;
 pub mod plot;
 pub mod progress;
 pub mod tiles;

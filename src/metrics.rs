@@ -185,45 +185,9 @@ impl Accumulator {
     /// value are measured by [`Accumulator::from_f32_pairs`] instead. Deterministic: the same
     /// lanes, in the same order, with or without AVX.
     pub fn from_f32_block(x: &[f32], y: &[f32]) -> Self {
-        debug_assert_eq!(x.len(), y.len());
-        let n = x.len();
-        if n == 0 || !n.is_multiple_of(BLOCK_LANES) {
-            return Accumulator::from_f32_pairs(x, y);
-        }
-        let s = block::sums(x, y);
-        let nf = n as f64;
-        let [s1x, s2x, s1d, s2d, cxd, sab, mab, kx, kd] = s;
-        let m2x = s2x - s1x * s1x / nf;
-        let m2d = s2d - s1d * s1d / nf;
-        let cxd = cxd - s1x * s1d / nf;
-        let m2y = m2x + 2.0 * cxd + m2d;
-        // 1e-3: beyond that the f32 shifted sums have lost more than a few of their 24 bits.
-        let lost = |m2: f64, scale: f64| scale > 0.0 && m2 <= 1e-3 * scale;
-        if !s.iter().all(|v| v.is_finite())
-            || lost(m2x, s2x)
-            || lost(m2d, s2d)
-            || lost(m2y, m2x + m2d)
-        {
-            return Accumulator::from_f32_pairs(x, y);
-        }
-        let mean_x = kx + s1x / nf;
-        let mean_d = kd + s1d / nf;
-        let mean_y = mean_x + mean_d;
-        let cxy = m2x + cxd;
-        Accumulator {
-            n: n as u64,
-            mean_x,
-            mean_y,
-            m2x,
-            m2y,
-            cxy,
-            sum_abs: sab,
-            max_abs: mab,
-            sum_sq_err: m2d + nf * mean_d * mean_d,
-            sum_xx: m2x + nf * mean_x * mean_x,
-            sum_yy: m2y + nf * mean_y * mean_y,
-            sum_xy: cxy + nf * mean_x * mean_y,
-            nonfinite: 0,
+        match block_stats(x, y) {
+            Some(p) => p.accumulator(),
+            None => Accumulator::from_f32_pairs(x, y),
         }
     }
 
@@ -442,6 +406,114 @@ mod lanes {
             (out, om)
         }
     }
+}
+
+/// Sufficient statistics of one block of pairs, centred, in terms of the source `x` and the
+/// error `d = y - x`: what a mixed-tile search needs to update a tensor's metrics when one tile
+/// changes format (formats-spec/metrics.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PairStats {
+    /// Pairs.
+    pub n: f64,
+    /// Mean of x.
+    pub mean_x: f64,
+    /// Sum of (x - mean_x)^2.
+    pub m2x: f64,
+    /// Mean of d.
+    pub mean_d: f64,
+    /// Sum of (d - mean_d)^2.
+    pub m2d: f64,
+    /// Sum of (x - mean_x)(d - mean_d).
+    pub cxd: f64,
+    /// Sum of |d|.
+    pub sum_abs: f64,
+    /// Largest |d|.
+    pub max_abs: f64,
+}
+
+impl PairStats {
+    /// Statistics of a block of finite pairs: the f32 block kernel where it is precise enough,
+    /// the f64 path otherwise (see [`Accumulator::from_f32_block`]).
+    pub fn of_block(x: &[f32], y: &[f32]) -> PairStats {
+        block_stats(x, y).unwrap_or_else(|| PairStats::of(&Accumulator::from_f32_pairs(x, y)))
+    }
+
+    /// From an accumulator (its `nonfinite` pairs are dropped).
+    pub fn of(a: &Accumulator) -> PairStats {
+        let n = a.n as f64;
+        let mean_d = a.mean_y - a.mean_x;
+        PairStats {
+            n,
+            mean_x: a.mean_x,
+            m2x: a.m2x,
+            mean_d,
+            m2d: (a.sum_sq_err - n * mean_d * mean_d).max(0.0),
+            cxd: a.cxy - a.m2x,
+            sum_abs: a.sum_abs,
+            max_abs: a.max_abs,
+        }
+    }
+
+    /// Sum of d^2.
+    pub fn sum_sq_err(&self) -> f64 {
+        self.m2d + self.n * self.mean_d * self.mean_d
+    }
+
+    /// The same moments as an [`Accumulator`].
+    pub fn accumulator(&self) -> Accumulator {
+        let nf = self.n;
+        let mean_y = self.mean_x + self.mean_d;
+        let cxy = self.m2x + self.cxd;
+        let m2y = (self.m2x + 2.0 * self.cxd + self.m2d).max(0.0);
+        Accumulator {
+            n: nf as u64,
+            mean_x: self.mean_x,
+            mean_y,
+            m2x: self.m2x,
+            m2y,
+            cxy,
+            sum_abs: self.sum_abs,
+            max_abs: self.max_abs,
+            sum_sq_err: self.sum_sq_err(),
+            sum_xx: self.m2x + nf * self.mean_x * self.mean_x,
+            sum_yy: m2y + nf * mean_y * mean_y,
+            sum_xy: cxy + nf * self.mean_x * mean_y,
+            nonfinite: 0,
+        }
+    }
+}
+
+/// The f32 shifted-sum statistics of a block, `None` where they are not precise enough (or
+/// the block is empty, not a multiple of [`BLOCK_LANES`], or holds a non-finite value).
+fn block_stats(x: &[f32], y: &[f32]) -> Option<PairStats> {
+    debug_assert_eq!(x.len(), y.len());
+    let n = x.len();
+    if n == 0 || !n.is_multiple_of(BLOCK_LANES) {
+        return None;
+    }
+    let s = block::sums(x, y);
+    let nf = n as f64;
+    let [s1x, s2x, s1d, s2d, sxd, sab, mab, kx, kd] = s;
+    let m2x = s2x - s1x * s1x / nf;
+    let m2d = s2d - s1d * s1d / nf;
+    let cxd = sxd - s1x * s1d / nf;
+    let m2y = m2x + 2.0 * cxd + m2d;
+    // 1e-3: beyond that the f32 shifted sums have lost more than a few of their 24 bits.
+    let lost = |m2: f64, scale: f64| scale > 0.0 && m2 <= 1e-3 * scale;
+    if !s.iter().all(|v| v.is_finite()) || lost(m2x, s2x) || lost(m2d, s2d) || lost(m2y, m2x + m2d)
+    {
+        return None;
+    }
+    Some(PairStats {
+        n: nf,
+        mean_x: kx + s1x / nf,
+        m2x,
+        mean_d: kd + s1d / nf,
+        m2d,
+        cxd,
+        sum_abs: sab,
+        max_abs: mab,
+    })
 }
 
 /// Lanes of [`Accumulator::from_f32_block`] (one AVX register of f32).

@@ -262,3 +262,162 @@ fn tensor_pairs_to(path: &Path, tensor: &str, series: &[(String, Vec<(f32, f32)>
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(())
 }
+
+/// A mixed tensor's tile grid: one cell per 32x32 tile, colored by its format, with a legend
+/// (format and tile count).
+pub fn assignment_map(
+    path: &Path,
+    title: &str,
+    grid: (usize, usize),
+    assignment: &[u8],
+    formats: &[&str],
+) -> Result<()> {
+    atomic_png(path, |tmp| {
+        assignment_map_to(tmp, title, grid, assignment, formats)
+    })
+}
+
+fn assignment_map_to(
+    path: &Path,
+    title: &str,
+    (wide, high): (usize, usize),
+    assignment: &[u8],
+    formats: &[&str],
+) -> Result<()> {
+    fonts();
+    // Cells of at least one pixel, the picture at most about 1200 pixels on its long side.
+    let cell = (1000 / wide.max(high).max(1)).clamp(1, 40) as u32;
+    let (w, h) = (wide as u32 * cell, high as u32 * cell);
+    let legend_w = 220u32;
+    let root = BitMapBackend::new(
+        path,
+        (
+            w + legend_w + 40,
+            (h + 70).max(90 + 24 * formats.len() as u32),
+        ),
+    )
+    .into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    root.draw(&Text::new(
+        format!("{title}: format per 32x32 tile ({wide} x {high} tiles)"),
+        (10, 10),
+        ("sans-serif", 16),
+    ))
+    .map_err(|e| plot_err(path, e))?;
+    let (x0, y0) = (20i32, 50i32);
+    for (t, &f) in assignment.iter().enumerate() {
+        let (r, c) = ((t / wide) as i32, (t % wide) as i32);
+        let (x, y) = (x0 + c * cell as i32, y0 + r * cell as i32);
+        root.draw(&Rectangle::new(
+            [(x, y), (x + cell as i32, y + cell as i32)],
+            color(f as usize).filled(),
+        ))
+        .map_err(|e| plot_err(path, e))?;
+    }
+    let lx = x0 + w as i32 + 20;
+    for (i, name) in formats.iter().enumerate() {
+        let n = assignment.iter().filter(|&&f| f as usize == i).count();
+        let y = y0 + 24 * i as i32;
+        root.draw(&Rectangle::new(
+            [(lx, y), (lx + 16, y + 16)],
+            color(i).filled(),
+        ))
+        .map_err(|e| plot_err(path, e))?;
+        root.draw(&Text::new(
+            format!("{name}: {n} tiles"),
+            (lx + 24, y),
+            ("sans-serif", 14),
+        ))
+        .map_err(|e| plot_err(path, e))?;
+    }
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
+
+/// One point of a size-vs-accuracy plot: label, bits per weight, metric value.
+pub type SizePoint = (String, f64, f64);
+
+/// Metric against bits per weight: labelled points (each single format, the mixed result)
+/// and, optionally, a cloud of unlabelled samples (`mixed-tile-random`'s).
+pub fn size_vs_accuracy(
+    path: &Path,
+    title: &str,
+    metric: &str,
+    points: &[SizePoint],
+    cloud: &[(f64, f64)],
+) -> Result<()> {
+    atomic_png(path, |tmp| {
+        size_vs_accuracy_to(tmp, title, metric, points, cloud)
+    })
+}
+
+fn size_vs_accuracy_to(
+    path: &Path,
+    title: &str,
+    metric: &str,
+    points: &[SizePoint],
+    cloud: &[(f64, f64)],
+) -> Result<()> {
+    fonts();
+    let all = points
+        .iter()
+        .map(|p| (p.1, p.2))
+        .chain(cloud.iter().copied())
+        .filter(|p| p.0.is_finite() && p.1.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for (x, y) in all {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    let (px, py) = (((x1 - x0) * 0.08).max(0.1), ((y1 - y0) * 0.08).max(1e-9));
+    let root = BitMapBackend::new(path, (1000, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(90)
+        .build_cartesian_2d(x0 - px..x1 + px, y0 - py..y1 + py)
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("bits per weight (payload bytes)")
+        .y_desc(metric)
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    if !cloud.is_empty() {
+        chart
+            .draw_series(
+                cloud
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x, y), 2, color(7).mix(0.5).filled())),
+            )
+            .map_err(|e| plot_err(path, e))?
+            .label("samples")
+            .legend(|(x, y)| Circle::new((x + 10, y), 3, color(7).filled()));
+    }
+    for (i, (name, x, y)) in points.iter().enumerate() {
+        let c = color(i);
+        chart
+            .draw_series([Circle::new((*x, *y), 6, c.filled())])
+            .map_err(|e| plot_err(path, e))?
+            .label(format!("{name} ({x:.2} bpw)"))
+            .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}

@@ -67,6 +67,11 @@ proptest! {
 #[test]
 fn every_registered_codec_roundtrips_params() {
     for e in REGISTRY {
+        // `mixed` is made by a config, not by name: its table round trip is below.
+        if e.name == "mixed" {
+            assert!(Pipeline::parse(e.name).is_err());
+            continue;
+        }
         let p = Pipeline::parse(e.name).unwrap();
         // Codecs with per-tensor parameters store them once fixed for a tensor.
         let p = match p.tensor_codec().for_tensor(1.0) {

@@ -9,4 +9,5 @@ mod codecs;
 mod container;
 mod fuzz_replay;
 mod inputs;
+mod mixed;
 mod models;

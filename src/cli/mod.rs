@@ -35,7 +35,7 @@ struct Cli {
 enum Command {
     /// Compress a model (safetensors file, model folder, sharded index, or GGUF) into a .tpk.
     Compress(CompressArgs),
-    /// Show a .tpk's header, metadata and tensors (reads no payload).
+    /// Show a .tpk's header, metadata and tensors (payloads unread, but for mixed tensors' tile codes).
     Inspect(InspectArgs),
     /// Check every checksum and decode every chunk of a .tpk.
     Verify(VerifyArgs),
@@ -48,6 +48,23 @@ enum Command {
     /// Draw plots that need no model.
     #[command(subcommand)]
     Plot(PlotCommand),
+    /// Export a mixed tensor's stored tile assignment: assignment.npy (uint8, tile grid) and
+    /// assignment_mapping.json (code -> format, tile size, shape).
+    Assignment(AssignmentArgs),
+}
+
+#[derive(Args)]
+struct AssignmentArgs {
+    /// The .tpk file.
+    file: PathBuf,
+    /// The tensor.
+    tensor: String,
+    /// Folder to write the two files into (created if missing).
+    #[arg(short, long, value_name = "DIR", default_value = ".")]
+    out: PathBuf,
+    /// Print the mapping as JSON (with the codes) instead of a summary.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -147,7 +164,9 @@ struct CompressArgs {
     /// Store user metadata KEY=VALUE (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     meta: Vec<String>,
-    /// Compression config (JSON, see compression_configs/): its algorithm applies to tile codecs.
+    /// Compression config (JSON, see compression_configs/): `transpose` applies to tile codecs;
+    /// a mixed-tile algorithm picks a format per tile of every float tensor of two or more
+    /// dimensions (the others use --codec).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Tile codecs: tile each tensor with its axes reversed (a matrix's transpose).
@@ -354,6 +373,7 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
                         .is_some_and(|c| c.algorithm == tenpak::config::Algorithm::Transpose),
                 tile_vectors: a.tile_vectors,
                 config: config.as_ref().map(|c| c.used_json()),
+                mixed: config.as_ref().and_then(|c| c.mixed.clone()),
             };
             let r = tenpak::compress::compress(&a.model, &a.output, &opts, &*progress(cli.quiet))?;
             if a.json {
@@ -432,6 +452,51 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
             };
             tenpak::plot::staircase(&a.out, &o)?;
             let _ = writeln!(out, "wrote {}", a.out.display());
+            Ok(0)
+        }
+        Command::Assignment(a) => {
+            let ar = tenpak::archive::Archive::open(&a.file)?;
+            let i = ar.find(&a.tensor).ok_or_else(|| {
+                Error::input(format!("no tensor named '{}'", a.tensor)).with_file(&a.file)
+            })?;
+            let st = ar.mixed_assignment(i)?.ok_or_else(|| {
+                Error::input(format!(
+                    "tensor '{}' is not a mixed tensor (no tile assignment)",
+                    a.tensor
+                ))
+                .with_file(&a.file)
+            })?;
+            let dims = &ar.file.tensors()[i].dims;
+            let mapping =
+                tenpak::mixed::mapping_json(&a.tensor, dims, &st.formats, st.grid, &st.counts());
+            std::fs::create_dir_all(&a.out)
+                .map_err(|e| Error::io("create the output folder", e).with_file(&a.out))?;
+            let npy = a.out.join("assignment.npy");
+            let js = a.out.join("assignment_mapping.json");
+            tenpak::mixed::write_atomic(
+                &npy,
+                &tenpak::mixed::npy_u8(st.grid.1, st.grid.0, &st.codes),
+            )?;
+            tenpak::mixed::write_atomic(
+                &js,
+                (serde_json::to_string_pretty(&mapping).expect("json") + "\n").as_bytes(),
+            )?;
+            if a.json {
+                let mut m = mapping;
+                m["assignment"] = serde_json::json!(st.codes);
+                json(out, &m);
+            } else {
+                use std::io::Write as _;
+                let _ = writeln!(out, "{}: {} x {} tiles", a.tensor, st.grid.0, st.grid.1);
+                for s in tenpak::mixed::shares(&st.formats, &st.counts()) {
+                    let _ = writeln!(
+                        out,
+                        "  {:<6} {:>8} tiles {:>12} bytes",
+                        s.format, s.tiles, s.bytes
+                    );
+                }
+                let _ = writeln!(out, "wrote {} and {}", npy.display(), js.display());
+            }
             Ok(0)
         }
         Command::Inspect(a) => {

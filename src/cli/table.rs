@@ -179,6 +179,14 @@ pub fn inspect(out: &mut Vec<u8>, r: &InspectReport, tensors: bool) {
             atol,
             sq
         );
+        if let Some(m) = &t.mixed {
+            let parts: Vec<String> = m
+                .iter()
+                .filter(|s| s.tiles > 0)
+                .map(|s| format!("{} {} tiles ({} B)", s.format, s.tiles, s.bytes))
+                .collect();
+            let _ = writeln!(out, "{:<w$}   tiles: {}", "", parts.join(", "));
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod bfp;
 mod byteplane;
 mod float;
 mod huffman;
+pub mod mixed;
 pub mod mx;
 mod raw;
 mod zstd;
@@ -67,6 +68,16 @@ pub trait TensorCodec: Send + Sync + Debug {
         _visit: &mut bfp::TileVisitor<'_>,
     ) -> Option<Result<Vec<u8>>> {
         None
+    }
+    /// [`TensorCodec::encode_f32_tiles`] for a chunk whose first tile is tile `first_tile` of
+    /// the tensor's tile grid, for codecs that treat tiles differently by position (`mixed`).
+    fn encode_f32_tiles_at(
+        &self,
+        _first_tile: usize,
+        tiles: &[f32],
+        visit: &mut bfp::TileVisitor<'_>,
+    ) -> Option<Result<Vec<u8>>> {
+        self.encode_f32_tiles(tiles, visit)
     }
     /// Whether [`TensorCodec::for_tensor`] needs the tensor's largest magnitude (a pass over the
     /// whole tensor before its chunks are encoded).
@@ -196,6 +207,7 @@ pub static REGISTRY: &[CodecEntry] = &[
     bfp::FP0_ENTRY,
     mx::MXFP4_ENTRY,
     mx::NVFP4_ENTRY,
+    mixed::ENTRY,
 ];
 
 /// Look up a registry entry by name.
@@ -362,19 +374,29 @@ impl Pipeline {
         Ok(b)
     }
 
-    /// [`TensorCodec::encode_f32_tiles`] through the whole pipeline (byte stages after it).
-    pub fn encode_f32_tiles(
+    /// [`TensorCodec::encode_f32_tiles_at`] through the whole pipeline (byte stages after it).
+    pub fn encode_f32_tiles_at(
         &self,
+        first_tile: usize,
         tiles: &[f32],
         visit: &mut bfp::TileVisitor<'_>,
     ) -> Option<Result<Vec<u8>>> {
-        let r = self.tensor.encode_f32_tiles(tiles, visit)?;
+        let r = self.tensor.encode_f32_tiles_at(first_tile, tiles, visit)?;
         Some(r.and_then(|mut b| {
             for c in &self.bytes {
                 b = c.encode(&b)?;
             }
             Ok(b)
         }))
+    }
+
+    /// [`Pipeline::encode_f32_tiles_at`] for a chunk at the start of the tensor.
+    pub fn encode_f32_tiles(
+        &self,
+        tiles: &[f32],
+        visit: &mut bfp::TileVisitor<'_>,
+    ) -> Option<Result<Vec<u8>>> {
+        self.encode_f32_tiles_at(0, tiles, visit)
     }
 
     /// Decode one chunk of `n` elements; returns bytes of `decoded_dtype(src)`.

@@ -282,7 +282,7 @@ impl TensorCodec for Mxfp4Codec {
 }
 
 /// nvfp4 with its global scale fixed: the kernel the codec runs once the scale is known.
-struct Nvfp4Kernel(f32);
+pub(crate) struct Nvfp4Kernel(pub(crate) f32);
 
 impl TileKernel for Nvfp4Kernel {
     fn kernel_name(&self) -> &'static str {

@@ -1,0 +1,839 @@
+//! Mixed-tile format assignment: per-tile error tables and the searches that pick a format per
+//! 32x32 tile (formats-spec/mixed.md §3).
+//!
+//! A [`Table`] holds, for every tile of a tensor's tile view and every candidate format, the
+//! statistics of that tile's error ([`PairStats`]) and the format's bytes. It is built by
+//! encoding each tile once per format (each band of tile rows is gathered once and stays in
+//! cache while every format encodes it). From it, a tensor's PCC, MAE and atol under any
+//! assignment follow from sums, and change in O(1) when one tile changes format ([`State`]),
+//! so a greedy pass costs O(tiles x formats), not O(tiles x elements).
+//!
+//! Algorithms: `threshold` (per-tile score), `greedy` (seeded random order, global metric),
+//! `random` (seeded random assignments), `optimal` (moves in order of least added error per
+//! byte saved, under a threshold or a byte budget, per tensor or over the whole model).
+
+use crate::codec::bfp::TILE_ELEMS;
+use crate::codec::mixed::{codes_len, TileFormat};
+use crate::error::{Error, Result};
+use crate::metrics::PairStats;
+use crate::tiles::{TileGeom, T};
+use rayon::prelude::*;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+
+/// The metric a threshold applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Pearson correlation, at least the threshold.
+    Pcc,
+    /// Mean absolute error, at most the threshold.
+    Mae,
+    /// Largest absolute error, at most the threshold.
+    Atol,
+}
+
+impl Metric {
+    /// Parse `pcc`, `mae`, `atol`.
+    pub fn parse(s: &str) -> Option<Metric> {
+        Some(match s {
+            "pcc" => Metric::Pcc,
+            "mae" => Metric::Mae,
+            "atol" => Metric::Atol,
+            _ => return None,
+        })
+    }
+
+    /// Name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Pcc => "pcc",
+            Metric::Mae => "mae",
+            Metric::Atol => "atol",
+        }
+    }
+
+    /// Whether `v` meets threshold `t`.
+    pub fn passes(self, v: f64, t: f64) -> bool {
+        match self {
+            Metric::Pcc => v >= t,
+            _ => v <= t,
+        }
+    }
+
+    /// Whether `a` is better than `b`.
+    pub fn better(self, a: f64, b: f64) -> bool {
+        match self {
+            Metric::Pcc => a > b,
+            _ => a < b,
+        }
+    }
+}
+
+/// Metrics of a tensor (or one tile) under an assignment.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Score {
+    /// Pearson correlation (0 where undefined, as in formats-spec/metrics.md).
+    pub pcc: f64,
+    /// Mean absolute error.
+    pub mae: f64,
+    /// Largest absolute error.
+    pub atol: f64,
+}
+
+impl Score {
+    /// The value of `m`.
+    pub fn get(&self, m: Metric) -> f64 {
+        match m {
+            Metric::Pcc => self.pcc,
+            Metric::Mae => self.mae,
+            Metric::Atol => self.atol,
+        }
+    }
+}
+
+/// PCC from centred sums, with formats-spec/metrics.md's edge cases.
+fn pcc_of(cxx: f64, cxd: f64, cdd: f64, exact: bool) -> f64 {
+    let vy = cxx + 2.0 * cxd + cdd;
+    if exact {
+        1.0
+    } else if cxx > 0.0 && vy > 0.0 {
+        ((cxx + cxd) / (cxx.sqrt() * vy.sqrt())).clamp(-1.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
+/// Score of one tile alone.
+pub fn tile_score(s: &PairStats) -> Score {
+    let exact = s.sum_sq_err() == 0.0;
+    Score {
+        pcc: pcc_of(s.m2x, s.cxd, s.m2d, exact),
+        mae: if s.n > 0.0 { s.sum_abs / s.n } else { 0.0 },
+        atol: s.max_abs,
+    }
+}
+
+/// Error sums of one (tile, format), in the form that adds up over tiles.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sums {
+    /// Sum of d.
+    sd: f64,
+    /// Sum of x d (from the centred parts).
+    sxd: f64,
+    /// Sum of d^2.
+    sdd: f64,
+    /// Sum of |d|.
+    sabs: f64,
+}
+
+impl Sums {
+    fn of(s: &PairStats) -> Sums {
+        Sums {
+            sd: s.n * s.mean_d,
+            sxd: s.cxd + s.n * s.mean_x * s.mean_d,
+            sdd: s.sum_sq_err(),
+            sabs: s.sum_abs,
+        }
+    }
+}
+
+/// Per-tile, per-format error statistics of one tensor.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// Candidate formats, per-tensor parameters set (nvfp4's scale).
+    pub formats: Vec<TileFormat>,
+    /// Tiles across and down the tile grid.
+    pub grid: (usize, usize),
+    /// Elements that are not padding.
+    pub n: u64,
+    /// `stats[t * formats.len() + f]`.
+    pub stats: Vec<PairStats>,
+    /// Bytes of the assignment codes the file will hold (fixed by the tile count and the
+    /// chunking, whatever the assignment).
+    pub code_bytes: u64,
+    mean_x: f64,
+    cxx: f64,
+}
+
+impl Table {
+    /// Encode every tile of `vals` (the tensor's values, row-major) in every format of
+    /// `formats` and measure it. `tiles_per_chunk` tiles rows per chunk fix the code bytes.
+    pub fn build(
+        vals: &[f32],
+        geom: &TileGeom,
+        formats: &[TileFormat],
+        rows_per_chunk: usize,
+    ) -> Result<Table> {
+        if formats.is_empty() {
+            return Err(Error::config("no candidate tile formats"));
+        }
+        if vals.iter().any(|v| !v.is_finite()) {
+            let k = vals.iter().filter(|v| !v.is_finite()).count();
+            return Err(Error::input(format!(
+                "{k} non-finite values (NaN or infinity); mixed tiles take finite weights only"
+            )));
+        }
+        let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let formats: Vec<TileFormat> = formats.iter().map(|f| f.for_tensor(amax)).collect();
+        let wide = geom.pcols / T;
+        let high = geom.tile_rows();
+        let nf = formats.len();
+        let widest = formats.iter().map(|f| f.tile_bytes()).max().unwrap_or(0);
+        let bands: Vec<Vec<PairStats>> = (0..high)
+            .into_par_iter()
+            .map(|tr| {
+                let mut tiles = Vec::new();
+                geom.gather_into(vals, tr..tr + 1, &mut tiles);
+                let mut out = vec![0u8; widest];
+                let mut recon = vec![0f32; TILE_ELEMS];
+                let (mut xs, mut ys) = (Vec::new(), Vec::new());
+                let mut row = Vec::with_capacity(wide * nf);
+                for tc in 0..wide {
+                    let x = &tiles[tc * TILE_ELEMS..(tc + 1) * TILE_ELEMS];
+                    let vr = geom.rows.saturating_sub(tr * T).min(T);
+                    let vc = geom.cols.saturating_sub(tc * T).min(T);
+                    for f in &formats {
+                        f.pack_recon(x, &mut out[..f.tile_bytes()], &mut recon);
+                        let s = if vr == T && vc == T {
+                            PairStats::of_block(x, &recon)
+                        } else {
+                            xs.clear();
+                            ys.clear();
+                            for r in 0..vr {
+                                xs.extend_from_slice(&x[r * T..r * T + vc]);
+                                ys.extend_from_slice(&recon[r * T..r * T + vc]);
+                            }
+                            PairStats::of(&crate::metrics::Accumulator::from_f32_pairs(&xs, &ys))
+                        };
+                        row.push(s);
+                    }
+                }
+                row
+            })
+            .collect();
+        let stats: Vec<PairStats> = bands.into_iter().flatten().collect();
+        // The source's moments, merged over tiles in order (Chan et al.).
+        let (mut n, mut mean_x, mut cxx) = (0f64, 0f64, 0f64);
+        for t in 0..wide * high {
+            let s = &stats[t * nf];
+            if s.n == 0.0 {
+                continue;
+            }
+            let tot = n + s.n;
+            let dx = s.mean_x - mean_x;
+            cxx += s.m2x + dx * dx * n * s.n / tot;
+            mean_x += dx * s.n / tot;
+            n = tot;
+        }
+        let per_chunk = rows_per_chunk.max(1);
+        let code_bytes = (0..high)
+            .step_by(per_chunk)
+            .map(|s| codes_len(nf, (per_chunk.min(high - s)) * wide) as u64)
+            .sum();
+        Ok(Table {
+            formats,
+            grid: (wide, high),
+            n: n as u64,
+            stats,
+            code_bytes,
+            mean_x,
+            cxx,
+        })
+    }
+
+    /// Tiles.
+    pub fn tiles(&self) -> usize {
+        self.grid.0 * self.grid.1
+    }
+
+    /// Statistics of tile `t` in format `f`.
+    pub fn at(&self, t: usize, f: usize) -> &PairStats {
+        &self.stats[t * self.formats.len() + f]
+    }
+
+    /// Payload bytes of an assignment (codes included).
+    pub fn bytes(&self, a: &[u8]) -> u64 {
+        self.code_bytes
+            + a.iter()
+                .map(|&f| self.formats[f as usize].tile_bytes() as u64)
+                .sum::<u64>()
+    }
+
+    /// Payload bytes with every tile in format `f`.
+    pub fn uniform_bytes(&self, f: usize) -> u64 {
+        self.code_bytes + (self.tiles() * self.formats[f].tile_bytes()) as u64
+    }
+
+    /// Index of the most precise candidate (most bytes, then rank).
+    pub fn most_precise(&self) -> usize {
+        (0..self.formats.len())
+            .max_by_key(|&f| (self.formats[f].tile_bytes(), self.formats[f].rank()))
+            .expect("a format")
+    }
+
+    /// Metrics of an assignment, summed from scratch.
+    pub fn score(&self, a: &[u8]) -> Score {
+        State::new(self, a).score()
+    }
+}
+
+/// Running sums of one tensor under an assignment, updated tile by tile.
+#[derive(Debug, Clone)]
+pub struct State<'a> {
+    table: &'a Table,
+    /// The assignment.
+    pub a: Vec<u8>,
+    sum: Sums,
+    /// Count of tiles per largest-error value (an ordered multiset; f64 bits of non-negative
+    /// values order as the values).
+    maxes: BTreeMap<u64, u32>,
+    /// Payload bytes.
+    pub bytes: u64,
+}
+
+impl<'a> State<'a> {
+    /// Sums of assignment `a`.
+    pub fn new(table: &'a Table, a: &[u8]) -> State<'a> {
+        let mut s = State {
+            table,
+            a: a.to_vec(),
+            sum: Sums::default(),
+            maxes: BTreeMap::new(),
+            bytes: table.bytes(a),
+        };
+        for (t, &f) in a.iter().enumerate() {
+            let p = table.at(t, f as usize);
+            s.add(p, 1.0);
+        }
+        s
+    }
+
+    fn add(&mut self, p: &PairStats, sign: f64) {
+        let u = Sums::of(p);
+        self.sum.sd += sign * u.sd;
+        self.sum.sxd += sign * u.sxd;
+        self.sum.sdd += sign * u.sdd;
+        self.sum.sabs += sign * u.sabs;
+        if p.n > 0.0 {
+            let k = p.max_abs.to_bits();
+            if sign > 0.0 {
+                *self.maxes.entry(k).or_insert(0) += 1;
+            } else if let Some(c) = self.maxes.get_mut(&k) {
+                *c -= 1;
+                if *c == 0 {
+                    self.maxes.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Move tile `t` to format `f`.
+    pub fn set(&mut self, t: usize, f: u8) {
+        let old = self.a[t];
+        if old == f {
+            return;
+        }
+        let table = self.table;
+        self.add(table.at(t, old as usize), -1.0);
+        self.add(table.at(t, f as usize), 1.0);
+        self.bytes = self.bytes + table.formats[f as usize].tile_bytes() as u64
+            - table.formats[old as usize].tile_bytes() as u64;
+        self.a[t] = f;
+    }
+
+    /// Metrics now.
+    pub fn score(&self) -> Score {
+        let t = self.table;
+        let n = t.n as f64;
+        if n == 0.0 {
+            return Score {
+                pcc: 1.0,
+                mae: 0.0,
+                atol: 0.0,
+            };
+        }
+        // Running sums can drift a hair below zero after many updates of an exact tensor.
+        let sdd = self.sum.sdd.max(0.0);
+        let cxd = self.sum.sxd - t.mean_x * self.sum.sd;
+        let cdd = (sdd - self.sum.sd * self.sum.sd / n).max(0.0);
+        Score {
+            pcc: pcc_of(t.cxx, cxd, cdd, sdd == 0.0),
+            mae: self.sum.sabs.max(0.0) / n,
+            atol: self
+                .maxes
+                .keys()
+                .next_back()
+                .map_or(0.0, |&k| f64::from_bits(k)),
+        }
+    }
+
+    /// Metrics if tile `t` were in format `f` (the state is left as it was).
+    pub fn try_set(&mut self, t: usize, f: u8) -> Score {
+        let old = self.a[t];
+        self.set(t, f);
+        let s = self.score();
+        self.set(t, old);
+        s
+    }
+}
+
+/// SplitMix64: a small, fixed random generator, so a seed gives the same search everywhere.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded generator.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0), by rejection so it is exactly uniform.
+    pub fn below(&mut self, n: u64) -> u64 {
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let v = self.next_u64();
+            if v < zone {
+                return v % n;
+            }
+        }
+    }
+
+    /// A uniformly random permutation of `0..n` (Fisher-Yates).
+    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
+        let mut p: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            p.swap(i, j);
+        }
+        p
+    }
+}
+
+/// `mixed-tile-threshold`: per tile, the lowest-byte format (the more precise of equal sizes)
+/// whose own tile score passes; the most precise candidate where none does.
+pub fn threshold(table: &Table, metric: Metric, t: f64) -> Vec<u8> {
+    let mut order: Vec<usize> = (0..table.formats.len()).collect();
+    order.sort_by_key(|&f| {
+        (
+            table.formats[f].tile_bytes(),
+            std::cmp::Reverse(table.formats[f].rank()),
+        )
+    });
+    let best = table.most_precise() as u8;
+    (0..table.tiles())
+        .map(|tile| {
+            order
+                .iter()
+                .find(|&&f| metric.passes(tile_score(table.at(tile, f)).get(metric), t))
+                .map_or(best, |&f| f as u8)
+        })
+        .collect()
+}
+
+/// `mixed-tile-greedy`: every tile starts in the first format; then, for each format in order,
+/// every tile (in a seeded random order) moves to it if the tensor's metric still passes.
+pub fn greedy(table: &Table, metric: Metric, t: f64, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut s = State::new(table, &vec![0u8; table.tiles()]);
+    for f in 1..table.formats.len() as u8 {
+        for tile in rng.permutation(table.tiles()) {
+            if s.a[tile] == f {
+                continue;
+            }
+            if metric.passes(s.try_set(tile, f).get(metric), t) {
+                s.set(tile, f);
+            }
+        }
+    }
+    s.a
+}
+
+/// One sample of `mixed-tile-random`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Sample {
+    /// Sample number (0-based).
+    pub iter: usize,
+    /// Payload bytes.
+    pub bytes: u64,
+    /// Its metrics.
+    pub score: Score,
+    /// Whether it meets the threshold.
+    pub passes: bool,
+}
+
+/// `mixed-tile-random`: `iters` seeded uniformly random assignments; the smallest that passes
+/// (the better metric among equal sizes), else the one with the best metric. Returns it and
+/// every sample.
+pub fn random(
+    table: &Table,
+    metric: Metric,
+    t: f64,
+    iters: usize,
+    seed: u64,
+) -> (Vec<u8>, Vec<Sample>) {
+    let mut rng = Rng::new(seed);
+    let k = table.formats.len() as u64;
+    let mut samples = Vec::with_capacity(iters);
+    let mut best: Option<(Vec<u8>, Sample)> = None;
+    for iter in 0..iters.max(1) {
+        let a: Vec<u8> = (0..table.tiles()).map(|_| rng.below(k) as u8).collect();
+        let score = table.score(&a);
+        let v = score.get(metric);
+        let smp = Sample {
+            iter,
+            bytes: table.bytes(&a),
+            score,
+            passes: metric.passes(v, t),
+        };
+        let take = match &best {
+            None => true,
+            Some((_, b)) => match (smp.passes, b.passes) {
+                (true, false) => true,
+                (false, true) => false,
+                (true, true) => {
+                    smp.bytes < b.bytes
+                        || (smp.bytes == b.bytes && metric.better(v, b.score.get(metric)))
+                }
+                (false, false) => metric.better(v, b.score.get(metric)),
+            },
+        };
+        if take {
+            best = Some((a, smp.clone()));
+        }
+        samples.push(smp);
+    }
+    (best.expect("at least one sample").0, samples)
+}
+
+/// What `optimal` stops at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Goal {
+    /// The metric must pass this threshold; as few bytes as that allows.
+    Threshold(Metric, f64),
+    /// At most this many payload bytes; as good a metric as that allows.
+    Bytes(u64),
+}
+
+/// One step of a tile down its ladder: to format `to`, saving `saved` bytes for `cost` added
+/// error (the proxy of formats-spec/mixed.md: squared error for PCC, absolute error for MAE).
+#[derive(Debug, Clone, Copy)]
+struct Move {
+    tensor: usize,
+    tile: usize,
+    to: u8,
+    slope: f64,
+}
+
+impl PartialEq for Move {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Move {}
+impl PartialOrd for Move {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Move {
+    /// Smallest slope first out of a max-heap; ties by tensor, tile (deterministic).
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.slope
+            .total_cmp(&self.slope)
+            .then(o.tensor.cmp(&self.tensor))
+            .then(o.tile.cmp(&self.tile))
+    }
+}
+
+/// A tile's formats from most to fewest bytes along the lower convex hull of (bytes, error
+/// proxy): each step saves bytes at a rising cost per byte; dominated formats are skipped.
+fn ladder(table: &Table, tile: usize, proxy: Metric) -> Vec<(u8, f64)> {
+    let cost = |f: usize| {
+        let s = table.at(tile, f);
+        match proxy {
+            Metric::Mae => s.sum_abs,
+            Metric::Atol => s.max_abs,
+            Metric::Pcc => s.sum_sq_err(),
+        }
+    };
+    let mut pts: Vec<(usize, f64, f64)> = (0..table.formats.len())
+        .map(|f| (f, table.formats[f].tile_bytes() as f64, cost(f)))
+        .collect();
+    // Most bytes first; among equal sizes the least error.
+    pts.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.total_cmp(&b.2)));
+    pts.dedup_by(|b, a| a.1 == b.1);
+    let mut hull: Vec<(usize, f64, f64)> = Vec::new();
+    for p in pts {
+        // Lower convex hull: drop the last point while the step to `p` costs no more per byte
+        // saved than the step into it (that point, and any dominated one, is never worth
+        // stopping at).
+        while hull.len() >= 2 {
+            let (a, b) = (hull[hull.len() - 2], hull[hull.len() - 1]);
+            // Slopes in error per byte saved; the hull needs them rising.
+            let s1 = (b.2 - a.2) / (a.1 - b.1);
+            let s2 = (p.2 - b.2) / (b.1 - p.1);
+            if s2 <= s1 {
+                hull.pop();
+            } else {
+                break;
+            }
+        }
+        hull.push(p);
+    }
+    hull.iter().map(|&(f, _, c)| (f as u8, c)).collect()
+}
+
+/// `mixed-tile-optimal` over one or more tensors (whole-model mode shares one goal): every tile
+/// starts in its most precise format and moves down its ladder, cheapest added error per byte
+/// saved first. Under a threshold a move that would break it is refused (and that tile stops);
+/// under a budget moves go on until the bytes fit. With several tensors the threshold applies to
+/// the element-weighted mean of their metrics (atol: the largest). Returns each tensor's
+/// assignment.
+pub fn optimal(tables: &[&Table], goal: Goal) -> Result<Vec<Vec<u8>>> {
+    let proxy = match goal {
+        Goal::Threshold(m, _) => m,
+        Goal::Bytes(_) => Metric::Pcc,
+    };
+    let ladders: Vec<Vec<Vec<(u8, f64)>>> = tables
+        .iter()
+        .map(|t| (0..t.tiles()).map(|i| ladder(t, i, proxy)).collect())
+        .collect();
+    let mut states: Vec<State> = tables
+        .iter()
+        .zip(&ladders)
+        .map(|(t, l)| {
+            let a: Vec<u8> = l.iter().map(|steps| steps[0].0).collect();
+            State::new(t, &a)
+        })
+        .collect();
+    // Position of each tile on its ladder.
+    let mut pos: Vec<Vec<usize>> = tables.iter().map(|t| vec![0; t.tiles()]).collect();
+    let mut heap = BinaryHeap::new();
+    let push = |heap: &mut BinaryHeap<Move>, ti: usize, tile: usize, p: usize| {
+        let l = &ladders[ti][tile];
+        if p + 1 < l.len() {
+            let (from, to) = (l[p], l[p + 1]);
+            let saved = tables[ti].formats[from.0 as usize].tile_bytes() as f64
+                - tables[ti].formats[to.0 as usize].tile_bytes() as f64;
+            heap.push(Move {
+                tensor: ti,
+                tile,
+                to: to.0,
+                slope: (to.1 - from.1).max(0.0) / saved,
+            });
+        }
+    };
+    for (ti, t) in tables.iter().enumerate() {
+        for tile in 0..t.tiles() {
+            push(&mut heap, ti, tile, 0);
+        }
+    }
+    let total_n: f64 = tables.iter().map(|t| t.n as f64).sum();
+    let mut bytes: u64 = states.iter().map(|s| s.bytes).sum();
+    // Per-tensor scores kept current so a trial move only recomputes its own tensor.
+    let mut scores: Vec<Score> = states.iter().map(|s| s.score()).collect();
+    while let Some(mv) = heap.pop() {
+        match goal {
+            Goal::Bytes(b) if bytes <= b => break,
+            _ => {}
+        }
+        let ti = mv.tensor;
+        let old = states[ti].a[mv.tile];
+        if let Goal::Threshold(m, t) = goal {
+            let trial = states[ti].try_set(mv.tile, mv.to);
+            let v = if tables.len() == 1 {
+                trial.get(m)
+            } else if m == Metric::Atol {
+                scores
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| if i == ti { trial.atol } else { s.atol })
+                    .fold(0.0, f64::max)
+            } else {
+                let others: f64 = scores
+                    .iter()
+                    .zip(tables)
+                    .enumerate()
+                    .filter(|(i, _)| *i != ti)
+                    .map(|(_, (s, tb))| s.get(m) * tb.n as f64)
+                    .sum();
+                (others + trial.get(m) * tables[ti].n as f64) / total_n.max(1.0)
+            };
+            if !m.passes(v, t) {
+                continue;
+            }
+        }
+        states[ti].set(mv.tile, mv.to);
+        scores[ti] = states[ti].score();
+        bytes = bytes + tables[ti].formats[mv.to as usize].tile_bytes() as u64
+            - tables[ti].formats[old as usize].tile_bytes() as u64;
+        pos[ti][mv.tile] += 1;
+        push(&mut heap, ti, mv.tile, pos[ti][mv.tile]);
+    }
+    if let Goal::Bytes(b) = goal {
+        if bytes > b {
+            return Err(Error::config(format!(
+                "the byte budget {b} is below the smallest mixed encoding ({bytes} bytes)"
+            )));
+        }
+    }
+    Ok(states.into_iter().map(|s| s.a).collect())
+}
+
+/// The element-weighted mean of metric `m` over tensors (atol: the largest).
+pub fn model_score(tables: &[&Table], assignments: &[Vec<u8>], m: Metric) -> f64 {
+    let scores: Vec<Score> = tables
+        .iter()
+        .zip(assignments)
+        .map(|(t, a)| t.score(a))
+        .collect();
+    if m == Metric::Atol {
+        return scores.iter().map(|s| s.atol).fold(0.0, f64::max);
+    }
+    let n: f64 = tables.iter().map(|t| t.n as f64).sum();
+    scores
+        .iter()
+        .zip(tables)
+        .map(|(s, t)| s.get(m) * t.n as f64)
+        .sum::<f64>()
+        / n.max(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::bfp::Bfp;
+    use tpk_format::Layout;
+
+    fn tensor(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+        let mut r = Rng::new(seed);
+        (0..rows * cols)
+            .map(|i| {
+                let u = (r.next_u64() >> 11) as f32 / (1u64 << 53) as f32 - 0.5;
+                // Some rows with outliers, so tiles differ.
+                if (i / cols).is_multiple_of(7) && i.is_multiple_of(13) {
+                    u * 40.0
+                } else {
+                    u * 0.1
+                }
+            })
+            .collect()
+    }
+
+    fn table(rows: usize, cols: usize) -> (Vec<f32>, Table) {
+        let vals = tensor(rows, cols, 3);
+        let geom = TileGeom::new(Layout::Tiles32, &[rows as u64, cols as u64], u64::MAX)
+            .unwrap()
+            .unwrap();
+        let formats: Vec<TileFormat> = ["bf16", "bfp8", "bfp4", "bfp2", "fp0"]
+            .iter()
+            .map(|n| TileFormat::parse(n).unwrap())
+            .collect();
+        let t = Table::build(&vals, &geom, &formats, 4).unwrap();
+        (vals, t)
+    }
+
+    #[test]
+    fn incremental_score_matches_a_fresh_sum() {
+        let (_, t) = table(100, 130);
+        let mut rng = Rng::new(9);
+        let mut a: Vec<u8> = (0..t.tiles()).map(|_| rng.below(5) as u8).collect();
+        let mut s = State::new(&t, &a);
+        for _ in 0..500 {
+            let (tile, f) = (rng.below(t.tiles() as u64) as usize, rng.below(5) as u8);
+            s.set(tile, f);
+            a[tile] = f;
+        }
+        let (x, y) = (s.score(), t.score(&a));
+        assert!((x.pcc - y.pcc).abs() < 1e-12, "{x:?} {y:?}");
+        assert!((x.mae - y.mae).abs() < 1e-12 * y.mae.max(1e-30));
+        assert_eq!(x.atol, y.atol);
+        assert_eq!(s.bytes, t.bytes(&a));
+    }
+
+    #[test]
+    fn searches_meet_their_threshold() {
+        let (_, t) = table(96, 160);
+        for m in [Metric::Pcc, Metric::Mae, Metric::Atol] {
+            let th = match m {
+                Metric::Pcc => 0.999,
+                Metric::Mae => 2e-3,
+                Metric::Atol => 0.2,
+            };
+            let g = greedy(&t, m, th, 42);
+            assert!(m.passes(t.score(&g).get(m), th), "greedy {m:?}");
+            let o = optimal(&[&t], Goal::Threshold(m, th)).unwrap().remove(0);
+            assert!(m.passes(t.score(&o).get(m), th), "optimal {m:?}");
+            // Per-tile scores pass, so the tensor's do for MAE and atol.
+            let th_a = threshold(&t, m, th);
+            if m != Metric::Pcc {
+                assert!(m.passes(t.score(&th_a).get(m), th), "threshold {m:?}");
+            }
+            let (r, samples) = random(&t, m, th, 20, 5);
+            assert_eq!(samples.len(), 20);
+            if samples.iter().any(|s| s.passes) {
+                assert!(m.passes(t.score(&r).get(m), th));
+            }
+        }
+        // The optimal search uses no more bytes than greedy at the same PCC.
+        let g = greedy(&t, Metric::Pcc, 0.999, 1);
+        let o = optimal(&[&t], Goal::Threshold(Metric::Pcc, 0.999))
+            .unwrap()
+            .remove(0);
+        assert!(
+            t.bytes(&o) <= t.bytes(&g),
+            "{} > {}",
+            t.bytes(&o),
+            t.bytes(&g)
+        );
+        // Same seed, same answer.
+        assert_eq!(
+            greedy(&t, Metric::Pcc, 0.999, 7),
+            greedy(&t, Metric::Pcc, 0.999, 7)
+        );
+    }
+
+    #[test]
+    fn budget_fits_and_beats_the_uniform_format_of_that_size() {
+        let (_, t) = table(128, 128);
+        let bfp4 = t
+            .formats
+            .iter()
+            .position(|f| *f == TileFormat::Bfp(Bfp::B4))
+            .unwrap();
+        let budget = t.uniform_bytes(bfp4);
+        let a = optimal(&[&t], Goal::Bytes(budget)).unwrap().remove(0);
+        assert!(t.bytes(&a) <= budget);
+        let uniform = vec![bfp4 as u8; t.tiles()];
+        assert!(t.score(&a).pcc >= t.score(&uniform).pcc);
+        assert!(optimal(&[&t], Goal::Bytes(0)).is_err());
+    }
+
+    #[test]
+    fn rng_is_fixed_and_uniform_enough() {
+        let mut r = Rng::new(1);
+        let v: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
+        let mut r2 = Rng::new(1);
+        assert_eq!(v, (0..3).map(|_| r2.next_u64()).collect::<Vec<_>>());
+        let mut counts = [0u32; 5];
+        for _ in 0..5000 {
+            counts[r.below(5) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (850..1150).contains(&c)),
+            "{counts:?}"
+        );
+        let mut p = r.permutation(100);
+        p.sort();
+        assert_eq!(p, (0..100).collect::<Vec<_>>());
+    }
+}
