@@ -367,6 +367,16 @@ impl<'a> State<'a> {
         }
     }
 
+    /// `Cxd / Cxx`: how much of the error runs along the source (0 for an empty tensor).
+    pub fn beta(&self) -> f64 {
+        let t = self.table;
+        if t.cxx > 0.0 {
+            (self.sum.sxd - t.mean_x * self.sum.sd) / t.cxx
+        } else {
+            0.0
+        }
+    }
+
     /// Metrics if tile `t` were in format `f` (the state is left as it was).
     pub fn try_set(&mut self, t: usize, f: u8) -> Score {
         let old = self.a[t];
@@ -554,15 +564,22 @@ impl Ord for Move {
     }
 }
 
-/// A tile's formats from most to fewest bytes along the lower convex hull of (bytes, error
-/// proxy): each step saves bytes at a rising cost per byte; dominated formats are skipped.
-fn ladder(table: &Table, tile: usize, proxy: Metric) -> Vec<(u8, f64)> {
+/// A tile's formats from most to fewest bytes along the lower convex hull of (bytes, cost):
+/// each step saves bytes at a rising cost per byte; dominated formats are skipped. The cost is
+/// the tile's part of the tensor's error under `proxy`: for PCC, `1 - pcc` grows (to first
+/// order) by `(dCdd - 2 beta dCxd) / (2 Cxx)` with `beta = Cxd / Cxx`, so a tile costs
+/// `weight * (sum d^2 - 2 beta (sum x d - mean_x sum d))`, `weight = n / Cxx` making tensors
+/// comparable in whole-model mode; for MAE `sum |d|`; for atol `max |d|`.
+fn ladder(table: &Table, tile: usize, proxy: Metric, beta: f64, weight: f64) -> Vec<(u8, f64)> {
     let cost = |f: usize| {
         let s = table.at(tile, f);
         match proxy {
             Metric::Mae => s.sum_abs,
             Metric::Atol => s.max_abs,
-            Metric::Pcc => s.sum_sq_err(),
+            Metric::Pcc => {
+                let u = Sums::of(s);
+                weight * (u.sdd - 2.0 * beta * (u.sxd - table.mean_x * u.sd))
+            }
         }
     };
     let mut pts: Vec<(usize, f64, f64)> = (0..table.formats.len())
@@ -603,9 +620,50 @@ pub fn optimal(tables: &[&Table], goal: Goal) -> Result<Vec<Vec<u8>>> {
         Goal::Threshold(m, _) => m,
         Goal::Bytes(_) => Metric::Pcc,
     };
+    let weights: Vec<f64> = tables
+        .iter()
+        .map(|t| if t.cxx > 0.0 { t.n as f64 / t.cxx } else { 1.0 })
+        .collect();
+    let first = optimal_pass(tables, goal, proxy, &vec![0.0; tables.len()], &weights)?;
+    if proxy != Metric::Pcc {
+        return Ok(first);
+    }
+    // PCC forgives error along x (a scale): a second pass prices it with each tensor's
+    // `beta = Cxd / Cxx` from the first, and the better of the two is kept.
+    let betas: Vec<f64> = tables
+        .iter()
+        .zip(&first)
+        .map(|(t, a)| State::new(t, a).beta())
+        .collect();
+    let second = optimal_pass(tables, goal, proxy, &betas, &weights)?;
+    let better = match goal {
+        Goal::Threshold(..) => total_bytes(tables, &second) < total_bytes(tables, &first),
+        Goal::Bytes(_) => {
+            model_score(tables, &second, Metric::Pcc) > model_score(tables, &first, Metric::Pcc)
+        }
+    };
+    Ok(if better { second } else { first })
+}
+
+fn total_bytes(tables: &[&Table], a: &[Vec<u8>]) -> u64 {
+    tables.iter().zip(a).map(|(t, a)| t.bytes(a)).sum()
+}
+
+fn optimal_pass(
+    tables: &[&Table],
+    goal: Goal,
+    proxy: Metric,
+    betas: &[f64],
+    weights: &[f64],
+) -> Result<Vec<Vec<u8>>> {
     let ladders: Vec<Vec<Vec<(u8, f64)>>> = tables
         .iter()
-        .map(|t| (0..t.tiles()).map(|i| ladder(t, i, proxy)).collect())
+        .enumerate()
+        .map(|(k, t)| {
+            (0..t.tiles())
+                .map(|i| ladder(t, i, proxy, betas[k], weights[k]))
+                .collect()
+        })
         .collect();
     let mut states: Vec<State> = tables
         .iter()
@@ -836,4 +894,53 @@ mod tests {
         p.sort();
         assert_eq!(p, (0..100).collect::<Vec<_>>());
     }
+}
+
+/// A lower bound on the payload bytes of any assignment of one tensor with PCC >= `t`, for
+/// judging how close a search comes (formats-spec/mixed.md §3). To first order in the error,
+/// `PCC >= t` needs `min over beta of (Cdd - 2 beta Cxd + beta^2 Cxx) <= 2 (1 - t) Cxx`; for
+/// each `beta` of a grid this is a multiple-choice knapsack over tiles, whose LP relaxation (each
+/// tile along its convex hull, cheapest cost per byte first, the last step fractional) bounds
+/// its bytes from below; the bound is the least over the grid. Approximate where the first-order
+/// expansion is (it ignores the error's mean, `SD^2 / N`).
+pub fn lp_bound_bytes(table: &Table, t: f64) -> f64 {
+    let budget = 2.0 * (1.0 - t) * table.cxx;
+    let mut best = f64::INFINITY;
+    for k in -80..=80 {
+        let beta = k as f64 * 5e-4;
+        let room = budget - beta * beta * table.cxx;
+        if room < 0.0 {
+            continue;
+        }
+        // Every tile at its least-cost hull point, then steps by cost per byte saved.
+        let mut cost = 0.0;
+        let mut bytes = table.code_bytes as f64;
+        let mut steps = Vec::new();
+        for tile in 0..table.tiles() {
+            let l = ladder(table, tile, Metric::Pcc, beta, 1.0);
+            let fb = |f: u8| table.formats[f as usize].tile_bytes() as f64;
+            cost += l[0].1;
+            bytes += fb(l[0].0);
+            for w in l.windows(2) {
+                let saved = fb(w[0].0) - fb(w[1].0);
+                steps.push(((w[1].1 - w[0].1).max(0.0) / saved, saved));
+            }
+        }
+        if cost > room {
+            continue;
+        }
+        steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (slope, saved) in steps {
+            let add = slope * saved;
+            if cost + add <= room {
+                cost += add;
+                bytes -= saved;
+            } else {
+                bytes -= (room - cost) / slope;
+                break;
+            }
+        }
+        best = best.min(bytes);
+    }
+    best
 }

@@ -30,6 +30,7 @@ const TARGETS: &[(&str, Target)] = &[
             f::decode_codec(c, d)
         }
     }),
+    ("decode_mixed", |d| f::decode_codec("mixed", d)),
     ("roundtrip_byteplane", |d| {
         f::roundtrip("byteplane:zstd=always", d);
         f::roundtrip("byteplane", d)
@@ -192,6 +193,26 @@ fn write_seeds() {
             c => format!("decode_{c}"),
         };
         put(&target, &format!("{}_{}.bin", codec, dt.name()), &seed);
+    }
+    {
+        // A mixed tensor of four tiles over five formats.
+        use tenpak::codec::mixed::{MixedCodec, TileFormat};
+        use tenpak::codec::TensorCodec;
+        let table: Vec<TileFormat> = ["bf16", "bfp8", "bfp4", "fp0", "nvfp4"]
+            .iter()
+            .map(|n| TileFormat::parse(n).unwrap().for_tensor(0.5))
+            .collect();
+        let c = MixedCodec::new(table, std::sync::Arc::from(vec![0u8, 1, 2, 4])).unwrap();
+        let n = 4 * 1024;
+        let four: Vec<u8> = w.iter().copied().cycle().take(4 * n).collect();
+        let payload = c.encode(tenpak::dtype::DType::F32, &four).unwrap();
+        let params = c.params();
+        let mut seed = vec![idx(tenpak::dtype::DType::F32)];
+        seed.extend((n as u16).to_le_bytes());
+        seed.push(params.len() as u8);
+        seed.extend(&params);
+        seed.extend(&payload);
+        put("decode_mixed", "mixed_F32.bin", &seed);
     }
     let mut rt = vec![idx(tenpak::dtype::DType::BF16)];
     rt.extend(&b16);
