@@ -148,9 +148,8 @@ pub struct Table {
     pub n: u64,
     /// `stats[t * formats.len() + f]`.
     pub stats: Vec<PairStats>,
-    /// Bytes of the assignment codes the file will hold (fixed by the tile count and the
-    /// chunking, whatever the assignment).
-    pub code_bytes: u64,
+    /// Tiles per chunk, as `compress` cuts the tensor (code bytes are per chunk).
+    chunk_tiles: Vec<usize>,
     mean_x: f64,
     cxx: f64,
 }
@@ -226,16 +225,16 @@ impl Table {
             n = tot;
         }
         let per_chunk = rows_per_chunk.max(1);
-        let code_bytes = (0..high)
+        let chunk_tiles = (0..high)
             .step_by(per_chunk)
-            .map(|s| codes_len(nf, (per_chunk.min(high - s)) * wide) as u64)
-            .sum();
+            .map(|s| per_chunk.min(high - s) * wide)
+            .collect();
         Ok(Table {
             formats,
             grid: (wide, high),
             n: n as u64,
             stats,
-            code_bytes,
+            chunk_tiles,
             mean_x,
             cxx,
         })
@@ -251,17 +250,29 @@ impl Table {
         &self.stats[t * self.formats.len() + f]
     }
 
-    /// Payload bytes of an assignment (codes included).
-    pub fn bytes(&self, a: &[u8]) -> u64 {
-        self.code_bytes
-            + a.iter()
-                .map(|&f| self.formats[f as usize].tile_bytes() as u64)
-                .sum::<u64>()
+    /// Bytes of the tile codes when `k` formats are in use (the written table holds only the
+    /// formats an assignment uses; one format needs no codes).
+    pub fn code_bytes(&self, k: usize) -> u64 {
+        self.chunk_tiles
+            .iter()
+            .map(|&t| codes_len(k, t) as u64)
+            .sum()
     }
 
-    /// Payload bytes with every tile in format `f`.
+    /// Payload bytes of an assignment (codes included).
+    pub fn bytes(&self, a: &[u8]) -> u64 {
+        let mut used = vec![false; self.formats.len()];
+        let mut b = 0u64;
+        for &f in a {
+            used[f as usize] = true;
+            b += self.formats[f as usize].tile_bytes() as u64;
+        }
+        b + self.code_bytes(used.iter().filter(|&&u| u).count())
+    }
+
+    /// Payload bytes with every tile in format `f` (no codes: a one-format table).
     pub fn uniform_bytes(&self, f: usize) -> u64 {
-        self.code_bytes + (self.tiles() * self.formats[f].tile_bytes()) as u64
+        (self.tiles() * self.formats[f].tile_bytes()) as u64
     }
 
     /// Index of the most precise candidate (most bytes, then rank).
@@ -287,8 +298,10 @@ pub struct State<'a> {
     /// Count of tiles per largest-error value (an ordered multiset; f64 bits of non-negative
     /// values order as the values).
     maxes: BTreeMap<u64, u32>,
-    /// Payload bytes.
-    pub bytes: u64,
+    /// Tiles per format.
+    counts: Vec<u64>,
+    /// Payload bytes of the tiles (codes not included).
+    tile_bytes: u64,
 }
 
 impl<'a> State<'a> {
@@ -299,13 +312,24 @@ impl<'a> State<'a> {
             a: a.to_vec(),
             sum: Sums::default(),
             maxes: BTreeMap::new(),
-            bytes: table.bytes(a),
+            counts: vec![0; table.formats.len()],
+            tile_bytes: 0,
         };
         for (t, &f) in a.iter().enumerate() {
             let p = table.at(t, f as usize);
             s.add(p, 1.0);
+            s.counts[f as usize] += 1;
+            s.tile_bytes += table.formats[f as usize].tile_bytes() as u64;
         }
         s
+    }
+
+    /// Payload bytes (codes included).
+    pub fn bytes(&self) -> u64 {
+        self.tile_bytes
+            + self
+                .table
+                .code_bytes(self.counts.iter().filter(|&&c| c > 0).count())
     }
 
     fn add(&mut self, p: &PairStats, sign: f64) {
@@ -336,8 +360,10 @@ impl<'a> State<'a> {
         let table = self.table;
         self.add(table.at(t, old as usize), -1.0);
         self.add(table.at(t, f as usize), 1.0);
-        self.bytes = self.bytes + table.formats[f as usize].tile_bytes() as u64
+        self.tile_bytes = self.tile_bytes + table.formats[f as usize].tile_bytes() as u64
             - table.formats[old as usize].tile_bytes() as u64;
+        self.counts[old as usize] -= 1;
+        self.counts[f as usize] += 1;
         self.a[t] = f;
     }
 
@@ -626,7 +652,7 @@ pub fn optimal(tables: &[&Table], goal: Goal) -> Result<Vec<Vec<u8>>> {
         .collect();
     let first = optimal_pass(tables, goal, proxy, &vec![0.0; tables.len()], &weights)?;
     if proxy != Metric::Pcc {
-        return Ok(first);
+        return Ok(best_of(tables, goal, vec![first]));
     }
     // PCC forgives error along x (a scale): a second pass prices it with each tensor's
     // `beta = Cxd / Cxx` from the first, and the better of the two is kept.
@@ -636,13 +662,45 @@ pub fn optimal(tables: &[&Table], goal: Goal) -> Result<Vec<Vec<u8>>> {
         .map(|(t, a)| State::new(t, a).beta())
         .collect();
     let second = optimal_pass(tables, goal, proxy, &betas, &weights)?;
-    let better = match goal {
-        Goal::Threshold(..) => total_bytes(tables, &second) < total_bytes(tables, &first),
-        Goal::Bytes(_) => {
-            model_score(tables, &second, Metric::Pcc) > model_score(tables, &first, Metric::Pcc)
+    Ok(best_of(tables, goal, vec![first, second]))
+}
+
+/// The best of several candidate results, and of every single format used everywhere (a
+/// mixed search should never lose to a plain format): under a threshold the fewest bytes among
+/// those that pass, under a budget the best metric among those that fit.
+fn best_of(tables: &[&Table], goal: Goal, mut candidates: Vec<Vec<Vec<u8>>>) -> Vec<Vec<u8>> {
+    let nf = tables[0].formats.len();
+    let own = candidates.len();
+    for f in 0..nf as u8 {
+        candidates.push(tables.iter().map(|t| vec![f; t.tiles()]).collect());
+    }
+    let value = |a: &[Vec<u8>], m: Metric| model_score(tables, a, m);
+    let mut best: Option<(Vec<Vec<u8>>, u64, f64)> = None;
+    for (i, c) in candidates.into_iter().enumerate() {
+        let bytes = total_bytes(tables, &c);
+        let (ok, v) = match goal {
+            Goal::Threshold(m, t) => {
+                // The searches' own results pass by construction (checked as they were built).
+                let v = value(&c, m);
+                (i < own || m.passes(v, t), v)
+            }
+            Goal::Bytes(b) => (bytes <= b, value(&c, Metric::Pcc)),
+        };
+        if !ok {
+            continue;
         }
-    };
-    Ok(if better { second } else { first })
+        let take = match &best {
+            None => true,
+            Some((_, bb, bv)) => match goal {
+                Goal::Threshold(m, _) => bytes < *bb || (bytes == *bb && m.better(v, *bv)),
+                Goal::Bytes(_) => v > *bv,
+            },
+        };
+        if take {
+            best = Some((c, bytes, v));
+        }
+    }
+    best.expect("the searches' own results qualify").0
 }
 
 fn total_bytes(tables: &[&Table], a: &[Vec<u8>]) -> u64 {
@@ -696,7 +754,7 @@ fn optimal_pass(
         }
     }
     let total_n: f64 = tables.iter().map(|t| t.n as f64).sum();
-    let mut bytes: u64 = states.iter().map(|s| s.bytes).sum();
+    let mut bytes: u64 = states.iter().map(|s| s.bytes()).sum();
     // Per-tensor scores kept current so a trial move only recomputes its own tensor.
     let mut scores: Vec<Score> = states.iter().map(|s| s.score()).collect();
     while let Some(mv) = heap.pop() {
@@ -705,7 +763,6 @@ fn optimal_pass(
             _ => {}
         }
         let ti = mv.tensor;
-        let old = states[ti].a[mv.tile];
         if let Goal::Threshold(m, t) = goal {
             let trial = states[ti].try_set(mv.tile, mv.to);
             let v = if tables.len() == 1 {
@@ -730,10 +787,10 @@ fn optimal_pass(
                 continue;
             }
         }
+        let before = states[ti].bytes();
         states[ti].set(mv.tile, mv.to);
         scores[ti] = states[ti].score();
-        bytes = bytes + tables[ti].formats[mv.to as usize].tile_bytes() as u64
-            - tables[ti].formats[old as usize].tile_bytes() as u64;
+        bytes = bytes + states[ti].bytes() - before;
         pos[ti][mv.tile] += 1;
         push(&mut heap, ti, mv.tile, pos[ti][mv.tile]);
     }
@@ -815,7 +872,7 @@ mod tests {
         assert!((x.pcc - y.pcc).abs() < 1e-12, "{x:?} {y:?}");
         assert!((x.mae - y.mae).abs() < 1e-12 * y.mae.max(1e-30));
         assert_eq!(x.atol, y.atol);
-        assert_eq!(s.bytes, t.bytes(&a));
+        assert_eq!(s.bytes(), t.bytes(&a));
     }
 
     #[test]
@@ -873,7 +930,23 @@ mod tests {
         assert!(t.bytes(&a) <= budget);
         let uniform = vec![bfp4 as u8; t.tiles()];
         assert!(t.score(&a).pcc >= t.score(&uniform).pcc);
-        assert!(optimal(&[&t], Goal::Bytes(0)).is_err());
+        // Zero bytes: every tile dropped (fp0 alone needs no codes); less is impossible without it.
+        let fp0 = t
+            .formats
+            .iter()
+            .position(|f| *f == TileFormat::Fp0)
+            .unwrap() as u8;
+        let z = optimal(&[&t], Goal::Bytes(0)).unwrap().remove(0);
+        assert!(z.iter().all(|&f| f == fp0));
+        let no_fp0 = Table {
+            formats: t.formats[..4].to_vec(),
+            stats: (0..t.tiles())
+                .flat_map(|i| (0..4).map(move |f| (i, f)))
+                .map(|(i, f)| *t.at(i, f))
+                .collect(),
+            ..t.clone()
+        };
+        assert!(optimal(&[&no_fp0], Goal::Bytes(0)).is_err());
     }
 
     #[test]
@@ -914,7 +987,7 @@ pub fn lp_bound_bytes(table: &Table, t: f64) -> f64 {
         }
         // Every tile at its least-cost hull point, then steps by cost per byte saved.
         let mut cost = 0.0;
-        let mut bytes = table.code_bytes as f64;
+        let mut bytes = 0.0;
         let mut steps = Vec::new();
         for tile in 0..table.tiles() {
             let l = ladder(table, tile, Metric::Pcc, beta, 1.0);

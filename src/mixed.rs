@@ -135,6 +135,20 @@ fn budget_bytes(b: Budget, numel: u64) -> u64 {
 }
 
 fn finish(algorithm: Algorithm, table: &Table, a: Vec<u8>, samples: Vec<Sample>) -> MixedTensor {
+    // The written table holds only the formats in use, in candidate order: fewer code bits,
+    // none for a single format.
+    let mut remap = vec![u8::MAX; table.formats.len()];
+    for &f in &a {
+        remap[f as usize] = 0;
+    }
+    let mut formats = Vec::new();
+    for (f, r) in remap.iter_mut().enumerate() {
+        if *r == 0 {
+            *r = formats.len() as u8;
+            formats.push(table.formats[f]);
+        }
+    }
+    let codes: Vec<u8> = a.iter().map(|&f| remap[f as usize]).collect();
     let uniform = (0..table.formats.len())
         .map(|f| {
             let u = vec![f as u8; table.tiles()];
@@ -147,12 +161,12 @@ fn finish(algorithm: Algorithm, table: &Table, a: Vec<u8>, samples: Vec<Sample>)
         .collect();
     MixedTensor {
         algorithm,
-        formats: table.formats.clone(),
+        formats,
         grid: table.grid,
         predicted: table.score(&a),
         bytes: table.bytes(&a),
         numel: table.n,
-        assignment: Arc::from(a),
+        assignment: Arc::from(codes),
         uniform,
         samples,
     }

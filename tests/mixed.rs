@@ -235,7 +235,20 @@ fn stored_assignment_exports_and_model_budget_holds() {
     let mapping: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("assignment_mapping.json")).unwrap())
             .unwrap();
-    assert_eq!(mapping["codes"]["0"], "bf16");
+    // The stored table holds only the formats in use, in candidate order.
+    let table: Vec<&str> = (0..mapping["codes"].as_object().unwrap().len())
+        .map(|i| mapping["codes"][i.to_string()].as_str().unwrap())
+        .collect();
+    let order = ["bf16", "bfp8", "bfp4", "bfp2", "fp0"];
+    let pos: Vec<usize> = table
+        .iter()
+        .map(|f| order.iter().position(|o| o == f).unwrap())
+        .collect();
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "{table:?}");
+    assert!(codes.iter().all(|&c| (c as usize) < table.len()));
+    for (i, _) in table.iter().enumerate() {
+        assert!(codes.contains(&(i as u8)), "format {i} is unused");
+    }
     assert_eq!(mapping["tile_size"], 32);
     // Not a mixed tensor: a clear error.
     let e = tenpak_fails(

@@ -5,8 +5,8 @@
 //! Params (the format table, stored once per tensor): `k` (u8, 1..=16), then `k` entries of
 //! `codec id` (u16 LE, the tile format's registry id), `len` (u8) and `len` bytes of that codec's
 //! params (4 for nvfp4's f32 global scale, 0 for the others). A chunk (whole tile rows) is the
-//! bit-packed assignment codes of its tiles (`b` = 1, 2 or 4 bits for `k` <= 2, 4, 16; code `i`
-//! at bit `i*b` counted from the least significant bit of byte 0; the last byte zero-padded),
+//! bit-packed assignment codes of its tiles (`b` = 0, 1, 2 or 4 bits for `k` = 1, 2, <= 4,
+//! <= 16; code `i` at bit `i*b` counted from the least significant bit of byte 0; the last byte zero-padded),
 //! then each tile's payload in its format, in tile order. Chunks decode on their own.
 //!
 //! There is no `--codec mixed`: the assignment comes from a config (`--config`, algorithm
@@ -143,10 +143,11 @@ impl TileFormat {
     }
 }
 
-/// Bits per assignment code for a table of `k` formats.
+/// Bits per assignment code for a table of `k` formats (none for a single format).
 pub fn code_bits(k: usize) -> usize {
     match k {
-        0..=2 => 1,
+        0..=1 => 0,
+        2 => 1,
         3..=4 => 2,
         _ => 4,
     }
@@ -159,6 +160,9 @@ pub fn codes_len(k: usize, tiles: usize) -> usize {
 
 /// Code `i` of a packed code array.
 pub fn code_at(codes: &[u8], bits: usize, i: usize) -> usize {
+    if bits == 0 {
+        return 0;
+    }
     let bit = i * bits;
     (codes[bit / 8] as usize >> (bit % 8)) & ((1 << bits) - 1)
 }
@@ -343,9 +347,11 @@ impl MixedCodec {
             .map(|&c| self.table[c as usize].tile_bytes())
             .sum();
         let mut out = vec![0u8; cl + body];
-        for (i, &c) in codes.iter().enumerate() {
-            let bit = i * bits;
-            out[bit / 8] |= c << (bit % 8);
+        if bits > 0 {
+            for (i, &c) in codes.iter().enumerate() {
+                let bit = i * bits;
+                out[bit / 8] |= c << (bit % 8);
+            }
         }
         let mut at = cl;
         let mut recon = [0f32; TILE_ELEMS];
@@ -556,5 +562,19 @@ mod tests {
             assert!(MixedCodec::from_params(bad).is_err(), "{bad:?}");
         }
         assert!(MixedCodec::new(vec![TileFormat::Fp0], Arc::from(vec![1u8])).is_err());
+    }
+
+    #[test]
+    fn one_format_needs_no_codes() {
+        let vals = tiles(2, 9);
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for (f, len) in [(TileFormat::Bfp(Bfp::B8), 2 * 1088), (TileFormat::Fp0, 0)] {
+            let c = MixedCodec::new(vec![f], Arc::from(vec![0u8, 0])).unwrap();
+            let p = c.encode(DType::F32, &bytes).unwrap();
+            assert_eq!(p.len(), len);
+            let mut out = vec![0u8; bytes.len()];
+            c.decode(&p, DType::F32, vals.len(), &mut out).unwrap();
+            assert_eq!(c.chunk_codes(&p, vals.len()).unwrap(), vec![0, 0]);
+        }
     }
 }
