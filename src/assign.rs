@@ -823,6 +823,55 @@ pub fn model_score(tables: &[&Table], assignments: &[Vec<u8>], m: Metric) -> f64
         / n.max(1.0)
 }
 
+/// A lower bound on the payload bytes of any assignment of one tensor with PCC >= `t`, for
+/// judging how close a search comes (formats-spec/mixed.md §3). To first order in the error,
+/// `PCC >= t` needs `min over beta of (Cdd - 2 beta Cxd + beta^2 Cxx) <= 2 (1 - t) Cxx`; for
+/// each `beta` of a grid this is a multiple-choice knapsack over tiles, whose LP relaxation (each
+/// tile along its convex hull, cheapest cost per byte first, the last step fractional) bounds
+/// its bytes from below; the bound is the least over the grid. Approximate where the first-order
+/// expansion is (it ignores the error's mean, `SD^2 / N`).
+pub fn lp_bound_bytes(table: &Table, t: f64) -> f64 {
+    let budget = 2.0 * (1.0 - t) * table.cxx;
+    let mut best = f64::INFINITY;
+    for k in -80..=80 {
+        let beta = k as f64 * 5e-4;
+        let room = budget - beta * beta * table.cxx;
+        if room < 0.0 {
+            continue;
+        }
+        // Every tile at its least-cost hull point, then steps by cost per byte saved.
+        let mut cost = 0.0;
+        let mut bytes = 0.0;
+        let mut steps = Vec::new();
+        for tile in 0..table.tiles() {
+            let l = ladder(table, tile, Metric::Pcc, beta, 1.0);
+            let fb = |f: u8| table.formats[f as usize].tile_bytes() as f64;
+            cost += l[0].1;
+            bytes += fb(l[0].0);
+            for w in l.windows(2) {
+                let saved = fb(w[0].0) - fb(w[1].0);
+                steps.push(((w[1].1 - w[0].1).max(0.0) / saved, saved));
+            }
+        }
+        if cost > room {
+            continue;
+        }
+        steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (slope, saved) in steps {
+            let add = slope * saved;
+            if cost + add <= room {
+                cost += add;
+                bytes -= saved;
+            } else {
+                bytes -= (room - cost) / slope;
+                break;
+            }
+        }
+        best = best.min(bytes);
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -967,53 +1016,4 @@ mod tests {
         p.sort();
         assert_eq!(p, (0..100).collect::<Vec<_>>());
     }
-}
-
-/// A lower bound on the payload bytes of any assignment of one tensor with PCC >= `t`, for
-/// judging how close a search comes (formats-spec/mixed.md §3). To first order in the error,
-/// `PCC >= t` needs `min over beta of (Cdd - 2 beta Cxd + beta^2 Cxx) <= 2 (1 - t) Cxx`; for
-/// each `beta` of a grid this is a multiple-choice knapsack over tiles, whose LP relaxation (each
-/// tile along its convex hull, cheapest cost per byte first, the last step fractional) bounds
-/// its bytes from below; the bound is the least over the grid. Approximate where the first-order
-/// expansion is (it ignores the error's mean, `SD^2 / N`).
-pub fn lp_bound_bytes(table: &Table, t: f64) -> f64 {
-    let budget = 2.0 * (1.0 - t) * table.cxx;
-    let mut best = f64::INFINITY;
-    for k in -80..=80 {
-        let beta = k as f64 * 5e-4;
-        let room = budget - beta * beta * table.cxx;
-        if room < 0.0 {
-            continue;
-        }
-        // Every tile at its least-cost hull point, then steps by cost per byte saved.
-        let mut cost = 0.0;
-        let mut bytes = 0.0;
-        let mut steps = Vec::new();
-        for tile in 0..table.tiles() {
-            let l = ladder(table, tile, Metric::Pcc, beta, 1.0);
-            let fb = |f: u8| table.formats[f as usize].tile_bytes() as f64;
-            cost += l[0].1;
-            bytes += fb(l[0].0);
-            for w in l.windows(2) {
-                let saved = fb(w[0].0) - fb(w[1].0);
-                steps.push(((w[1].1 - w[0].1).max(0.0) / saved, saved));
-            }
-        }
-        if cost > room {
-            continue;
-        }
-        steps.sort_by(|a, b| a.0.total_cmp(&b.0));
-        for (slope, saved) in steps {
-            let add = slope * saved;
-            if cost + add <= room {
-                cost += add;
-                bytes -= saved;
-            } else {
-                bytes -= (room - cost) / slope;
-                break;
-            }
-        }
-        best = best.min(bytes);
-    }
-    best
 }
