@@ -17,6 +17,7 @@ pub fn minilm_path() -> PathBuf {
 }
 
 /// Every F32 tensor of MiniLM, concatenated (f32 bytes), and the same values as bf16 (RNE).
+#[allow(dead_code)] // not every bench uses it
 pub fn minilm_f32_and_bf16() -> (Vec<u8>, Vec<u8>) {
     let bytes = std::fs::read(minilm_path()).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();

@@ -100,7 +100,7 @@ fn bench(c: &mut Criterion) {
             p.bytes
         };
         for (threads, pool) in [("1 thread", Some(&one)), ("all threads", None)] {
-            let run = |f: &dyn Fn() -> u64| match pool {
+            let run = |f: &(dyn Fn() -> u64 + Sync)| match pool {
                 Some(p) => p.install(f),
                 None => f(),
             };
