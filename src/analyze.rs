@@ -221,24 +221,16 @@ pub fn analyze_source(
         total_bytes: total,
         tensors: selected.len(),
     });
-    // Whole-model mixed-tile plans need every tensor's error table first.
-    let mut plans: Vec<Option<crate::mixed::MixedTensor>> = vec![None; infos.len()];
-    if let Some(spec) = config
-        .mixed
-        .as_ref()
-        .filter(|s| crate::mixed::whole_model(s))
-    {
-        let elig: Vec<usize> = selected
-            .iter()
-            .copied()
-            .filter(|&i| crate::mixed::eligible(&infos[i], opts.tile_vectors))
-            .collect();
-        let planned = crate::mixed::plan_model(source, &elig, spec, opts.chunk_elems, progress)
-            .map_err(|e| e.with_file(input))?;
-        for (i, p) in elig.into_iter().zip(planned) {
-            plans[i] = Some(p);
-        }
-    }
+    // Whole-model mixed-tile plans come first: they need every tensor's error table.
+    let mut plans = crate::mixed::plan_ahead(
+        source,
+        &selected,
+        config.mixed.as_ref(),
+        opts.tile_vectors,
+        opts.chunk_elems,
+        progress,
+    )
+    .map_err(|e| e.with_file(input))?;
     let mut rows = Vec::new();
     for &i in &selected {
         let info = &infos[i];

@@ -251,6 +251,35 @@ pub fn plan_model(
         .collect())
 }
 
+/// Plans made before any tensor is written: whole-model scope needs every selected eligible
+/// tensor's table first. Indexed like `source.tensors()`; `None` where the tensor is planned on
+/// its own (or is not eligible).
+pub fn plan_ahead(
+    source: &dyn TensorSource,
+    selected: &[usize],
+    spec: Option<&MixedSpec>,
+    tile_vectors: bool,
+    chunk_elems: u64,
+    progress: &dyn Progress,
+) -> Result<Vec<Option<MixedTensor>>> {
+    let infos = source.tensors();
+    let mut plans: Vec<Option<MixedTensor>> = vec![None; infos.len()];
+    if let Some(spec) = spec.filter(|s| whole_model(s)) {
+        let elig: Vec<usize> = selected
+            .iter()
+            .copied()
+            .filter(|&i| eligible(&infos[i], tile_vectors))
+            .collect();
+        for (i, p) in elig
+            .iter()
+            .zip(plan_model(source, &elig, spec, chunk_elems, progress)?)
+        {
+            plans[*i] = Some(p);
+        }
+    }
+    Ok(plans)
+}
+
 /// Whether `spec` plans the whole model at once.
 pub fn whole_model(spec: &MixedSpec) -> bool {
     spec.scope == Scope::Model

@@ -5,28 +5,6 @@
 use crate::common::*;
 use std::path::Path;
 
-fn f32s(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-/// PCC and MAE in f64, the textbook way.
-fn pcc_mae(x: &[f32], y: &[f32]) -> (f64, f64) {
-    let n = x.len() as f64;
-    let mx = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let my = y.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let (mut sxy, mut sxx, mut syy, mut ae) = (0.0, 0.0, 0.0, 0.0);
-    for (&a, &b) in x.iter().zip(y) {
-        let (a, b) = (a as f64, b as f64);
-        sxy += (a - mx) * (b - my);
-        sxx += (a - mx) * (a - mx);
-        syy += (b - my) * (b - my);
-        ae += (a - b).abs();
-    }
-    (sxy / (sxx * syy).sqrt(), ae / n)
-}
-
 fn config(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.join(format!("{name}.json"));
     std::fs::write(&p, text).unwrap();
