@@ -289,14 +289,10 @@ fn assignment_map_to(
     let cell = (1000 / wide.max(high).max(1)).clamp(1, 40) as u32;
     let (w, h) = (wide as u32 * cell, high as u32 * cell);
     let legend_w = 220u32;
-    let root = BitMapBackend::new(
-        path,
-        (
-            w + legend_w + 40,
-            (h + 70).max(90 + 24 * formats.len() as u32),
-        ),
-    )
-    .into_drawing_area();
+    // Wide enough for the title (about 9 pixels a character), tall enough for the legend.
+    let width = (w + legend_w + 40).max(9 * (title.len() as u32 + 45));
+    let height = (h + 70).max(90 + 24 * formats.len() as u32);
+    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     root.draw(&Text::new(
         format!("{title}: format per 32x32 tile ({wide} x {high} tiles)"),
@@ -304,13 +300,21 @@ fn assignment_map_to(
         ("sans-serif", 16),
     ))
     .map_err(|e| plot_err(path, e))?;
+    // One color per format name, the same in every tensor's map.
+    let tint = |i: usize| {
+        let k = crate::codec::mixed::TILE_FORMAT_NAMES
+            .iter()
+            .position(|n| Some(n) == formats.get(i))
+            .unwrap_or(i);
+        color(k)
+    };
     let (x0, y0) = (20i32, 50i32);
     for (t, &f) in assignment.iter().enumerate() {
         let (r, c) = ((t / wide) as i32, (t % wide) as i32);
         let (x, y) = (x0 + c * cell as i32, y0 + r * cell as i32);
         root.draw(&Rectangle::new(
             [(x, y), (x + cell as i32, y + cell as i32)],
-            color(f as usize).filled(),
+            tint(f as usize).filled(),
         ))
         .map_err(|e| plot_err(path, e))?;
     }
@@ -338,7 +342,9 @@ fn assignment_map_to(
 pub type SizePoint = (String, f64, f64);
 
 /// Metric against bits per weight: labelled points (each single format, the mixed result)
-/// and, optionally, a cloud of unlabelled samples (`mixed-tile-random`'s).
+/// and, optionally, a cloud of unlabelled samples (`mixed-tile-random`'s). The y axis is
+/// logarithmic: `1 - pcc` for PCC (so 0.99, 0.999, 0.9999 are evenly spaced and a dropped
+/// tile's PCC of 0 still fits), the error itself for MAE and atol.
 pub fn size_vs_accuracy(
     path: &Path,
     title: &str,
@@ -359,10 +365,13 @@ fn size_vs_accuracy_to(
     cloud: &[(f64, f64)],
 ) -> Result<()> {
     fonts();
+    let pcc = metric == "pcc";
+    // Exact results (no error) sit at the floor of the axis.
+    let y_of = |v: f64| (if pcc { 1.0 - v } else { v }).max(1e-12);
     let all = points
         .iter()
-        .map(|p| (p.1, p.2))
-        .chain(cloud.iter().copied())
+        .map(|p| (p.1, y_of(p.2)))
+        .chain(cloud.iter().map(|&(x, v)| (x, y_of(v))))
         .filter(|p| p.0.is_finite() && p.1.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for (x, y) in all {
@@ -372,9 +381,9 @@ fn size_vs_accuracy_to(
         y1 = y1.max(y);
     }
     if x0 > x1 {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        (x0, x1, y0, y1) = (0.0, 1.0, 1e-6, 1.0);
     }
-    let (px, py) = (((x1 - x0) * 0.08).max(0.1), ((y1 - y0) * 0.08).max(1e-9));
+    let px = ((x1 - x0) * 0.08).max(0.1);
     let root = BitMapBackend::new(path, (1000, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -382,12 +391,17 @@ fn size_vs_accuracy_to(
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(90)
-        .build_cartesian_2d(x0 - px..x1 + px, y0 - py..y1 + py)
+        .build_cartesian_2d(x0 - px..x1 + px, (y0 / 2.0..y1 * 2.0).log_scale())
         .map_err(|e| plot_err(path, e))?;
     chart
         .configure_mesh()
         .x_desc("bits per weight (payload bytes)")
-        .y_desc(metric)
+        .y_desc(if pcc {
+            "1 - pcc (log scale)".to_string()
+        } else {
+            format!("{metric} (log scale)")
+        })
+        .y_label_formatter(&|v| format!("{v:.0e}"))
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(|e| plot_err(path, e))?;
@@ -396,23 +410,23 @@ fn size_vs_accuracy_to(
             .draw_series(
                 cloud
                     .iter()
-                    .map(|&(x, y)| Circle::new((x, y), 2, color(7).mix(0.5).filled())),
+                    .map(|&(x, v)| Circle::new((x, y_of(v)), 2, color(7).mix(0.5).filled())),
             )
             .map_err(|e| plot_err(path, e))?
             .label("samples")
             .legend(|(x, y)| Circle::new((x + 10, y), 3, color(7).filled()));
     }
-    for (i, (name, x, y)) in points.iter().enumerate() {
+    for (i, (name, x, v)) in points.iter().enumerate() {
         let c = color(i);
         chart
-            .draw_series([Circle::new((*x, *y), 6, c.filled())])
+            .draw_series([Circle::new((*x, y_of(*v)), 6, c.filled())])
             .map_err(|e| plot_err(path, e))?
-            .label(format!("{name} ({x:.2} bpw)"))
+            .label(format!("{name} ({x:.2} bpw, {metric} {v:.6})"))
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
