@@ -242,6 +242,10 @@ pub fn effective_pipeline(p: &Pipeline, dtype: DType) -> Pipeline {
 /// leave vectors and scalars raw unless `tile_vectors`).
 pub fn tensor_plan(p: &Pipeline, info: &TensorInfo, opts: &CompressOptions) -> (Pipeline, Layout) {
     let p = effective_pipeline(p, info.dtype);
+    let p = match p.tensor_codec().for_shape(&info.dims) {
+        Some(t) => p.with_tensor_codec(t),
+        None => p,
+    };
     if !p.tensor_codec().tiled() {
         return (p, Layout::RowMajor);
     }
@@ -359,6 +363,8 @@ pub fn encode_tensor(
     if layout != Layout::RowMajor {
         return encode_tiled(info, data, pipeline, layout, chunk_elems, progress, sink);
     }
+    // Codecs with groups take whole groups per chunk.
+    let chunk_elems = chunk_elems.next_multiple_of(pipeline.tensor_codec().chunk_multiple().max(1));
     let ranges: Vec<(u64, u64)> = (0..n)
         .step_by(chunk_elems as usize)
         .map(|s| (s, chunk_elems.min(n - s)))

@@ -13,6 +13,7 @@ pub mod bfp;
 mod byteplane;
 mod float;
 mod huffman;
+pub mod int;
 pub mod mixed;
 pub mod mx;
 mod raw;
@@ -78,6 +79,16 @@ pub trait TensorCodec: Send + Sync + Debug {
         visit: &mut bfp::TileVisitor<'_>,
     ) -> Option<Result<Vec<u8>>> {
         self.encode_f32_tiles(tiles, visit)
+    }
+    /// This codec with its shape-dependent settings fixed for a tensor of shape `dims` (the
+    /// integer codecs' `group=row` / `group=tensor`); `None` when nothing depends on the shape.
+    fn for_shape(&self, _dims: &[u64]) -> Option<Arc<dyn TensorCodec>> {
+        None
+    }
+    /// Row-major chunks must hold a multiple of this many elements (the integer codecs'
+    /// group size), so that groups never straddle chunks.
+    fn chunk_multiple(&self) -> u64 {
+        1
     }
     /// Whether [`TensorCodec::for_tensor`] needs the tensor's largest magnitude (a pass over the
     /// whole tensor before its chunks are encoded).
@@ -152,6 +163,11 @@ impl Options {
         }
     }
 
+    /// Take an option's raw value, if given.
+    pub fn take(&mut self, key: &str) -> Option<String> {
+        self.map.remove(key)
+    }
+
     /// Take a string option restricted to `choices` (the first is the default).
     pub fn choice(&mut self, key: &str, choices: &[&'static str]) -> Result<&'static str> {
         match self.map.remove(key) {
@@ -208,6 +224,8 @@ pub static REGISTRY: &[CodecEntry] = &[
     mx::MXFP4_ENTRY,
     mx::NVFP4_ENTRY,
     mixed::ENTRY,
+    int::INT_ENTRY,
+    int::RESIDUAL_ENTRY,
 ];
 
 /// Look up a registry entry by name.
@@ -234,8 +252,14 @@ impl Pipeline {
         let mut bytes = Vec::new();
         for (i, part) in spec.split('+').enumerate() {
             let (name, opts) = match part.split_once(':') {
-                Some((n, o)) => (n.trim(), o),
-                None => (part.trim(), ""),
+                Some((n, o)) => (n.trim(), o.to_string()),
+                None => (part.trim(), String::new()),
+            };
+            // Short names of the integer codecs (`int4_g32`) are `int` with options.
+            let (name, opts) = match int::expand_alias(name) {
+                Some((n, extra)) if opts.is_empty() => (n, extra),
+                Some((n, extra)) => (n, format!("{extra},{opts}")),
+                None => (name, opts),
             };
             let entry = entry_by_name(name).ok_or_else(|| {
                 let names: Vec<&str> = REGISTRY.iter().map(|e| e.name).collect();
