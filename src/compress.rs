@@ -364,7 +364,11 @@ pub fn encode_tensor(
         return encode_tiled(info, data, pipeline, layout, chunk_elems, progress, sink);
     }
     // Codecs with groups take whole groups per chunk.
-    let chunk_elems = chunk_elems.next_multiple_of(pipeline.tensor_codec().chunk_multiple().max(1));
+    // (A multiple beyond the tensor means one chunk for the whole tensor.)
+    let chunk_elems = chunk_elems
+        .checked_next_multiple_of(pipeline.tensor_codec().chunk_multiple().max(1))
+        .unwrap_or(u64::MAX)
+        .min(n.max(1));
     let ranges: Vec<(u64, u64)> = (0..n)
         .step_by(chunk_elems as usize)
         .map(|s| (s, chunk_elems.min(n - s)))

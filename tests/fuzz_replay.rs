@@ -31,6 +31,11 @@ const TARGETS: &[(&str, Target)] = &[
         }
     }),
     ("decode_mixed", |d| f::decode_codec("mixed", d)),
+    ("decode_int", |d| {
+        for c in ["int", "int4_residual"] {
+            f::decode_codec(c, d)
+        }
+    }),
     ("roundtrip_byteplane", |d| {
         f::roundtrip("byteplane:zstd=always", d);
         f::roundtrip("byteplane", d)
@@ -213,6 +218,27 @@ fn write_seeds() {
         seed.extend(&params);
         seed.extend(&payload);
         put("decode_mixed", "mixed_F32.bin", &seed);
+    }
+    for (name, spec) in [
+        ("int4_g32", "int4_g32"),
+        ("int3_g16_asym", "int3_g16_asym"),
+        ("int8_axis0", "int8_axis0"),
+        ("int4_residual", "int4_residual"),
+    ] {
+        let p = tenpak::codec::Pipeline::parse(spec).unwrap();
+        let t = p.tensor_codec();
+        let t = t
+            .for_shape(&[8, 64])
+            .unwrap_or_else(|| p.tensor_codec_arc());
+        let vals = &w[..512 * 4];
+        let payload = t.encode(tenpak::dtype::DType::F32, vals).unwrap();
+        let params = t.params();
+        let mut seed = vec![idx(tenpak::dtype::DType::F32)];
+        seed.extend(512u16.to_le_bytes());
+        seed.push(params.len() as u8);
+        seed.extend(&params);
+        seed.extend(&payload);
+        put("decode_int", &format!("{name}.bin"), &seed);
     }
     let mut rt = vec![idx(tenpak::dtype::DType::BF16)];
     rt.extend(&b16);

@@ -9,5 +9,6 @@ mod codecs;
 mod container;
 mod fuzz_replay;
 mod inputs;
+mod int;
 mod mixed;
 mod models;

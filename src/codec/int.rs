@@ -39,7 +39,8 @@ pub enum Fit {
     Als(u8),
 }
 
-/// Group size as asked; `row` and `tensor` are fixed per tensor ([`TensorCodec::for_shape`]).
+/// Grouping as asked; `row`, `tensor` and `axis` are fixed per tensor
+/// ([`TensorCodec::for_shape`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Group {
     /// `g` consecutive elements.
@@ -48,6 +49,16 @@ pub enum Group {
     Row,
     /// The whole tensor.
     Tensor,
+    /// One scale per index along axis `k` (per channel).
+    Axis(u8),
+    /// Per channel, fixed for a tensor: element `j` belongs to channel `(j / inner) % channels`;
+    /// a chunk holds the whole tensor.
+    Channels {
+        /// Channels (the axis' length).
+        channels: u64,
+        /// Elements after the axis (product of the later dimensions).
+        inner: u64,
+    },
 }
 
 /// A uniform quantizer.
@@ -66,13 +77,29 @@ pub struct IntCodec {
 }
 
 impl IntCodec {
-    fn group_len(&self) -> Result<usize> {
+    /// Scale (and offset) count for a chunk of `n` elements.
+    fn param_count(&self, n: usize) -> Result<usize> {
         match self.group {
-            Group::Elems(g) => usize::try_from(g)
-                .map_err(|_| Error::malformed(format!("int group {g} is too large"))),
+            Group::Elems(g) => {
+                let g = usize::try_from(g)
+                    .map_err(|_| Error::malformed(format!("int group {g} is too large")))?;
+                Ok(n.div_ceil(g.max(1)))
+            }
+            Group::Channels { channels, .. } => usize::try_from(channels)
+                .map_err(|_| Error::malformed(format!("int: {channels} channels"))),
             _ => Err(Error::config(
-                "int: group=row or group=tensor needs the tensor's shape (encode whole tensors)",
+                "int: group=row, group=tensor and axis= need the tensor's shape (encode whole tensors)",
             )),
+        }
+    }
+
+    /// Which scale element `j` of a chunk uses.
+    #[inline]
+    fn param_of(&self, j: usize) -> usize {
+        match self.group {
+            Group::Elems(g) => j / g as usize,
+            Group::Channels { channels, inner } => (j / inner as usize) % channels as usize,
+            _ => 0,
         }
     }
 
@@ -86,10 +113,11 @@ impl IntCodec {
 
     /// Payload bytes of a chunk of `n` elements.
     pub fn payload_len(&self, n: usize) -> Result<usize> {
-        let g = self.group_len()?;
-        let groups = n.div_ceil(g.max(1));
         let per = self.param_bytes() * (1 + self.asym as usize);
-        Ok(groups * per + (n * self.bits as usize).div_ceil(8))
+        self.param_count(n)?
+            .checked_mul(per)
+            .and_then(|p| p.checked_add(n.checked_mul(self.bits as usize)?.div_ceil(8)))
+            .ok_or_else(|| Error::malformed(format!("int: a chunk of {n} elements overflows")))
     }
 
     /// Round a scale or offset to its stored type.
@@ -101,14 +129,17 @@ impl IntCodec {
         }
     }
 
-    /// Scale and offset of one group, as stored, and its codes.
-    fn quantize_group(&self, x: &[f32], codes: &mut Vec<u8>) -> Result<(f32, f32)> {
+    /// A group's scale and offset, as stored.
+    fn fit_group(&self, x: &[f32]) -> Result<(f32, f32)> {
         let b = self.bits as u32;
         let (lo, hi) = x
             .iter()
             .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
                 (l.min(v), h.max(v))
             });
+        if x.is_empty() {
+            return Ok((0.0, 0.0));
+        }
         let check = |v: f32, what: &str| -> Result<f32> {
             let s = self.store(v);
             if s.is_finite() {
@@ -121,34 +152,37 @@ impl IntCodec {
         };
         if !self.asym {
             let qmax = ((1u32 << (b - 1)) - 1) as f32;
-            let amax = lo.abs().max(hi.abs());
-            let s = check(amax / qmax, "scale")?;
-            let bias = 1u32 << (b - 1);
-            for &v in x {
-                let q = if s > 0.0 {
-                    (v / s).round_ties_even().clamp(-qmax, qmax)
-                } else {
-                    0.0
-                };
-                codes.push((q as i32 + bias as i32) as u8);
-            }
-            return Ok((s, 0.0));
+            return Ok((check(lo.abs().max(hi.abs()) / qmax, "scale")?, 0.0));
         }
         let levels = ((1u32 << b) - 1) as f32;
         let (mut s, mut m) = ((hi - lo) / levels, lo);
         if let Fit::Als(iters) = self.fit {
             (s, m) = als(x, s, m, levels, iters);
         }
-        let (s, m) = (check(s, "scale")?, check(m, "offset")?);
-        for &v in x {
+        Ok((check(s, "scale")?, check(m, "offset")?))
+    }
+
+    /// The code of `v` under a stored scale and offset.
+    #[inline]
+    fn code(&self, v: f32, s: f32, m: f32) -> u8 {
+        let b = self.bits as u32;
+        if !self.asym {
+            let qmax = ((1u32 << (b - 1)) - 1) as f32;
+            let q = if s > 0.0 {
+                (v / s).round_ties_even().clamp(-qmax, qmax)
+            } else {
+                0.0
+            };
+            (q as i32 + (1i32 << (b - 1))) as u8
+        } else {
+            let levels = ((1u32 << b) - 1) as f32;
             let q = if s > 0.0 {
                 ((v - m) / s).round_ties_even().clamp(0.0, levels)
             } else {
                 0.0
             };
-            codes.push(q as u8);
+            q as u8
         }
-        Ok((s, m))
     }
 
     /// Encode f32 values.
@@ -159,16 +193,31 @@ impl IntCodec {
                 "{k} non-finite values (first {bad}); int quantization takes finite weights only"
             )));
         }
-        let g = self.group_len()?.max(1);
-        let groups = vals.len().div_ceil(g);
-        let mut scales = Vec::with_capacity(groups);
-        let mut offsets = Vec::with_capacity(groups);
-        let mut codes = Vec::with_capacity(vals.len());
-        for grp in vals.chunks(g) {
-            let (s, m) = self.quantize_group(grp, &mut codes)?;
-            scales.push(s);
-            offsets.push(m);
-        }
+        let np = self.param_count(vals.len())?;
+        let params: Vec<(f32, f32)> = match self.group {
+            Group::Elems(g) => vals
+                .chunks(g as usize)
+                .map(|grp| self.fit_group(grp))
+                .collect::<Result<_>>()?,
+            _ => {
+                // Per channel: gather each channel's values (strided), fit, in channel order.
+                let mut by = vec![Vec::new(); np];
+                for (j, &v) in vals.iter().enumerate() {
+                    by[self.param_of(j)].push(v);
+                }
+                by.iter()
+                    .map(|grp| self.fit_group(grp))
+                    .collect::<Result<_>>()?
+            }
+        };
+        let codes: Vec<u8> = vals
+            .iter()
+            .enumerate()
+            .map(|(j, &v)| {
+                let (s, m) = params[self.param_of(j)];
+                self.code(v, s, m)
+            })
+            .collect();
         let mut out = Vec::with_capacity(self.payload_len(vals.len())?);
         let put = |out: &mut Vec<u8>, v: f32| {
             if self.f32_scale {
@@ -177,11 +226,11 @@ impl IntCodec {
                 out.extend_from_slice(&f16::from_f32(v).to_le_bytes());
             }
         };
-        for &s in &scales {
+        for &(s, _) in &params {
             put(&mut out, s);
         }
         if self.asym {
-            for &m in &offsets {
+            for &(_, m) in &params {
                 put(&mut out, m);
             }
         }
@@ -198,8 +247,7 @@ impl IntCodec {
                 payload.len()
             )));
         }
-        let g = self.group_len()?.max(1);
-        let groups = n.div_ceil(g);
+        let np = self.param_count(n)?;
         let pb = self.param_bytes();
         let read = |i: usize| -> f32 {
             let b = &payload[i * pb..(i + 1) * pb];
@@ -209,60 +257,81 @@ impl IntCodec {
                 f16::from_le_bytes([b[0], b[1]]).to_f32()
             }
         };
-        let codes_at = groups * pb * (1 + self.asym as usize);
+        let params: Vec<(f32, f32)> = (0..np)
+            .map(|i| (read(i), if self.asym { read(np + i) } else { 0.0 }))
+            .collect();
+        let codes_at = np * pb * (1 + self.asym as usize);
         let bits = self.bits as u32;
         let bias = (1i32 << (bits - 1)) as f32;
         out.clear();
         out.reserve(n);
         let mut unpacker = Unpacker::new(&payload[codes_at..], bits);
-        for gi in 0..groups {
-            let s = read(gi);
-            let m = if self.asym { read(groups + gi) } else { 0.0 };
-            let len = g.min(n - gi * g);
-            for _ in 0..len {
-                let c = unpacker.next() as f32;
-                out.push(if self.asym { m + c * s } else { (c - bias) * s });
-            }
+        for j in 0..n {
+            let (s, m) = params[self.param_of(j)];
+            let c = unpacker.next() as f32;
+            out.push(if self.asym { m + c * s } else { (c - bias) * s });
         }
         Ok(())
     }
 
     fn params_bytes(&self) -> Vec<u8> {
-        let g = match self.group {
-            Group::Elems(g) => g,
-            // Not yet fixed for a tensor: never stored (compress fixes it first).
-            _ => 0,
-        };
         let flags = self.asym as u8
             | (self.f32_scale as u8) << 1
             | (matches!(self.fit, Fit::Als(_)) as u8) << 2;
-        let mut p = vec![self.bits, flags];
-        p.extend_from_slice(&g.to_le_bytes());
-        p
+        match self.group {
+            Group::Channels { channels, inner } => {
+                let mut p = vec![self.bits, flags | 8];
+                p.extend_from_slice(&channels.to_le_bytes());
+                p.extend_from_slice(&inner.to_le_bytes());
+                p
+            }
+            g => {
+                // Row, tensor and axis are fixed for a tensor before anything is stored.
+                let g = if let Group::Elems(g) = g { g } else { 0 };
+                let mut p = vec![self.bits, flags];
+                p.extend_from_slice(&g.to_le_bytes());
+                p
+            }
+        }
     }
 
     fn from_params_bytes(name: &str, p: &[u8]) -> Result<IntCodec> {
         let bad = |m: String| Error::malformed(format!("{name} parameters: {m}"));
-        if p.len() != 10 {
-            return Err(bad(format!("{} bytes, expected 10", p.len())));
+        if p.len() < 2 {
+            return Err(bad(format!("{} bytes", p.len())));
         }
-        let bits = p[0];
+        let (bits, flags) = (p[0], p[1]);
         if ![2, 3, 4, 8].contains(&bits) {
             return Err(bad(format!("{bits} bits")));
         }
-        if p[1] & !0b111 != 0 {
-            return Err(bad(format!("unknown flags {:#x}", p[1])));
+        if flags & !0b1111 != 0 {
+            return Err(bad(format!("unknown flags {flags:#x}")));
         }
-        let g = u64::from_le_bytes(p[2..10].try_into().expect("8 bytes"));
-        if g == 0 {
-            return Err(bad("group size 0".into()));
-        }
+        let u = |r: &[u8]| u64::from_le_bytes(r.try_into().expect("8 bytes"));
+        let group = if flags & 8 != 0 {
+            if p.len() != 18 {
+                return Err(bad(format!("{} bytes, expected 18", p.len())));
+            }
+            let (channels, inner) = (u(&p[2..10]), u(&p[10..18]));
+            if channels == 0 || inner == 0 || channels.checked_mul(inner).is_none() {
+                return Err(bad(format!("{channels} channels of {inner}")));
+            }
+            Group::Channels { channels, inner }
+        } else {
+            if p.len() != 10 {
+                return Err(bad(format!("{} bytes, expected 10", p.len())));
+            }
+            match u(&p[2..10]) {
+                0 => return Err(bad("group size 0".into())),
+                g => Group::Elems(g),
+            }
+        };
         Ok(IntCodec {
             bits,
-            asym: p[1] & 1 != 0,
-            f32_scale: p[1] & 2 != 0,
-            group: Group::Elems(g),
-            fit: if p[1] & 4 != 0 {
+            asym: flags & 1 != 0,
+            f32_scale: flags & 2 != 0,
+            group,
+            fit: if flags & 4 != 0 {
                 Fit::Als(0)
             } else {
                 Fit::MinMax
@@ -279,6 +348,10 @@ impl IntCodec {
             Group::Elems(g) => s.push_str(&format!(",group={g}")),
             Group::Row => s.push_str(",group=row"),
             Group::Tensor => s.push_str(",group=tensor"),
+            Group::Axis(k) => s.push_str(&format!(",axis={k}")),
+            Group::Channels { channels, inner } => {
+                s.push_str(&format!(",channels={channels}x{inner}"))
+            }
         }
         if self.f32_scale {
             s.push_str(",scale=f32");
@@ -294,15 +367,23 @@ impl IntCodec {
 
     fn fixed_for(&self, dims: &[u64]) -> Option<IntCodec> {
         let n: u64 = dims.iter().product();
-        let g = match self.group {
-            Group::Elems(_) => return None,
-            Group::Row => dims.last().copied().unwrap_or(1),
-            Group::Tensor => n,
+        let group = match self.group {
+            Group::Elems(_) | Group::Channels { .. } => return None,
+            Group::Row => Group::Elems(dims.last().copied().unwrap_or(1).max(1)),
+            Group::Tensor => Group::Elems(n.max(1)),
+            // An axis beyond the tensor's (a vector under axis=1) is its last.
+            Group::Axis(k) => {
+                let k = (k as usize).min(dims.len().saturating_sub(1));
+                Group::Channels {
+                    channels: dims.get(k).copied().unwrap_or(1).max(1),
+                    inner: dims
+                        .get(k + 1..)
+                        .map_or(1, |d| d.iter().product::<u64>())
+                        .max(1),
+                }
+            }
         };
-        Some(IntCodec {
-            group: Group::Elems(g.max(1)),
-            ..*self
-        })
+        Some(IntCodec { group, ..*self })
     }
 }
 
@@ -452,6 +533,20 @@ fn int_options(o: &mut Options, bits_default: i64) -> Result<IntCodec> {
             },
         },
     };
+    let group = match o.take("axis") {
+        None => group,
+        Some(_) if !matches!(group, Group::Elems(32)) => {
+            return Err(Error::config("codec int: give group= or axis=, not both"))
+        }
+        Some(k) => match k.parse::<u8>() {
+            Ok(k) if k < 16 => Group::Axis(k),
+            _ => {
+                return Err(Error::config(format!(
+                    "codec int: axis={k}: expected a dimension index (0-15)"
+                )))
+            }
+        },
+    };
     let als = o.choice("fit", &["minmax", "als"])? == "als";
     let iters = o.int("iters", DEFAULT_ALS_ITERS as i64, 1, 50)? as u8;
     if als && !asym {
@@ -506,6 +601,8 @@ impl TensorCodec for IntCodec {
     fn chunk_multiple(&self) -> u64 {
         match self.group {
             Group::Elems(g) => g,
+            // Per-channel scales cover the whole tensor: one chunk.
+            Group::Channels { .. } => u64::MAX,
             _ => 1,
         }
     }
@@ -658,6 +755,10 @@ pub fn expand_alias(name: &str) -> Option<(&'static str, String)> {
             "f32" => opts.push_str(",scale=f32"),
             "row" => opts.push_str(",group=row"),
             "tensor" => opts.push_str(",group=tensor"),
+            a if a.starts_with("axis") => {
+                let k = a.strip_prefix("axis")?.parse::<u8>().ok()?;
+                opts.push_str(&format!(",axis={k}"));
+            }
             g => {
                 let n = g.strip_prefix('g')?.parse::<u64>().ok()?;
                 opts.push_str(&format!(",group={n}"));
@@ -803,6 +904,54 @@ mod tests {
                 .sum::<f64>()
         };
         assert!(e(&y) < e(&z) / 4.0, "{} vs {}", e(&y), e(&z));
+    }
+
+    #[test]
+    fn per_channel_along_any_axis() {
+        // A [3, 4, 5] tensor: channels of axis 1 are strided runs of 5.
+        let x = vals(60, 21);
+        let base = IntCodec {
+            group: Group::Axis(1),
+            ..codec(4, true, 32)
+        };
+        let c = base.fixed_for(&[3, 4, 5]).unwrap();
+        assert_eq!(
+            c.group,
+            Group::Channels {
+                channels: 4,
+                inner: 5
+            }
+        );
+        let p = c.encode_f32(&x).unwrap();
+        assert_eq!(p.len(), 4 * 2 * 2 + 30);
+        let mut y = Vec::new();
+        c.decode_f32(&p, 60, &mut y).unwrap();
+        for ch in 0..4 {
+            let idx: Vec<usize> = (0..60).filter(|j| (j / 5) % 4 == ch).collect();
+            let (lo, hi) = idx.iter().fold((f32::MAX, f32::MIN), |(l, h), &j| {
+                (l.min(x[j]), h.max(x[j]))
+            });
+            let step = (hi - lo) / 15.0;
+            for &j in &idx {
+                assert!((x[j] - y[j]).abs() <= 0.51 * step + 1e-3 * (hi - lo), "{j}");
+            }
+        }
+        let back = IntCodec::from_params_bytes("int", &c.params_bytes()).unwrap();
+        assert_eq!(back.group, c.group);
+        // axis 0 of a matrix: one scale per row, like group=row.
+        let r = IntCodec {
+            group: Group::Axis(0),
+            ..codec(8, false, 32)
+        }
+        .fixed_for(&[6, 10])
+        .unwrap();
+        assert_eq!(
+            r.group,
+            Group::Channels {
+                channels: 6,
+                inner: 10
+            }
+        );
     }
 
     #[test]

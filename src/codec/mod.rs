@@ -349,6 +349,11 @@ impl Pipeline {
         &*self.tensor
     }
 
+    /// The tensor codec, shared.
+    pub fn tensor_codec_arc(&self) -> Arc<dyn TensorCodec> {
+        self.tensor.clone()
+    }
+
     /// The same byte stages behind another tensor codec (integer tensors fall back to `raw`).
     pub fn with_tensor_codec(&self, t: Arc<dyn TensorCodec>) -> Pipeline {
         Pipeline {
