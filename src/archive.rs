@@ -162,6 +162,27 @@ impl Archive {
         }))
     }
 
+    /// A sparse (pruned) tensor's stored elements and total, read from its chunks' headers (CRC
+    /// checked); `None` for other codecs.
+    pub fn sparse_counts(&self, i: usize) -> Result<Option<(u64, u64)>> {
+        let t = &self.file.tensors()[i];
+        if t.stages.first().map(|s| s.codec_id) != Some(crate::codec::sparse::SPARSE_ID) {
+            return Ok(None);
+        }
+        let (dtype, p) = self.pipeline(i)?;
+        let mut kept = 0;
+        for (c, ch) in t.chunks.iter().enumerate() {
+            let n = ch.elem_count as usize;
+            let payload = self.file.chunk(i, c).map_err(Error::from)?;
+            let staged = p
+                .tensor_payload(payload, dtype, n)
+                .map_err(|e| e.with_chunk(c).with_tensor(&t.name))?;
+            kept += crate::codec::sparse::SparseCodec::kept(&staged, n)
+                .map_err(|e| e.with_chunk(c).with_tensor(&t.name))?;
+        }
+        Ok(Some((kept, t.numel().unwrap_or(0))))
+    }
+
     /// Index of the tensor named `name`.
     pub fn find(&self, name: &str) -> Option<usize> {
         self.file.tensors().iter().position(|t| t.name == name)

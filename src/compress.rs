@@ -48,6 +48,9 @@ pub struct CompressOptions {
     pub tile_vectors: bool,
     /// The resolved compression config, stored as metadata `tenpak.config`.
     pub config: Option<serde_json::Value>,
+    /// Prune float tensors of two or more dimensions, then store them sparsely (kept values
+    /// through `codec`'s tensor codec).
+    pub prune: Option<crate::prune::Prune>,
     /// A mixed-tile algorithm: eligible tensors (floats of two or more dimensions) get a format
     /// per tile from it and the `mixed` codec; the others use `codec` as usual.
     pub mixed: Option<crate::config::MixedSpec>,
@@ -65,6 +68,7 @@ impl Default for CompressOptions {
             transpose: false,
             tile_vectors: false,
             config: None,
+            prune: None,
             mixed: None,
         }
     }
@@ -92,6 +96,9 @@ pub struct TensorReport {
     /// Mixed tensors: formats used and what the search predicted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mixed: Option<crate::mixed::MixedSummary>,
+    /// Pruned tensors: elements set to zero by the pruning rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<u64>,
 }
 
 /// The whole report; sizes come from the written file.
@@ -166,6 +173,7 @@ pub fn compress_source(
         "limit": opts.limit,
         "transpose": opts.transpose,
         "tile_vectors": opts.tile_vectors,
+        "prune": opts.prune,
     });
     w.set_metadata("tenpak.options", &options.to_string());
     if let Some(c) = &opts.config {
@@ -282,9 +290,25 @@ fn compress_tensor(
         Some(p) => (p.pipeline()?, Layout::Tiles32),
         None => tensor_plan(pipeline, info, opts),
     };
+    // Pruning: zero what the rule drops, store the rest sparsely, measure against the original.
+    let prune = opts
+        .prune
+        .filter(|_| plan.is_none() && crate::prune::Prune::applies(info.dtype, &info.dims));
+    let (pipeline, pruned) = match prune {
+        Some(rule) => {
+            let sparse = crate::codec::sparse::SparseCodec::new(pipeline.tensor_codec_arc())?;
+            let (bytes, k) = rule.apply(info.dtype, &info.dims, &data);
+            (
+                pipeline.with_tensor_codec(Arc::new(sparse)),
+                Some((bytes, k)),
+            )
+        }
+        None => (pipeline, None),
+    };
     let mut chunks = Vec::new();
-    let e = encode_tensor(
+    let e = encode_tensor_against(
         info,
+        pruned.as_ref().map_or(&data[..], |p| &p.0[..]),
         &data,
         &pipeline,
         layout,
@@ -315,6 +339,7 @@ fn compress_tensor(
         ratio: ratio(info.source_bytes, e.encoded_bytes),
         metrics: e.metrics,
         mixed: plan.map(|p| p.summary()),
+        pruned: pruned.map(|p| p.1),
     })
 }
 
@@ -347,6 +372,39 @@ pub fn encode_tensor(
     progress: &dyn Progress,
     sink: &mut ChunkSink<'_>,
 ) -> Result<Encoded> {
+    encode_tensor_against(
+        info,
+        data,
+        data,
+        pipeline,
+        layout,
+        chunk_elems,
+        progress,
+        sink,
+    )
+}
+
+/// [`encode_tensor`] of `data` (a pruned copy of the tensor, say) with the metrics measured
+/// against `reference` (the tensor as it was; same shape and dtype). Row-major layouts only
+/// when the two differ.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_tensor_against(
+    info: &TensorInfo,
+    data: &[u8],
+    reference: &[u8],
+    pipeline: &Pipeline,
+    layout: Layout,
+    chunk_elems: u64,
+    progress: &dyn Progress,
+    sink: &mut ChunkSink<'_>,
+) -> Result<Encoded> {
+    if reference.len() != data.len()
+        || (layout != Layout::RowMajor && reference.as_ptr() != data.as_ptr())
+    {
+        return Err(Error::config(
+            "measuring against a different reference needs row-major data of the same size",
+        ));
+    }
     if chunk_elems == 0 {
         return Err(Error::config("--chunk-elems must be at least 1"));
     }
@@ -381,7 +439,8 @@ pub fn encode_tensor(
         progress,
         |&(s, c)| {
             let bytes = &data[s as usize * esize..(s + c) as usize * esize];
-            encode_chunk(pipeline, info.dtype, bytes, c as usize)
+            let refb = &reference[s as usize * esize..(s + c) as usize * esize];
+            encode_chunk(pipeline, info.dtype, bytes, refb, c as usize)
         },
         |&(s, c), payload| sink(payload, s, c),
     )?;
@@ -570,6 +629,7 @@ fn encode_chunk(
     p: &Pipeline,
     dtype: DType,
     bytes: &[u8],
+    reference: &[u8],
     n: usize,
 ) -> Result<(Vec<u8>, Accumulator)> {
     let payload = p.encode(dtype, bytes)?;
@@ -586,13 +646,15 @@ fn encode_chunk(
             ));
         }
         // Bit-exact: the metrics are those of identical data; no f64 pass needed.
-        let nonfinite = count_nonfinite(dtype, bytes);
-        return Ok((
-            payload,
-            Accumulator::identical(n as u64 - nonfinite, nonfinite),
-        ));
+        if reference.as_ptr() == bytes.as_ptr() {
+            let nonfinite = count_nonfinite(dtype, bytes);
+            return Ok((
+                payload,
+                Accumulator::identical(n as u64 - nonfinite, nonfinite),
+            ));
+        }
     }
-    Ok((payload, chunk_stats(dtype, bytes, out_dtype, &decoded)))
+    Ok((payload, chunk_stats(dtype, reference, out_dtype, &decoded)))
 }
 
 /// Elements whose exponent bits are all ones (NaN or infinity); 0 for integer dtypes.

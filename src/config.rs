@@ -88,7 +88,7 @@ impl Algorithm {
     fn known_params(self) -> &'static [&'static str] {
         const BASE: &[&str] = &["metric", "threshold", "formats", "tile_formats"];
         match self {
-            Algorithm::None | Algorithm::Transpose => &[],
+            Algorithm::None | Algorithm::Transpose => &["prune"],
             Algorithm::MixedThreshold | Algorithm::MixedGreedy => BASE,
             Algorithm::MixedRandom => &["metric", "threshold", "formats", "tile_formats", "iters"],
             Algorithm::MixedOptimal => &[
@@ -177,6 +177,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// The mixed-tile algorithm's resolved parameters (mixed-tile algorithms only).
     pub mixed: Option<MixedSpec>,
+    /// `params.prune` (algorithms `none` and `transpose`): a pruning rule for `compress`.
+    pub prune: Option<crate::prune::Prune>,
 }
 
 impl Default for Config {
@@ -189,6 +191,7 @@ impl Default for Config {
             params: Map::new(),
             warnings: Vec::new(),
             mixed: None,
+            prune: None,
         }
     }
 }
@@ -374,6 +377,20 @@ impl Config {
         } else {
             None
         };
+        let prune = match params.get("prune") {
+            Some(Value::String(r)) if algorithm.known_params().contains(&"prune") => Some(
+                crate::prune::Prune::parse(r)
+                    .map_err(|e| field_err(file, "params.prune", e.message))?,
+            ),
+            Some(v) if algorithm.known_params().contains(&"prune") && !v.is_null() => {
+                return Err(field_err(
+                    file,
+                    "params.prune",
+                    format!("expected a rule such as \"magnitude:0.5\", got {v}"),
+                ))
+            }
+            _ => None,
+        };
         Ok(Config {
             algorithm,
             formats,
@@ -382,6 +399,7 @@ impl Config {
             params,
             warnings,
             mixed,
+            prune,
         })
     }
 

@@ -1,5 +1,5 @@
-//! `inspect`: what a `.tpk` holds, from its header and index; of the payloads only mixed
-//! tensors' tile-code headers are read (tiles and bytes per format).
+//! `inspect`: what a `.tpk` holds, from its header and index; of the payloads only the
+//! headers of mixed tensors (tiles per format) and sparse tensors (elements stored) are read.
 
 use crate::archive::Archive;
 use crate::compress::ratio;
@@ -37,6 +37,20 @@ pub struct TensorSummary {
     /// Mixed tensors: tiles and payload bytes per format.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mixed: Option<Vec<crate::mixed::FormatShare>>,
+    /// Sparse (pruned) tensors: how many elements are stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<Sparsity>,
+}
+
+/// What a sparse tensor stores.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sparsity {
+    /// Elements.
+    pub total: u64,
+    /// Elements not stored (zeros).
+    pub zero_count: u64,
+    /// zero_count / total.
+    pub sparsity: f64,
 }
 
 /// The whole file.
@@ -98,6 +112,19 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
                 .ok()
                 .flatten()
                 .map(|a| crate::mixed::shares(&a.formats, &a.counts())),
+            sparsity: ar
+                .sparse_counts(i)
+                .ok()
+                .flatten()
+                .map(|(kept, total)| Sparsity {
+                    total,
+                    zero_count: total - kept.min(total),
+                    sparsity: if total == 0 {
+                        0.0
+                    } else {
+                        (total - kept.min(total)) as f64 / total as f64
+                    },
+                }),
         })
         .collect();
     let source_bytes = tensors.iter().map(|t| t.source_bytes).sum();

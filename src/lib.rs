@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mixed;
 pub mod plot;
 pub mod progress;
+pub mod prune;
 pub mod tiles;
 pub mod verify;
 

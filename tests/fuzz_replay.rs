@@ -31,6 +31,7 @@ const TARGETS: &[(&str, Target)] = &[
         }
     }),
     ("decode_mixed", |d| f::decode_codec("mixed", d)),
+    ("decode_sparse", |d| f::decode_codec("sparse", d)),
     ("decode_int", |d| {
         for c in ["int", "int4_residual"] {
             f::decode_codec(c, d)
@@ -239,6 +240,27 @@ fn write_seeds() {
         seed.extend(&params);
         seed.extend(&payload);
         put("decode_int", &format!("{name}.bin"), &seed);
+    }
+    for (name, inner, keep) in [("f16_bitmap", "f16", 2usize), ("int8_gaps", "int8_g64", 40)] {
+        use tenpak::codec::TensorCodec;
+        let inner = tenpak::codec::Pipeline::parse(inner)
+            .unwrap()
+            .tensor_codec_arc();
+        let c = tenpak::codec::sparse::SparseCodec::new(inner).unwrap();
+        let mut vals = w[..512 * 4].to_vec();
+        for (i, e) in vals.chunks_exact_mut(4).enumerate() {
+            if i % keep != 0 {
+                e.fill(0);
+            }
+        }
+        let payload = c.encode(tenpak::dtype::DType::F32, &vals).unwrap();
+        let params = c.params();
+        let mut seed = vec![idx(tenpak::dtype::DType::F32)];
+        seed.extend(512u16.to_le_bytes());
+        seed.push(params.len() as u8);
+        seed.extend(&params);
+        seed.extend(&payload);
+        put("decode_sparse", &format!("{name}.bin"), &seed);
     }
     let mut rt = vec![idx(tenpak::dtype::DType::BF16)];
     rt.extend(&b16);

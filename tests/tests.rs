@@ -12,3 +12,4 @@ mod inputs;
 mod int;
 mod mixed;
 mod models;
+mod prune;

@@ -172,6 +172,11 @@ struct CompressArgs {
     /// Tile codecs: tile each tensor with its axes reversed (a matrix's transpose).
     #[arg(long)]
     transpose: bool,
+    /// Prune each float tensor of two or more dimensions and store it sparsely, the kept
+    /// values through --codec: magnitude:S (fraction S of the smallest), magnitude:threshold=T,
+    /// rows:S or cols:S (whole rows/columns with the smallest L2 norms).
+    #[arg(long, value_name = "RULE")]
+    prune: Option<String>,
     /// Tile codecs: tile vectors and scalars too (by default they are stored raw).
     #[arg(long)]
     tile_vectors: bool,
@@ -373,6 +378,10 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
                         .is_some_and(|c| c.algorithm == tenpak::config::Algorithm::Transpose),
                 tile_vectors: a.tile_vectors,
                 config: config.as_ref().map(|c| c.used_json()),
+                prune: match (&a.prune, config.as_ref().and_then(|c| c.prune)) {
+                    (Some(r), _) => Some(tenpak::prune::Prune::parse(r)?),
+                    (None, from_config) => from_config,
+                },
                 mixed: config.as_ref().and_then(|c| c.mixed.clone()),
             };
             let r = tenpak::compress::compress(&a.model, &a.output, &opts, &*progress(cli.quiet))?;

@@ -179,6 +179,13 @@ pub fn inspect(out: &mut Vec<u8>, r: &InspectReport, tensors: bool) {
             atol,
             sq
         );
+        if let Some(sp) = &t.sparsity {
+            let _ = writeln!(
+                out,
+                "{:<w$}   sparsity: {:.4} ({} of {} elements are zeros, not stored)",
+                "", sp.sparsity, sp.zero_count, sp.total
+            );
+        }
         if let Some(m) = &t.mixed {
             let parts: Vec<String> = m
                 .iter()

@@ -17,6 +17,7 @@ pub mod int;
 pub mod mixed;
 pub mod mx;
 mod raw;
+pub mod sparse;
 mod zstd;
 
 use crate::dtype::DType;
@@ -226,6 +227,7 @@ pub static REGISTRY: &[CodecEntry] = &[
     mixed::ENTRY,
     int::INT_ENTRY,
     int::RESIDUAL_ENTRY,
+    sparse::ENTRY,
 ];
 
 /// Look up a registry entry by name.
@@ -456,14 +458,24 @@ impl Pipeline {
                 out.len()
             )));
         }
+        let staged = self.tensor_payload(payload, src, n)?;
+        self.tensor.decode(&staged, src, n, out)
+    }
+
+    /// The tensor codec's payload of a chunk of `n` elements: `payload` with the byte stages
+    /// undone (borrowed when there are none).
+    pub fn tensor_payload<'a>(
+        &self,
+        payload: &'a [u8],
+        src: DType,
+        n: usize,
+    ) -> Result<std::borrow::Cow<'a, [u8]>> {
         let cap = self.tensor.max_encoded_len(src, n);
-        let mut owned;
-        let mut cur: &[u8] = payload;
+        let mut cur = std::borrow::Cow::Borrowed(payload);
         for c in self.bytes.iter().rev() {
-            owned = c.decode(cur, cap)?;
-            cur = &owned;
+            cur = std::borrow::Cow::Owned(c.decode(&cur, cap)?);
         }
-        self.tensor.decode(cur, src, n, out)
+        Ok(cur)
     }
 }
 
