@@ -173,8 +173,11 @@ pub fn compress_source(
         "limit": opts.limit,
         "transpose": opts.transpose,
         "tile_vectors": opts.tile_vectors,
-        "prune": opts.prune,
     });
+    let mut options = options;
+    if let Some(p) = &opts.prune {
+        options["prune"] = serde_json::to_value(p).expect("plain data");
+    }
     w.set_metadata("tenpak.options", &options.to_string());
     if let Some(c) = &opts.config {
         w.set_metadata("tenpak.config", &c.to_string());
