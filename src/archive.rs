@@ -16,6 +16,8 @@ pub struct Archive {
     pub file: TpkFile<memmap2::Mmap>,
     /// Limits used for decoding.
     pub limits: Limits,
+    /// The base model that delta tensors are decoded against, if given.
+    pub base: Option<crate::base::Base>,
 }
 
 impl Archive {
@@ -27,7 +29,24 @@ impl Archive {
             path: path.to_path_buf(),
             file,
             limits,
+            base: None,
         })
+    }
+
+    /// Decode delta tensors against the base model at `path`.
+    pub fn with_base(mut self, path: &Path) -> Result<Archive> {
+        self.base = Some(crate::base::Base::open(path)?);
+        Ok(self)
+    }
+
+    /// Tensor `i`'s delta codec, if it is stored as a delta.
+    pub fn delta(&self, i: usize) -> Option<crate::codec::delta::DeltaCodec> {
+        let t = &self.file.tensors()[i];
+        let s = t
+            .stages
+            .first()
+            .filter(|s| s.codec_id == crate::codec::delta::DELTA_ID)?;
+        crate::codec::delta::DeltaCodec::from_params(&s.params).ok()
     }
 
     /// The source dtype and pipeline of tensor `i`; `Unsupported` if this tenpak lacks a codec.
@@ -64,6 +83,26 @@ impl Archive {
     pub fn decode_tensor(&self, i: usize) -> Result<(DType, Vec<u8>)> {
         let t = &self.file.tensors()[i];
         let (dtype, p) = self.pipeline(i)?;
+        if let Some(d) = self.delta(i) {
+            let base = self.base.as_ref().ok_or_else(|| {
+                Error::input(format!(
+                    "tensor '{}' is stored as a delta against a base model: pass --base BASE",
+                    t.name
+                ))
+            })?;
+            let (bdt, bdata) = base.for_delta(&t.name, &t.dims, &d)?;
+            let out_dtype = p.tensor_codec().decoded_dtype(dtype);
+            let total = decoded_len(t, out_dtype, &self.limits)?;
+            let mut out = self.decode_chunks(
+                i,
+                dtype,
+                &p,
+                out_dtype.size(),
+                total / out_dtype.size().max(1),
+            )?;
+            d.apply(&mut out, &bdata, bdt);
+            return Ok((out_dtype, out));
+        }
         let out_dtype = p.tensor_codec().decoded_dtype(dtype);
         let total = decoded_len(t, out_dtype, &self.limits)?;
         let esize = out_dtype.size();

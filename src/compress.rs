@@ -51,6 +51,9 @@ pub struct CompressOptions {
     /// Prune float tensors of two or more dimensions, then store them sparsely (kept values
     /// through `codec`'s tensor codec).
     pub prune: Option<crate::prune::Prune>,
+    /// A base model: tensors it also has (same name, shape and dtype) are stored as their
+    /// difference from it (formats-spec/delta.md).
+    pub base: Option<PathBuf>,
     /// A mixed-tile algorithm: eligible tensors (floats of two or more dimensions) get a format
     /// per tile from it and the `mixed` codec; the others use `codec` as usual.
     pub mixed: Option<crate::config::MixedSpec>,
@@ -69,6 +72,7 @@ impl Default for CompressOptions {
             tile_vectors: false,
             config: None,
             prune: None,
+            base: None,
             mixed: None,
         }
     }
@@ -99,6 +103,9 @@ pub struct TensorReport {
     /// Pruned tensors: elements set to zero by the pruning rule.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pruned: Option<u64>,
+    /// Tensors stored against the base model: `xor` or `sub`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<&'static str>,
 }
 
 /// The whole report; sizes come from the written file.
@@ -153,6 +160,16 @@ pub fn compress_source(
         return Err(Error::config("--chunk-elems must be at least 1"));
     }
     let pipeline = Pipeline::parse(&opts.codec)?;
+    if opts.base.is_some() && (opts.prune.is_some() || opts.mixed.is_some()) {
+        return Err(Error::config(
+            "--base stores differences from a base model; it does not combine with --prune or a mixed-tile config",
+        ));
+    }
+    let base = opts
+        .base
+        .as_deref()
+        .map(crate::base::Base::open)
+        .transpose()?;
     let infos = source.tensors();
     let selected = input::select(infos, opts.filter.as_deref(), opts.limit);
     if selected.is_empty() {
@@ -177,6 +194,10 @@ pub fn compress_source(
     let mut options = options;
     if let Some(p) = &opts.prune {
         options["prune"] = serde_json::to_value(p).expect("plain data");
+    }
+    if let Some(b) = &opts.base {
+        // The base's file name only: the file says what it was made against, not where.
+        options["base"] = serde_json::json!(b.file_name().map(|n| n.to_string_lossy()));
     }
     w.set_metadata("tenpak.options", &options.to_string());
     if let Some(c) = &opts.config {
@@ -210,6 +231,7 @@ pub fn compress_source(
             &pipeline,
             opts,
             plans[i].take(),
+            base.as_ref(),
             &mut w,
             progress,
         )
@@ -271,17 +293,24 @@ pub fn tensor_plan(p: &Pipeline, info: &TensorInfo, opts: &CompressOptions) -> (
     (p, layout)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn compress_tensor(
     source: &dyn TensorSource,
     i: usize,
     pipeline: &Pipeline,
     opts: &CompressOptions,
     plan: Option<crate::mixed::MixedTensor>,
+    base: Option<&crate::base::Base>,
     w: &mut TpkWriter,
     progress: &dyn Progress,
 ) -> Result<TensorReport> {
     let info = &source.tensors()[i];
     let data = source.data(i)?;
+    if let Some(b) = base {
+        if let Some(bdata) = b.matching(&info.name, &info.dims, info.dtype)? {
+            return compress_delta(info, &data, &bdata, pipeline, opts, w, progress);
+        }
+    }
     let plan = match (&opts.mixed, plan) {
         (_, Some(p)) => Some(p),
         (Some(spec), None) if crate::mixed::eligible(info, opts.tile_vectors) => Some(
@@ -343,6 +372,110 @@ fn compress_tensor(
         metrics: e.metrics,
         mixed: plan.map(|p| p.summary()),
         pruned: pruned.map(|p| p.1),
+        delta: None,
+    })
+}
+
+/// A tensor the base model also has, stored as its difference (formats-spec/delta.md): the
+/// XOR of the bytes through a lossless `--codec`, else the f32 difference through it. The
+/// metrics compare `base + decoded difference` with the tensor.
+fn compress_delta(
+    info: &TensorInfo,
+    data: &[u8],
+    base: &[u8],
+    pipeline: &Pipeline,
+    opts: &CompressOptions,
+    w: &mut TpkWriter,
+    progress: &dyn Progress,
+) -> Result<TensorReport> {
+    use crate::codec::delta::{fingerprint, DeltaCodec, Mode};
+    // An unchanged tensor is all zeros as an XOR: byteplane makes that almost nothing,
+    // whatever --codec says (a lossy codec would spend its full rate on zeros).
+    let unchanged = data == base;
+    let (p, _) = if unchanged {
+        (Pipeline::parse("byteplane")?, Layout::RowMajor)
+    } else {
+        tensor_plan(pipeline, info, opts)
+    };
+    let fp = fingerprint(info.dtype, &info.dims, base);
+    let lossless = p.lossless();
+    let mode = if lossless { Mode::Xor } else { Mode::Sub };
+    let codec = DeltaCodec::new(mode, fp, p.tensor_codec_arc())?;
+    let p = p.with_tensor_codec(std::sync::Arc::new(codec.clone()));
+    let (diff, dinfo) = match mode {
+        Mode::Xor => (
+            data.iter()
+                .zip(base)
+                .map(|(a, b)| a ^ b)
+                .collect::<Vec<u8>>(),
+            info.clone(),
+        ),
+        Mode::Sub => {
+            let (mut x, mut b) = (Vec::new(), Vec::new());
+            dtype::to_f32(info.dtype, data, &mut x);
+            dtype::to_f32(info.dtype, base, &mut b);
+            let d: Vec<u8> = x
+                .iter()
+                .zip(&b)
+                .flat_map(|(x, b)| (x - b).to_le_bytes())
+                .collect();
+            let mut i2 = info.clone();
+            i2.dtype = DType::F32;
+            (d, i2)
+        }
+    };
+    let mut chunks = Vec::new();
+    let mut kept = Vec::new();
+    let mut e = encode_tensor(
+        &dinfo,
+        &diff,
+        &p,
+        Layout::RowMajor,
+        opts.chunk_elems,
+        progress,
+        &mut |payload, s, c| {
+            chunks.push(w.write_chunk(payload, s, c)?);
+            if mode == Mode::Sub {
+                kept.push((payload.to_vec(), s, c));
+            }
+            Ok(())
+        },
+    )?;
+    if mode == Mode::Sub {
+        // Measure what a reader gets: base + decoded difference, against the tensor.
+        let mut rec = vec![0u8; diff.len()];
+        for (payload, s, c) in &kept {
+            let (s, c) = (*s as usize, *c as usize);
+            p.decode_into(payload, DType::F32, c, &mut rec[s * 4..(s + c) * 4])?;
+        }
+        codec.apply(&mut rec, base, info.dtype);
+        e.metrics = chunk_stats(info.dtype, data, DType::F32, &rec).finish();
+    }
+    w.add_tensor(TensorEntry {
+        name: info.name.clone(),
+        dtype: dinfo.dtype.name().to_string(),
+        dims: info.dims.clone(),
+        source_bytes: info.source_bytes,
+        stages: e.pipeline.stages(),
+        metrics: e.metrics.to_pairs(),
+        chunks,
+        layout: Layout::RowMajor,
+    })?;
+    Ok(TensorReport {
+        name: info.name.clone(),
+        shape: info.dims.clone(),
+        source_dtype: info.source_dtype.clone(),
+        codec: e.pipeline.describe(),
+        source_bytes: info.source_bytes,
+        encoded_bytes: e.encoded_bytes,
+        ratio: ratio(info.source_bytes, e.encoded_bytes),
+        metrics: e.metrics,
+        mixed: None,
+        pruned: None,
+        delta: Some(match mode {
+            Mode::Xor => "xor",
+            Mode::Sub => "sub",
+        }),
     })
 }
 

@@ -51,6 +51,8 @@ pub struct DecompressOptions {
     pub max_shard_size: Option<u64>,
     /// Overwrite existing outputs.
     pub force: bool,
+    /// The base model delta tensors were made against.
+    pub base: Option<PathBuf>,
 }
 
 impl Default for DecompressOptions {
@@ -60,6 +62,7 @@ impl Default for DecompressOptions {
             filter: None,
             max_shard_size: None,
             force: false,
+            base: None,
         }
     }
 }
@@ -127,7 +130,10 @@ pub fn decompress(
     opts: &DecompressOptions,
     progress: &dyn Progress,
 ) -> Result<DecompressReport> {
-    let ar = Archive::open(input)?;
+    let mut ar = Archive::open(input)?;
+    if let Some(b) = &opts.base {
+        ar = ar.with_base(b)?;
+    }
     let tensors = ar.file.tensors();
     let mut skipped = Vec::new();
     let mut plan = Vec::new();
@@ -138,6 +144,14 @@ pub fn decompress(
             .is_some_and(|q| !input::name_matches(&t.name, q))
         {
             continue;
+        }
+        // A delta without its base fails before anything is written.
+        if ar.base.is_none() && ar.delta(i).is_some() {
+            return Err(Error::input(format!(
+                "tensor '{}' is stored as a delta against a base model: pass --base BASE",
+                t.name
+            ))
+            .with_file(input));
         }
         match ar.pipeline(i) {
             Ok((src, p)) => {

@@ -32,6 +32,7 @@ const TARGETS: &[(&str, Target)] = &[
     }),
     ("decode_mixed", |d| f::decode_codec("mixed", d)),
     ("decode_sparse", |d| f::decode_codec("sparse", d)),
+    ("decode_delta", |d| f::decode_codec("delta", d)),
     ("decode_int", |d| {
         for c in ["int", "int4_residual"] {
             f::decode_codec(c, d)
@@ -261,6 +262,29 @@ fn write_seeds() {
         seed.extend(&params);
         seed.extend(&payload);
         put("decode_sparse", &format!("{name}.bin"), &seed);
+    }
+    for (name, inner, mode) in [
+        (
+            "xor_byteplane",
+            "byteplane",
+            tenpak::codec::delta::Mode::Xor,
+        ),
+        ("sub_int8", "int8_g64", tenpak::codec::delta::Mode::Sub),
+    ] {
+        use tenpak::codec::TensorCodec;
+        let inner = tenpak::codec::Pipeline::parse(inner)
+            .unwrap()
+            .tensor_codec_arc();
+        let fp = tenpak::codec::delta::fingerprint(tenpak::dtype::DType::F32, &[512], &[0; 2048]);
+        let c = tenpak::codec::delta::DeltaCodec::new(mode, fp, inner).unwrap();
+        let payload = c.encode(tenpak::dtype::DType::F32, &w[..2048]).unwrap();
+        let params = c.params();
+        let mut seed = vec![idx(tenpak::dtype::DType::F32)];
+        seed.extend(512u16.to_le_bytes());
+        seed.push(params.len() as u8);
+        seed.extend(&params);
+        seed.extend(&payload);
+        put("decode_delta", &format!("{name}.bin"), &seed);
     }
     let mut rt = vec![idx(tenpak::dtype::DType::BF16)];
     rt.extend(&b16);

@@ -7,6 +7,7 @@ mod blockfloat;
 mod cli;
 mod codecs;
 mod container;
+mod delta;
 mod fuzz_replay;
 mod inputs;
 mod int;

@@ -177,6 +177,11 @@ struct CompressArgs {
     /// rows:S or cols:S (whole rows/columns with the smallest L2 norms).
     #[arg(long, value_name = "RULE")]
     prune: Option<String>,
+    /// Store each tensor the base model also has (same name, shape, dtype) as its difference:
+    /// XOR of the bits through a lossless --codec (the default byteplane: bit-exact), or the
+    /// f32 difference through a lossy one (int8_g64, f16, ...). decompress needs --base too.
+    #[arg(long, value_name = "BASE")]
+    base: Option<PathBuf>,
     /// Tile codecs: tile vectors and scalars too (by default they are stored raw).
     #[arg(long)]
     tile_vectors: bool,
@@ -222,6 +227,9 @@ struct DecompressArgs {
     /// Split into shards of at most SIZE data bytes (e.g. 500MB, 2GiB), with an index file.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_shard_size: Option<u64>,
+    /// The base model the file's delta tensors were made against (compress --base).
+    #[arg(long, value_name = "BASE")]
+    base: Option<PathBuf>,
     /// Overwrite outputs that exist.
     #[arg(long)]
     force: bool,
@@ -382,6 +390,7 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
                     (Some(r), _) => Some(tenpak::prune::Prune::parse(r)?),
                     (None, from_config) => from_config,
                 },
+                base: a.base.clone(),
                 mixed: config.as_ref().and_then(|c| c.mixed.clone()),
             };
             let r = tenpak::compress::compress(&a.model, &a.output, &opts, &*progress(cli.quiet))?;
@@ -532,6 +541,7 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
                 filter: a.filter.clone(),
                 max_shard_size: a.max_shard_size,
                 force: a.force,
+                base: a.base.clone(),
             };
             let r =
                 tenpak::decompress::decompress(&a.file, &a.output, &opts, &*progress(cli.quiet))?;

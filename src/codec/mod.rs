@@ -11,6 +11,7 @@
 
 pub mod bfp;
 mod byteplane;
+pub mod delta;
 mod float;
 mod huffman;
 pub mod int;
@@ -228,6 +229,7 @@ pub static REGISTRY: &[CodecEntry] = &[
     int::INT_ENTRY,
     int::RESIDUAL_ENTRY,
     sparse::ENTRY,
+    delta::ENTRY,
 ];
 
 /// Look up a registry entry by name.
