@@ -194,3 +194,105 @@ fn tile_codec_reconstruction_is_the_decoder_output() {
     let p = Pipeline::parse("bf16:order=tile").unwrap();
     assert!(p.encode_f32_tiles(&vals, &mut |_, _| ()).is_none());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// The integer codecs: every width, symmetry, group size and scale type decodes within half
+    /// a step of each group (plus the stored scale's rounding), the payload is exactly as long
+    /// as formats-spec/int.md says, and symmetric codes re-encode identically.
+    #[test]
+    fn int_codecs_roundtrip(
+        seed in any::<u64>(),
+        n in 1usize..600,
+        bits in prop::sample::select(vec![2u8, 3, 4, 8]),
+        asym in any::<bool>(),
+        group in prop::sample::select(vec![1usize, 7, 16, 32, 100]),
+        f32_scale in any::<bool>(),
+        k in -8i32..=8,
+    ) {
+        let mut x = seed | 1;
+        let scale = (k as f32).exp();
+        let vals: Vec<f32> = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect();
+        let spec = format!(
+            "int:bits={bits},group={group}{}{}",
+            if asym { ",zero=asym" } else { "" },
+            if f32_scale { ",scale=f32" } else { "" }
+        );
+        let p = Pipeline::parse(&spec).unwrap();
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let enc = p.encode(DType::F32, &bytes).unwrap();
+        let groups = n.div_ceil(group);
+        let pb = if f32_scale { 4 } else { 2 };
+        prop_assert_eq!(enc.len(), groups * pb * (1 + asym as usize) + (n * bits as usize).div_ceil(8));
+        let dec = p.decode(&enc, DType::F32, n, u64::MAX).unwrap();
+        let y: Vec<f32> = dec.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        for (gx, gy) in vals.chunks(group).zip(y.chunks(group)) {
+            let (lo, hi) = gx.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+            let step = if asym {
+                (hi - lo) / ((1u32 << bits) - 1) as f32
+            } else {
+                lo.abs().max(hi.abs()) / ((1u32 << (bits - 1)) - 1) as f32
+            };
+            // f16 scales and offsets move the grid by up to 2^-11 relative: per level for the
+            // scale, once for the offset.
+            let rel = if f32_scale { 1e-6 } else { 1e-3 };
+            // (f16 subnormal scales and offsets: an absolute 2^-25 at most, per level.)
+            let tiny = if f32_scale { 0.0 } else { 2f32.powi(-24) * ((1u32 << bits) + 1) as f32 };
+            let slack = rel * (step * (1u32 << bits) as f32 + lo.abs().max(hi.abs())) + tiny;
+            for (a, b) in gx.iter().zip(gy) {
+                prop_assert!((a - b).abs() <= 0.5 * step * 1.001 + slack + 1e-30, "{spec}: {a} -> {b}");
+            }
+        }
+        if !asym {
+            let again = p.encode(DType::F32, &dec).unwrap();
+            prop_assert_eq!(p.decode(&again, DType::F32, n, u64::MAX).unwrap(), dec);
+        }
+    }
+
+    /// Sparse storage and XOR deltas around a lossless codec give back every bit.
+    #[test]
+    fn sparse_and_delta_are_exact_around_lossless_codecs(
+        seed in any::<u64>(),
+        n in 1usize..3000,
+        keep in 1u64..40,
+    ) {
+        use tenpak::codec::delta::{fingerprint, DeltaCodec, Mode};
+        use tenpak::codec::sparse::SparseCodec;
+        use tenpak::codec::TensorCodec;
+        let mut x = seed | 1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let vals: Vec<u8> = (0..n)
+            .flat_map(|_| {
+                let r = next();
+                let v = if r % keep == 0 { f32::from_bits((r >> 32) as u32) } else { 0.0 };
+                v.to_le_bytes()
+            })
+            .collect();
+        let inner = Pipeline::parse("byteplane").unwrap().tensor_codec_arc();
+        let s = SparseCodec::new(inner.clone()).unwrap();
+        let enc = s.encode(DType::F32, &vals).unwrap();
+        let mut out = vec![0u8; vals.len()];
+        s.decode(&enc, DType::F32, n, &mut out).unwrap();
+        prop_assert_eq!(&out, &vals);
+        let base: Vec<u8> = (0..4 * n).map(|_| next() as u8).collect();
+        let d = DeltaCodec::new(Mode::Xor, fingerprint(DType::F32, &[n as u64], &base), inner).unwrap();
+        let xor: Vec<u8> = vals.iter().zip(&base).map(|(a, b)| a ^ b).collect();
+        let enc = d.encode(DType::F32, &xor).unwrap();
+        let mut out = vec![0u8; vals.len()];
+        d.decode(&enc, DType::F32, n, &mut out).unwrap();
+        d.apply(&mut out, &base, DType::F32);
+        prop_assert_eq!(out, vals);
+    }
+}
