@@ -21,7 +21,10 @@ fn smollm2_f32() -> Vec<u8> {
     let src = tenpak::input::open(&p).unwrap();
     let mut out = Vec::new();
     for (i, t) in src.tensors().iter().enumerate() {
-        if ["blk.0.", "blk.1.", "blk.2.", "blk.3."].iter().any(|b| t.name.starts_with(b)) {
+        if ["blk.0.", "blk.1.", "blk.2.", "blk.3."]
+            .iter()
+            .any(|b| t.name.starts_with(b))
+        {
             let d = src.data(i).unwrap();
             let mut f = Vec::new();
             tenpak::dtype::to_f32(t.dtype, &d, &mut f);

@@ -8,20 +8,12 @@
 #
 # Needs: python3 with numpy, gguf and llama-cpp-python
 # (pip install gguf; CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python, which builds llama.cpp).
-set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
-cd "$repo"
-scripts/fetch-test-models.sh >/dev/null
-cargo build --release -q
-T=$repo/target/release/tenpak
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-python3 scripts/smollm2_f32_gguf.py "${TENPAK_MODELS:-models}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$work/f32.gguf"
+source "$(dirname "$0")/figures-setup.sh"
 python3 - "$T" "$work" <<'PY'
 import ctypes, os, subprocess, sys, time
 import llama_cpp
 T, work = sys.argv[1], sys.argv[2]
-src = os.path.join(work, "f32.gguf")
+src = os.path.join(work, "smollm2-f32.gguf")
 # f32 bytes of the tensors (the file minus its metadata is within 0.5% of this).
 from gguf import GGUFReader
 n = sum(int(t.n_elements) for t in GGUFReader(src).tensors) * 4

@@ -7,17 +7,8 @@
 # long, which is all of them here), with their block sizes' bits per weight.
 #
 # Needs: python3 with numpy and gguf.
-set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
-cd "$repo"
-scripts/fetch-test-models.sh >/dev/null
-cargo build --release -q
-T=$repo/target/release/tenpak
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-M=${TENPAK_MODELS:-models}
-python3 scripts/smollm2_f32_gguf.py "$M/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$work/smollm2-f32.gguf"
-python3 - "$T" "$work" "$M/minilm/model.safetensors" "$work/smollm2-f32.gguf" <<'PY'
+source "$(dirname "$0")/figures-setup.sh"
+python3 - "$T" "$work" "$M/minilm/model.safetensors" "$SMOL_F32" <<'PY'
 import json, os, subprocess, sys
 import numpy as np
 import gguf

@@ -8,17 +8,8 @@
 # Sizes are real payload bytes from `tenpak analyze` (the same encoder as compress).
 #
 # Needs: python3 with numpy and gguf (for the SmolLM2 f32 GGUF).
-set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
-cd "$repo"
-scripts/fetch-test-models.sh >/dev/null
-cargo build --release -q
-T=$repo/target/release/tenpak
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-M=${TENPAK_MODELS:-models}
-python3 scripts/smollm2_f32_gguf.py "$M/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$work/smollm2-f32.gguf"
-python3 - "$T" "$work" "$M/minilm/model.safetensors" "$work/smollm2-f32.gguf" <<'PY'
+source "$(dirname "$0")/figures-setup.sh"
+python3 - "$T" "$work" "$M/minilm/model.safetensors" "$SMOL_F32" <<'PY'
 import json, subprocess, sys, time, os
 T, work, *models = sys.argv[1:]
 fmts = ["bf16", "bfp8", "bfp4", "bfp2", "fp0"]

@@ -8,17 +8,8 @@
 #    of the full model vs the delta (xor + byteplane, lossless; f32 difference + int8_g64 / f16).
 #
 # Needs: python3 with numpy, safetensors and gguf.
-set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
-cd "$repo"
-scripts/fetch-test-models.sh >/dev/null
-cargo build --release -q
-T=$repo/target/release/tenpak
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-M=${TENPAK_MODELS:-models}
-python3 scripts/smollm2_f32_gguf.py "$M/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$work/smollm2-f32.gguf"
-python3 - "$T" "$work" "$M/minilm/model.safetensors" "$work/smollm2-f32.gguf" <<'PY'
+source "$(dirname "$0")/figures-setup.sh"
+python3 - "$T" "$work" "$M/minilm/model.safetensors" "$SMOL_F32" <<'PY'
 import json, math, os, subprocess, sys
 import numpy as np
 from safetensors.numpy import load_file, save_file

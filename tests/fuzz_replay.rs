@@ -204,7 +204,6 @@ fn write_seeds() {
     {
         // A mixed tensor of four tiles over five formats.
         use tenpak::codec::mixed::{MixedCodec, TileFormat};
-        use tenpak::codec::TensorCodec;
         let table: Vec<TileFormat> = ["bf16", "bfp8", "bfp4", "fp0", "nvfp4"]
             .iter()
             .map(|n| TileFormat::parse(n).unwrap().for_tensor(0.5))
@@ -212,13 +211,7 @@ fn write_seeds() {
         let c = MixedCodec::new(table, std::sync::Arc::from(vec![0u8, 1, 2, 4])).unwrap();
         let n = 4 * 1024;
         let four: Vec<u8> = w.iter().copied().cycle().take(4 * n).collect();
-        let payload = c.encode(tenpak::dtype::DType::F32, &four).unwrap();
-        let params = c.params();
-        let mut seed = vec![idx(tenpak::dtype::DType::F32)];
-        seed.extend((n as u16).to_le_bytes());
-        seed.push(params.len() as u8);
-        seed.extend(&params);
-        seed.extend(&payload);
+        let seed = f32_seed(&c, &four, n as u16, idx(tenpak::dtype::DType::F32));
         put("decode_mixed", "mixed_F32.bin", &seed);
     }
     for (name, spec) in [
@@ -233,17 +226,10 @@ fn write_seeds() {
             .for_shape(&[8, 64])
             .unwrap_or_else(|| p.tensor_codec_arc());
         let vals = &w[..512 * 4];
-        let payload = t.encode(tenpak::dtype::DType::F32, vals).unwrap();
-        let params = t.params();
-        let mut seed = vec![idx(tenpak::dtype::DType::F32)];
-        seed.extend(512u16.to_le_bytes());
-        seed.push(params.len() as u8);
-        seed.extend(&params);
-        seed.extend(&payload);
+        let seed = f32_seed(&*t, vals, 512, idx(tenpak::dtype::DType::F32));
         put("decode_int", &format!("{name}.bin"), &seed);
     }
     for (name, inner, keep) in [("f16_bitmap", "f16", 2usize), ("int8_gaps", "int8_g64", 40)] {
-        use tenpak::codec::TensorCodec;
         let inner = tenpak::codec::Pipeline::parse(inner)
             .unwrap()
             .tensor_codec_arc();
@@ -254,13 +240,7 @@ fn write_seeds() {
                 e.fill(0);
             }
         }
-        let payload = c.encode(tenpak::dtype::DType::F32, &vals).unwrap();
-        let params = c.params();
-        let mut seed = vec![idx(tenpak::dtype::DType::F32)];
-        seed.extend(512u16.to_le_bytes());
-        seed.push(params.len() as u8);
-        seed.extend(&params);
-        seed.extend(&payload);
+        let seed = f32_seed(&c, &vals, 512, idx(tenpak::dtype::DType::F32));
         put("decode_sparse", &format!("{name}.bin"), &seed);
     }
     for (name, inner, mode) in [
@@ -271,19 +251,12 @@ fn write_seeds() {
         ),
         ("sub_int8", "int8_g64", tenpak::codec::delta::Mode::Sub),
     ] {
-        use tenpak::codec::TensorCodec;
         let inner = tenpak::codec::Pipeline::parse(inner)
             .unwrap()
             .tensor_codec_arc();
         let fp = tenpak::codec::delta::fingerprint(tenpak::dtype::DType::F32, &[512], &[0; 2048]);
         let c = tenpak::codec::delta::DeltaCodec::new(mode, fp, inner).unwrap();
-        let payload = c.encode(tenpak::dtype::DType::F32, &w[..2048]).unwrap();
-        let params = c.params();
-        let mut seed = vec![idx(tenpak::dtype::DType::F32)];
-        seed.extend(512u16.to_le_bytes());
-        seed.push(params.len() as u8);
-        seed.extend(&params);
-        seed.extend(&payload);
+        let seed = f32_seed(&c, &w[..2048], 512, idx(tenpak::dtype::DType::F32));
         put("decode_delta", &format!("{name}.bin"), &seed);
     }
     let mut rt = vec![idx(tenpak::dtype::DType::BF16)];
@@ -327,4 +300,17 @@ fn write_seeds() {
         "fp8.safetensors",
         &std::fs::read(&fp8).unwrap(),
     );
+}
+
+/// A decoder target's input for `codec` fed `n` f32 elements `vals`:
+/// `[dtype index][n u16 LE][params len][params][payload]` (fuzz_api::decode_codec).
+fn f32_seed(codec: &dyn tenpak::codec::TensorCodec, vals: &[u8], n: u16, dtype_idx: u8) -> Vec<u8> {
+    let payload = codec.encode(tenpak::dtype::DType::F32, vals).unwrap();
+    let params = codec.params();
+    let mut seed = vec![dtype_idx];
+    seed.extend(n.to_le_bytes());
+    seed.push(params.len() as u8);
+    seed.extend(&params);
+    seed.extend(&payload);
+    seed
 }
