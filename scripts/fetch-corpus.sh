@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Build the evaluation corpus of ../shared/eval.md §1 ("Copyright does not exist", Debian package
-# cfi-en 3.0-10.2) exactly as specified, check its SHA-256 and cache it.
+# Build the evaluation corpus ("Copyright does not exist", Debian package cfi-en 3.0-10.2): the
+# text of html/ch1web.htm .. ch17web.htm in order (HTML parsed with character references
+# converted; title/script/style skipped; block tags break lines; whitespace collapsed; no space
+# before , . ; : ! ?; "( " and " )" tightened; empty and "INDEX" lines dropped; lines joined by a
+# blank line, one final newline). Check: 496,156 characters, SHA-256 below. Cached.
 #
 #   scripts/fetch-corpus.sh        # idempotent: does nothing when the cached corpus checks out
 #
@@ -84,7 +87,7 @@ print(f"{len(text)} characters, {len(text.encode())} bytes, {len(text.split())} 
 PY
 got=$(sha256sum corpus.txt | cut -d' ' -f1)
 if [ "$got" != "$want" ]; then
-  echo "error: the corpus built has SHA-256 $got, expected $want (../shared/eval.md §1)" >&2
+  echo "error: the corpus built has SHA-256 $got, expected $want" >&2
   exit 1
 fi
 mv corpus.txt "$out"
