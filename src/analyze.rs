@@ -675,16 +675,7 @@ fn csv_field(v: &str) -> String {
 /// Write the four files, each through a temporary file renamed into place.
 fn write_files(dir: &Path, r: &AnalyzeReport) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    let put = |name: &str, text: &str| -> Result<()> {
-        let path = dir.join(name);
-        let mut t = tempfile::NamedTempFile::new_in(dir)
-            .map_err(|e| Error::io("create a temporary file", e).with_file(&path))?;
-        std::io::Write::write_all(&mut t, text.as_bytes())
-            .map_err(|e| Error::io("write", e).with_file(&path))?;
-        t.persist(&path)
-            .map_err(|e| Error::io("rename into place", e.error).with_file(&path))?;
-        Ok(())
-    };
+    let put = |name: &str, text: &str| crate::atomic::write(&dir.join(name), text.as_bytes());
     put("table.txt", &table(r, false))?;
     put("table.csv", &csv(r))?;
     put(

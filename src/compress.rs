@@ -351,6 +351,23 @@ fn compress_tensor(
             Ok(())
         },
     )?;
+    let report = record(w, info, &e, chunks, layout)?;
+    Ok(TensorReport {
+        mixed: plan.map(|p| p.summary()),
+        pruned: pruned.map(|p| p.1),
+        ..report
+    })
+}
+
+/// Add an encoded tensor's index entry and make its report line (no mixed, pruned or delta
+/// details: the caller adds those).
+fn record(
+    w: &mut TpkWriter,
+    info: &TensorInfo,
+    e: &Encoded,
+    chunks: Vec<tpk_format::ChunkEntry>,
+    layout: Layout,
+) -> Result<TensorReport> {
     w.add_tensor(TensorEntry {
         name: info.name.clone(),
         dtype: e.dtype.name().to_string(),
@@ -370,8 +387,8 @@ fn compress_tensor(
         encoded_bytes: e.encoded_bytes,
         ratio: ratio(info.source_bytes, e.encoded_bytes),
         metrics: e.metrics,
-        mixed: plan.map(|p| p.summary()),
-        pruned: pruned.map(|p| p.1),
+        mixed: None,
+        pruned: None,
         delta: None,
     })
 }
@@ -451,31 +468,13 @@ fn compress_delta(
         codec.apply(&mut rec, base, info.dtype);
         e.metrics = chunk_stats(info.dtype, data, DType::F32, &rec).finish();
     }
-    w.add_tensor(TensorEntry {
-        name: info.name.clone(),
-        dtype: dinfo.dtype.name().to_string(),
-        dims: info.dims.clone(),
-        source_bytes: info.source_bytes,
-        stages: e.pipeline.stages(),
-        metrics: e.metrics.to_pairs(),
-        chunks,
-        layout: Layout::RowMajor,
-    })?;
+    let report = record(w, info, &e, chunks, Layout::RowMajor)?;
     Ok(TensorReport {
-        name: info.name.clone(),
-        shape: info.dims.clone(),
-        source_dtype: info.source_dtype.clone(),
-        codec: e.pipeline.describe(),
-        source_bytes: info.source_bytes,
-        encoded_bytes: e.encoded_bytes,
-        ratio: ratio(info.source_bytes, e.encoded_bytes),
-        metrics: e.metrics,
-        mixed: None,
-        pruned: None,
         delta: Some(match mode {
             Mode::Xor => "xor",
             Mode::Sub => "sub",
         }),
+        ..report
     })
 }
 
@@ -599,15 +598,8 @@ fn encode_tiled(
     progress: &dyn Progress,
     sink: &mut ChunkSink<'_>,
 ) -> Result<Encoded> {
-    // f32 sources are read in place; others are widened once.
     let mut widened = Vec::new();
-    let vals: &[f32] = match bytes_as_f32(info.dtype, data) {
-        Some(v) => v,
-        None => {
-            dtype::to_f32(info.dtype, data, &mut widened);
-            &widened
-        }
-    };
+    let vals = f32_view(info.dtype, data, &mut widened);
     // A pass over the whole tensor only for codecs with per-tensor parameters; the others
     // refuse non-finite values chunk by chunk. One integer max over the magnitude bits (it
     // vectorizes; a float max does not): for non-negative floats the bit patterns order as the
@@ -716,6 +708,17 @@ fn encode_tile_chunk(
         }
     };
     Ok((payload, acc))
+}
+
+/// A tensor's values as f32: f32 sources read in place, others widened once into `buf`.
+pub(crate) fn f32_view<'a>(d: DType, data: &'a [u8], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    match bytes_as_f32(d, data) {
+        Some(v) => v,
+        None => {
+            dtype::to_f32(d, data, buf);
+            buf
+        }
+    }
 }
 
 /// Little-endian f32 bytes viewed as `&[f32]` in place, where the platform allows (little-endian,

@@ -4,6 +4,7 @@
 pub mod analyze;
 pub mod archive;
 pub mod assign;
+pub mod atomic;
 pub mod base;
 pub mod codec;
 pub mod compress;

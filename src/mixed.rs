@@ -7,7 +7,6 @@ use crate::assign::{self, Goal, Sample, Score, Table};
 use crate::codec::mixed::{MixedCodec, TileFormat};
 use crate::codec::Pipeline;
 use crate::config::{Algorithm, Budget, MixedSpec, Scope};
-use crate::dtype;
 use crate::error::{Error, Result};
 use crate::input::{TensorInfo, TensorSource};
 use crate::progress::Progress;
@@ -114,8 +113,8 @@ fn rows_per_chunk(geom: &TileGeom, chunk_elems: u64) -> usize {
 
 /// The error table of one tensor under `spec`'s formats.
 pub fn table(info: &TensorInfo, data: &[u8], spec: &MixedSpec, chunk_elems: u64) -> Result<Table> {
-    let mut vals = Vec::new();
-    dtype::to_f32(info.dtype, data, &mut vals);
+    let mut widened = Vec::new();
+    let vals = crate::compress::f32_view(info.dtype, data, &mut widened);
     let geom = TileGeom::new(Layout::Tiles32, &info.dims, u64::MAX)?.expect("a tile layout");
     let formats: Vec<TileFormat> = spec
         .formats
@@ -124,7 +123,7 @@ pub fn table(info: &TensorInfo, data: &[u8], spec: &MixedSpec, chunk_elems: u64)
             TileFormat::parse(n).ok_or_else(|| Error::config(format!("'{n}' is not a tile format")))
         })
         .collect::<Result<_>>()?;
-    Table::build(&vals, &geom, &formats, rows_per_chunk(&geom, chunk_elems))
+    Table::build(vals, &geom, &formats, rows_per_chunk(&geom, chunk_elems))
 }
 
 fn budget_bytes(b: Budget, numel: u64) -> u64 {
@@ -328,20 +327,6 @@ pub fn mapping_json(
     })
 }
 
-/// Write a file through a temporary beside it, renamed into place.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let mut t = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| Error::io("create a temporary file", e).with_file(path))?;
-    std::io::Write::write_all(&mut t, bytes).map_err(|e| Error::io("write", e).with_file(path))?;
-    t.persist(path)
-        .map_err(|e| Error::io("rename into place", e.error).with_file(path))?;
-    Ok(())
-}
-
 /// A tensor's artifacts in `dir` (formats-spec/mixed.md §5): `assignment.npy`,
 /// `assignment_mapping.json`, `<tensor>_assignment.png`, `size_vs_accuracy.png`, and for
 /// `mixed-tile-random` `<tensor>.csv` (every sample) and `<tensor>_samples.png`.
@@ -355,7 +340,7 @@ pub fn write_artifacts(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let (wide, high) = plan.grid;
-    write_atomic(
+    crate::atomic::write(
         &dir.join("assignment.npy"),
         &npy_u8(high, wide, &plan.assignment),
     )?;
@@ -364,7 +349,7 @@ pub fn write_artifacts(
     mapping["search"] = serde_json::to_value(spec).expect("plain data");
     mapping["predicted"] = serde_json::to_value(plan.predicted).expect("plain data");
     mapping["payload_bytes"] = serde_json::json!(plan.bytes);
-    write_atomic(
+    crate::atomic::write(
         &dir.join("assignment_mapping.json"),
         (serde_json::to_string_pretty(&mapping).expect("json") + "\n").as_bytes(),
     )?;
@@ -414,7 +399,7 @@ pub fn write_artifacts(
                 s.passes
             ));
         }
-        write_atomic(&dir.join(format!("{safe}.csv")), csv.as_bytes())?;
+        crate::atomic::write(&dir.join(format!("{safe}.csv")), csv.as_bytes())?;
         crate::plot::size_vs_accuracy(
             &dir.join(format!("{safe}_samples.png")),
             &format!("{tensor}: {} random assignments", plan.samples.len()),

@@ -491,11 +491,11 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
                 .map_err(|e| Error::io("create the output folder", e).with_file(&a.out))?;
             let npy = a.out.join("assignment.npy");
             let js = a.out.join("assignment_mapping.json");
-            tenpak::mixed::write_atomic(
+            tenpak::atomic::write(
                 &npy,
                 &tenpak::mixed::npy_u8(st.grid.1, st.grid.0, &st.codes),
             )?;
-            tenpak::mixed::write_atomic(
+            tenpak::atomic::write(
                 &js,
                 (serde_json::to_string_pretty(&mapping).expect("json") + "\n").as_bytes(),
             )?;
