@@ -203,6 +203,9 @@ pub fn compress_source(
     if let Some(c) = &opts.config {
         w.set_metadata("tenpak.config", &c.to_string());
     }
+    for (k, v) in source.model_metadata() {
+        w.set_metadata(&k, &v);
+    }
     for (k, v) in &opts.meta {
         w.set_metadata(&format!("user.{k}"), v);
     }

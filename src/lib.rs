@@ -12,6 +12,7 @@ pub mod config;
 pub mod decompress;
 pub mod dtype;
 pub mod error;
+pub mod eval;
 #[doc(hidden)]
 pub mod fuzz_api;
 pub mod input;

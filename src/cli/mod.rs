@@ -2,6 +2,7 @@
 //! one library function and prints its report as a table or, with `--json`, as one JSON document
 //! (the wire format is documented in formats-spec/json-output.md).
 
+mod eval;
 mod table;
 
 use clap::{Args, Parser, Subcommand};
@@ -51,6 +52,9 @@ enum Command {
     /// Export a mixed tensor's stored tile assignment: assignment.npy (uint8, tile grid) and
     /// assignment_mapping.json (code -> format, tile size, shape).
     Assignment(AssignmentArgs),
+    /// Evaluate model quality: perplexity, KL divergence, top-1 agreement.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 #[derive(Args)]
@@ -263,7 +267,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Set by the Ctrl-C handler; long operations stop at the next tensor or batch.
-static CANCELLED: AtomicBool = AtomicBool::new(false);
+pub(crate) static CANCELLED: AtomicBool = AtomicBool::new(false);
 
 /// Progress reporter: a bar when stderr is a terminal (and not `--quiet`), else nothing; both
 /// answer the Ctrl-C flag.
@@ -321,6 +325,8 @@ pub fn run() -> i32 {
             eprintln!("tenpak: error: --threads must be at least 1");
             return 2;
         }
+        // candle's matrix products size their parallelism from this variable.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         // Only fails if a pool was built already, which cannot happen this early.
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -517,6 +523,7 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
             }
             Ok(0)
         }
+        Command::Eval(c) => eval::run(c, cli.quiet, out),
         Command::Inspect(a) => {
             let r = tenpak::inspect::inspect(&a.file)?;
             if a.json {

@@ -108,7 +108,13 @@ pub fn inspect(out: &mut Vec<u8>, r: &InspectReport, tensors: bool) {
         r.ratio_vs_fp32,
     );
     for (k, v) in &r.metadata {
-        let _ = writeln!(out, "meta {k}: {v}");
+        // Model metadata (a tokenizer's vocabulary) can run to megabytes: `--json` has it whole.
+        if v.chars().count() > 100 {
+            let head: String = v.chars().take(72).collect();
+            let _ = writeln!(out, "meta {k}: {head}... ({} bytes)", v.len());
+        } else {
+            let _ = writeln!(out, "meta {k}: {v}");
+        }
     }
     let unsupported = r.tensors.iter().filter(|t| !t.supported).count();
     if unsupported > 0 {

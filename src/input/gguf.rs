@@ -48,6 +48,7 @@ pub struct GgufSource {
     version: u32,
     /// `general.architecture`, if present.
     pub architecture: Option<String>,
+    metadata: Vec<(String, MetaValue)>,
     infos: Vec<TensorInfo>,
     entries: Vec<Entry>,
 }
@@ -86,7 +87,91 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Size of a scalar metadata value type, `None` for string (8) and array (9).
+/// One GGUF metadata value. Integers keep their sign; arrays hold values of one type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    /// u8, u16, u32, u64.
+    UInt(u64),
+    /// i8, i16, i32, i64.
+    Int(i64),
+    /// f32, f64.
+    Float(f64),
+    /// bool.
+    Bool(bool),
+    /// string.
+    Str(String),
+    /// array.
+    Array(Vec<MetaValue>),
+}
+
+impl MetaValue {
+    /// The value as an unsigned integer, if it is a non-negative integer.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            MetaValue::UInt(v) => Some(v),
+            MetaValue::Int(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+    /// The value as a float, if it is a number.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            MetaValue::UInt(v) => Some(v as f64),
+            MetaValue::Int(v) => Some(v as f64),
+            MetaValue::Float(v) => Some(v),
+            _ => None,
+        }
+    }
+    /// The value as a string, if it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            MetaValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    /// The value as an array, if it is one.
+    pub fn as_array(&self) -> Option<&[MetaValue]> {
+        match self {
+            MetaValue::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+    /// JSON form: numbers, booleans, strings and arrays as themselves.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            MetaValue::UInt(v) => (*v).into(),
+            MetaValue::Int(v) => (*v).into(),
+            MetaValue::Float(v) => serde_json::Number::from_f64(*v)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            MetaValue::Bool(v) => (*v).into(),
+            MetaValue::Str(s) => s.as_str().into(),
+            MetaValue::Array(a) => a.iter().map(MetaValue::to_json).collect(),
+        }
+    }
+    /// Read back [`MetaValue::to_json`]'s form (integers stay integers, other numbers floats).
+    pub fn from_json(v: &serde_json::Value) -> Option<MetaValue> {
+        Some(match v {
+            serde_json::Value::Bool(b) => MetaValue::Bool(*b),
+            serde_json::Value::Number(n) => {
+                if let Some(u) = n.as_u64() {
+                    MetaValue::UInt(u)
+                } else if let Some(i) = n.as_i64() {
+                    MetaValue::Int(i)
+                } else {
+                    MetaValue::Float(n.as_f64()?)
+                }
+            }
+            serde_json::Value::String(s) => MetaValue::Str(s.clone()),
+            serde_json::Value::Array(a) => MetaValue::Array(
+                a.iter().map(MetaValue::from_json).collect::<Option<_>>()?,
+            ),
+            _ => return None,
+        })
+    }
+}
+
+/// Size in the file of a scalar metadata value type, `None` for string (8) and array (9).
 fn scalar_size(t: u32) -> Result<Option<u64>> {
     Ok(match t {
         0 | 1 | 7 => Some(1),
@@ -98,43 +183,49 @@ fn scalar_size(t: u32) -> Result<Option<u64>> {
     })
 }
 
-/// Skip (or read, for strings) one metadata value; returns the string if it is one.
-fn read_value<'a>(c: &mut Cursor<'a>, t: u32, depth: u32) -> Result<Option<&'a str>> {
-    match scalar_size(t)? {
-        Some(n) => {
-            c.take(n, "metadata value")?;
-            Ok(None)
-        }
-        None if t == 8 => Ok(Some(c.string("metadata string")?)),
-        None => {
+/// Read one metadata value of GGUF value type `t`.
+fn read_value(c: &mut Cursor<'_>, t: u32, depth: u32) -> Result<MetaValue> {
+    let le = |b: &[u8]| {
+        let mut a = [0u8; 8];
+        a[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(a)
+    };
+    Ok(match t {
+        0 => MetaValue::UInt(c.take(1, "u8 value")?[0] as u64),
+        1 => MetaValue::Int(c.take(1, "i8 value")?[0] as i8 as i64),
+        2 => MetaValue::UInt(le(c.take(2, "u16 value")?)),
+        3 => MetaValue::Int(le(c.take(2, "i16 value")?) as u16 as i16 as i64),
+        4 => MetaValue::UInt(le(c.take(4, "u32 value")?)),
+        5 => MetaValue::Int(le(c.take(4, "i32 value")?) as u32 as i32 as i64),
+        6 => MetaValue::Float(f32::from_bits(le(c.take(4, "f32 value")?) as u32) as f64),
+        7 => MetaValue::Bool(c.take(1, "bool value")?[0] != 0),
+        8 => MetaValue::Str(c.string("metadata string")?.to_string()),
+        10 => MetaValue::UInt(le(c.take(8, "u64 value")?)),
+        11 => MetaValue::Int(le(c.take(8, "i64 value")?) as i64),
+        12 => MetaValue::Float(f64::from_bits(le(c.take(8, "f64 value")?))),
+        9 => {
             if depth > 2 {
                 return Err(Error::malformed("metadata arrays nested too deeply"));
             }
             let et = c.u32("array type")?;
             let count = c.u64("array length")?;
-            match scalar_size(et)? {
-                Some(n) => {
-                    let bytes = count
-                        .checked_mul(n)
-                        .ok_or_else(|| Error::malformed("array size overflows"))?;
-                    c.take(bytes, "metadata array")?;
-                }
-                None => {
-                    // Each string or array item takes at least 8 bytes: bound the loop by the file.
-                    if count > c.remaining() / 8 {
-                        return Err(Error::malformed(format!(
-                            "metadata array of {count} items cannot fit in the {} bytes left",
-                            c.remaining()
-                        )));
-                    }
-                    for _ in 0..count {
-                        read_value(c, et, depth + 1)?;
-                    }
-                }
+            // Every item takes at least its scalar size, or 8 bytes (a length) for strings and
+            // arrays: the count is bounded by the bytes left before anything is allocated.
+            let min_item = scalar_size(et)?.unwrap_or(8);
+            if count > c.remaining() / min_item {
+                return Err(Error::malformed(format!(
+                    "metadata array of {count} items cannot fit in the {} bytes left",
+                    c.remaining()
+                )));
             }
-            Ok(None)
+            let mut items = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                items.push(read_value(c, et, depth + 1)?);
+            }
+            MetaValue::Array(items)
         }
-    }
+        _ => return Err(Error::malformed(format!("unknown metadata value type {t}"))),
+    })
 }
 
 impl GgufSource {
@@ -145,19 +236,25 @@ impl GgufSource {
     }
 
     fn parse(path: &Path, map: memmap2::Mmap) -> Result<Self> {
-        let (version, architecture, infos, entries) = parse_bytes(&map)?;
+        let (version, metadata, infos, entries) = parse_bytes(&map)?;
+        let architecture = metadata
+            .iter()
+            .find(|(k, _)| k == "general.architecture")
+            .and_then(|(_, v)| v.as_str())
+            .map(str::to_string);
         Ok(GgufSource {
             path: path.to_path_buf(),
             map,
             version,
             architecture,
+            metadata,
             infos,
             entries,
         })
     }
 }
 
-type Parsed = (u32, Option<String>, Vec<TensorInfo>, Vec<Entry>);
+type Parsed = (u32, Vec<(String, MetaValue)>, Vec<TensorInfo>, Vec<Entry>);
 
 fn parse_bytes(b: &[u8]) -> Result<Parsed> {
     let mut c = Cursor { b, pos: 0 };
@@ -180,26 +277,23 @@ fn parse_bytes(b: &[u8]) -> Result<Parsed> {
         )));
     }
     let mut alignment = 32u64;
-    let mut architecture = None;
+    let mut metadata = Vec::with_capacity(n_kv.min(4096) as usize);
     for _ in 0..n_kv {
-        let key = c.string("metadata key")?;
+        let key = c.string("metadata key")?.to_string();
         let t = c.u32("metadata type")?;
+        let v = read_value(&mut c, t, 0)?;
         if key == "general.alignment" {
-            if t != 4 {
-                return Err(Error::malformed("general.alignment is not a u32"));
-            }
-            alignment = c.u32("alignment")? as u64;
+            alignment = match v {
+                MetaValue::UInt(a) if t == 4 => a,
+                _ => return Err(Error::malformed("general.alignment is not a u32")),
+            };
             if alignment == 0 || !alignment.is_power_of_two() {
                 return Err(Error::malformed(format!(
                     "alignment {alignment} is not a power of two"
                 )));
             }
-            continue;
         }
-        let v = read_value(&mut c, t, 0)?;
-        if key == "general.architecture" {
-            architecture = v.map(str::to_string);
-        }
+        metadata.push((key, v));
     }
     let mut raw = Vec::with_capacity(n_tensors.min(4096) as usize);
     for _ in 0..n_tensors {
@@ -283,7 +377,18 @@ fn parse_bytes(b: &[u8]) -> Result<Parsed> {
             range: start as usize..end as usize,
         });
     }
-    Ok((version, architecture, infos, entries))
+    Ok((version, metadata, infos, entries))
+}
+
+impl GgufSource {
+    /// Every metadata key and value, in file order (`general.alignment` included).
+    pub fn metadata(&self) -> &[(String, MetaValue)] {
+        &self.metadata
+    }
+    /// The value of metadata `key`.
+    pub fn meta(&self, key: &str) -> Option<&MetaValue> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
 }
 
 impl TensorSource for GgufSource {
@@ -303,6 +408,12 @@ impl TensorSource for GgufSource {
     }
     fn tensors(&self) -> &[TensorInfo] {
         &self.infos
+    }
+    fn model_metadata(&self) -> Vec<(String, String)> {
+        self.metadata
+            .iter()
+            .map(|(k, v)| (format!("gguf.{k}"), v.to_json().to_string()))
+            .collect()
     }
     fn data(&self, i: usize) -> Result<Cow<'_, [u8]>> {
         let e = &self.entries[i];

@@ -48,6 +48,12 @@ pub trait TensorSource: Send + Sync {
     fn tensors(&self) -> &[TensorInfo];
     /// Little-endian elements of tensor `i` (`tensors()[i].dtype`), borrowed where possible.
     fn data(&self, i: usize) -> Result<Cow<'_, [u8]>>;
+    /// What a `.tpk` must keep to stand in for this model (architecture, hyperparameters,
+    /// tokenizer), as `.tpk` metadata keys and values: `gguf.<key>` (the GGUF value as JSON) or
+    /// `hf.config.json` / `hf.tokenizer.json` (the files beside a safetensors model).
+    fn model_metadata(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// Open a model file or folder, choosing the reader from the name and the magic bytes.

@@ -278,6 +278,20 @@ impl TensorSource for SafetensorsSource {
     fn tensors(&self) -> &[TensorInfo] {
         &self.infos
     }
+    fn model_metadata(&self) -> Vec<(String, String)> {
+        let Some(dir) = self.files.first().and_then(|(p, _)| p.parent()) else {
+            return Vec::new();
+        };
+        ["config.json", "tokenizer.json"]
+            .iter()
+            .filter_map(|name| {
+                let text = std::fs::read_to_string(dir.join(name)).ok()?;
+                // Only well-formed JSON of a size the container keeps in one string.
+                (text.len() < (64 << 20) && serde_json::from_str::<serde_json::Value>(&text).is_ok())
+                    .then(|| (format!("hf.{name}"), text))
+            })
+            .collect()
+    }
     fn data(&self, i: usize) -> Result<Cow<'_, [u8]>> {
         let e = &self.entries[i];
         let bytes = &self.files[e.file].1[e.range.clone()];

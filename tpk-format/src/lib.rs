@@ -49,7 +49,7 @@ impl Default for Limits {
         Limits {
             max_index_len: 1 << 30,
             max_tensors: 10_000_000,
-            max_string_len: 1 << 20,
+            max_string_len: 64 << 20,
             max_dims: 16,
             max_stages: 8,
             max_decoded_bytes: 64 << 30,

@@ -1,0 +1,142 @@
+//! Model-quality evaluation in Rust: perplexity, KL divergence and top-1 agreement of causal
+//! LMs (`ppl`), with the corpus and procedure of `formats-spec/eval.md`.
+//!
+//! Models are GGUF files, Hugging Face folders or `.tpk` files made from either (decoded in
+//! memory). The forward pass is candle's, in f32.
+
+pub mod llama;
+pub mod model;
+pub mod ppl;
+pub mod tokenizer;
+
+use crate::error::{Error, Result};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Where `scripts/fetch-corpus.sh` puts the evaluation corpus.
+pub const DEFAULT_CORPUS: &str = "models/corpus/cfi-en.txt";
+
+/// Read the corpus, with a hint to fetch it when it is missing.
+pub fn read_corpus(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            " (run scripts/fetch-corpus.sh to build the evaluation corpus)"
+        } else {
+            ""
+        };
+        Error::io(format!("read corpus{hint}"), e).with_file(path)
+    })
+}
+
+/// SHA-256 (hex) of token ids written as little-endian i32.
+pub fn tokens_sha256(ids: &[u32]) -> String {
+    let mut h = Sha256::new();
+    for &t in ids {
+        h.update((t as i32).to_le_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What `eval ppl` asks for.
+#[derive(Debug, Clone)]
+pub struct PplRequest {
+    /// The model.
+    pub model: PathBuf,
+    /// The reference model, if any.
+    pub reference: Option<PathBuf>,
+    /// Base model for delta `.tpk` files.
+    pub base: Option<PathBuf>,
+    /// Corpus text file.
+    pub corpus: PathBuf,
+    /// Windows and context.
+    pub opts: ppl::PplOptions,
+}
+
+/// The result of `eval ppl`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PplResult {
+    /// The model, as loaded.
+    pub model: String,
+    /// The reference, as loaded.
+    pub reference: Option<String>,
+    /// Corpus file name.
+    pub corpus: String,
+    /// Tokens in the whole corpus.
+    pub corpus_tokens: usize,
+    /// Tokens the windows cover (BOS not counted).
+    pub slice_tokens: usize,
+    /// SHA-256 of the slice's ids as little-endian i32.
+    pub slice_sha256: String,
+    /// Seconds to load and prepare the models.
+    pub load_seconds: f64,
+    /// The figures.
+    #[serde(flatten)]
+    pub report: ppl::PplReport,
+}
+
+/// Load a llama model for evaluation.
+pub fn load_llama(path: &Path, base: Option<&Path>) -> Result<(String, llama::Llama, tokenizer::TextTokenizer)> {
+    let model = model::Model::load(path, base)?;
+    let desc = model.description.clone();
+    let tok = tokenizer::TextTokenizer::from_meta(&model.meta).map_err(|e| e.with_file(path))?;
+    let llama = llama::Llama::new(model).map_err(|e| e.with_file(path))?;
+    Ok((desc, llama, tok))
+}
+
+/// Tokenize the corpus and cut the evaluation windows.
+pub fn corpus_windows(
+    tok: &tokenizer::TextTokenizer,
+    corpus: &Path,
+    bos: u32,
+    opts: &ppl::PplOptions,
+) -> Result<(usize, Vec<u32>, Vec<Vec<u32>>)> {
+    let text = read_corpus(corpus)?;
+    let ids = tok.encode(&text)?;
+    let windows = ppl::windows(&ids, bos, opts)?;
+    let slice = ids[..opts.windows * (opts.ctx - 1)].to_vec();
+    Ok((ids.len(), slice, windows))
+}
+
+/// `tenpak eval ppl`: load, tokenize, run every window, score.
+pub fn eval_ppl(req: &PplRequest, on_window: ppl::OnWindow) -> Result<PplResult> {
+    let t0 = std::time::Instant::now();
+    let (desc, model, tok) = load_llama(&req.model, req.base.as_deref())?;
+    let (corpus_tokens, slice, windows) =
+        corpus_windows(&tok, &req.corpus, model.cfg.bos, &req.opts)?;
+    let reference = match &req.reference {
+        None => None,
+        Some(p) => {
+            let (rdesc, r, rtok) = load_llama(p, None)?;
+            let (_, rslice, _) = corpus_windows(&rtok, &req.corpus, r.cfg.bos, &req.opts)?;
+            if rslice != slice || r.cfg.bos != model.cfg.bos {
+                return Err(Error::input(
+                    "the model and the reference tokenize the corpus differently: they are not comparable",
+                ));
+            }
+            Some((rdesc, r))
+        }
+    };
+    let load_seconds = t0.elapsed().as_secs_f64();
+    let report = ppl::evaluate(
+        &model,
+        reference.as_ref().map(|(_, r)| ppl::RefSource::Model(r)),
+        &windows,
+        &req.opts,
+        on_window,
+    )?;
+    Ok(PplResult {
+        model: desc,
+        reference: reference.map(|(d, _)| d),
+        corpus: req
+            .corpus
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        corpus_tokens,
+        slice_tokens: slice.len(),
+        slice_sha256: tokens_sha256(&slice),
+        load_seconds,
+        report,
+    })
+}

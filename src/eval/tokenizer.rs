@@ -1,0 +1,98 @@
+//! Tokenizers for evaluation, built with the `tokenizers` crate: byte-level BPE from a GGUF's
+//! `tokenizer.ggml.*` metadata (as llama.cpp reads it), or a Hugging Face `tokenizer.json`.
+
+use super::model::Meta;
+use crate::error::{Error, Result};
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{PreTokenizerWrapper, Tokenizer};
+
+/// Text to token ids, no BOS added and special tokens not parsed.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+}
+
+impl TextTokenizer {
+    /// The model's own tokenizer: GGUF metadata (`gguf.tokenizer.ggml.*`) or `tokenizer.json`.
+    pub fn from_meta(meta: &Meta) -> Result<TextTokenizer> {
+        match meta {
+            Meta::Gguf(_) => Self::from_gguf(meta),
+            Meta::Hf { tokenizer, .. } => {
+                let json = tokenizer.as_deref().ok_or_else(|| {
+                    Error::input("the model has no tokenizer.json (and none is stored in the .tpk)")
+                })?;
+                let inner = Tokenizer::from_bytes(json.as_bytes())
+                    .map_err(|e| Error::input(format!("tokenizer.json: {e}")))?;
+                Ok(TextTokenizer { inner })
+            }
+        }
+    }
+
+    fn from_gguf(meta: &Meta) -> Result<TextTokenizer> {
+        let model = meta.str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(Error::new(
+                crate::ErrorKind::Unsupported,
+                format!("GGUF tokenizer model '{model}': only byte-level BPE ('gpt2') is supported"),
+            ));
+        }
+        let tokens = meta.strings("tokenizer.ggml.tokens")?;
+        let merges = meta.strings("tokenizer.ggml.merges")?;
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .collect();
+        let merges = merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| Error::malformed(format!("merge '{m}' has no space")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| Error::malformed(format!("GGUF tokenizer: {e}")))?;
+        // llama.cpp's pre-tokenizer for this family: every \p{N} alone, then GPT-2's byte-level
+        // regex with no prefix space.
+        let pre = match meta.str("tokenizer.ggml.pre").unwrap_or("default") {
+            "smollm" | "default" | "gpt-2" | "gpt2" => Sequence::new(vec![
+                PreTokenizerWrapper::Digits(Digits::new(true)),
+                PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, true)),
+            ]),
+            other => {
+                return Err(Error::new(
+                    crate::ErrorKind::Unsupported,
+                    format!("GGUF pre-tokenizer '{other}' is not supported (smollm is)"),
+                ))
+            }
+        };
+        let mut inner = Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(pre));
+        inner.with_decoder(Some(ByteLevel::default()));
+        Ok(TextTokenizer { inner })
+    }
+
+    /// Token ids of `text`.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| Error::input(format!("tokenize: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Vocabulary size, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The underlying tokenizer (for encoders that need attention masks and truncation).
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+}
