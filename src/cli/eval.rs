@@ -52,8 +52,7 @@ fn window_bar(quiet: bool, windows: usize) -> Option<ProgressBar> {
     }
     let pb = ProgressBar::new(windows as u64);
     pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} windows, eta {eta} {wide_msg}")
-            .unwrap(),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} windows, eta {eta} {wide_msg}").unwrap(),
     );
     Some(pb)
 }
@@ -97,7 +96,9 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
                     .map_err(|e| Error::io("create the output folder", e).with_file(dir))?;
                 let js = serde_json::to_string_pretty(&r).expect("json") + "\n";
                 tenpak::atomic::write(&dir.join("ppl.json"), js.as_bytes())?;
-                let mut csv = String::from("window,tokens,mean_nll,tokens_second_half,mean_nll_second_half\n");
+                let mut csv = String::from(
+                    "window,tokens,mean_nll,tokens_second_half,mean_nll_second_half\n",
+                );
                 for (i, w) in r.report.per_window.iter().enumerate() {
                     csv.push_str(&format!(
                         "{i},{},{:.9},{},{:.9}\n",

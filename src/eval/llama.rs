@@ -6,7 +6,7 @@
 
 use super::model::{Meta, Model};
 use crate::error::{Error, Result};
-use candle_core::{DType as CDType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 /// Hyperparameters.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -87,13 +87,12 @@ impl LlamaConfig {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: Tensor,
-    wk: Tensor,
-    wv: Tensor,
+    /// Query, key and value projections stacked: one product per layer.
+    wqkv: Tensor,
     wo: Tensor,
     ffn_norm: Tensor,
-    w_gate: Tensor,
-    w_up: Tensor,
+    /// Gate and up projections stacked.
+    w_gate_up: Tensor,
     w_down: Tensor,
 }
 
@@ -104,7 +103,8 @@ pub struct Llama {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    head: Tensor,
+    /// The output head `[vocab, n_embd]`, row-major.
+    head: Vec<f32>,
     dev: Device,
 }
 
@@ -186,40 +186,49 @@ impl Llama {
         let dev = Device::Cpu;
         let (e, f, hd) = (cfg.n_embd, cfg.n_ff, cfg.head_dim());
         let kv = cfg.n_kv_head * hd;
-        let mat = |model: &mut Model, name: &str, r: usize, c: usize| -> Result<Tensor> {
-            let mut v = model.take(name, &[r, c])?;
-            if gguf && name.ends_with("attn_q.weight") {
-                v = unpermute(&v, cfg.n_head, c);
+        let take = |model: &mut Model, name: &str, r: usize, c: usize| -> Result<Vec<f32>> {
+            let v = model.take(name, &[r, c])?;
+            Ok(if gguf && name.ends_with("attn_q.weight") {
+                unpermute(&v, cfg.n_head, c)
             } else if gguf && name.ends_with("attn_k.weight") {
-                v = unpermute(&v, cfg.n_kv_head, c);
-            }
-            Tensor::from_vec(v, (r, c), &dev).map_err(cerr)
+                unpermute(&v, cfg.n_kv_head, c)
+            } else {
+                v
+            })
+        };
+        let stack = |parts: Vec<Vec<f32>>, c: usize| -> Result<Tensor> {
+            let v = parts.concat();
+            let r = v.len() / c;
+            Tensor::from_vec(v, (r, c), &Device::Cpu).map_err(cerr)
         };
         let vec1 = |model: &mut Model, name: &str, r: usize| -> Result<Tensor> {
             Tensor::from_vec(model.take(name, &[r])?, r, &Device::Cpu).map_err(cerr)
         };
-        let embed = mat(&mut model, n.embed(), cfg.vocab, e)?;
+        let embed_v = take(&mut model, n.embed(), cfg.vocab, e)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
+            let q = take(&mut model, &n.layer(i, "attn_q"), e, e)?;
+            let k = take(&mut model, &n.layer(i, "attn_k"), kv, e)?;
+            let v = take(&mut model, &n.layer(i, "attn_v"), kv, e)?;
+            let gate = take(&mut model, &n.layer(i, "ffn_gate"), f, e)?;
+            let up = take(&mut model, &n.layer(i, "ffn_up"), f, e)?;
             layers.push(Layer {
                 attn_norm: vec1(&mut model, &n.layer(i, "attn_norm"), e)?,
-                wq: mat(&mut model, &n.layer(i, "attn_q"), e, e)?,
-                wk: mat(&mut model, &n.layer(i, "attn_k"), kv, e)?,
-                wv: mat(&mut model, &n.layer(i, "attn_v"), kv, e)?,
-                wo: mat(&mut model, &n.layer(i, "attn_output"), e, e)?,
+                wqkv: stack(vec![q, k, v], e)?,
+                wo: stack(vec![take(&mut model, &n.layer(i, "attn_output"), e, e)?], e)?,
                 ffn_norm: vec1(&mut model, &n.layer(i, "ffn_norm"), e)?,
-                w_gate: mat(&mut model, &n.layer(i, "ffn_gate"), f, e)?,
-                w_up: mat(&mut model, &n.layer(i, "ffn_up"), f, e)?,
-                w_down: mat(&mut model, &n.layer(i, "ffn_down"), e, f)?,
+                w_gate_up: stack(vec![gate, up], e)?,
+                w_down: stack(vec![take(&mut model, &n.layer(i, "ffn_down"), e, f)?], f)?,
             });
         }
         let norm = vec1(&mut model, n.norm(), e)?;
         // Tied embeddings: no output matrix means the embedding is the head.
         let head = if model.has(n.head()) {
-            mat(&mut model, n.head(), cfg.vocab, e)?
+            take(&mut model, n.head(), cfg.vocab, e)?
         } else {
-            embed.clone()
+            embed_v.clone()
         };
+        let embed = Tensor::from_vec(embed_v, (cfg.vocab, e), &dev).map_err(cerr)?;
         Ok(Llama {
             cfg,
             embed,
@@ -230,108 +239,123 @@ impl Llama {
         })
     }
 
-    fn rope_tables(&self, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    /// cos and sin of position p times each frequency, `[t, head_dim / 2]` each.
+    fn rope_tables(&self, t: usize) -> (Vec<f32>, Vec<f32>) {
         let hd = self.cfg.head_dim();
-        let inv: Vec<f32> = (0..hd / 2)
-            .map(|i| (1.0 / self.cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
+        let inv: Vec<f64> = (0..hd / 2)
+            .map(|i| 1.0 / self.cfg.rope_theta.powf(2.0 * i as f64 / hd as f64))
             .collect();
         let mut cos = Vec::with_capacity(t * hd / 2);
         let mut sin = Vec::with_capacity(t * hd / 2);
         for p in 0..t {
             for &f in &inv {
-                let a = p as f32 * f;
+                // As Hugging Face computes it: the angle in f32.
+                let a = p as f32 * f as f32;
                 cos.push(a.cos());
                 sin.push(a.sin());
             }
         }
-        Ok((
-            Tensor::from_vec(cos, (t, hd / 2), &self.dev)?,
-            Tensor::from_vec(sin, (t, hd / 2), &self.dev)?,
-        ))
+        (cos, sin)
     }
 
-    /// Logits `[tokens.len(), vocab]` (row-major) for one sequence from an empty cache.
-    /// `kv` sees each layer's keys (after RoPE) and values as `[T, kv_heads, head_dim]`.
-    pub fn forward(
-        &self,
-        tokens: &[u32],
-        kv: Option<&mut dyn FnMut(usize, &Tensor, &Tensor) -> Result<()>>,
-    ) -> Result<Vec<f32>> {
+    /// Logits `[tokens.len(), vocab]` (row-major, into `logits`) for one sequence from an
+    /// empty cache. `kv` sees each layer's keys (after RoPE) and values as
+    /// `[T, kv_heads, head_dim]` row-major.
+    pub fn forward(&self, tokens: &[u32], logits: &mut Vec<f32>, kv: Option<KvSink>) -> Result<()> {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
             return Err(Error::input(format!(
                 "token id {bad} is outside the {}-token vocabulary",
                 self.cfg.vocab
             )));
         }
-        self.forward_inner(tokens, kv)
+        if tokens.is_empty() {
+            return Err(Error::input("nothing to evaluate: no tokens"));
+        }
+        let x = self.hidden(tokens, kv)?;
+        let (t, e, v) = (tokens.len(), self.cfg.n_embd, self.cfg.vocab);
+        // Every element is written by the product (no read of the old contents): reusing the
+        // buffer spares a page-faulted 100 MB allocation per window.
+        logits.resize(t * v, 0.0);
+        logits.truncate(t * v);
+        // SAFETY: x is [t, e], head is [v, e] (read transposed), logits is [t, v].
+        unsafe {
+            gemm::gemm(
+                t,
+                v,
+                e,
+                logits.as_mut_ptr(),
+                1,
+                v as isize,
+                false,
+                x.as_ptr(),
+                1,
+                e as isize,
+                self.head.as_ptr(),
+                e as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            );
+        }
+        Ok(())
     }
 
-    fn forward_inner(
-        &self,
-        tokens: &[u32],
-        mut kv: Option<&mut dyn FnMut(usize, &Tensor, &Tensor) -> Result<()>>,
-    ) -> Result<Vec<f32>> {
+    /// The final normed hidden states `[t, n_embd]`.
+    fn hidden(&self, tokens: &[u32], mut kv: Option<KvSink>) -> Result<Vec<f32>> {
+        use super::kernels;
+        use rayon::prelude::*;
         let c = &self.cfg;
         let t = tokens.len();
-        let (h, kvh, hd) = (c.n_head, c.n_kv_head, c.head_dim());
-        let g = h / kvh;
+        let (h, kvh, hd, f) = (c.n_head, c.n_kv_head, c.head_dim(), c.n_ff);
+        let w = (h + 2 * kvh) * hd;
         let eps = c.rms_eps as f32;
-        let mut run = || -> candle_core::Result<Tensor> {
-            let ids = Tensor::new(tokens, &self.dev)?;
-            let mut x = self.embed.index_select(&ids, 0)?;
-            let (cos, sin) = self.rope_tables(t)?;
-            let mask: Vec<f32> = (0..t * t)
-                .map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 })
-                .collect();
-            let mask = Tensor::from_vec(mask, (t, t), &self.dev)?;
-            let scale = 1.0 / (hd as f64).sqrt();
-            for (li, l) in self.layers.iter().enumerate() {
-                let a = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps)?;
-                let q = a.matmul(&l.wq.t()?)?.reshape((1, t, h, hd))?;
-                let k = a.matmul(&l.wk.t()?)?.reshape((1, t, kvh, hd))?;
-                let v = a.matmul(&l.wv.t()?)?.reshape((t, kvh, hd))?;
-                let q = candle_nn::rotary_emb::rope_thd(&q, &cos, &sin)?;
-                let k = candle_nn::rotary_emb::rope_thd(&k, &cos, &sin)?.reshape((t, kvh, hd))?;
-                if let Some(f) = kv.as_mut() {
-                    f(li, &k, &v).map_err(candle_core::Error::wrap)?;
+        let (cos, sin) = self.rope_tables(t);
+        let ids = Tensor::new(tokens, &self.dev).map_err(cerr)?;
+        let mut x = self.embed.index_select(&ids, 0).map_err(cerr)?;
+        let vec = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>());
+        for (li, l) in self.layers.iter().enumerate() {
+            let a = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps).map_err(cerr)?;
+            let mut qkv = a
+                .matmul(&l.wqkv.t().map_err(cerr)?)
+                .and_then(|q| vec(&q))
+                .map_err(cerr)?;
+            let hd2 = hd / 2;
+            qkv.par_chunks_mut(w).enumerate().for_each(|(p, row)| {
+                let (cs, sn) = (&cos[p * hd2..(p + 1) * hd2], &sin[p * hd2..(p + 1) * hd2]);
+                kernels::rope_row(&mut row[..(h + kvh) * hd], cs, sn);
+            });
+            if let Some(sink) = kv.as_mut() {
+                let mut k = Vec::with_capacity(t * kvh * hd);
+                let mut v = Vec::with_capacity(t * kvh * hd);
+                for row in qkv.chunks_exact(w) {
+                    k.extend_from_slice(&row[h * hd..(h + kvh) * hd]);
+                    v.extend_from_slice(&row[(h + kvh) * hd..]);
                 }
-                // Heads h = kv_head * g + j share key/value head kv_head: group the g query
-                // heads of one key/value head into one [g*T, hd] matrix.
-                let q = q
-                    .reshape((t, h, hd))?
-                    .transpose(0, 1)?
-                    .contiguous()?
-                    .reshape((kvh, g * t, hd))?;
-                let k = k.transpose(0, 1)?.contiguous()?;
-                let v = v.transpose(0, 1)?.contiguous()?;
-                let s = (q.matmul(&k.t()?)? * scale)?
-                    .reshape((kvh, g, t, t))?
-                    .broadcast_add(&mask)?;
-                let p = candle_nn::ops::softmax_last_dim(&s)?.reshape((kvh, g * t, t))?;
-                let o = p
-                    .matmul(&v)?
-                    .reshape((h, t, hd))?
-                    .transpose(0, 1)?
-                    .contiguous()?
-                    .reshape((t, h * hd))?;
-                x = (x + o.matmul(&l.wo.t()?)?)?;
-                let a = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
-                let gate = candle_nn::ops::silu(&a.matmul(&l.w_gate.t()?)?)?;
-                let up = a.matmul(&l.w_up.t()?)?;
-                x = (x + (gate * up)?.matmul(&l.w_down.t()?)?)?;
+                sink(li, &k, &v)?;
             }
-            let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
-            x.matmul(&self.head.t()?)
-        };
-        let logits = run().map_err(cerr)?;
-        let logits = logits.to_dtype(CDType::F32).map_err(cerr)?;
-        logits
-            .flatten_all()
-            .and_then(|l| l.to_vec1::<f32>())
-            .map_err(cerr)
-            .map(|v| {
-                debug_assert_eq!(v.len(), t * self.cfg.vocab);
-                v
-            })
+            let o = kernels::causal_attention(&qkv, t, h, kvh, hd);
+            let o = Tensor::from_vec(o, (t, h * hd), &self.dev).map_err(cerr)?;
+            x = (x + o.matmul(&l.wo.t().map_err(cerr)?).map_err(cerr)?).map_err(cerr)?;
+            let a = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps).map_err(cerr)?;
+            let gu = a
+                .matmul(&l.w_gate_up.t().map_err(cerr)?)
+                .and_then(|g| vec(&g))
+                .map_err(cerr)?;
+            let mut act = vec![0f32; t * f];
+            act.par_chunks_mut(f)
+                .zip(gu.par_chunks(2 * f))
+                .for_each(|(o, g)| kernels::silu_mul_row(g, o));
+            let act = Tensor::from_vec(act, (t, f), &self.dev).map_err(cerr)?;
+            x = (x + act.matmul(&l.w_down.t().map_err(cerr)?).map_err(cerr)?).map_err(cerr)?;
+        }
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps).map_err(cerr)?;
+        vec(&x).map_err(cerr)
     }
 }
+
+/// Receives one layer's keys and values: `(layer, k, v)`, each `[T, kv_heads, head_dim]`.
+pub type KvSink<'a> = &'a mut dyn FnMut(usize, &[f32], &[f32]) -> Result<()>;

@@ -4,6 +4,7 @@
 //! Models are GGUF files, Hugging Face folders or `.tpk` files made from either (decoded in
 //! memory). The forward pass is candle's, in f32.
 
+pub mod kernels;
 pub mod llama;
 pub mod model;
 pub mod ppl;
@@ -76,7 +77,10 @@ pub struct PplResult {
 }
 
 /// Load a llama model for evaluation.
-pub fn load_llama(path: &Path, base: Option<&Path>) -> Result<(String, llama::Llama, tokenizer::TextTokenizer)> {
+pub fn load_llama(
+    path: &Path,
+    base: Option<&Path>,
+) -> Result<(String, llama::Llama, tokenizer::TextTokenizer)> {
     let model = model::Model::load(path, base)?;
     let desc = model.description.clone();
     let tok = tokenizer::TextTokenizer::from_meta(&model.meta).map_err(|e| e.with_file(path))?;

@@ -175,9 +175,7 @@ impl Model {
         .map_err(|e| e.with_file(path))?;
         let mut tensors = HashMap::new();
         for (i, t) in archive.file.tensors().iter().enumerate() {
-            let (dt, bytes) = archive
-                .decode_tensor(i)
-                .map_err(|e| e.with_file(path))?;
+            let (dt, bytes) = archive.decode_tensor(i).map_err(|e| e.with_file(path))?;
             let mut v = Vec::new();
             dtype::to_f32(dt, &bytes, &mut v);
             drop(bytes);

@@ -120,12 +120,7 @@ pub fn windows(tokens: &[u32], bos: u32, opts: &PplOptions) -> Result<Vec<Vec<u3
         .collect())
 }
 
-/// log-sum-exp of one row in f64.
-fn lse(row: &[f32]) -> f64 {
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let s: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
-    m + s.ln()
-}
+use super::kernels::{kl_row, lse};
 
 fn argmax(row: &[f32]) -> usize {
     let mut best = 0;
@@ -155,12 +150,7 @@ fn kld_rows(reference: &[f32], test: &[f32], rows: usize, vocab: usize) -> Vec<(
         .map(|p| {
             let r = &reference[p * vocab..(p + 1) * vocab];
             let t = &test[p * vocab..(p + 1) * vocab];
-            let (lr, lt) = (lse(r), lse(t));
-            let mut kl = 0.0;
-            for (&a, &b) in r.iter().zip(t) {
-                let la = a as f64 - lr;
-                kl += la.exp() * (la - (b as f64 - lt));
-            }
+            let kl = kl_row(r, lse(r), t, lse(t));
             (kl.max(0.0), argmax(r) == argmax(t))
         })
         .collect()
@@ -228,11 +218,12 @@ pub fn reference_run(
     let vocab = reference.cfg.vocab;
     let mut per_window = Vec::with_capacity(windows.len());
     let mut kld_logits = Vec::new();
+    let mut logits = Vec::new();
     for (w, win) in windows.iter().enumerate() {
-        let logits = reference.forward(win, None)?;
+        reference.forward(win, &mut logits, None)?;
         per_window.push(window_nll(&nll_rows(&logits, win, vocab), opts.ctx));
         if w < opts.kld_windows {
-            kld_logits.push(logits);
+            kld_logits.push(logits.clone());
         }
         on_window(w + 1, win.len());
     }
@@ -265,15 +256,16 @@ pub fn evaluate(
     let mut ref_windows = Vec::new();
     let (mut kl_sum, mut agree, mut kl_n) = (0.0, 0usize, 0usize);
     let mut tokens_run = 0usize;
+    let (mut logits, mut rl) = (Vec::new(), Vec::new());
     for (w, win) in windows.iter().enumerate() {
-        let logits = model.forward(win, None)?;
+        model.forward(win, &mut logits, None)?;
         tokens_run += win.len();
         per_window.push(window_nll(&nll_rows(&logits, win, vocab), opts.ctx));
         let rows = win.len() - 1;
         match &reference {
             None => {}
             Some(RefSource::Model(r)) => {
-                let rl = r.forward(win, None)?;
+                r.forward(win, &mut rl, None)?;
                 tokens_run += win.len();
                 ref_windows.push(window_nll(&nll_rows(&rl, win, vocab), opts.ctx));
                 if w < opts.kld_windows {
@@ -320,7 +312,11 @@ pub fn evaluate(
             delta_ppl_se_pct: ratio * se * 100.0,
             delta_nll: d,
             delta_nll_se: se,
-            kld: if kl_n > 0 { kl_sum / kl_n as f64 } else { f64::NAN },
+            kld: if kl_n > 0 {
+                kl_sum / kl_n as f64
+            } else {
+                f64::NAN
+            },
             top1_agree_pct: if kl_n > 0 {
                 100.0 * agree as f64 / kl_n as f64
             } else {
@@ -376,7 +372,15 @@ mod tests {
         let w = windows(&toks, 1, &o).unwrap();
         assert_eq!(w.len(), 4);
         assert_eq!(w[1], vec![1, 17, 18, 19, 20, 21, 22, 23]);
-        assert!(windows(&toks, 1, &PplOptions { windows: 5, ..o.clone() }).is_err());
+        assert!(windows(
+            &toks,
+            1,
+            &PplOptions {
+                windows: 5,
+                ..o.clone()
+            }
+        )
+        .is_err());
         // 7 scored rows; positions 4..7 are the second half: rows 3..6.
         let nll = [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0];
         let wn = window_nll(&nll, 8);

@@ -35,7 +35,9 @@ impl TextTokenizer {
         if model != "gpt2" {
             return Err(Error::new(
                 crate::ErrorKind::Unsupported,
-                format!("GGUF tokenizer model '{model}': only byte-level BPE ('gpt2') is supported"),
+                format!(
+                    "GGUF tokenizer model '{model}': only byte-level BPE ('gpt2') is supported"
+                ),
             ));
         }
         let tokens = meta.strings("tokenizer.ggml.tokens")?;

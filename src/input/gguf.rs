@@ -163,9 +163,9 @@ impl MetaValue {
                 }
             }
             serde_json::Value::String(s) => MetaValue::Str(s.clone()),
-            serde_json::Value::Array(a) => MetaValue::Array(
-                a.iter().map(MetaValue::from_json).collect::<Option<_>>()?,
-            ),
+            serde_json::Value::Array(a) => {
+                MetaValue::Array(a.iter().map(MetaValue::from_json).collect::<Option<_>>()?)
+            }
             _ => return None,
         })
     }

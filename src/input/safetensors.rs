@@ -287,8 +287,9 @@ impl TensorSource for SafetensorsSource {
             .filter_map(|name| {
                 let text = std::fs::read_to_string(dir.join(name)).ok()?;
                 // Only well-formed JSON of a size the container keeps in one string.
-                (text.len() < (64 << 20) && serde_json::from_str::<serde_json::Value>(&text).is_ok())
-                    .then(|| (format!("hf.{name}"), text))
+                (text.len() < (64 << 20)
+                    && serde_json::from_str::<serde_json::Value>(&text).is_ok())
+                .then(|| (format!("hf.{name}"), text))
             })
             .collect()
     }

@@ -34,6 +34,11 @@ pub fn smollm2() -> PathBuf {
     model("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// The evaluation corpus (`scripts/fetch-test-models.sh` builds it with fetch-corpus.sh).
+pub fn corpus() -> PathBuf {
+    model("corpus/cfi-en.txt")
+}
+
 /// Run the tenpak binary.
 pub fn tenpak(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tenpak"))

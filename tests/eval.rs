@@ -1,0 +1,346 @@
+//! `tenpak eval`: the tokenizer and perplexity gates on SmolLM2 and the evaluation corpus,
+//! checked against llama.cpp's tokenizer and an independent numpy forward pass
+//! (scripts/llama_numpy_reference.py, fixture in tests/fixtures/eval).
+
+use crate::common::*;
+use std::path::Path;
+use tenpak::eval::ppl::{self, PplOptions};
+use tenpak::eval::{corpus_windows, load_llama, tokens_sha256};
+
+fn fixture() -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/eval/smollm2_numpy_windows.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn opts(windows: usize, kld: usize) -> PplOptions {
+    PplOptions {
+        ctx: 512,
+        windows,
+        kld_windows: kld,
+    }
+}
+
+/// eval.md's gate: 104,327 tokens, and the 32,704-token slice hashes to 01882208d882809d...;
+/// the whole hash equals the one llama.cpp's own tokenizer gives (fixture).
+#[test]
+fn tokenizer_reproduces_llama_cpp() {
+    let (_, m, tok) = load_llama(&smollm2(), None).unwrap();
+    let (n, slice, windows) = corpus_windows(&tok, &corpus(), m.cfg.bos, &opts(64, 0)).unwrap();
+    assert_eq!(n, 104_327);
+    assert_eq!(slice.len(), 32_704);
+    let h = tokens_sha256(&slice);
+    assert!(h.starts_with("01882208d882809d"), "{h}");
+    assert_eq!(h, fixture()["slice_sha256"].as_str().unwrap());
+    assert_eq!(windows.len(), 64);
+    assert_eq!(windows[3][0], 1, "every window starts with BOS id 1");
+    assert_eq!(&windows[3][1..], &slice[3 * 511..4 * 511]);
+}
+
+/// The first windows' NLL (the Q4_1 GGUF dequantized is the F32 model) equal the numpy
+/// reference's to f32 accuracy.
+#[test]
+fn first_windows_match_numpy_reference() {
+    let (_, m, tok) = load_llama(&smollm2(), None).unwrap();
+    let o = opts(2, 0);
+    let (_, _, windows) = corpus_windows(&tok, &corpus(), m.cfg.bos, &o).unwrap();
+    let r = ppl::evaluate(&m, None, &windows, &o, &mut |_, _| {}).unwrap();
+    let fx = fixture();
+    for (w, got) in r.per_window.iter().enumerate() {
+        let want = &fx["windows"][w];
+        let (s, s2) = (
+            want["nll_sum"].as_f64().unwrap(),
+            want["nll_sum_second_half"].as_f64().unwrap(),
+        );
+        assert_eq!((got.n, got.n_second), (511, 256));
+        // Mean NLL within 2e-6 nats: f32 products summed in different orders.
+        assert!(
+            (got.sum - s).abs() < 1e-3,
+            "window {w}: {} vs numpy {s}",
+            got.sum
+        );
+        assert!(
+            (got.sum_second - s2).abs() < 1e-3,
+            "window {w}: {} vs {s2}",
+            got.sum_second
+        );
+    }
+    let p = r.perplexity.ppl;
+    let want = ((fx["windows"][0]["nll_sum"].as_f64().unwrap()
+        + fx["windows"][1]["nll_sum"].as_f64().unwrap())
+        / 1022.0)
+        .exp();
+    assert!((p / want - 1.0).abs() < 1e-5, "{p} vs {want}");
+}
+
+/// A `.tpk` carries the tokenizer and hyperparameters: a lossless one evaluates exactly as its
+/// GGUF; against itself KLD is 0 and top-1 agreement 100 %; a bf16 one drifts a little.
+#[test]
+fn tpk_models_and_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let lossless = dir.path().join("lossless.tpk");
+    let bf16 = dir.path().join("bf16.tpk");
+    let gguf = smollm2();
+    let g = gguf.to_str().unwrap();
+    tenpak_ok(&[
+        "compress",
+        g,
+        "-o",
+        lossless.to_str().unwrap(),
+        "--codec",
+        "zstd",
+    ]);
+    tenpak_ok(&[
+        "compress",
+        g,
+        "-o",
+        bf16.to_str().unwrap(),
+        "--codec",
+        "bf16",
+    ]);
+    let c = corpus();
+    let cs = c.to_str().unwrap();
+    let run = |model: &Path, reference: Option<&Path>| -> serde_json::Value {
+        let mut args = vec![
+            "eval",
+            "ppl",
+            model.to_str().unwrap(),
+            "--corpus",
+            cs,
+            "--windows",
+            "2",
+            "--kld-windows",
+            "1",
+            "--json",
+        ];
+        if let Some(r) = reference {
+            args.extend(["--reference", r.to_str().unwrap()]);
+        }
+        serde_json::from_str(&tenpak_ok(&args)).unwrap()
+    };
+    let base = run(&gguf, None);
+    let same = run(&lossless, Some(&gguf));
+    assert_eq!(
+        same["perplexity"]["ppl"], base["perplexity"]["ppl"],
+        "lossless .tpk, same figures"
+    );
+    assert_eq!(same["per_window"], base["per_window"]);
+    let cmp = &same["comparison"];
+    assert_eq!(cmp["delta_ppl_pct"].as_f64().unwrap(), 0.0);
+    assert!(cmp["kld"].as_f64().unwrap().abs() < 1e-9);
+    assert_eq!(cmp["top1_agree_pct"].as_f64().unwrap(), 100.0);
+    assert_eq!(cmp["kld_tokens"], 511);
+    assert_eq!(same["slice_sha256"], base["slice_sha256"]);
+
+    let b = run(&bf16, Some(&gguf));
+    let cmp = &b["comparison"];
+    let (d, se, kld, top1) = (
+        cmp["delta_ppl_pct"].as_f64().unwrap(),
+        cmp["delta_ppl_se_pct"].as_f64().unwrap(),
+        cmp["kld"].as_f64().unwrap(),
+        cmp["top1_agree_pct"].as_f64().unwrap(),
+    );
+    assert!(
+        d.abs() < 0.5 && se > 0.0 && se < 0.5,
+        "bf16 ΔPPL {d} ± {se}"
+    );
+    assert!(kld > 0.0 && kld < 0.005, "bf16 KLD {kld}");
+    assert!(top1 > 95.0 && top1 <= 100.0, "bf16 top-1 {top1}");
+    assert_eq!(
+        cmp["reference_perplexity"]["ppl"],
+        base["perplexity"]["ppl"]
+    );
+    // The table form names every figure.
+    let t = tenpak_ok(&[
+        "eval",
+        "ppl",
+        bf16.to_str().unwrap(),
+        "--reference",
+        g,
+        "--corpus",
+        cs,
+        "--windows",
+        "2",
+        "--kld-windows",
+        "1",
+    ]);
+    for k in ["PPL:", "ΔPPL:", "KLD:", "top-1 agreement", "tokens/s"] {
+        assert!(t.contains(k), "{k} missing from:\n{t}");
+    }
+}
+
+/// A Hugging Face folder (HF tensor names, q/k rows in HF order, config.json, tokenizer.json)
+/// gives the GGUF's logits.
+#[test]
+fn hf_folder_matches_gguf() {
+    use tenpak::input::gguf::GgufSource;
+    use tenpak::input::TensorSource;
+    let gguf = smollm2();
+    let src = GgufSource::open(&gguf).unwrap();
+    let meta = |k: &str| src.meta(k).unwrap().as_f64().unwrap();
+    let (e, heads, kv) = (
+        meta("llama.embedding_length") as usize,
+        meta("llama.attention.head_count") as usize,
+        meta("llama.attention.head_count_kv") as usize,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (i, t) in src.tensors().iter().enumerate() {
+        let mut v = Vec::new();
+        tenpak::dtype::to_f32(t.dtype, &src.data(i).unwrap(), &mut v);
+        let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        let name = t.name.replace("blk.", "model.layers.");
+        let name = match name.as_str() {
+            "token_embd.weight" => "model.embed_tokens.weight".to_string(),
+            "output_norm.weight" => "model.norm.weight".to_string(),
+            n => n
+                .replace("attn_norm", "input_layernorm")
+                .replace("ffn_norm", "post_attention_layernorm")
+                .replace("attn_q", "self_attn.q_proj")
+                .replace("attn_k", "self_attn.k_proj")
+                .replace("attn_v", "self_attn.v_proj")
+                .replace("attn_output", "self_attn.o_proj")
+                .replace("ffn_gate", "mlp.gate_proj")
+                .replace("ffn_up", "mlp.up_proj")
+                .replace("ffn_down", "mlp.down_proj"),
+        };
+        // convert_hf_to_gguf.py permutes q/k as reshape(h, 2, hd/2, in).swapaxes(1, 2);
+        // invert it: HF row (head, half, j) is GGUF row (head, j, half).
+        let nh = if name.ends_with("q_proj.weight") {
+            heads
+        } else if name.ends_with("k_proj.weight") {
+            kv
+        } else {
+            0
+        };
+        if nh > 0 {
+            let (rows, cols) = (dims[0], dims[1]);
+            let hd = rows / nh;
+            let mut hf = vec![0f32; v.len()];
+            for head in 0..nh {
+                for half in 0..2 {
+                    for j in 0..hd / 2 {
+                        let dst = head * hd + half * hd / 2 + j;
+                        let srcr = head * hd + j * 2 + half;
+                        hf[dst * cols..(dst + 1) * cols]
+                            .copy_from_slice(&v[srcr * cols..(srcr + 1) * cols]);
+                    }
+                }
+            }
+            v = hf;
+        }
+        tensors.push((name, dims, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+    }
+    write_st(
+        &dir.path().join("model.safetensors"),
+        tensors
+            .iter()
+            .map(|(n, d, b)| (n.as_str(), safetensors::Dtype::F32, d.clone(), b.clone()))
+            .collect(),
+    );
+    let config = serde_json::json!({
+        "model_type": "llama",
+        "hidden_size": e,
+        "intermediate_size": meta("llama.feed_forward_length"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "num_hidden_layers": meta("llama.block_count"),
+        "rms_norm_eps": meta("llama.attention.layer_norm_rms_epsilon"),
+        "rope_theta": meta("llama.rope.freq_base"),
+        "vocab_size": 49152,
+        "bos_token_id": 1,
+        "tie_word_embeddings": true
+    });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let (_, gm, gtok) = load_llama(&gguf, None).unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer.json"),
+        gtok.inner().to_string(false).unwrap(),
+    )
+    .unwrap();
+
+    let (_, hm, htok) = load_llama(dir.path(), None).unwrap();
+    let text = std::fs::read_to_string(corpus()).unwrap();
+    let sample = &text[..4000];
+    let ids = htok.encode(sample).unwrap();
+    assert_eq!(
+        ids,
+        gtok.encode(sample).unwrap(),
+        "tokenizer.json tokenizes as the GGUF"
+    );
+    let win: Vec<u32> = std::iter::once(1)
+        .chain(ids.iter().copied().take(95))
+        .collect();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    gm.forward(&win, &mut a, None).unwrap();
+    hm.forward(&win, &mut b, None).unwrap();
+    assert_eq!(a.len(), 96 * 49152);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-4,
+        "HF folder logits differ from the GGUF's by {worst}"
+    );
+}
+
+#[test]
+fn eval_errors_name_the_problem() {
+    let e = tenpak_fails(
+        &[
+            "eval",
+            "ppl",
+            smollm2().to_str().unwrap(),
+            "--corpus",
+            "/nonexistent/corpus.txt",
+        ],
+        1,
+    );
+    assert!(
+        e.contains("fetch-corpus.sh") && e.contains("corpus.txt"),
+        "{e}"
+    );
+    let e = tenpak_fails(
+        &[
+            "eval",
+            "ppl",
+            minilm().to_str().unwrap(),
+            "--corpus",
+            corpus().to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(e.contains("bert") || e.contains("llama"), "{e}");
+    let e = tenpak_fails(
+        &[
+            "eval",
+            "ppl",
+            smollm2().to_str().unwrap(),
+            "--corpus",
+            corpus().to_str().unwrap(),
+            "--windows",
+            "1000",
+        ],
+        2,
+    );
+    assert!(e.contains("windows"), "{e}");
+}
+
+/// The full-slice gate: F32 SmolLM2 within 0.5 % of llama.cpp's 35.253 (eval.md §4). About a
+/// minute on two cores in release; run with `cargo test --release -- --ignored full_slice`.
+#[test]
+#[ignore]
+fn full_slice_ppl_within_half_percent_of_llama_cpp() {
+    let (_, m, tok) = load_llama(&smollm2(), None).unwrap();
+    let o = PplOptions::default();
+    let (_, _, windows) = corpus_windows(&tok, &corpus(), m.cfg.bos, &o).unwrap();
+    let r = ppl::evaluate(&m, None, &windows, &o, &mut |_, _| {}).unwrap();
+    let p = r.perplexity.ppl;
+    assert!((p / 35.253 - 1.0).abs() < 0.005, "PPL {p}");
+    eprintln!(
+        "full slice: PPL {p:.4}, 2nd half {:.4}, {:.0} tokens/s",
+        r.perplexity.ppl_second_half, r.tokens_per_s
+    );
+}
