@@ -252,7 +252,7 @@ pub fn decompress(
             "metadata": { "total_size": total },
             "weight_map": weight_map,
         });
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        let mut tmp = crate::atomic::temp_in(&dir, ".tenpak-", ".json.tmp")
             .map_err(|e| Error::io("create a temporary file", e).with_file(&dir))?;
         tmp.write_all(serde_json::to_string_pretty(&index).unwrap().as_bytes())
             .map_err(|e| Error::io("write", e).with_file(&index_path))?;
@@ -311,10 +311,7 @@ fn write_shard(
     while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
-    let tmp = tempfile::Builder::new()
-        .prefix(".tenpak-")
-        .suffix(".safetensors.tmp")
-        .tempfile_in(dir)
+    let tmp = crate::atomic::temp_in(dir, ".tenpak-", ".safetensors.tmp")
         .map_err(|e| Error::io("create a temporary file", e).with_file(dir))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
     let io = |e| Error::io("write safetensors", e);

@@ -30,10 +30,7 @@ fn atomic_png(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()>
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".tenpak-plot-")
-        .suffix(".png")
-        .tempfile_in(dir)
+    let tmp = crate::atomic::temp_in(dir, ".tenpak-plot-", ".png")
         .map_err(|e| Error::io("create a temporary file", e).with_file(path))?;
     draw(tmp.path())?;
     tmp.persist(path)
@@ -422,6 +419,88 @@ fn size_vs_accuracy_to(
             .draw_series([Circle::new((*x, y_of(*v)), 6, c.filled())])
             .map_err(|e| plot_err(path, e))?
             .label(format!("{name} ({x:.2} bpw, {metric} {v:.6})"))
+            .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
+
+/// The size–quality frontier: each variant as a labelled point (bits per weight, y on a log
+/// axis), tenpak's in one color and other tools' (`others`) in another.
+pub fn frontier(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    ours: &[(String, f64, f64)],
+    others: &[(String, f64, f64)],
+) -> Result<()> {
+    atomic_png(path, |tmp| frontier_to(tmp, title, y_desc, ours, others))
+}
+
+fn frontier_to(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    ours: &[(String, f64, f64)],
+    others: &[(String, f64, f64)],
+) -> Result<()> {
+    fonts();
+    // Exact points (KLD 0) sit on the floor of the axis.
+    let floor = 1e-7;
+    let pts = || {
+        ours.iter()
+            .chain(others)
+            .map(|(_, x, y)| (*x, y.max(floor)))
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+    };
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for (x, y) in pts() {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (0.0, 1.0, 1e-6, 1.0);
+    }
+    let px = ((x1 - x0) * 0.08).max(0.25);
+    let root = BitMapBackend::new(path, (1200, 800)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(90)
+        .build_cartesian_2d(x0 - px..x1 + px * 2.5, (y0 / 3.0..y1 * 3.0).log_scale())
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("bits per weight (file size)")
+        .y_desc(y_desc)
+        .y_label_formatter(&|v| format!("{v:.0e}"))
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    for (set, c, name) in [(ours, color(0), "tenpak"), (others, color(3), "other tools")] {
+        if set.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(set.iter().map(|(label, x, y)| {
+                EmptyElement::at((*x, y.max(floor)))
+                    + Circle::new((0, 0), 5, c.filled())
+                    + Text::new(label.clone(), (7, -6), ("sans-serif", 12).into_font())
+            }))
+            .map_err(|e| plot_err(path, e))?
+            .label(name)
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
     }
     chart

@@ -344,3 +344,105 @@ fn full_slice_ppl_within_half_percent_of_llama_cpp() {
         r.perplexity.ppl_second_half, r.tokens_per_s
     );
 }
+
+/// `kv capture` writes the reference dump layout; layer 0's values and RoPE'd keys equal an
+/// independent computation from the GGUF's weights (keys in Hugging Face head order); the
+/// decode dumps are one token each; fp16 dumps are the fp32 ones rounded.
+#[test]
+fn kv_capture_layout_and_values() {
+    use tenpak::input::gguf::GgufSource;
+    use tenpak::input::TensorSource;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("dumps");
+    let g = smollm2();
+    let c = corpus();
+    let args = |dtype: &str, prefix: &str| {
+        vec![
+            "kv".to_string(), "capture".into(), g.to_str().unwrap().into(), "-o".into(),
+            root.to_str().unwrap().into(), "--corpus".into(), c.to_str().unwrap().into(),
+            "--ctx".into(), "24".into(), "--windows".into(), "2".into(), "--decode-steps".into(),
+            "2".into(), "--dtype".into(), dtype.into(), "--run-prefix".into(), prefix.into(),
+            "--json".into(),
+        ]
+    };
+    let a32 = args("fp32", "f32-");
+    let r: serde_json::Value =
+        serde_json::from_str(&tenpak_ok(&a32.iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
+    assert_eq!(r["runs"], serde_json::json!(["f32-w000", "f32-w001"]));
+    assert_eq!(r["dumps"], 2 * 30 * 3);
+    let (kvh, hd) = (3usize, 64usize);
+    let layer0 = root.join("f32-w001/layer_0");
+    let read = |p: &Path| -> Vec<f32> {
+        std::fs::read(p).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    };
+    for (s, e, stage) in [(0, 24, "prefill"), (24, 25, "decode"), (25, 26, "decode")] {
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(layer0.join(format!("meta_t{s}_{e}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m["stage"], stage);
+        assert_eq!((m["seq_start"].as_u64(), m["seq_len"].as_u64()), (Some(s), Some(e - s)));
+        assert_eq!(m["seq_end_exclusive"], e);
+        assert_eq!((m["kv_heads"].as_u64(), m["head_dim"].as_u64()), (Some(3), Some(64)));
+        assert_eq!((m["bytes_per_elem"].as_u64(), m["dtype"].as_str()), (Some(4), Some("fp32")));
+        assert_eq!(m["run_id"], "f32-w001");
+        assert_eq!(m["layer_id"], 0);
+        assert_eq!(m["k_file"], format!("k_t{s}_{e}.bin"));
+        let n = (e - s) as usize * kvh * hd * 4;
+        assert_eq!(std::fs::metadata(layer0.join(format!("v_t{s}_{e}.bin"))).unwrap().len() as usize, n);
+    }
+    // Independent layer-0 values and keys of window 1: x = rmsnorm(embedding of each token).
+    let src = GgufSource::open(&g).unwrap();
+    let get = |name: &str| -> Vec<f32> {
+        let i = src.tensors().iter().position(|t| t.name == name).unwrap();
+        let mut v = Vec::new();
+        tenpak::dtype::to_f32(src.tensors()[i].dtype, &src.data(i).unwrap(), &mut v);
+        v
+    };
+    let (emb, norm, wk, wv) = (
+        get("token_embd.weight"),
+        get("blk.0.attn_norm.weight"),
+        get("blk.0.attn_k.weight"),
+        get("blk.0.attn_v.weight"),
+    );
+    let (_, m, tok) = load_llama(&g, None).unwrap();
+    let o = opts(2, 0);
+    let (_, _, wins) = corpus_windows(&tok, &c, m.cfg.bos, &PplOptions { ctx: 24, ..o }).unwrap();
+    let e = 576;
+    let v_dump = read(&layer0.join("v_t0_24.bin"));
+    let k_dump = read(&layer0.join("k_t0_24.bin"));
+    for (p, &t) in wins[1].iter().enumerate() {
+        let row = &emb[t as usize * e..(t as usize + 1) * e];
+        let ms = row.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / e as f64;
+        let x: Vec<f64> = row.iter().zip(&norm).map(|(&a, &w)| a as f64 / (ms + 1e-5).sqrt() * w as f64).collect();
+        let dot = |w: &[f32], r: usize| -> f64 { w[r * e..(r + 1) * e].iter().zip(&x).map(|(&a, b)| a as f64 * b).sum() };
+        for r in 0..kvh * hd {
+            let got = v_dump[p * kvh * hd + r] as f64;
+            assert!((got - dot(&wv, r)).abs() < 1e-4, "v pos {p} row {r}");
+        }
+        for head in 0..kvh {
+            for j in 0..hd / 2 {
+                // HF order: dims j and j + hd/2 of a head are GGUF rows 2j and 2j + 1.
+                let (a, b) = (dot(&wk, head * hd + 2 * j), dot(&wk, head * hd + 2 * j + 1));
+                let ang = p as f64 * 100_000f64.powf(-2.0 * j as f64 / hd as f64);
+                let (ra, rb) = (a * ang.cos() - b * ang.sin(), b * ang.cos() + a * ang.sin());
+                let at = p * kvh * hd + head * hd;
+                let (ga, gb) = (k_dump[at + j] as f64, k_dump[at + j + hd / 2] as f64);
+                assert!((ga - ra).abs() < 2e-3 && (gb - rb).abs() < 2e-3, "k pos {p} head {head} j {j}: ({ga}, {gb}) vs ({ra}, {rb})");
+            }
+        }
+    }
+    // fp16 dumps: the fp32 values rounded to nearest even.
+    let a16 = args("fp16", "f16-");
+    tenpak_ok(&a16.iter().map(String::as_str).collect::<Vec<_>>());
+    let h = std::fs::read(root.join("f16-w001/layer_7/k_t24_25.bin")).unwrap();
+    let f = read(&root.join("f32-w001/layer_7/k_t24_25.bin"));
+    assert_eq!(h.len(), f.len() * 2);
+    for (b, &x) in h.chunks_exact(2).zip(&f) {
+        assert_eq!(u16::from_le_bytes([b[0], b[1]]), half::f16::from_f32(x).to_bits());
+    }
+    // A run is never half-written or silently replaced.
+    let e = tenpak_fails(&a32.iter().map(String::as_str).collect::<Vec<_>>(), 1);
+    assert!(e.contains("--force"), "{e}");
+    assert!(std::fs::read_dir(&root).unwrap().all(|d| !d.unwrap().file_name().to_string_lossy().ends_with(".partial")));
+}

@@ -14,6 +14,89 @@ pub(super) enum EvalCommand {
     /// Perplexity of a causal LM (llama) on the evaluation corpus; with --reference also the
     /// paired ΔPPL and its standard error, KL divergence and top-1 agreement.
     Ppl(PplArgs),
+    /// The size–quality frontier: compress MODEL with each codec or config into real .tpk
+    /// files, evaluate each against MODEL; writes frontier.csv, frontier.json, frontier.png.
+    Sweep(SweepArgs),
+}
+
+#[derive(Args)]
+pub(super) struct SweepArgs {
+    /// The uncompressed model (GGUF or Hugging Face folder); also the reference.
+    model: PathBuf,
+    /// Codec specs, comma-separated (for example bf16,bfp8,int4_g32).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    codecs: Vec<String>,
+    /// A folder of compression configs (every *.json in it, in name order), or one config.
+    #[arg(long, value_name = "DIR")]
+    configs: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long, short, value_name = "DIR", default_value = "sweep")]
+    out: PathBuf,
+    /// Other tools' points for the plot: CSV label,bits_per_weight,kld[,delta_ppl_pct].
+    #[arg(long, value_name = "CSV")]
+    reference_points: Option<PathBuf>,
+    /// Corpus text (built by scripts/fetch-corpus.sh).
+    #[arg(long, value_name = "FILE", default_value = tenpak::eval::DEFAULT_CORPUS)]
+    corpus: PathBuf,
+    /// Window length, BOS included.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Windows, from the start of the corpus.
+    #[arg(long, default_value_t = 64)]
+    windows: usize,
+    /// Windows (from the first) that KLD and top-1 agreement cover.
+    #[arg(long, default_value_t = 32)]
+    kld_windows: usize,
+    /// Keep the .tpk files (under OUT/tpk).
+    #[arg(long)]
+    keep_tpk: bool,
+    /// Print the frontier as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub(super) enum KvCommand {
+    /// Run a causal LM over the evaluation windows and write every layer's keys (after RoPE)
+    /// and values in the reference dump layout: <OUT>/<run_id>/layer_<i>/{k,v}_t<s>_<e>.bin and
+    /// meta_t<s>_<e>.json, [seq_len, kv_heads, head_dim]. One run per window.
+    Capture(CaptureArgs),
+}
+
+#[derive(Args)]
+pub(super) struct CaptureArgs {
+    /// The model: a GGUF file, a Hugging Face folder, or a .tpk made from either.
+    model: PathBuf,
+    /// Dump root folder (created if missing).
+    #[arg(short, long, value_name = "DIR")]
+    out: PathBuf,
+    /// Base model of a delta .tpk.
+    #[arg(long, value_name = "BASE")]
+    base: Option<PathBuf>,
+    /// Corpus text (built by scripts/fetch-corpus.sh).
+    #[arg(long, value_name = "FILE", default_value = tenpak::eval::DEFAULT_CORPUS)]
+    corpus: PathBuf,
+    /// Window length, BOS included (the prefill dump's seq_len).
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Windows to capture, from the start of the corpus.
+    #[arg(long, default_value_t = 4)]
+    windows: usize,
+    /// One-token decode-stage dumps after each prefill (greedy decoding).
+    #[arg(long, default_value_t = 0)]
+    decode_steps: usize,
+    /// Element type of the dump files: fp32 or fp16.
+    #[arg(long, default_value = "fp32")]
+    dtype: String,
+    /// Run ids are <PREFIX>w<NNN>.
+    #[arg(long, default_value = "", value_name = "PREFIX")]
+    run_prefix: String,
+    /// Replace runs that exist.
+    #[arg(long)]
+    force: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -57,8 +140,173 @@ fn window_bar(quiet: bool, windows: usize) -> Option<ProgressBar> {
     Some(pb)
 }
 
+pub(super) fn run_kv(cmd: &KvCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i32, Error> {
+    match cmd {
+        KvCommand::Capture(a) => {
+            let dtype = match a.dtype.as_str() {
+                "fp32" | "f32" => tenpak::eval::capture::DumpDType::Fp32,
+                "fp16" | "f16" => tenpak::eval::capture::DumpDType::Fp16,
+                d => return Err(Error::config(format!("--dtype '{d}': fp32 or fp16"))),
+            };
+            let opts = tenpak::eval::capture::CaptureOptions {
+                root: a.out.clone(),
+                run_prefix: a.run_prefix.clone(),
+                windows: PplOptions {
+                    ctx: a.ctx,
+                    windows: a.windows,
+                    kld_windows: 0,
+                },
+                decode_steps: a.decode_steps,
+                dtype,
+                force: a.force,
+            };
+            let bar = window_bar(quiet, a.windows);
+            let start = std::time::Instant::now();
+            let mut on_window = progress_fn(&bar, start);
+            let r = tenpak::eval::capture::capture(
+                &a.model,
+                a.base.as_deref(),
+                &a.corpus,
+                &opts,
+                &mut on_window,
+            )?;
+            drop(on_window);
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            if a.json {
+                json(out, &r);
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{}: {} runs x {} layers ({} kv heads x {}), {} dumps, {} bytes of {} in {}",
+                    r.model,
+                    r.runs.len(),
+                    r.layers,
+                    r.kv_heads,
+                    r.head_dim,
+                    r.dumps,
+                    r.bytes,
+                    a.dtype,
+                    r.root.display()
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// The per-window callback: the Ctrl-C check and the bar's tokens/s.
+fn progress_fn(
+    bar: &Option<ProgressBar>,
+    start: std::time::Instant,
+) -> impl FnMut(usize, usize) + '_ {
+    move |done: usize, tokens: usize| {
+        if CANCELLED.load(Ordering::Relaxed) {
+            eprintln!("tenpak: interrupted");
+            std::process::exit(130);
+        }
+        if let Some(b) = bar {
+            b.set_position(done as u64);
+            b.set_message(format!(
+                "{:.0} tokens/s",
+                tokens as f64 / start.elapsed().as_secs_f64().max(1e-9)
+            ));
+        }
+    }
+}
+
 pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i32, Error> {
     match cmd {
+        EvalCommand::Sweep(a) => {
+            use tenpak::eval::sweep::Variant;
+            let mut variants: Vec<Variant> = a
+                .codecs
+                .iter()
+                .filter(|c| !c.trim().is_empty())
+                .map(|c| Variant::Codec(c.trim().to_string()))
+                .collect();
+            if let Some(dir) = &a.configs {
+                if dir.is_dir() {
+                    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                        .map_err(|e| Error::io("read the configs folder", e).with_file(dir))?
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                        .collect();
+                    files.sort();
+                    variants.extend(files.into_iter().map(Variant::Config));
+                } else {
+                    variants.push(Variant::Config(dir.clone()));
+                }
+            }
+            let others = match &a.reference_points {
+                Some(p) => tenpak::eval::sweep::read_points(p)?,
+                None => Vec::new(),
+            };
+            let opts = PplOptions {
+                ctx: a.ctx,
+                windows: a.windows,
+                kld_windows: a.kld_windows.min(a.windows),
+            };
+            let bar = window_bar(quiet, a.windows);
+            let mut on_step = |label: &str, done: usize, _n: usize| {
+                if CANCELLED.load(Ordering::Relaxed) {
+                    eprintln!("tenpak: interrupted");
+                    std::process::exit(130);
+                }
+                if let Some(b) = &bar {
+                    if done == 1 {
+                        b.reset();
+                    }
+                    b.set_position(done as u64);
+                    b.set_message(label.to_string());
+                }
+            };
+            let f = tenpak::eval::sweep::sweep(
+                &a.model,
+                &variants,
+                &a.corpus,
+                &opts,
+                &a.out,
+                others,
+                a.keep_tpk,
+                &mut on_step,
+            )?;
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            if a.json {
+                json(out, &f);
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{}: {} parameters, {} windows (KLD over {})",
+                    f.model, f.parameters, f.windows, f.kld_windows
+                );
+                let _ = writeln!(
+                    out,
+                    "{:<34} {:>7} {:>8} {:>9} {:>17} {:>9} {:>7}",
+                    "variant", "bpw", "ratio", "PPL", "ΔPPL ± SE", "KLD", "top-1"
+                );
+                for r in &f.rows {
+                    let grid = if r.source_grid_exact >= 0.5 { " [Q4_1 grid]" } else { "" };
+                    let _ = writeln!(
+                        out,
+                        "{:<34} {:>7.3} {:>7.2}x {:>9.4} {:>+8.3}% ± {:>5.3}% {:>9.5} {:>6.2}%",
+                        format!("{}{grid}", r.label),
+                        r.bits_per_weight,
+                        r.ratio_vs_fp32,
+                        r.ppl,
+                        r.delta_ppl_pct,
+                        r.delta_ppl_se_pct,
+                        r.kld,
+                        r.top1_agree_pct
+                    );
+                }
+                let _ = writeln!(out, "wrote frontier.csv, frontier.json, frontier.png in {}", f.out_dir.display());
+            }
+            Ok(0)
+        }
         EvalCommand::Ppl(a) => {
             let opts = PplOptions {
                 ctx: a.ctx,
@@ -74,20 +322,9 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
             };
             let bar = window_bar(quiet, a.windows);
             let start = std::time::Instant::now();
-            let mut on_window = |done: usize, tokens: usize| {
-                if CANCELLED.load(Ordering::Relaxed) {
-                    eprintln!("tenpak: interrupted");
-                    std::process::exit(130);
-                }
-                if let Some(b) = &bar {
-                    b.set_position(done as u64);
-                    b.set_message(format!(
-                        "{:.0} tokens/s",
-                        tokens as f64 / start.elapsed().as_secs_f64().max(1e-9)
-                    ));
-                }
-            };
+            let mut on_window = progress_fn(&bar, start);
             let r = tenpak::eval::eval_ppl(&req, &mut on_window)?;
+            drop(on_window);
             if let Some(b) = bar {
                 b.finish_and_clear();
             }

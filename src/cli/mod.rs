@@ -55,6 +55,9 @@ enum Command {
     /// Evaluate model quality: perplexity, KL divergence, top-1 agreement.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// KV-cache work: capture real caches from a model.
+    #[command(subcommand)]
+    Kv(eval::KvCommand),
 }
 
 #[derive(Args)]
@@ -524,6 +527,7 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
             Ok(0)
         }
         Command::Eval(c) => eval::run(c, cli.quiet, out),
+        Command::Kv(c) => eval::run_kv(c, cli.quiet, out),
         Command::Inspect(a) => {
             let r = tenpak::inspect::inspect(&a.file)?;
             if a.json {

@@ -4,10 +4,12 @@
 //! Models are GGUF files, Hugging Face folders or `.tpk` files made from either (decoded in
 //! memory). The forward pass is candle's, in f32.
 
+pub mod capture;
 pub mod kernels;
 pub mod llama;
 pub mod model;
 pub mod ppl;
+pub mod sweep;
 pub mod tokenizer;
 
 use crate::error::{Error, Result};

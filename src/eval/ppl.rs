@@ -233,6 +233,11 @@ pub fn reference_run(
     })
 }
 
+/// The reference's own perplexity from its cached run.
+pub fn evaluate_cached_self(run: &ReferenceRun) -> Perplexity {
+    perplexity(&run.per_window)
+}
+
 /// Evaluate `model` on `windows`; with a reference, also paired ΔPPL, KLD and top-1. The
 /// reference is either run alongside window by window or given as a cached [`ReferenceRun`].
 pub fn evaluate(

@@ -40,9 +40,16 @@ impl TpkWriter {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "out".into());
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{base}."))
-            .suffix(".tmp")
+        let prefix = format!(".{base}.");
+        let mut b = tempfile::Builder::new();
+        b.prefix(&prefix).suffix(".tmp");
+        // The output is an ordinary file: 0666 less the umask, not tempfile's private 0600.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            b.permissions(std::fs::Permissions::from_mode(0o666));
+        }
+        let tmp = b
             .tempfile_in(&dir)
             .map_err(io(format!("create a temporary file in {}", dir.display())))?;
         let mut out = BufWriter::with_capacity(1 << 20, tmp);
