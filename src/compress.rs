@@ -274,8 +274,10 @@ pub fn effective_pipeline(p: &Pipeline, dtype: DType) -> Pipeline {
     }
 }
 
-/// How a tensor is stored: its pipeline and element layout, after the tile policy (tile codecs
-/// leave vectors and scalars raw unless `tile_vectors`).
+/// How a tensor is stored: its pipeline and element layout, after the vector policy: lossy
+/// codecs quantize matrices and leave vectors and scalars (norms, biases) raw unless
+/// `tile_vectors`, as quantizers do (a norm costs nothing to keep and much to lose). Deltas
+/// against a base keep their codec on vectors too.
 pub fn tensor_plan(p: &Pipeline, info: &TensorInfo, opts: &CompressOptions) -> (Pipeline, Layout) {
     let p = effective_pipeline(p, info.dtype);
     let p = match p.tensor_codec().for_shape(&info.dims) {
@@ -283,6 +285,13 @@ pub fn tensor_plan(p: &Pipeline, info: &TensorInfo, opts: &CompressOptions) -> (
         None => p,
     };
     if !p.tensor_codec().tiled() {
+        if info.dims.len() < 2
+            && !opts.tile_vectors
+            && opts.base.is_none()
+            && !p.tensor_codec().lossless()
+        {
+            return (p.with_tensor_codec(Arc::new(RawCodec)), Layout::RowMajor);
+        }
         return (p, Layout::RowMajor);
     }
     if info.dims.len() < 2 && !opts.tile_vectors {

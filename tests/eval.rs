@@ -446,3 +446,64 @@ fn kv_capture_layout_and_values() {
     assert!(e.contains("--force"), "{e}");
     assert!(std::fs::read_dir(&root).unwrap().all(|d| !d.unwrap().file_name().to_string_lossy().ends_with(".partial")));
 }
+
+/// The Rust BERT pipeline (tokenizer.json truncated at 256, encoder, mean pooling, L2 norm)
+/// reproduces sentence-transformers' embeddings (fixture made by
+/// scripts/minilm_embedding_fixture.py with the library itself).
+#[test]
+fn minilm_matches_sentence_transformers() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval/minilm_st_embeddings.json");
+    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let dir = minilm();
+    let (_, bert) = tenpak::eval::embed::load_bert(dir.parent().unwrap(), None, 256).unwrap();
+    let texts = fx["texts"].as_array().unwrap();
+    let mut truncated = 0;
+    for t in texts {
+        let text = t["text"].as_str().unwrap();
+        let ids = bert.tokenize(text).unwrap();
+        assert_eq!(ids.len() as u64, t["tokens"].as_u64().unwrap(), "{text:.60}");
+        truncated += (ids.len() == 256) as usize;
+        let got = bert.embed(text).unwrap();
+        let want: Vec<f64> = t["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(got.len(), want.len());
+        let worst = got.iter().zip(&want).map(|(&a, b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+        let cos: f64 = got.iter().zip(&want).map(|(&a, b)| a as f64 * b).sum();
+        assert!(worst < 2e-5 && cos > 0.999_999, "{text:.60}: max diff {worst}, cos {cos}");
+    }
+    assert_eq!(truncated, 1, "the long text is cut at 256 word pieces");
+    // The sentence split of eval.md §5 finds the same sentences as the Python script.
+    let s = tenpak::eval::embed::corpus_sentences(&corpus(), usize::MAX).unwrap();
+    assert_eq!(s.len() as u64, fx["sentences_total"].as_u64().unwrap());
+    for (a, t) in s.iter().zip(texts.iter().take(12)) {
+        assert_eq!(a, t["text"].as_str().unwrap());
+    }
+}
+
+/// `eval embed` on the CLI: a bf16 MiniLM drifts by almost nothing, itself by nothing.
+#[test]
+fn eval_embed_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let bf16 = dir.path().join("bf16.tpk");
+    let m = minilm();
+    tenpak_ok(&["compress", m.to_str().unwrap(), "-o", bf16.to_str().unwrap(), "--codec", "bf16"]);
+    let c = corpus();
+    let run = |model: &Path| -> serde_json::Value {
+        serde_json::from_str(&tenpak_ok(&[
+            "eval", "embed", model.to_str().unwrap(), "--reference", m.to_str().unwrap(), "--corpus",
+            c.to_str().unwrap(), "--lines", "120", "--json",
+        ]))
+        .unwrap()
+    };
+    let same = run(&m);
+    assert_eq!(same["sentences"], 120);
+    assert!((same["mean_cos"].as_f64().unwrap() - 1.0).abs() < 1e-6);
+    assert_eq!(same["nn_agree_pct"].as_f64().unwrap(), 100.0);
+    let b = run(&bf16);
+    let (mean, min) = (b["mean_cos"].as_f64().unwrap(), b["min_cos"].as_f64().unwrap());
+    assert!(mean > 0.9999 && mean < 1.0 && min <= mean, "bf16 mean cos {mean}, min {min}");
+    let e = tenpak_fails(
+        &["eval", "embed", smollm2().to_str().unwrap(), "--reference", m.to_str().unwrap(), "--corpus", c.to_str().unwrap()],
+        1,
+    );
+    assert!(e.contains("llama") || e.contains("BERT"), "{e}");
+}

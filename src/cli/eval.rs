@@ -17,6 +17,33 @@ pub(super) enum EvalCommand {
     /// The size–quality frontier: compress MODEL with each codec or config into real .tpk
     /// files, evaluate each against MODEL; writes frontier.csv, frontier.json, frontier.png.
     Sweep(SweepArgs),
+    /// Sentence-embedding drift of a BERT-family encoder against its reference: cosine of each
+    /// sentence's two embeddings (mean, 1st percentile, minimum) and nearest-neighbour agreement.
+    Embed(EmbedArgs),
+}
+
+#[derive(Args)]
+pub(super) struct EmbedArgs {
+    /// The model: a Hugging Face folder or safetensors file, or a .tpk made from one.
+    model: PathBuf,
+    /// The model to compare against.
+    #[arg(long, value_name = "REF")]
+    reference: PathBuf,
+    /// Base model of a delta .tpk.
+    #[arg(long, value_name = "BASE")]
+    base: Option<PathBuf>,
+    /// Corpus text (built by scripts/fetch-corpus.sh).
+    #[arg(long, value_name = "FILE", default_value = tenpak::eval::DEFAULT_CORPUS)]
+    corpus: PathBuf,
+    /// Sentences to embed: the first N of the corpus (split after . ! ? + space, >= 5 words).
+    #[arg(long, default_value_t = 2000)]
+    lines: usize,
+    /// Truncation in word pieces ([CLS] and [SEP] included).
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -47,6 +74,9 @@ pub(super) struct SweepArgs {
     /// Windows (from the first) that KLD and top-1 agreement cover.
     #[arg(long, default_value_t = 32)]
     kld_windows: usize,
+    /// Sentences to embed, for encoders (as eval embed --lines).
+    #[arg(long, default_value_t = 2000)]
+    lines: usize,
     /// Keep the .tpk files (under OUT/tpk).
     #[arg(long)]
     keep_tpk: bool,
@@ -218,6 +248,55 @@ fn progress_fn(
 
 pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i32, Error> {
     match cmd {
+        EvalCommand::Embed(a) => {
+            let req = tenpak::eval::embed::EmbedRequest {
+                model: a.model.clone(),
+                reference: a.reference.clone(),
+                base: a.base.clone(),
+                corpus: a.corpus.clone(),
+                lines: a.lines,
+                max_tokens: a.max_tokens,
+            };
+            let bar = window_bar(quiet, 2 * a.lines).inspect(|b| {
+                b.set_style(
+                    ProgressStyle::with_template("{bar:30} {pos}/{len} embeddings, eta {eta}")
+                        .unwrap(),
+                )
+            });
+            let on_done = |_: usize| {
+                if CANCELLED.load(Ordering::Relaxed) {
+                    eprintln!("tenpak: interrupted");
+                    std::process::exit(130);
+                }
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
+            };
+            let r = tenpak::eval::embed::eval_embed(&req, &on_done)?;
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            if a.json {
+                json(out, &r);
+            } else {
+                let f = &r.figures;
+                let _ = writeln!(out, "model:      {}", r.model);
+                let _ = writeln!(out, "reference:  {}", r.reference);
+                let _ = writeln!(out, "sentences:  {}", f.sentences);
+                let _ = writeln!(
+                    out,
+                    "cosine:     mean {:.6}, p1 {:.6}, min {:.6}",
+                    f.mean_cos, f.p1_cos, f.min_cos
+                );
+                let _ = writeln!(out, "NN agree:   {:.2}%", f.nn_agree_pct);
+                let _ = writeln!(
+                    out,
+                    "speed:      {:.0} sentences/s ({:.1} s)",
+                    r.sentences_per_s, r.seconds
+                );
+            }
+            Ok(0)
+        }
         EvalCommand::Sweep(a) => {
             use tenpak::eval::sweep::Variant;
             let mut variants: Vec<Variant> = a
@@ -248,61 +327,39 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
                 windows: a.windows,
                 kld_windows: a.kld_windows.min(a.windows),
             };
-            let bar = window_bar(quiet, a.windows);
-            let mut on_step = |label: &str, done: usize, _n: usize| {
+            let bar = window_bar(quiet, a.windows).inspect(|b| {
+                b.set_style(
+                    ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}").unwrap(),
+                )
+            });
+            let on_step = |label: &str, done: usize, n: usize| {
                 if CANCELLED.load(Ordering::Relaxed) {
                     eprintln!("tenpak: interrupted");
                     std::process::exit(130);
                 }
                 if let Some(b) = &bar {
-                    if done == 1 {
-                        b.reset();
+                    if b.length() != Some(n as u64) || done <= 1 {
+                        b.set_length(n as u64);
                     }
                     b.set_position(done as u64);
                     b.set_message(label.to_string());
                 }
             };
-            let f = tenpak::eval::sweep::sweep(
-                &a.model,
-                &variants,
-                &a.corpus,
-                &opts,
-                &a.out,
-                others,
-                a.keep_tpk,
-                &mut on_step,
-            )?;
+            let sopts = tenpak::eval::sweep::SweepOptions {
+                corpus: a.corpus.clone(),
+                ppl: opts,
+                lines: a.lines,
+                out_dir: a.out.clone(),
+                keep_tpk: a.keep_tpk,
+            };
+            let f = tenpak::eval::sweep::sweep(&a.model, &variants, &sopts, others, &on_step)?;
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
             if a.json {
                 json(out, &f);
             } else {
-                let _ = writeln!(
-                    out,
-                    "{}: {} parameters, {} windows (KLD over {})",
-                    f.model, f.parameters, f.windows, f.kld_windows
-                );
-                let _ = writeln!(
-                    out,
-                    "{:<34} {:>7} {:>8} {:>9} {:>17} {:>9} {:>7}",
-                    "variant", "bpw", "ratio", "PPL", "ΔPPL ± SE", "KLD", "top-1"
-                );
-                for r in &f.rows {
-                    let grid = if r.source_grid_exact >= 0.5 { " [Q4_1 grid]" } else { "" };
-                    let _ = writeln!(
-                        out,
-                        "{:<34} {:>7.3} {:>7.2}x {:>9.4} {:>+8.3}% ± {:>5.3}% {:>9.5} {:>6.2}%",
-                        format!("{}{grid}", r.label),
-                        r.bits_per_weight,
-                        r.ratio_vs_fp32,
-                        r.ppl,
-                        r.delta_ppl_pct,
-                        r.delta_ppl_se_pct,
-                        r.kld,
-                        r.top1_agree_pct
-                    );
-                }
+                sweep_table(out, &f);
                 let _ = writeln!(out, "wrote frontier.csv, frontier.json, frontier.png in {}", f.out_dir.display());
             }
             Ok(0)
@@ -400,4 +457,56 @@ fn ppl_table(out: &mut Vec<u8>, r: &tenpak::eval::PplResult) {
         "speed:      {:.0} tokens/s ({:.1} s; load {:.1} s)",
         p.tokens_per_s, p.seconds, r.load_seconds
     );
+}
+
+fn sweep_table(out: &mut Vec<u8>, f: &tenpak::eval::sweep::Frontier) {
+    let lm = f.family == "llama";
+    if lm {
+        let _ = writeln!(
+            out,
+            "{}: {} parameters, {} windows (KLD over {})",
+            f.model, f.parameters, f.windows, f.kld_windows
+        );
+        let _ = writeln!(
+            out,
+            "{:<40} {:>7} {:>8} {:>9} {:>18} {:>9} {:>7}",
+            "variant", "bpw", "ratio", "PPL", "ΔPPL ± SE", "KLD", "top-1"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{}: {} parameters, {} sentences",
+            f.model, f.parameters, f.sentences
+        );
+        let _ = writeln!(
+            out,
+            "{:<40} {:>7} {:>8} {:>9} {:>9} {:>9} {:>8}",
+            "variant", "bpw", "ratio", "mean cos", "p1 cos", "min cos", "NN agree"
+        );
+    }
+    for r in &f.rows {
+        let grid = if r.source_grid_exact >= 0.5 { " [source grid]" } else { "" };
+        let name = format!("{}{grid}", r.label);
+        if let Some(l) = &r.lm {
+            let _ = writeln!(
+                out,
+                "{:<40} {:>7.3} {:>7.2}x {:>9.4} {:>+8.3}% ± {:>6.3}% {:>9.5} {:>6.2}%",
+                name,
+                r.bits_per_weight,
+                r.ratio_vs_fp32,
+                l.ppl,
+                l.delta_ppl_pct,
+                l.delta_ppl_se_pct,
+                l.kld,
+                l.top1_agree_pct
+            );
+        }
+        if let Some(e) = &r.embed {
+            let _ = writeln!(
+                out,
+                "{:<40} {:>7.3} {:>7.2}x {:>9.6} {:>9.6} {:>9.6} {:>7.2}%",
+                name, r.bits_per_weight, r.ratio_vs_fp32, e.mean_cos, e.p1_cos, e.min_cos, e.nn_agree_pct
+            );
+        }
+    }
 }

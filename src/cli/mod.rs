@@ -189,8 +189,9 @@ struct CompressArgs {
     /// f32 difference through a lossy one (int8_g64, f16, ...). decompress needs --base too.
     #[arg(long, value_name = "BASE")]
     base: Option<PathBuf>,
-    /// Tile codecs: tile vectors and scalars too (by default they are stored raw).
-    #[arg(long)]
+    /// Lossy codecs: apply them to vectors and scalars (norms, biases) too; by default these
+    /// are stored raw.
+    #[arg(long, visible_alias = "vectors")]
     tile_vectors: bool,
     /// Print JSON instead of a table.
     #[arg(long)]

@@ -226,6 +226,16 @@ const ATTN_BLOCK: usize = 64;
 /// values per row, RoPE already applied); returns `[t, h * hd]`. Query head `i` reads key/value
 /// head `i / (h / kvh)`.
 pub fn causal_attention(qkv: &[f32], t: usize, h: usize, kvh: usize, hd: usize) -> Vec<f32> {
+    attention(qkv, t, h, kvh, hd, true)
+}
+
+/// Self-attention of one sequence, every position seeing every other (encoders); layout as
+/// [`causal_attention`].
+pub fn full_attention(qkv: &[f32], t: usize, h: usize, kvh: usize, hd: usize) -> Vec<f32> {
+    attention(qkv, t, h, kvh, hd, false)
+}
+
+fn attention(qkv: &[f32], t: usize, h: usize, kvh: usize, hd: usize, causal: bool) -> Vec<f32> {
     use rayon::prelude::*;
     let w = (h + 2 * kvh) * hd;
     assert_eq!(qkv.len(), t * w);
@@ -242,7 +252,7 @@ pub fn causal_attention(qkv: &[f32], t: usize, h: usize, kvh: usize, hd: usize) 
             let mut r0 = 0;
             while r0 < t {
                 let r1 = (r0 + ATTN_BLOCK).min(t);
-                let (m, n) = (r1 - r0, r1);
+                let (m, n) = (r1 - r0, if causal { r1 } else { t });
                 // SAFETY: every pointer and stride stays inside `qkv`, `scores` and `out`:
                 // rows r0..r1 of q, rows 0..r1 of k and v, m x n of scores, m x hd of out.
                 unsafe {
@@ -269,7 +279,8 @@ pub fn causal_attention(qkv: &[f32], t: usize, h: usize, kvh: usize, hd: usize) 
                     );
                 }
                 for i in 0..m {
-                    softmax_prefix(&mut scores[i * n..(i + 1) * n], r0 + i + 1);
+                    let live = if causal { r0 + i + 1 } else { n };
+                    softmax_prefix(&mut scores[i * n..(i + 1) * n], live);
                 }
                 // SAFETY: as above.
                 unsafe {

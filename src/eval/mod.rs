@@ -4,7 +4,9 @@
 //! Models are GGUF files, Hugging Face folders or `.tpk` files made from either (decoded in
 //! memory). The forward pass is candle's, in f32.
 
+pub mod bert;
 pub mod capture;
+pub mod embed;
 pub mod kernels;
 pub mod llama;
 pub mod model;

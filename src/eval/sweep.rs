@@ -57,6 +57,23 @@ impl Variant {
     }
 }
 
+/// Language-model figures of a row.
+#[derive(Debug, Clone, Serialize)]
+pub struct LmFigures {
+    /// Perplexity, all positions.
+    pub ppl: f64,
+    /// Perplexity, second half of each window.
+    pub ppl_second_half: f64,
+    /// ΔPPL against the reference, percent.
+    pub delta_ppl_pct: f64,
+    /// Its paired standard error, percent.
+    pub delta_ppl_se_pct: f64,
+    /// Mean KL(P_ref || P_model).
+    pub kld: f64,
+    /// Top-1 agreement, percent.
+    pub top1_agree_pct: f64,
+}
+
 /// One row of the frontier.
 #[derive(Debug, Clone, Serialize)]
 pub struct FrontierRow {
@@ -70,18 +87,12 @@ pub struct FrontierRow {
     pub bits_per_weight: f64,
     /// Parameters * 4 / file_bytes.
     pub ratio_vs_fp32: f64,
-    /// Perplexity, all positions.
-    pub ppl: f64,
-    /// Perplexity, second half of each window.
-    pub ppl_second_half: f64,
-    /// ΔPPL against the reference, percent.
-    pub delta_ppl_pct: f64,
-    /// Its paired standard error, percent.
-    pub delta_ppl_se_pct: f64,
-    /// Mean KL(P_ref || P_model).
-    pub kld: f64,
-    /// Top-1 agreement, percent.
-    pub top1_agree_pct: f64,
+    /// Causal LMs: perplexity, KLD, top-1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lm: Option<LmFigures>,
+    /// Encoders: embedding drift.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embed: Option<super::embed::EmbedFigures>,
     /// Share of tensors stored on a quantization grid in the source (GGUF Q4_1 and the like)
     /// that this codec reconstructs exactly: such a point measures the test model, not the codec.
     pub source_grid_exact: f64,
@@ -107,12 +118,16 @@ pub struct OtherPoint {
 pub struct Frontier {
     /// The model.
     pub model: String,
+    /// `llama` (perplexity figures) or `bert` (embedding figures).
+    pub family: String,
     /// Parameters (elements of every tensor).
     pub parameters: u64,
-    /// Windows evaluated and KLD windows.
+    /// Windows evaluated (causal LMs).
     pub windows: usize,
-    /// Windows KLD covers.
+    /// Windows KLD covers (causal LMs).
     pub kld_windows: usize,
+    /// Sentences embedded (encoders).
+    pub sentences: usize,
     /// Rows: the reference first, then each variant in the order given.
     pub rows: Vec<FrontierRow>,
     /// Other tools' points.
@@ -121,15 +136,33 @@ pub struct Frontier {
     pub out_dir: PathBuf,
 }
 
+/// How the variants are evaluated.
+#[derive(Debug, Clone)]
+pub struct SweepOptions {
+    /// Corpus text.
+    pub corpus: PathBuf,
+    /// Windows (causal LMs).
+    pub ppl: PplOptions,
+    /// Sentences (encoders).
+    pub lines: usize,
+    /// Output folder.
+    pub out_dir: PathBuf,
+    /// Keep the `.tpk` files.
+    pub keep_tpk: bool,
+}
+
 /// Read `label,bits_per_weight,kld[,delta_ppl_pct]` rows (a header line is skipped).
 pub fn read_points(path: &Path) -> Result<Vec<OtherPoint>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", e).with_file(path))?;
     let mut out = Vec::new();
+    let mut header_seen = false;
     for (i, line) in text.lines().enumerate() {
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
+        let first = !header_seen;
+        header_seen = true;
         let num = |j: usize| f.get(j).and_then(|s| s.parse::<f64>().ok());
         match (num(1), num(2)) {
             (Some(b), Some(k)) => out.push(OtherPoint {
@@ -138,7 +171,7 @@ pub fn read_points(path: &Path) -> Result<Vec<OtherPoint>> {
                 kld: k,
                 delta_ppl_pct: num(3).unwrap_or(f64::NAN),
             }),
-            _ if i == 0 => {} // header
+            _ if first => {} // the header
             _ => {
                 return Err(Error::input(format!(
                     "line {}: want label,bits_per_weight,kld[,delta_ppl_pct]",
@@ -151,19 +184,29 @@ pub fn read_points(path: &Path) -> Result<Vec<OtherPoint>> {
     Ok(out)
 }
 
-/// Progress of a sweep: (variant label or "reference", windows done, windows in all).
-pub type OnStep<'a> = &'a mut dyn FnMut(&str, usize, usize);
+/// Progress of a sweep: (variant label or "reference", steps done, steps in all).
+pub type OnStep<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
 
-/// Compress `model` with every variant, evaluate each against `model`, write the frontier.
-#[allow(clippy::too_many_arguments)]
+/// The reference's evaluation, kept for every variant.
+enum Reference {
+    Lm {
+        run: ppl::ReferenceRun,
+        windows: Vec<Vec<u32>>,
+    },
+    Embed {
+        texts: Vec<String>,
+        embeddings: Vec<Vec<f32>>,
+    },
+}
+
+/// Compress `model` with every variant, evaluate each against `model`, write the frontier
+/// (`frontier.csv`, `frontier.json`, `frontier.png`, rewritten after every variant so a long
+/// sweep keeps what it has measured).
 pub fn sweep(
     model: &Path,
     variants: &[Variant],
-    corpus: &Path,
-    opts: &PplOptions,
-    out_dir: &Path,
+    opts: &SweepOptions,
     other_points: Vec<OtherPoint>,
-    keep_tpk: bool,
     on_step: OnStep,
 ) -> Result<Frontier> {
     if variants.is_empty() {
@@ -182,46 +225,97 @@ pub fn sweep(
             ))
         })
         .collect::<Result<_>>()?;
+    // Every spec is checked before the long reference run.
+    for (label, o, _) in &options {
+        crate::codec::Pipeline::parse(&o.codec)
+            .map_err(|e| Error::new(e.kind, format!("variant '{label}': {e}")))?;
+    }
+    let out_dir = &opts.out_dir;
     std::fs::create_dir_all(out_dir)
         .map_err(|e| Error::io("create the output folder", e).with_file(out_dir))?;
     let tpk_dir = out_dir.join("tpk");
     std::fs::create_dir_all(&tpk_dir)
         .map_err(|e| Error::io("create the output folder", e).with_file(&tpk_dir))?;
 
-    let (desc, reference, tok) = super::load_llama(model, None)?;
-    let (_, _, windows) = super::corpus_windows(&tok, corpus, reference.cfg.bos, opts)?;
-    let n = windows.len();
-    let run = ppl::reference_run(&reference, &windows, opts, &mut |w, _| on_step("reference", w, n))?;
-    let ref_ppl = ppl::evaluate_cached_self(&run);
+    let loaded = super::model::Model::load(model, None)?;
+    let family = loaded.meta.architecture()?;
+    let desc = loaded.description.clone();
+    let (reference, first) = match family.as_str() {
+        "llama" => {
+            let tok = super::tokenizer::TextTokenizer::from_meta(&loaded.meta)?;
+            let m = super::llama::Llama::new(loaded)?;
+            let (_, _, windows) = super::corpus_windows(&tok, &opts.corpus, m.cfg.bos, &opts.ppl)?;
+            let n = windows.len();
+            let run = ppl::reference_run(&m, &windows, &opts.ppl, &mut |w, _| on_step("reference", w, n))?;
+            let p = ppl::evaluate_cached_self(&run);
+            let lm = LmFigures {
+                ppl: p.ppl,
+                ppl_second_half: p.ppl_second_half,
+                delta_ppl_pct: 0.0,
+                delta_ppl_se_pct: 0.0,
+                kld: 0.0,
+                top1_agree_pct: 100.0,
+            };
+            (Reference::Lm { run, windows }, (Some(lm), None))
+        }
+        "bert" => {
+            let texts = super::embed::corpus_sentences(&opts.corpus, opts.lines)?;
+            let m = super::bert::Bert::new(loaded, 256)?;
+            let n = texts.len();
+            let embeddings = super::embed::embed_all(&m, &texts, &|d| on_step("reference", d, n))?;
+            let f = super::embed::compare(&embeddings, &embeddings);
+            (Reference::Embed { texts, embeddings }, (None, Some(f)))
+        }
+        other => {
+            return Err(Error::new(
+                crate::ErrorKind::Unsupported,
+                format!("architecture '{other}': eval sweep runs llama and bert models"),
+            )
+            .with_file(model))
+        }
+    };
     let parameters = crate::input::open(model)?
         .tensors()
         .iter()
         .map(|t| t.numel())
         .sum::<u64>();
-    let model_bytes = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
+    let model_bytes = crate::input::model_file_bytes(model);
     let bpw = |bytes: u64| bytes as f64 * 8.0 / parameters as f64;
-    let mut rows = vec![FrontierRow {
-        label: "reference".into(),
-        kind: "reference",
-        file_bytes: model_bytes,
-        bits_per_weight: bpw(model_bytes),
-        ratio_vs_fp32: parameters as f64 * 4.0 / model_bytes as f64,
-        ppl: ref_ppl.ppl,
-        ppl_second_half: ref_ppl.ppl_second_half,
-        delta_ppl_pct: 0.0,
-        delta_ppl_se_pct: 0.0,
-        kld: 0.0,
-        top1_agree_pct: 100.0,
-        source_grid_exact: 0.0,
-        compress_seconds: 0.0,
-    }];
-    drop(reference);
+    let mut f = Frontier {
+        model: desc,
+        family,
+        parameters,
+        windows: match &reference {
+            Reference::Lm { windows, .. } => windows.len(),
+            _ => 0,
+        },
+        kld_windows: match &reference {
+            Reference::Lm { windows, .. } => opts.ppl.kld_windows.min(windows.len()),
+            _ => 0,
+        },
+        sentences: match &reference {
+            Reference::Embed { texts, .. } => texts.len(),
+            _ => 0,
+        },
+        rows: vec![FrontierRow {
+            label: "reference".into(),
+            kind: "reference",
+            file_bytes: model_bytes,
+            bits_per_weight: bpw(model_bytes),
+            ratio_vs_fp32: parameters as f64 * 4.0 / model_bytes.max(1) as f64,
+            lm: first.0,
+            embed: first.1,
+            source_grid_exact: 0.0,
+            compress_seconds: 0.0,
+        }],
+        other_points,
+        out_dir: out_dir.to_path_buf(),
+    };
     for (label, o, kind) in &options {
         let file = tpk_dir.join(format!("{}.tpk", sanitize(label)));
         let t0 = std::time::Instant::now();
-        let report = compress(model, &file, o, &NoProgress).map_err(|e| {
-            Error::new(e.kind, format!("variant '{label}': {e}"))
-        })?;
+        let report = compress(model, &file, o, &NoProgress)
+            .map_err(|e| Error::new(e.kind, format!("variant '{label}': {e}")))?;
         let compress_seconds = t0.elapsed().as_secs_f64();
         let on_grid: Vec<_> = report
             .tensors
@@ -229,24 +323,41 @@ pub fn sweep(
             .filter(|t| t.source_dtype.starts_with('Q') || t.source_dtype.starts_with("IQ"))
             .collect();
         let exact = on_grid.iter().filter(|t| t.metrics.max_abs == 0.0).count();
-        let (_, m, _) = super::load_llama(&file, None)?;
-        let r = ppl::evaluate(&m, Some(RefSource::Cached(&run)), &windows, opts, &mut |w, _| {
-            on_step(label, w, n)
-        })?;
-        drop(m);
-        let c = r.comparison.expect("a reference was given");
-        rows.push(FrontierRow {
+        let (lm, embed) = match &reference {
+            Reference::Lm { run, windows } => {
+                let (_, m, _) = super::load_llama(&file, None)?;
+                let n = windows.len();
+                let r = ppl::evaluate(&m, Some(RefSource::Cached(run)), windows, &opts.ppl, &mut |w, _| {
+                    on_step(label, w, n)
+                })?;
+                let c = r.comparison.expect("a reference was given");
+                (
+                    Some(LmFigures {
+                        ppl: r.perplexity.ppl,
+                        ppl_second_half: r.perplexity.ppl_second_half,
+                        delta_ppl_pct: c.delta_ppl_pct,
+                        delta_ppl_se_pct: c.delta_ppl_se_pct,
+                        kld: c.kld,
+                        top1_agree_pct: c.top1_agree_pct,
+                    }),
+                    None,
+                )
+            }
+            Reference::Embed { texts, embeddings } => {
+                let (_, m) = super::embed::load_bert(&file, None, 256)?;
+                let n = texts.len();
+                let e = super::embed::embed_all(&m, texts, &|d| on_step(label, d, n))?;
+                (None, Some(super::embed::compare(&e, embeddings)))
+            }
+        };
+        f.rows.push(FrontierRow {
             label: label.clone(),
             kind,
             file_bytes: report.file_bytes,
             bits_per_weight: bpw(report.file_bytes),
             ratio_vs_fp32: parameters as f64 * 4.0 / report.file_bytes as f64,
-            ppl: r.perplexity.ppl,
-            ppl_second_half: r.perplexity.ppl_second_half,
-            delta_ppl_pct: c.delta_ppl_pct,
-            delta_ppl_se_pct: c.delta_ppl_se_pct,
-            kld: c.kld,
-            top1_agree_pct: c.top1_agree_pct,
+            lm,
+            embed,
             source_grid_exact: if on_grid.is_empty() {
                 0.0
             } else {
@@ -254,23 +365,14 @@ pub fn sweep(
             },
             compress_seconds,
         });
-        if !keep_tpk {
+        if !opts.keep_tpk {
             let _ = std::fs::remove_file(&file);
         }
+        write_outputs(&f)?;
     }
-    if !keep_tpk {
+    if !opts.keep_tpk {
         let _ = std::fs::remove_dir(&tpk_dir);
     }
-    let f = Frontier {
-        model: desc,
-        parameters,
-        windows: n,
-        kld_windows: opts.kld_windows.min(n),
-        rows,
-        other_points,
-        out_dir: out_dir.to_path_buf(),
-    };
-    write_outputs(&f)?;
     Ok(f)
 }
 
@@ -282,37 +384,49 @@ fn sanitize(label: &str) -> String {
 }
 
 fn write_outputs(f: &Frontier) -> Result<()> {
-    let mut csv = String::from(
-        "label,kind,file_bytes,bits_per_weight,ratio_vs_fp32,ppl,ppl_second_half,delta_ppl_pct,delta_ppl_se_pct,kld,top1_agree_pct,source_grid_exact,compress_seconds\n",
-    );
+    let lm = f.family == "llama";
+    let mut csv = String::from("label,kind,file_bytes,bits_per_weight,ratio_vs_fp32,");
+    csv.push_str(if lm {
+        "ppl,ppl_second_half,delta_ppl_pct,delta_ppl_se_pct,kld,top1_agree_pct"
+    } else {
+        "sentences,mean_cos,p1_cos,min_cos,nn_agree_pct"
+    });
+    csv.push_str(",source_grid_exact,compress_seconds\n");
     for r in &f.rows {
         csv.push_str(&format!(
-            "{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.6},{:.3},{:.3},{:.2}\n",
-            r.label,
-            r.kind,
-            r.file_bytes,
-            r.bits_per_weight,
-            r.ratio_vs_fp32,
-            r.ppl,
-            r.ppl_second_half,
-            r.delta_ppl_pct,
-            r.delta_ppl_se_pct,
-            r.kld,
-            r.top1_agree_pct,
-            r.source_grid_exact,
-            r.compress_seconds
+            "{},{},{},{:.4},{:.4},",
+            r.label, r.kind, r.file_bytes, r.bits_per_weight, r.ratio_vs_fp32
         ));
+        if let Some(l) = &r.lm {
+            csv.push_str(&format!(
+                "{:.4},{:.4},{:.4},{:.4},{:.6},{:.3}",
+                l.ppl, l.ppl_second_half, l.delta_ppl_pct, l.delta_ppl_se_pct, l.kld, l.top1_agree_pct
+            ));
+        }
+        if let Some(e) = &r.embed {
+            csv.push_str(&format!(
+                "{},{:.6},{:.6},{:.6},{:.2}",
+                e.sentences, e.mean_cos, e.p1_cos, e.min_cos, e.nn_agree_pct
+            ));
+        }
+        csv.push_str(&format!(",{:.3},{:.2}\n", r.source_grid_exact, r.compress_seconds));
     }
     crate::atomic::write(&f.out_dir.join("frontier.csv"), csv.as_bytes())?;
     let js = serde_json::to_string_pretty(f).expect("json") + "\n";
     crate::atomic::write(&f.out_dir.join("frontier.json"), js.as_bytes())?;
+    // y: KLD for causal LMs, 1 - mean cosine for encoders; both on a log axis.
+    let y = |r: &FrontierRow| match (&r.lm, &r.embed) {
+        (Some(l), _) => l.kld,
+        (_, Some(e)) => 1.0 - e.mean_cos,
+        _ => f64::NAN,
+    };
     let ours: Vec<(String, f64, f64)> = f
         .rows
         .iter()
         .filter(|r| r.kind != "reference")
         .map(|r| {
-            let mark = if r.source_grid_exact >= 0.5 { " (Q4_1 grid)" } else { "" };
-            (format!("{}{mark}", r.label), r.bits_per_weight, r.kld)
+            let mark = if r.source_grid_exact >= 0.5 { " (source grid)" } else { "" };
+            (format!("{}{mark}", r.label), r.bits_per_weight, y(r))
         })
         .collect();
     let others: Vec<(String, f64, f64)> = f
@@ -320,11 +434,16 @@ fn write_outputs(f: &Frontier) -> Result<()> {
         .iter()
         .map(|p| (p.label.clone(), p.bits_per_weight, p.kld))
         .collect();
-    crate::plot::frontier(
-        &f.out_dir.join("frontier.png"),
-        &format!("{}: size vs quality ({} windows, KLD over {})", f.model, f.windows, f.kld_windows),
-        "KLD vs the uncompressed model (log scale)",
-        &ours,
-        &others,
-    )
+    let (title, ylab) = if lm {
+        (
+            format!("{}: size vs quality ({} windows, KLD over {})", f.model, f.windows, f.kld_windows),
+            "KLD vs the uncompressed model (log scale)",
+        )
+    } else {
+        (
+            format!("{}: size vs embedding drift ({} sentences)", f.model, f.sentences),
+            "1 - mean cosine vs the uncompressed model (log scale)",
+        )
+    };
+    crate::plot::frontier(&f.out_dir.join("frontier.png"), &title, ylab, &ours, &others)
 }

@@ -115,6 +115,26 @@ pub fn open(path: &Path) -> Result<Box<dyn TensorSource>> {
     ])?))
 }
 
+/// Bytes of a model on disk: the file, or every model file of a folder (safetensors shards,
+/// GGUF; config and tokenizer files not counted).
+pub fn model_file_bytes(path: &Path) -> u64 {
+    if !path.is_dir() {
+        return std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    }
+    std::fs::read_dir(path)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.path()
+                        .extension()
+                        .is_some_and(|x| x == "safetensors" || x == "gguf")
+                })
+                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// The tensor filter: a query containing a dot is a module-prefix match (`model.layers.0`
 /// matches `model.layers.0.mlp.w` but not `model.layers.01.w`); otherwise a substring match.
 pub fn name_matches(name: &str, query: &str) -> bool {

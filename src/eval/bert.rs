@@ -1,0 +1,235 @@
+//! BERT-family sentence embeddings (all-MiniLM-L6-v2's pipeline): WordPiece from
+//! `tokenizer.json` truncated at 256 word pieces, BERT encoder in f32 (candle products and
+//! norms, tenpak's attention kernel), mean pooling over the tokens, L2 normalisation.
+
+use super::model::{Meta, Model};
+use crate::error::{Error, Result};
+use candle_core::{Device, Tensor};
+
+/// Hyperparameters from `config.json`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BertConfig {
+    /// Encoder layers.
+    pub n_layer: usize,
+    /// Hidden width.
+    pub hidden: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Feed-forward width.
+    pub intermediate: usize,
+    /// Vocabulary.
+    pub vocab: usize,
+    /// Position embeddings.
+    pub max_positions: usize,
+    /// LayerNorm epsilon.
+    pub eps: f64,
+}
+
+impl BertConfig {
+    /// Read from `config.json` (`model_type` bert).
+    pub fn from_meta(meta: &Meta) -> Result<BertConfig> {
+        let arch = meta.architecture()?;
+        if arch != "bert" {
+            return Err(Error::new(
+                crate::ErrorKind::Unsupported,
+                format!("architecture '{arch}': tenpak eval embed runs BERT encoders"),
+            ));
+        }
+        let int = |k: &str| -> Result<usize> {
+            let v = meta.num(k, k)?;
+            if !(1.0..=1e9).contains(&v) || v.fract() != 0.0 {
+                return Err(Error::input(format!("config.json {k} = {v} is not a count")));
+            }
+            Ok(v as usize)
+        };
+        if let Meta::Hf { config, .. } = meta {
+            let act = config.get("hidden_act").and_then(|v| v.as_str()).unwrap_or("gelu");
+            if act != "gelu" {
+                return Err(Error::new(
+                    crate::ErrorKind::Unsupported,
+                    format!("hidden_act '{act}' (gelu is supported)"),
+                ));
+            }
+        }
+        let c = BertConfig {
+            n_layer: int("num_hidden_layers")?,
+            hidden: int("hidden_size")?,
+            heads: int("num_attention_heads")?,
+            intermediate: int("intermediate_size")?,
+            vocab: int("vocab_size")?,
+            max_positions: int("max_position_embeddings")?,
+            eps: meta.num("layer_norm_eps", "layer_norm_eps").unwrap_or(1e-12),
+        };
+        if c.hidden % c.heads != 0 {
+            return Err(Error::input("hidden_size is not a multiple of num_attention_heads"));
+        }
+        Ok(c)
+    }
+}
+
+struct Layer {
+    wqkv: Tensor,
+    bqkv: Tensor,
+    wo: Tensor,
+    bo: Tensor,
+    ln1: (Tensor, Tensor),
+    wi: Tensor,
+    bi: Tensor,
+    wout: Tensor,
+    bout: Tensor,
+    ln2: (Tensor, Tensor),
+}
+
+/// A BERT encoder with its tokenizer, ready to embed text.
+pub struct Bert {
+    /// Hyperparameters.
+    pub cfg: BertConfig,
+    word: Tensor,
+    pos: Tensor,
+    type0: Tensor,
+    ln: (Tensor, Tensor),
+    layers: Vec<Layer>,
+    tok: tokenizers::Tokenizer,
+    dev: Device,
+}
+
+fn cerr(e: candle_core::Error) -> Error {
+    Error::new(crate::ErrorKind::Io, format!("forward pass: {e}"))
+}
+
+impl Bert {
+    /// Build from a loaded model; `max_tokens` is the truncation length (word pieces, special
+    /// tokens included).
+    pub fn new(mut model: Model, max_tokens: usize) -> Result<Bert> {
+        let cfg = BertConfig::from_meta(&model.meta)?;
+        let tok_json = match &model.meta {
+            Meta::Hf { tokenizer: Some(t), .. } => t.clone(),
+            _ => return Err(Error::input("the model has no tokenizer.json")),
+        };
+        let mut tok = tokenizers::Tokenizer::from_bytes(tok_json.as_bytes())
+            .map_err(|e| Error::input(format!("tokenizer.json: {e}")))?;
+        let max = max_tokens.min(cfg.max_positions);
+        tok.with_padding(None);
+        tok.with_truncation(Some(tokenizers::TruncationParams {
+            max_length: max,
+            ..Default::default()
+        }))
+        .map_err(|e| Error::input(format!("tokenizer.json: {e}")))?;
+        let dev = Device::Cpu;
+        let (e, f) = (cfg.hidden, cfg.intermediate);
+        // Some exports prefix every name with "bert.".
+        let pre = if model.has("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            ""
+        };
+        let mut t = |name: &str, dims: &[usize]| -> Result<Tensor> {
+            let v = model.take(&format!("{pre}{name}"), dims)?;
+            Tensor::from_vec(v, dims, &Device::Cpu).map_err(cerr)
+        };
+        let word = t("embeddings.word_embeddings.weight", &[cfg.vocab, e])?;
+        let pos = t("embeddings.position_embeddings.weight", &[cfg.max_positions, e])?;
+        let types = t("embeddings.token_type_embeddings.weight", &[2, e])?;
+        let type0 = types.get(0).map_err(cerr)?;
+        let ln = (
+            t("embeddings.LayerNorm.weight", &[e])?,
+            t("embeddings.LayerNorm.bias", &[e])?,
+        );
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = format!("encoder.layer.{i}.");
+            let cat = |v: Vec<Tensor>| Tensor::cat(&v, 0).map_err(cerr);
+            let wqkv = cat(vec![
+                t(&format!("{p}attention.self.query.weight"), &[e, e])?,
+                t(&format!("{p}attention.self.key.weight"), &[e, e])?,
+                t(&format!("{p}attention.self.value.weight"), &[e, e])?,
+            ])?;
+            let bqkv = cat(vec![
+                t(&format!("{p}attention.self.query.bias"), &[e])?,
+                t(&format!("{p}attention.self.key.bias"), &[e])?,
+                t(&format!("{p}attention.self.value.bias"), &[e])?,
+            ])?;
+            layers.push(Layer {
+                wqkv,
+                bqkv,
+                wo: t(&format!("{p}attention.output.dense.weight"), &[e, e])?,
+                bo: t(&format!("{p}attention.output.dense.bias"), &[e])?,
+                ln1: (
+                    t(&format!("{p}attention.output.LayerNorm.weight"), &[e])?,
+                    t(&format!("{p}attention.output.LayerNorm.bias"), &[e])?,
+                ),
+                wi: t(&format!("{p}intermediate.dense.weight"), &[f, e])?,
+                bi: t(&format!("{p}intermediate.dense.bias"), &[f])?,
+                wout: t(&format!("{p}output.dense.weight"), &[e, f])?,
+                bout: t(&format!("{p}output.dense.bias"), &[e])?,
+                ln2: (
+                    t(&format!("{p}output.LayerNorm.weight"), &[e])?,
+                    t(&format!("{p}output.LayerNorm.bias"), &[e])?,
+                ),
+            });
+        }
+        Ok(Bert {
+            cfg,
+            word,
+            pos,
+            type0,
+            ln,
+            layers,
+            tok,
+            dev,
+        })
+    }
+
+    /// Word-piece ids of `text` ([CLS] ... [SEP], truncated).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tok
+            .encode(text, true)
+            .map_err(|e| Error::input(format!("tokenize: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The L2-normalised mean-pooled embedding of `text`.
+    pub fn embed(&self, text: &str) -> Result<Vec<f32>> {
+        let ids = self.tokenize(text)?;
+        self.embed_ids(&ids)
+    }
+
+    /// As [`Bert::embed`], from word-piece ids.
+    pub fn embed_ids(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.is_empty() || ids.len() > self.cfg.max_positions {
+            return Err(Error::input(format!("{} word pieces: 1 to {} fit", ids.len(), self.cfg.max_positions)));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab) {
+            return Err(Error::input(format!("word piece {bad} is outside the vocabulary")));
+        }
+        self.forward(ids).map_err(cerr)
+    }
+
+    fn forward(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
+        let (t, e, h) = (ids.len(), self.cfg.hidden, self.cfg.heads);
+        let eps = self.cfg.eps as f32;
+        let lin = |x: &Tensor, w: &Tensor, b: &Tensor| x.matmul(&w.t()?)?.broadcast_add(b);
+        let ids_t = Tensor::new(ids, &self.dev)?;
+        let x = self
+            .word
+            .index_select(&ids_t, 0)?
+            .add(&self.pos.narrow(0, 0, t)?)?
+            .broadcast_add(&self.type0)?;
+        let mut x = candle_nn::ops::layer_norm(&x, &self.ln.0, &self.ln.1, eps)?;
+        for l in &self.layers {
+            let qkv = lin(&x, &l.wqkv, &l.bqkv)?.flatten_all()?.to_vec1::<f32>()?;
+            let o = super::kernels::full_attention(&qkv, t, h, h, e / h);
+            let o = Tensor::from_vec(o, (t, e), &self.dev)?;
+            x = candle_nn::ops::layer_norm(&(lin(&o, &l.wo, &l.bo)? + &x)?, &l.ln1.0, &l.ln1.1, eps)?;
+            let i = lin(&x, &l.wi, &l.bi)?.gelu_erf()?;
+            x = candle_nn::ops::layer_norm(&(lin(&i, &l.wout, &l.bout)? + &x)?, &l.ln2.0, &l.ln2.1, eps)?;
+        }
+        let mut v = x.mean(0)?.to_vec1::<f32>()?;
+        let n = v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+        for a in &mut v {
+            *a = (*a as f64 / n) as f32;
+        }
+        Ok(v)
+    }
+}
