@@ -203,8 +203,12 @@ pub fn compress_source(
     if let Some(c) = &opts.config {
         w.set_metadata("tenpak.config", &c.to_string());
     }
-    for (k, v) in source.model_metadata() {
-        w.set_metadata(&k, &v);
+    // A whole model keeps what evaluation needs (architecture, tokenizer); a filtered subset
+    // is not a runnable model, so it does not carry them.
+    if opts.filter.is_none() && opts.limit.is_none() {
+        for (k, v) in source.model_metadata() {
+            w.set_metadata(&k, &v);
+        }
     }
     for (k, v) in &opts.meta {
         w.set_metadata(&format!("user.{k}"), v);
@@ -288,7 +292,7 @@ pub fn tensor_plan(p: &Pipeline, info: &TensorInfo, opts: &CompressOptions) -> (
         if info.dims.len() < 2
             && !opts.tile_vectors
             && opts.base.is_none()
-            && !p.tensor_codec().lossless()
+            && !p.tensor_codec().lossless_for(info.dtype)
         {
             return (p.with_tensor_codec(Arc::new(RawCodec)), Layout::RowMajor);
         }

@@ -489,7 +489,10 @@ fn frontier_to(
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(|e| plot_err(path, e))?;
-    for (set, c, name) in [(ours, color(0), "tenpak"), (others, color(3), "other tools")] {
+    for (set, c, name) in [
+        (ours, color(0), "tenpak"),
+        (others, color(3), "other tools"),
+    ] {
         if set.is_empty() {
             continue;
         }

@@ -213,9 +213,8 @@ fn hf_folder_matches_gguf() {
         } else {
             0
         };
-        if nh > 0 {
-            let (rows, cols) = (dims[0], dims[1]);
-            let hd = rows / nh;
+        if let Some(hd) = dims[0].checked_div(nh) {
+            let cols = dims[1];
             let mut hf = vec![0f32; v.len()];
             for head in 0..nh {
                 for half in 0..2 {
@@ -358,22 +357,41 @@ fn kv_capture_layout_and_values() {
     let c = corpus();
     let args = |dtype: &str, prefix: &str| {
         vec![
-            "kv".to_string(), "capture".into(), g.to_str().unwrap().into(), "-o".into(),
-            root.to_str().unwrap().into(), "--corpus".into(), c.to_str().unwrap().into(),
-            "--ctx".into(), "24".into(), "--windows".into(), "2".into(), "--decode-steps".into(),
-            "2".into(), "--dtype".into(), dtype.into(), "--run-prefix".into(), prefix.into(),
+            "kv".to_string(),
+            "capture".into(),
+            g.to_str().unwrap().into(),
+            "-o".into(),
+            root.to_str().unwrap().into(),
+            "--corpus".into(),
+            c.to_str().unwrap().into(),
+            "--ctx".into(),
+            "24".into(),
+            "--windows".into(),
+            "2".into(),
+            "--decode-steps".into(),
+            "2".into(),
+            "--dtype".into(),
+            dtype.into(),
+            "--run-prefix".into(),
+            prefix.into(),
             "--json".into(),
         ]
     };
     let a32 = args("fp32", "f32-");
-    let r: serde_json::Value =
-        serde_json::from_str(&tenpak_ok(&a32.iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&tenpak_ok(
+        &a32.iter().map(String::as_str).collect::<Vec<_>>(),
+    ))
+    .unwrap();
     assert_eq!(r["runs"], serde_json::json!(["f32-w000", "f32-w001"]));
     assert_eq!(r["dumps"], 2 * 30 * 3);
     let (kvh, hd) = (3usize, 64usize);
     let layer0 = root.join("f32-w001/layer_0");
     let read = |p: &Path| -> Vec<f32> {
-        std::fs::read(p).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+        std::fs::read(p)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     };
     for (s, e, stage) in [(0, 24, "prefill"), (24, 25, "decode"), (25, 26, "decode")] {
         let m: serde_json::Value = serde_json::from_str(
@@ -381,15 +399,29 @@ fn kv_capture_layout_and_values() {
         )
         .unwrap();
         assert_eq!(m["stage"], stage);
-        assert_eq!((m["seq_start"].as_u64(), m["seq_len"].as_u64()), (Some(s), Some(e - s)));
+        assert_eq!(
+            (m["seq_start"].as_u64(), m["seq_len"].as_u64()),
+            (Some(s), Some(e - s))
+        );
         assert_eq!(m["seq_end_exclusive"], e);
-        assert_eq!((m["kv_heads"].as_u64(), m["head_dim"].as_u64()), (Some(3), Some(64)));
-        assert_eq!((m["bytes_per_elem"].as_u64(), m["dtype"].as_str()), (Some(4), Some("fp32")));
+        assert_eq!(
+            (m["kv_heads"].as_u64(), m["head_dim"].as_u64()),
+            (Some(3), Some(64))
+        );
+        assert_eq!(
+            (m["bytes_per_elem"].as_u64(), m["dtype"].as_str()),
+            (Some(4), Some("fp32"))
+        );
         assert_eq!(m["run_id"], "f32-w001");
         assert_eq!(m["layer_id"], 0);
         assert_eq!(m["k_file"], format!("k_t{s}_{e}.bin"));
         let n = (e - s) as usize * kvh * hd * 4;
-        assert_eq!(std::fs::metadata(layer0.join(format!("v_t{s}_{e}.bin"))).unwrap().len() as usize, n);
+        assert_eq!(
+            std::fs::metadata(layer0.join(format!("v_t{s}_{e}.bin")))
+                .unwrap()
+                .len() as usize,
+            n
+        );
     }
     // Independent layer-0 values and keys of window 1: x = rmsnorm(embedding of each token).
     let src = GgufSource::open(&g).unwrap();
@@ -414,8 +446,18 @@ fn kv_capture_layout_and_values() {
     for (p, &t) in wins[1].iter().enumerate() {
         let row = &emb[t as usize * e..(t as usize + 1) * e];
         let ms = row.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / e as f64;
-        let x: Vec<f64> = row.iter().zip(&norm).map(|(&a, &w)| a as f64 / (ms + 1e-5).sqrt() * w as f64).collect();
-        let dot = |w: &[f32], r: usize| -> f64 { w[r * e..(r + 1) * e].iter().zip(&x).map(|(&a, b)| a as f64 * b).sum() };
+        let x: Vec<f64> = row
+            .iter()
+            .zip(&norm)
+            .map(|(&a, &w)| a as f64 / (ms + 1e-5).sqrt() * w as f64)
+            .collect();
+        let dot = |w: &[f32], r: usize| -> f64 {
+            w[r * e..(r + 1) * e]
+                .iter()
+                .zip(&x)
+                .map(|(&a, b)| a as f64 * b)
+                .sum()
+        };
         for r in 0..kvh * hd {
             let got = v_dump[p * kvh * hd + r] as f64;
             assert!((got - dot(&wv, r)).abs() < 1e-4, "v pos {p} row {r}");
@@ -428,7 +470,10 @@ fn kv_capture_layout_and_values() {
                 let (ra, rb) = (a * ang.cos() - b * ang.sin(), b * ang.cos() + a * ang.sin());
                 let at = p * kvh * hd + head * hd;
                 let (ga, gb) = (k_dump[at + j] as f64, k_dump[at + j + hd / 2] as f64);
-                assert!((ga - ra).abs() < 2e-3 && (gb - rb).abs() < 2e-3, "k pos {p} head {head} j {j}: ({ga}, {gb}) vs ({ra}, {rb})");
+                assert!(
+                    (ga - ra).abs() < 2e-3 && (gb - rb).abs() < 2e-3,
+                    "k pos {p} head {head} j {j}: ({ga}, {gb}) vs ({ra}, {rb})"
+                );
             }
         }
     }
@@ -439,12 +484,19 @@ fn kv_capture_layout_and_values() {
     let f = read(&root.join("f32-w001/layer_7/k_t24_25.bin"));
     assert_eq!(h.len(), f.len() * 2);
     for (b, &x) in h.chunks_exact(2).zip(&f) {
-        assert_eq!(u16::from_le_bytes([b[0], b[1]]), half::f16::from_f32(x).to_bits());
+        assert_eq!(
+            u16::from_le_bytes([b[0], b[1]]),
+            half::f16::from_f32(x).to_bits()
+        );
     }
     // A run is never half-written or silently replaced.
     let e = tenpak_fails(&a32.iter().map(String::as_str).collect::<Vec<_>>(), 1);
     assert!(e.contains("--force"), "{e}");
-    assert!(std::fs::read_dir(&root).unwrap().all(|d| !d.unwrap().file_name().to_string_lossy().ends_with(".partial")));
+    assert!(std::fs::read_dir(&root).unwrap().all(|d| !d
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".partial")));
 }
 
 /// The Rust BERT pipeline (tokenizer.json truncated at 256, encoder, mean pooling, L2 norm)
@@ -452,7 +504,8 @@ fn kv_capture_layout_and_values() {
 /// scripts/minilm_embedding_fixture.py with the library itself).
 #[test]
 fn minilm_matches_sentence_transformers() {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval/minilm_st_embeddings.json");
+    let p =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval/minilm_st_embeddings.json");
     let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
     let dir = minilm();
     let (_, bert) = tenpak::eval::embed::load_bert(dir.parent().unwrap(), None, 256).unwrap();
@@ -461,14 +514,30 @@ fn minilm_matches_sentence_transformers() {
     for t in texts {
         let text = t["text"].as_str().unwrap();
         let ids = bert.tokenize(text).unwrap();
-        assert_eq!(ids.len() as u64, t["tokens"].as_u64().unwrap(), "{text:.60}");
+        assert_eq!(
+            ids.len() as u64,
+            t["tokens"].as_u64().unwrap(),
+            "{text:.60}"
+        );
         truncated += (ids.len() == 256) as usize;
         let got = bert.embed(text).unwrap();
-        let want: Vec<f64> = t["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let want: Vec<f64> = t["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         assert_eq!(got.len(), want.len());
-        let worst = got.iter().zip(&want).map(|(&a, b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(&a, b)| (a as f64 - b).abs())
+            .fold(0.0, f64::max);
         let cos: f64 = got.iter().zip(&want).map(|(&a, b)| a as f64 * b).sum();
-        assert!(worst < 2e-5 && cos > 0.999_999, "{text:.60}: max diff {worst}, cos {cos}");
+        assert!(
+            worst < 2e-5 && cos > 0.999_999,
+            "{text:.60}: max diff {worst}, cos {cos}"
+        );
     }
     assert_eq!(truncated, 1, "the long text is cut at 256 word pieces");
     // The sentence split of eval.md §5 finds the same sentences as the Python script.
@@ -485,12 +554,27 @@ fn eval_embed_cli() {
     let dir = tempfile::tempdir().unwrap();
     let bf16 = dir.path().join("bf16.tpk");
     let m = minilm();
-    tenpak_ok(&["compress", m.to_str().unwrap(), "-o", bf16.to_str().unwrap(), "--codec", "bf16"]);
+    tenpak_ok(&[
+        "compress",
+        m.to_str().unwrap(),
+        "-o",
+        bf16.to_str().unwrap(),
+        "--codec",
+        "bf16",
+    ]);
     let c = corpus();
     let run = |model: &Path| -> serde_json::Value {
         serde_json::from_str(&tenpak_ok(&[
-            "eval", "embed", model.to_str().unwrap(), "--reference", m.to_str().unwrap(), "--corpus",
-            c.to_str().unwrap(), "--lines", "120", "--json",
+            "eval",
+            "embed",
+            model.to_str().unwrap(),
+            "--reference",
+            m.to_str().unwrap(),
+            "--corpus",
+            c.to_str().unwrap(),
+            "--lines",
+            "120",
+            "--json",
         ]))
         .unwrap()
     };
@@ -499,10 +583,24 @@ fn eval_embed_cli() {
     assert!((same["mean_cos"].as_f64().unwrap() - 1.0).abs() < 1e-6);
     assert_eq!(same["nn_agree_pct"].as_f64().unwrap(), 100.0);
     let b = run(&bf16);
-    let (mean, min) = (b["mean_cos"].as_f64().unwrap(), b["min_cos"].as_f64().unwrap());
-    assert!(mean > 0.9999 && mean < 1.0 && min <= mean, "bf16 mean cos {mean}, min {min}");
+    let (mean, min) = (
+        b["mean_cos"].as_f64().unwrap(),
+        b["min_cos"].as_f64().unwrap(),
+    );
+    assert!(
+        mean > 0.9999 && mean < 1.0 && min <= mean,
+        "bf16 mean cos {mean}, min {min}"
+    );
     let e = tenpak_fails(
-        &["eval", "embed", smollm2().to_str().unwrap(), "--reference", m.to_str().unwrap(), "--corpus", c.to_str().unwrap()],
+        &[
+            "eval",
+            "embed",
+            smollm2().to_str().unwrap(),
+            "--reference",
+            m.to_str().unwrap(),
+            "--corpus",
+            c.to_str().unwrap(),
+        ],
         1,
     );
     assert!(e.contains("llama") || e.contains("BERT"), "{e}");

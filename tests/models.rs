@@ -78,7 +78,17 @@ fn minilm_bf16_accuracy() {
     let src = minilm();
     let dir = tempfile::tempdir().unwrap();
     let tpk = dir.path().join("m.tpk");
-    let r = tenpak_json(&["compress", s(&src), "-o", s(&tpk), "--codec", "bf16", "-q"]);
+    // --vectors: bf16 on the norms and biases too (by default lossy codecs keep them raw).
+    let r = tenpak_json(&[
+        "compress",
+        s(&src),
+        "-o",
+        s(&tpk),
+        "--codec",
+        "bf16",
+        "--vectors",
+        "-q",
+    ]);
     let tensors = r["tensors"].as_array().unwrap();
     assert_eq!(tensors.len(), 101 + 3);
     let orig = read_safetensors(&src);
@@ -114,7 +124,8 @@ fn minilm_bf16_accuracy() {
     }
     // fp32 -> bf16 halves the float payload: the file is just over half the source.
     let ratio = r["ratio_vs_source"].as_f64().unwrap();
-    assert!(ratio > 1.99 && ratio < 2.0, "{ratio}");
+    // (The file also carries config.json and tokenizer.json, 0.5 MB, for evaluation.)
+    assert!(ratio > 1.97 && ratio < 2.0, "{ratio}");
     // Decompressed bf16 values are exactly the RNE conversion of the source.
     let out = dir.path().join("b.safetensors");
     tenpak_ok(&["decompress", s(&tpk), "-o", s(&out), "--dtype", "f32", "-q"]);

@@ -360,7 +360,11 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
                 json(out, &f);
             } else {
                 sweep_table(out, &f);
-                let _ = writeln!(out, "wrote frontier.csv, frontier.json, frontier.png in {}", f.out_dir.display());
+                let _ = writeln!(
+                    out,
+                    "wrote frontier.csv, frontier.json, frontier.png in {}",
+                    f.out_dir.display()
+                );
             }
             Ok(0)
         }
@@ -485,7 +489,11 @@ fn sweep_table(out: &mut Vec<u8>, f: &tenpak::eval::sweep::Frontier) {
         );
     }
     for r in &f.rows {
-        let grid = if r.source_grid_exact >= 0.5 { " [source grid]" } else { "" };
+        let grid = if r.source_grid_exact >= 0.5 {
+            " [source grid]"
+        } else {
+            ""
+        };
         let name = format!("{}{grid}", r.label);
         if let Some(l) = &r.lm {
             let _ = writeln!(
@@ -505,7 +513,13 @@ fn sweep_table(out: &mut Vec<u8>, f: &tenpak::eval::sweep::Frontier) {
             let _ = writeln!(
                 out,
                 "{:<40} {:>7.3} {:>7.2}x {:>9.6} {:>9.6} {:>9.6} {:>7.2}%",
-                name, r.bits_per_weight, r.ratio_vs_fp32, e.mean_cos, e.p1_cos, e.min_cos, e.nn_agree_pct
+                name,
+                r.bits_per_weight,
+                r.ratio_vs_fp32,
+                e.mean_cos,
+                e.p1_cos,
+                e.min_cos,
+                e.nn_agree_pct
             );
         }
     }

@@ -132,6 +132,14 @@ impl TensorCodec for FloatCodec {
     fn lossless(&self) -> bool {
         false
     }
+    fn lossless_for(&self, src: DType) -> bool {
+        src == self.target
+            || (self.target == DType::F32
+                && matches!(
+                    src,
+                    DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2
+                ))
+    }
     fn accepts(&self, src: DType) -> bool {
         src.is_float()
     }

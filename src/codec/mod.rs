@@ -54,6 +54,11 @@ pub trait TensorCodec: Send + Sync + Debug {
     }
     /// Whether decoding gives back the source bytes exactly, for every input it accepts.
     fn lossless(&self) -> bool;
+    /// Whether decoding gives back elements of `src` exactly (a float conversion that widens
+    /// or keeps the type is exact for that type even where the codec is lossy in general).
+    fn lossless_for(&self, _src: DType) -> bool {
+        self.lossless()
+    }
     /// Whether this codec can take elements of `src` (lossy codecs take floats only).
     fn accepts(&self, src: DType) -> bool;
     /// Whether chunks hold whole 32x32 tiles of the tensor's 2-D view (the container's tile

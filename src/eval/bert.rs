@@ -38,12 +38,17 @@ impl BertConfig {
         let int = |k: &str| -> Result<usize> {
             let v = meta.num(k, k)?;
             if !(1.0..=1e9).contains(&v) || v.fract() != 0.0 {
-                return Err(Error::input(format!("config.json {k} = {v} is not a count")));
+                return Err(Error::input(format!(
+                    "config.json {k} = {v} is not a count"
+                )));
             }
             Ok(v as usize)
         };
         if let Meta::Hf { config, .. } = meta {
-            let act = config.get("hidden_act").and_then(|v| v.as_str()).unwrap_or("gelu");
+            let act = config
+                .get("hidden_act")
+                .and_then(|v| v.as_str())
+                .unwrap_or("gelu");
             if act != "gelu" {
                 return Err(Error::new(
                     crate::ErrorKind::Unsupported,
@@ -58,10 +63,14 @@ impl BertConfig {
             intermediate: int("intermediate_size")?,
             vocab: int("vocab_size")?,
             max_positions: int("max_position_embeddings")?,
-            eps: meta.num("layer_norm_eps", "layer_norm_eps").unwrap_or(1e-12),
+            eps: meta
+                .num("layer_norm_eps", "layer_norm_eps")
+                .unwrap_or(1e-12),
         };
-        if c.hidden % c.heads != 0 {
-            return Err(Error::input("hidden_size is not a multiple of num_attention_heads"));
+        if !c.hidden.is_multiple_of(c.heads) {
+            return Err(Error::input(
+                "hidden_size is not a multiple of num_attention_heads",
+            ));
         }
         Ok(c)
     }
@@ -103,7 +112,9 @@ impl Bert {
     pub fn new(mut model: Model, max_tokens: usize) -> Result<Bert> {
         let cfg = BertConfig::from_meta(&model.meta)?;
         let tok_json = match &model.meta {
-            Meta::Hf { tokenizer: Some(t), .. } => t.clone(),
+            Meta::Hf {
+                tokenizer: Some(t), ..
+            } => t.clone(),
             _ => return Err(Error::input("the model has no tokenizer.json")),
         };
         let mut tok = tokenizers::Tokenizer::from_bytes(tok_json.as_bytes())
@@ -128,14 +139,17 @@ impl Bert {
             Tensor::from_vec(v, dims, &Device::Cpu).map_err(cerr)
         };
         let word = t("embeddings.word_embeddings.weight", &[cfg.vocab, e])?;
-        let pos = t("embeddings.position_embeddings.weight", &[cfg.max_positions, e])?;
+        let pos = t(
+            "embeddings.position_embeddings.weight",
+            &[cfg.max_positions, e],
+        )?;
         let types = t("embeddings.token_type_embeddings.weight", &[2, e])?;
         let type0 = types.get(0).map_err(cerr)?;
         let ln = (
             t("embeddings.LayerNorm.weight", &[e])?,
             t("embeddings.LayerNorm.bias", &[e])?,
         );
-        let mut layers = Vec::with_capacity(cfg.n_layer);
+        let mut layers = Vec::with_capacity(cfg.n_layer.min(1024));
         for i in 0..cfg.n_layer {
             let p = format!("encoder.layer.{i}.");
             let cat = |v: Vec<Tensor>| Tensor::cat(&v, 0).map_err(cerr);
@@ -198,10 +212,16 @@ impl Bert {
     /// As [`Bert::embed`], from word-piece ids.
     pub fn embed_ids(&self, ids: &[u32]) -> Result<Vec<f32>> {
         if ids.is_empty() || ids.len() > self.cfg.max_positions {
-            return Err(Error::input(format!("{} word pieces: 1 to {} fit", ids.len(), self.cfg.max_positions)));
+            return Err(Error::input(format!(
+                "{} word pieces: 1 to {} fit",
+                ids.len(),
+                self.cfg.max_positions
+            )));
         }
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab) {
-            return Err(Error::input(format!("word piece {bad} is outside the vocabulary")));
+            return Err(Error::input(format!(
+                "word piece {bad} is outside the vocabulary"
+            )));
         }
         self.forward(ids).map_err(cerr)
     }
@@ -221,12 +241,27 @@ impl Bert {
             let qkv = lin(&x, &l.wqkv, &l.bqkv)?.flatten_all()?.to_vec1::<f32>()?;
             let o = super::kernels::full_attention(&qkv, t, h, h, e / h);
             let o = Tensor::from_vec(o, (t, e), &self.dev)?;
-            x = candle_nn::ops::layer_norm(&(lin(&o, &l.wo, &l.bo)? + &x)?, &l.ln1.0, &l.ln1.1, eps)?;
+            x = candle_nn::ops::layer_norm(
+                &(lin(&o, &l.wo, &l.bo)? + &x)?,
+                &l.ln1.0,
+                &l.ln1.1,
+                eps,
+            )?;
             let i = lin(&x, &l.wi, &l.bi)?.gelu_erf()?;
-            x = candle_nn::ops::layer_norm(&(lin(&i, &l.wout, &l.bout)? + &x)?, &l.ln2.0, &l.ln2.1, eps)?;
+            x = candle_nn::ops::layer_norm(
+                &(lin(&i, &l.wout, &l.bout)? + &x)?,
+                &l.ln2.0,
+                &l.ln2.1,
+                eps,
+            )?;
         }
         let mut v = x.mean(0)?.to_vec1::<f32>()?;
-        let n = v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+        let n = v
+            .iter()
+            .map(|&a| (a as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12);
         for a in &mut v {
             *a = (*a as f64 / n) as f32;
         }

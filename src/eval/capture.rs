@@ -125,7 +125,10 @@ impl Dump<'_> {
             "v_file": v_file,
         });
         let text = serde_json::to_string_pretty(&meta).expect("json") + "\n";
-        crate::atomic::write(&dir.join(format!("meta_t{}_{end}.json", self.start)), text.as_bytes())?;
+        crate::atomic::write(
+            &dir.join(format!("meta_t{}_{end}.json", self.start)),
+            text.as_bytes(),
+        )?;
         Ok((kb.len() + vb.len()) as u64)
     }
 }

@@ -168,7 +168,11 @@ pub fn compare(a: &[Vec<f32>], b: &[Vec<f32>]) -> EmbedFigures {
         mean_cos: cos.iter().sum::<f64>() / n.max(1) as f64,
         p1_cos: pct(1.0),
         min_cos: cos.first().copied().unwrap_or(f64::NAN),
-        nn_agree_pct: if n > 1 { 100.0 * agree as f64 / n as f64 } else { f64::NAN },
+        nn_agree_pct: if n > 1 {
+            100.0 * agree as f64 / n as f64
+        } else {
+            f64::NAN
+        },
     }
 }
 
@@ -210,7 +214,14 @@ mod tests {
     #[test]
     fn sentence_split() {
         let s = sentences("One two three four five. Six seven. Eight nine ten eleven twelve! x\nA b c d e?f g h i j");
-        assert_eq!(s, vec!["One two three four five.", "Eight nine ten eleven twelve!", "A b c d e?f g h i j"]);
+        assert_eq!(
+            s,
+            vec![
+                "One two three four five.",
+                "Eight nine ten eleven twelve!",
+                "A b c d e?f g h i j"
+            ]
+        );
     }
 
     #[test]

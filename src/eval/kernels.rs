@@ -56,8 +56,9 @@ pub fn exp_f32(x: f32) -> f32 {
 #[inline(always)]
 pub fn exp_f64(x: f64) -> f64 {
     const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
-    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+                                                // ln 2 split as fdlibm does: the high part has its low 32 bits zero, so n * LN2_HI is exact.
+    const LN2_HI: f64 = f64::from_bits(0x3FE6_2E42_FEE0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3DEA_39EF_3579_3C76);
     let x = x.clamp(-708.0, 709.0);
     let t = x * std::f64::consts::LOG2_E + MAGIC;
     let n = t - MAGIC;

@@ -43,7 +43,7 @@ impl LlamaConfig {
         }
         let int = |g: &str, h: &str| -> Result<usize> {
             let v = meta.num(&format!("llama.{g}"), h)?;
-            if v < 1.0 || v > 1e9 || v.fract() != 0.0 {
+            if !(1.0..=1e9).contains(&v) || v.fract() != 0.0 {
                 return Err(Error::input(format!("{h} = {v} is not a valid count")));
             }
             Ok(v as usize)
@@ -205,7 +205,7 @@ impl Llama {
             Tensor::from_vec(model.take(name, &[r])?, r, &Device::Cpu).map_err(cerr)
         };
         let embed_v = take(&mut model, n.embed(), cfg.vocab, e)?;
-        let mut layers = Vec::with_capacity(cfg.n_layer);
+        let mut layers = Vec::with_capacity(cfg.n_layer.min(1024));
         for i in 0..cfg.n_layer {
             let q = take(&mut model, &n.layer(i, "attn_q"), e, e)?;
             let k = take(&mut model, &n.layer(i, "attn_k"), kv, e)?;

@@ -281,15 +281,14 @@ pub fn evaluate(
                     }
                 }
             }
-            Some(RefSource::Cached(run)) => {
-                if w < run.kld_logits.len() && w < opts.kld_windows {
-                    for (k, a) in kld_rows(&run.kld_logits[w], &logits, rows, vocab) {
-                        kl_sum += k;
-                        agree += a as usize;
-                        kl_n += 1;
-                    }
+            Some(RefSource::Cached(run)) if w < run.kld_logits.len() && w < opts.kld_windows => {
+                for (k, a) in kld_rows(&run.kld_logits[w], &logits, rows, vocab) {
+                    kl_sum += k;
+                    agree += a as usize;
+                    kl_n += 1;
                 }
             }
+            Some(RefSource::Cached(_)) => {}
         }
         on_window(w + 1, tokens_run);
     }

@@ -26,7 +26,11 @@ impl Variant {
             Variant::Codec(c) => c.clone(),
             Variant::Config(p) => p
                 .file_stem()
-                .map(|s| s.to_string_lossy().trim_start_matches("compression_config.").to_string())
+                .map(|s| {
+                    s.to_string_lossy()
+                        .trim_start_matches("compression_config.")
+                        .to_string()
+                })
                 .unwrap_or_default(),
         }
     }
@@ -210,7 +214,9 @@ pub fn sweep(
     on_step: OnStep,
 ) -> Result<Frontier> {
     if variants.is_empty() {
-        return Err(Error::config("nothing to sweep: give --codecs or --configs"));
+        return Err(Error::config(
+            "nothing to sweep: give --codecs or --configs",
+        ));
     }
     let options: Vec<(String, CompressOptions, &'static str)> = variants
         .iter()
@@ -246,7 +252,9 @@ pub fn sweep(
             let m = super::llama::Llama::new(loaded)?;
             let (_, _, windows) = super::corpus_windows(&tok, &opts.corpus, m.cfg.bos, &opts.ppl)?;
             let n = windows.len();
-            let run = ppl::reference_run(&m, &windows, &opts.ppl, &mut |w, _| on_step("reference", w, n))?;
+            let run = ppl::reference_run(&m, &windows, &opts.ppl, &mut |w, _| {
+                on_step("reference", w, n)
+            })?;
             let p = ppl::evaluate_cached_self(&run);
             let lm = LmFigures {
                 ppl: p.ppl,
@@ -327,9 +335,13 @@ pub fn sweep(
             Reference::Lm { run, windows } => {
                 let (_, m, _) = super::load_llama(&file, None)?;
                 let n = windows.len();
-                let r = ppl::evaluate(&m, Some(RefSource::Cached(run)), windows, &opts.ppl, &mut |w, _| {
-                    on_step(label, w, n)
-                })?;
+                let r = ppl::evaluate(
+                    &m,
+                    Some(RefSource::Cached(run)),
+                    windows,
+                    &opts.ppl,
+                    &mut |w, _| on_step(label, w, n),
+                )?;
                 let c = r.comparison.expect("a reference was given");
                 (
                     Some(LmFigures {
@@ -379,7 +391,13 @@ pub fn sweep(
 fn sanitize(label: &str) -> String {
     label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -400,7 +418,12 @@ fn write_outputs(f: &Frontier) -> Result<()> {
         if let Some(l) = &r.lm {
             csv.push_str(&format!(
                 "{:.4},{:.4},{:.4},{:.4},{:.6},{:.3}",
-                l.ppl, l.ppl_second_half, l.delta_ppl_pct, l.delta_ppl_se_pct, l.kld, l.top1_agree_pct
+                l.ppl,
+                l.ppl_second_half,
+                l.delta_ppl_pct,
+                l.delta_ppl_se_pct,
+                l.kld,
+                l.top1_agree_pct
             ));
         }
         if let Some(e) = &r.embed {
@@ -409,7 +432,10 @@ fn write_outputs(f: &Frontier) -> Result<()> {
                 e.sentences, e.mean_cos, e.p1_cos, e.min_cos, e.nn_agree_pct
             ));
         }
-        csv.push_str(&format!(",{:.3},{:.2}\n", r.source_grid_exact, r.compress_seconds));
+        csv.push_str(&format!(
+            ",{:.3},{:.2}\n",
+            r.source_grid_exact, r.compress_seconds
+        ));
     }
     crate::atomic::write(&f.out_dir.join("frontier.csv"), csv.as_bytes())?;
     let js = serde_json::to_string_pretty(f).expect("json") + "\n";
@@ -425,7 +451,11 @@ fn write_outputs(f: &Frontier) -> Result<()> {
         .iter()
         .filter(|r| r.kind != "reference")
         .map(|r| {
-            let mark = if r.source_grid_exact >= 0.5 { " (source grid)" } else { "" };
+            let mark = if r.source_grid_exact >= 0.5 {
+                " (source grid)"
+            } else {
+                ""
+            };
             (format!("{}{mark}", r.label), r.bits_per_weight, y(r))
         })
         .collect();
@@ -436,14 +466,26 @@ fn write_outputs(f: &Frontier) -> Result<()> {
         .collect();
     let (title, ylab) = if lm {
         (
-            format!("{}: size vs quality ({} windows, KLD over {})", f.model, f.windows, f.kld_windows),
+            format!(
+                "{}: size vs quality ({} windows, KLD over {})",
+                f.model, f.windows, f.kld_windows
+            ),
             "KLD vs the uncompressed model (log scale)",
         )
     } else {
         (
-            format!("{}: size vs embedding drift ({} sentences)", f.model, f.sentences),
+            format!(
+                "{}: size vs embedding drift ({} sentences)",
+                f.model, f.sentences
+            ),
             "1 - mean cosine vs the uncompressed model (log scale)",
         )
     };
-    crate::plot::frontier(&f.out_dir.join("frontier.png"), &title, ylab, &ours, &others)
+    crate::plot::frontier(
+        &f.out_dir.join("frontier.png"),
+        &title,
+        ylab,
+        &ours,
+        &others,
+    )
 }
