@@ -338,6 +338,21 @@ fn assignment_map_to(
 /// One point of a size-vs-accuracy plot: label, bits per weight, metric value.
 pub type SizePoint = (String, f64, f64);
 
+/// (min x, max x, min y, max y) of the points; a unit box with a log-friendly y when empty.
+fn bounds(points: impl Iterator<Item = (f64, f64)>) -> (f64, f64, f64, f64) {
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for (x, y) in points {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        return (0.0, 1.0, 1e-6, 1.0);
+    }
+    (x0, x1, y0, y1)
+}
+
 /// Metric against bits per weight: labelled points (each single format, the mixed result)
 /// and, optionally, a cloud of unlabelled samples (`mixed-tile-random`'s). The y axis is
 /// logarithmic: `1 - pcc` for PCC (so 0.99, 0.999, 0.9999 are evenly spaced and a dropped
@@ -370,16 +385,7 @@ fn size_vs_accuracy_to(
         .map(|p| (p.1, y_of(p.2)))
         .chain(cloud.iter().map(|&(x, v)| (x, y_of(v))))
         .filter(|p| p.0.is_finite() && p.1.is_finite());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for (x, y) in all {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if x0 > x1 {
-        (x0, x1, y0, y1) = (0.0, 1.0, 1e-6, 1.0);
-    }
+    let (x0, x1, y0, y1) = bounds(all);
     let px = ((x1 - x0) * 0.08).max(0.1);
     let root = BitMapBackend::new(path, (1000, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
@@ -461,16 +467,7 @@ fn frontier_to(
             .map(|(_, x, y)| (*x, y.max(floor)))
             .filter(|p| p.0.is_finite() && p.1.is_finite())
     };
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for (x, y) in pts() {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if x0 > x1 {
-        (x0, x1, y0, y1) = (0.0, 1.0, 1e-6, 1.0);
-    }
+    let (x0, x1, y0, y1) = bounds(pts());
     let px = ((x1 - x0) * 0.08).max(0.25);
     let root = BitMapBackend::new(path, (1200, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;

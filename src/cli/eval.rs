@@ -62,6 +62,22 @@ pub(super) struct SweepArgs {
     /// Other tools' points for the plot: CSV label,bits_per_weight,kld[,delta_ppl_pct].
     #[arg(long, value_name = "CSV")]
     reference_points: Option<PathBuf>,
+    #[command(flatten)]
+    w: WindowArgs,
+    /// Sentences to embed, for encoders (as eval embed --lines).
+    #[arg(long, default_value_t = 2000)]
+    lines: usize,
+    /// Keep the .tpk files (under OUT/tpk).
+    #[arg(long)]
+    keep_tpk: bool,
+    /// Print the frontier as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The evaluation windows, shared by `eval ppl` and `eval sweep`.
+#[derive(Args)]
+pub(super) struct WindowArgs {
     /// Corpus text (built by scripts/fetch-corpus.sh).
     #[arg(long, value_name = "FILE", default_value = tenpak::eval::DEFAULT_CORPUS)]
     corpus: PathBuf,
@@ -74,15 +90,16 @@ pub(super) struct SweepArgs {
     /// Windows (from the first) that KLD and top-1 agreement cover.
     #[arg(long, default_value_t = 32)]
     kld_windows: usize,
-    /// Sentences to embed, for encoders (as eval embed --lines).
-    #[arg(long, default_value_t = 2000)]
-    lines: usize,
-    /// Keep the .tpk files (under OUT/tpk).
-    #[arg(long)]
-    keep_tpk: bool,
-    /// Print the frontier as JSON.
-    #[arg(long)]
-    json: bool,
+}
+
+impl WindowArgs {
+    fn opts(&self) -> PplOptions {
+        PplOptions {
+            ctx: self.ctx,
+            windows: self.windows,
+            kld_windows: self.kld_windows.min(self.windows),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -139,18 +156,8 @@ pub(super) struct PplArgs {
     /// Base model of a delta .tpk.
     #[arg(long, value_name = "BASE")]
     base: Option<PathBuf>,
-    /// Corpus text (built by scripts/fetch-corpus.sh).
-    #[arg(long, value_name = "FILE", default_value = tenpak::eval::DEFAULT_CORPUS)]
-    corpus: PathBuf,
-    /// Window length, BOS included.
-    #[arg(long, default_value_t = 512)]
-    ctx: usize,
-    /// Windows, from the start of the corpus.
-    #[arg(long, default_value_t = 64)]
-    windows: usize,
-    /// Windows (from the first) that KLD and top-1 agreement cover.
-    #[arg(long, default_value_t = 32)]
-    kld_windows: usize,
+    #[command(flatten)]
+    w: WindowArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -322,12 +329,8 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
                 Some(p) => tenpak::eval::sweep::read_points(p)?,
                 None => Vec::new(),
             };
-            let opts = PplOptions {
-                ctx: a.ctx,
-                windows: a.windows,
-                kld_windows: a.kld_windows.min(a.windows),
-            };
-            let bar = window_bar(quiet, a.windows).inspect(|b| {
+            let opts = a.w.opts();
+            let bar = window_bar(quiet, a.w.windows).inspect(|b| {
                 b.set_style(
                     ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}").unwrap(),
                 )
@@ -346,7 +349,7 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
                 }
             };
             let sopts = tenpak::eval::sweep::SweepOptions {
-                corpus: a.corpus.clone(),
+                corpus: a.w.corpus.clone(),
                 ppl: opts,
                 lines: a.lines,
                 out_dir: a.out.clone(),
@@ -369,19 +372,15 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
             Ok(0)
         }
         EvalCommand::Ppl(a) => {
-            let opts = PplOptions {
-                ctx: a.ctx,
-                windows: a.windows,
-                kld_windows: a.kld_windows.min(a.windows),
-            };
+            let opts = a.w.opts();
             let req = tenpak::eval::PplRequest {
                 model: a.model.clone(),
                 reference: a.reference.clone(),
                 base: a.base.clone(),
-                corpus: a.corpus.clone(),
+                corpus: a.w.corpus.clone(),
                 opts,
             };
-            let bar = window_bar(quiet, a.windows);
+            let bar = window_bar(quiet, a.w.windows);
             let start = std::time::Instant::now();
             let mut on_window = progress_fn(&bar, start);
             let r = tenpak::eval::eval_ppl(&req, &mut on_window)?;
