@@ -57,6 +57,10 @@ pub struct CompressOptions {
     /// A mixed-tile algorithm: eligible tensors (floats of two or more dimensions) get a format
     /// per tile from it and the `mixed` codec; the others use `codec` as usual.
     pub mixed: Option<crate::config::MixedSpec>,
+    /// Per-tensor codecs: (filter, codec spec); a tensor takes the first whose filter matches
+    /// it (`input::name_matches`), the others `codec`. Like llama.cpp's separate types for the
+    /// token embedding and the output head.
+    pub overrides: Vec<(String, String)>,
 }
 
 impl Default for CompressOptions {
@@ -74,6 +78,7 @@ impl Default for CompressOptions {
             prune: None,
             base: None,
             mixed: None,
+            overrides: Vec::new(),
         }
     }
 }
@@ -160,6 +165,16 @@ pub fn compress_source(
         return Err(Error::config("--chunk-elems must be at least 1"));
     }
     let pipeline = Pipeline::parse(&opts.codec)?;
+    let overrides = opts
+        .overrides
+        .iter()
+        .map(|(f, spec)| Ok((f.as_str(), Pipeline::parse(spec)?)))
+        .collect::<Result<Vec<_>>>()?;
+    if !overrides.is_empty() && (opts.mixed.is_some() || opts.base.is_some()) {
+        return Err(Error::config(
+            "--override does not combine with a mixed-tile config or --base",
+        ));
+    }
     if opts.base.is_some() && (opts.prune.is_some() || opts.mixed.is_some()) {
         return Err(Error::config(
             "--base stores differences from a base model; it does not combine with --prune or a mixed-tile config",
@@ -194,6 +209,13 @@ pub fn compress_source(
     let mut options = options;
     if let Some(p) = &opts.prune {
         options["prune"] = serde_json::to_value(p).expect("plain data");
+    }
+    if !opts.overrides.is_empty() {
+        options["overrides"] = serde_json::json!(opts
+            .overrides
+            .iter()
+            .map(|(f, c)| serde_json::json!({"filter": f, "codec": c}))
+            .collect::<Vec<_>>());
     }
     if let Some(b) = &opts.base {
         // The base's file name only: the file says what it was made against, not where.
@@ -232,10 +254,14 @@ pub fn compress_source(
     for &i in &selected {
         let info = &infos[i];
         progress.event(Event::Tensor { name: &info.name });
+        let p = overrides
+            .iter()
+            .find(|(f, _)| input::name_matches(&info.name, f))
+            .map_or(&pipeline, |(_, p)| p);
         let r = compress_tensor(
             source,
             i,
-            &pipeline,
+            p,
             opts,
             plans[i].take(),
             base.as_ref(),
@@ -275,6 +301,16 @@ pub fn effective_pipeline(p: &Pipeline, dtype: DType) -> Pipeline {
         p.clone()
     } else {
         p.with_tensor_codec(Arc::new(RawCodec))
+    }
+}
+
+/// Parse `FILTER=SPEC` (the filter may itself contain no `=`).
+pub fn parse_override(s: &str) -> Result<(String, String)> {
+    match s.split_once('=') {
+        Some((f, c)) if !f.is_empty() && !c.is_empty() => Ok((f.to_string(), c.to_string())),
+        _ => Err(Error::config(format!(
+            "--override '{s}' is not FILTER=SPEC (for example token_embd.weight=int8)"
+        ))),
     }
 }
 

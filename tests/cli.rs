@@ -255,3 +255,81 @@ fn interrupt_leaves_nothing_behind() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// `--override FILTER=SPEC` gives the matching tensors their own codec (first match wins); the
+/// options metadata records it; vectors stay raw under a lossy codec; a whole model carries its
+/// config.json and tokenizer.json, a filtered one does not.
+#[test]
+fn override_codecs_and_vector_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.tpk");
+    let m = minilm();
+    let r: serde_json::Value = serde_json::from_str(&tenpak_ok(&[
+        "compress",
+        m.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--codec",
+        "bfp4",
+        "--override",
+        "word_embeddings=int8",
+        "--override",
+        "embeddings=bf16",
+        "--json",
+    ]))
+    .unwrap();
+    for t in r["tensors"].as_array().unwrap() {
+        let (name, codec) = (t["name"].as_str().unwrap(), t["codec"].as_str().unwrap());
+        let shape = t["shape"].as_array().unwrap();
+        let want = if shape.len() < 2 || t["source_dtype"] == "I64" {
+            "raw"
+        } else if name.contains("word_embeddings") {
+            "int:bits=8"
+        } else if name.contains("embeddings") {
+            "bf16"
+        } else {
+            "bfp4"
+        };
+        assert!(codec.starts_with(want), "{name}: {codec}, want {want}");
+    }
+    let i: serde_json::Value =
+        serde_json::from_str(&tenpak_ok(&["inspect", out.to_str().unwrap(), "--json"])).unwrap();
+    let opts: serde_json::Value =
+        serde_json::from_str(i["metadata"]["tenpak.options"].as_str().unwrap()).unwrap();
+    assert_eq!(opts["overrides"][0]["filter"], "word_embeddings");
+    assert!(i["metadata"]["hf.tokenizer.json"]
+        .as_str()
+        .unwrap()
+        .contains("WordPiece"));
+    assert!(i["metadata"]["hf.config.json"]
+        .as_str()
+        .unwrap()
+        .contains("\"bert\""));
+    // A filtered subset is not a runnable model: no model metadata.
+    tenpak_ok(&[
+        "compress",
+        m.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--filter",
+        "encoder.layer.0",
+        "--force",
+        "-q",
+    ]);
+    let i: serde_json::Value =
+        serde_json::from_str(&tenpak_ok(&["inspect", out.to_str().unwrap(), "--json"])).unwrap();
+    assert!(i["metadata"].get("hf.config.json").is_none());
+    let e = tenpak_fails(
+        &[
+            "compress",
+            m.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--override",
+            "x",
+            "--force",
+        ],
+        2,
+    );
+    assert!(e.contains("FILTER=SPEC"), "{e}");
+}

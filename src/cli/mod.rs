@@ -189,6 +189,10 @@ struct CompressArgs {
     /// f32 difference through a lossy one (int8_g64, f16, ...). decompress needs --base too.
     #[arg(long, value_name = "BASE")]
     base: Option<PathBuf>,
+    /// A codec for the tensors FILTER selects (repeatable; the first match wins), e.g.
+    /// `--override token_embd.weight=int8` to keep a tied embedding/output head at 8 bits.
+    #[arg(long = "override", value_name = "FILTER=SPEC")]
+    overrides: Vec<String>,
     /// Lossy codecs: apply them to vectors and scalars (norms, biases) too; by default these
     /// are stored raw.
     #[arg(long, visible_alias = "vectors")]
@@ -402,6 +406,11 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
                 },
                 base: a.base.clone(),
                 mixed: config.as_ref().and_then(|c| c.mixed.clone()),
+                overrides: a
+                    .overrides
+                    .iter()
+                    .map(|o| tenpak::compress::parse_override(o))
+                    .collect::<Result<_, _>>()?,
             };
             let r = tenpak::compress::compress(&a.model, &a.output, &opts, &*progress(cli.quiet))?;
             if a.json {

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 /// One variant to compress and evaluate.
 #[derive(Debug, Clone)]
 pub enum Variant {
-    /// A codec pipeline spec (`bfp8`, `int4_g32`, ...).
+    /// A codec pipeline spec (`bfp8`, `int4_g32`, ...), optionally followed by per-tensor
+    /// overrides `;FILTER=SPEC` (`int4_g32_asym;token_embd.weight=int8`).
     Codec(String),
     /// A compression config file.
     Config(PathBuf),
@@ -41,7 +42,13 @@ impl Variant {
             ..Default::default()
         };
         match self {
-            Variant::Codec(c) => o.codec = c.clone(),
+            Variant::Codec(c) => {
+                let mut parts = c.split(';');
+                o.codec = parts.next().unwrap_or_default().to_string();
+                o.overrides = parts
+                    .map(crate::compress::parse_override)
+                    .collect::<Result<_>>()?;
+            }
             Variant::Config(p) => {
                 let c = Config::load(p)?;
                 // A mixed-tile config plans its own formats; any other config compresses with
@@ -233,8 +240,10 @@ pub fn sweep(
         .collect::<Result<_>>()?;
     // Every spec is checked before the long reference run.
     for (label, o, _) in &options {
-        crate::codec::Pipeline::parse(&o.codec)
-            .map_err(|e| Error::new(e.kind, format!("variant '{label}': {e}")))?;
+        for spec in std::iter::once(&o.codec).chain(o.overrides.iter().map(|(_, c)| c)) {
+            crate::codec::Pipeline::parse(spec)
+                .map_err(|e| Error::new(e.kind, format!("variant '{label}': {e}")))?;
+        }
     }
     let out_dir = &opts.out_dir;
     std::fs::create_dir_all(out_dir)
