@@ -50,8 +50,10 @@ pub(super) struct EmbedArgs {
 pub(super) struct SweepArgs {
     /// The uncompressed model (GGUF or Hugging Face folder); also the reference.
     model: PathBuf,
-    /// Codec specs, comma-separated (for example bf16,bfp8,int4_g32).
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    /// Codec specs, comma-separated (bf16,bfp8,int:bits=4,group=64,int4_g32): a piece of the
+    /// form key=value continues the spec before it. A spec may end in per-tensor overrides,
+    /// `;FILTER=SPEC` (int4_g32_asym;token_embd.weight=int8). Repeatable.
+    #[arg(long, value_name = "LIST")]
     codecs: Vec<String>,
     /// A folder of compression configs (every *.json in it, in name order), or one config.
     #[arg(long, value_name = "DIR")]
@@ -309,8 +311,8 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
             let mut variants: Vec<Variant> = a
                 .codecs
                 .iter()
-                .filter(|c| !c.trim().is_empty())
-                .map(|c| Variant::Codec(c.trim().to_string()))
+                .flat_map(|list| split_specs(list))
+                .map(Variant::Codec)
                 .collect();
             if let Some(dir) = &a.configs {
                 if dir.is_dir() {
@@ -521,5 +523,39 @@ fn sweep_table(out: &mut Vec<u8>, f: &tenpak::eval::sweep::Frontier) {
                 e.nn_agree_pct
             );
         }
+    }
+}
+
+/// Split a comma-separated list of codec specs; `key=value` pieces (no `:` or `;`) are options
+/// of the spec before them.
+fn split_specs(list: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for piece in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let option = piece.contains('=') && !piece.contains(':') && !piece.contains(';');
+        match out.last_mut() {
+            Some(prev) if option => {
+                prev.push(',');
+                prev.push_str(piece);
+            }
+            _ => out.push(piece.to_string()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spec_lists() {
+        assert_eq!(
+            super::split_specs(
+                "bf16, int:bits=4,group=64,zero=asym,int4_g32;token_embd.weight=int8"
+            ),
+            vec![
+                "bf16",
+                "int:bits=4,group=64,zero=asym",
+                "int4_g32;token_embd.weight=int8"
+            ]
+        );
     }
 }
