@@ -248,13 +248,19 @@ pub fn evaluate(
     on_window: OnWindow,
 ) -> Result<PplReport> {
     let vocab = model.cfg.vocab;
-    if let Some(RefSource::Model(r)) = &reference {
-        if r.cfg.vocab != vocab {
-            return Err(Error::input(format!(
-                "the reference has a {}-token vocabulary, the model {vocab}",
-                r.cfg.vocab
-            )));
-        }
+    let ref_vocab = match &reference {
+        Some(RefSource::Model(r)) => Some(r.cfg.vocab),
+        Some(RefSource::Cached(run)) => run
+            .kld_logits
+            .first()
+            .zip(windows.first())
+            .map(|(l, w)| l.len() / w.len().max(1)),
+        None => None,
+    };
+    if let Some(rv) = ref_vocab.filter(|&rv| rv != vocab) {
+        return Err(Error::input(format!(
+            "the reference has a {rv}-token vocabulary, the model {vocab}"
+        )));
     }
     let start = std::time::Instant::now();
     let mut per_window = Vec::with_capacity(windows.len());
