@@ -268,17 +268,32 @@ impl Llama {
     /// empty cache. `kv` sees each layer's keys (after RoPE) and values as
     /// `[T, kv_heads, head_dim]` row-major.
     pub fn forward(&self, tokens: &[u32], logits: &mut Vec<f32>, kv: Option<KvSink>) -> Result<()> {
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
-            return Err(Error::input(format!(
-                "token id {bad} is outside the {}-token vocabulary",
-                self.cfg.vocab
-            )));
+        self.forward_many(&[tokens], logits, kv)
+    }
+
+    /// As [`Llama::forward`] for several independent sequences at once (each from an empty
+    /// cache): their rows share the dense products, so the weights are packed once per call
+    /// instead of once per sequence. `logits` holds the sequences' rows one after the other;
+    /// `kv` sees the rows of all sequences in order.
+    pub fn forward_many(
+        &self,
+        seqs: &[&[u32]],
+        logits: &mut Vec<f32>,
+        kv: Option<KvSink>,
+    ) -> Result<()> {
+        for tokens in seqs {
+            if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
+                return Err(Error::input(format!(
+                    "token id {bad} is outside the {}-token vocabulary",
+                    self.cfg.vocab
+                )));
+            }
+            if tokens.is_empty() {
+                return Err(Error::input("nothing to evaluate: no tokens"));
+            }
         }
-        if tokens.is_empty() {
-            return Err(Error::input("nothing to evaluate: no tokens"));
-        }
-        let x = self.hidden(tokens, kv)?;
-        let (t, e, v) = (tokens.len(), self.cfg.n_embd, self.cfg.vocab);
+        let x = self.hidden(seqs, kv)?;
+        let (t, e, v) = (x.len() / self.cfg.n_embd, self.cfg.n_embd, self.cfg.vocab);
         // Every element is written by the product (no read of the old contents): reusing the
         // buffer spares a page-faulted 100 MB allocation per window.
         logits.resize(t * v, 0.0);
@@ -310,24 +325,28 @@ impl Llama {
         Ok(())
     }
 
-    /// The final normed hidden states `[t, n_embd]`.
-    fn hidden(&self, tokens: &[u32], mut kv: Option<KvSink>) -> Result<Vec<f32>> {
+    /// The final normed hidden states `[rows of all sequences, n_embd]`.
+    fn hidden(&self, seqs: &[&[u32]], mut kv: Option<KvSink>) -> Result<Vec<f32>> {
         use super::kernels;
         use rayon::prelude::*;
         let c = &self.cfg;
+        let tokens: Vec<u32> = seqs.concat();
         let t = tokens.len();
+        // Position of each row within its own sequence.
+        let pos: Vec<usize> = seqs.iter().flat_map(|s| 0..s.len()).collect();
+        let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
         let (h, kvh, hd, f) = (c.n_head, c.n_kv_head, c.head_dim(), c.n_ff);
         let w = (h + 2 * kvh) * hd;
         let eps = c.rms_eps as f32;
-        let (cos, sin) = self.rope_tables(t);
-        let ids = Tensor::new(tokens, &self.dev).map_err(cerr)?;
+        let (cos, sin) = self.rope_tables(longest);
+        let ids = Tensor::new(tokens.as_slice(), &self.dev).map_err(cerr)?;
         let mut x = self.embed.index_select(&ids, 0).map_err(cerr)?;
         let vec = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>());
         for (li, l) in self.layers.iter().enumerate() {
             let a = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps).map_err(cerr)?;
             let mut qkv = a.matmul(&l.wqkv).and_then(|q| vec(&q)).map_err(cerr)?;
             let hd2 = hd / 2;
-            qkv.par_chunks_mut(w).enumerate().for_each(|(p, row)| {
+            qkv.par_chunks_mut(w).zip(&pos).for_each(|(row, &p)| {
                 let (cs, sn) = (&cos[p * hd2..(p + 1) * hd2], &sin[p * hd2..(p + 1) * hd2]);
                 kernels::rope_row(&mut row[..(h + kvh) * hd], cs, sn);
             });
@@ -340,7 +359,13 @@ impl Llama {
                 }
                 sink(li, &k, &v)?;
             }
-            let o = kernels::causal_attention(&qkv, t, h, kvh, hd);
+            let mut o = Vec::with_capacity(t * h * hd);
+            let mut at = 0;
+            for sq in seqs {
+                let rows = &qkv[at * w..(at + sq.len()) * w];
+                o.extend(kernels::causal_attention(rows, sq.len(), h, kvh, hd));
+                at += sq.len();
+            }
             let o = Tensor::from_vec(o, (t, h * hd), &self.dev).map_err(cerr)?;
             x = (x + o.matmul(&l.wo).map_err(cerr)?).map_err(cerr)?;
             let a = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps).map_err(cerr)?;
