@@ -235,16 +235,22 @@ pub(super) fn run_kv(cmd: &KvCommand, quiet: bool, out: &mut Vec<u8>) -> Result<
     }
 }
 
+/// Ctrl-C during an evaluation: nothing is half-written (outputs are renamed into place when
+/// complete), so stop at once.
+fn exit_if_cancelled() {
+    if CANCELLED.load(Ordering::Relaxed) {
+        eprintln!("tenpak: interrupted");
+        std::process::exit(130);
+    }
+}
+
 /// The per-window callback: the Ctrl-C check and the bar's tokens/s.
 fn progress_fn(
     bar: &Option<ProgressBar>,
     start: std::time::Instant,
 ) -> impl FnMut(usize, usize) + '_ {
     move |done: usize, tokens: usize| {
-        if CANCELLED.load(Ordering::Relaxed) {
-            eprintln!("tenpak: interrupted");
-            std::process::exit(130);
-        }
+        exit_if_cancelled();
         if let Some(b) = bar {
             b.set_position(done as u64);
             b.set_message(format!(
@@ -273,10 +279,7 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
                 )
             });
             let on_done = |_: usize| {
-                if CANCELLED.load(Ordering::Relaxed) {
-                    eprintln!("tenpak: interrupted");
-                    std::process::exit(130);
-                }
+                exit_if_cancelled();
                 if let Some(b) = &bar {
                     b.inc(1);
                 }
@@ -338,10 +341,7 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
                 )
             });
             let on_step = |label: &str, done: usize, n: usize| {
-                if CANCELLED.load(Ordering::Relaxed) {
-                    eprintln!("tenpak: interrupted");
-                    std::process::exit(130);
-                }
+                exit_if_cancelled();
                 if let Some(b) = &bar {
                     if b.length() != Some(n as u64) || done <= 1 {
                         b.set_length(n as u64);

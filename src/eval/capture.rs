@@ -133,16 +133,6 @@ impl Dump<'_> {
     }
 }
 
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// Run the model over the evaluation windows and write every layer's keys and values.
 /// A run is written into a hidden temporary folder and renamed into place when complete.
 pub fn capture(
@@ -220,7 +210,7 @@ pub fn capture(
             if step < opts.decode_steps {
                 let v = llama.cfg.vocab;
                 let last = &logits[(seq.len() - 1) * v..seq.len() * v];
-                seq.push(argmax(last));
+                seq.push(super::ppl::argmax(last) as u32);
             }
         }
         std::fs::rename(&tmp, &dest)

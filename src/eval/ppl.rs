@@ -122,7 +122,8 @@ pub fn windows(tokens: &[u32], bos: u32, opts: &PplOptions) -> Result<Vec<Vec<u3
 
 use super::kernels::{kl_row, lse};
 
-fn argmax(row: &[f32]) -> usize {
+/// Index of the largest logit (the first, on ties).
+pub(crate) fn argmax(row: &[f32]) -> usize {
     let mut best = 0;
     for (i, &x) in row.iter().enumerate() {
         if x > row[best] {
