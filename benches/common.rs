@@ -3,10 +3,18 @@
 use std::path::{Path, PathBuf};
 use tenpak::dtype::{self, DType};
 
+/// The repository's root: the benches belong to the root package and to tenpak-eval.
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|d| d.join("scripts/fetch-test-models.sh").is_file())
+        .expect("the benches run inside the repository")
+}
+
 pub fn minilm_path() -> PathBuf {
     let dir = std::env::var_os("TENPAK_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+        .unwrap_or_else(|| repo().join("models"));
     let p = dir.join("minilm/model.safetensors");
     assert!(
         p.is_file(),

@@ -8,6 +8,7 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::path::PathBuf;
+use tenpak::Context;
 
 fn models() -> PathBuf {
     common::minilm_path()
@@ -20,14 +21,13 @@ fn models() -> PathBuf {
 fn bench(c: &mut Criterion) {
     let m = models();
     let (_, llama, tok) =
-        tenpak::eval::load_llama(&m.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), None).unwrap();
-    let o = tenpak::eval::ppl::PplOptions {
+        tenpak_eval::load_llama(&m.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), None).unwrap();
+    let o = tenpak_eval::ppl::PplOptions {
         windows: 1,
         ..Default::default()
     };
     let (_, _, w) =
-        tenpak::eval::corpus_windows(&tok, &m.join("corpus/cfi-en.txt"), llama.cfg.bos, &o)
-            .unwrap();
+        tenpak_eval::corpus_windows(&tok, &m.join("corpus/cfi-en.txt"), llama.cfg.bos, &o).unwrap();
     let mut g = c.benchmark_group("eval");
     g.sample_size(10);
     g.throughput(Throughput::Elements(512));
@@ -36,18 +36,21 @@ fn bench(c: &mut Criterion) {
         b.iter(|| llama.forward(&w[0], &mut logits, None).unwrap())
     });
     g.bench_function("smollm2_window_512_scored", |b| {
-        b.iter(|| tenpak::eval::ppl::evaluate(&llama, None, &w, &o, &mut |_, _| {}).unwrap())
+        b.iter(|| {
+            tenpak_eval::ppl::evaluate(&llama, None, &w, &o, &mut |_, _| {}, &Context::default())
+                .unwrap()
+        })
     });
     drop(llama);
-    let (_, bert) = tenpak::eval::embed::load_bert(&m.join("minilm"), None, 256).unwrap();
-    let s = tenpak::eval::embed::corpus_sentences(&m.join("corpus/cfi-en.txt"), 64).unwrap();
+    let (_, bert) = tenpak_eval::embed::load_bert(&m.join("minilm"), None, 256).unwrap();
+    let s = tenpak_eval::embed::corpus_sentences(&m.join("corpus/cfi-en.txt"), 64).unwrap();
     let toks: u64 = s
         .iter()
         .map(|t| bert.tokenize(t).unwrap().len() as u64)
         .sum();
     g.throughput(Throughput::Elements(toks));
     g.bench_function("minilm_embed_64_sentences", |b| {
-        b.iter(|| tenpak::eval::embed::embed_all(&bert, &s, &|_| {}).unwrap())
+        b.iter(|| tenpak_eval::embed::embed_all(&bert, &s, &|_| {}, &Context::default()).unwrap())
     });
     g.finish();
 }

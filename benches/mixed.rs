@@ -86,7 +86,7 @@ fn bench(c: &mut Criterion) {
                     &p,
                     Layout::Tiles32,
                     chunk,
-                    &tenpak::progress::NoProgress,
+                    &tenpak::Context::default(),
                     &mut |_, _, _| Ok(()),
                 )
                 .unwrap();

@@ -17,7 +17,8 @@ use crate::config::{Algorithm, Config};
 use crate::error::{Error, Result};
 use crate::input::{self, TensorSource};
 use crate::metrics::{fmt_pcc, fmt_sci as sci};
-use crate::progress::{Event, Progress};
+use crate::progress::Event;
+use crate::Context;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -165,13 +166,9 @@ pub struct AnalyzeReport {
 }
 
 /// Analyze `input`.
-pub fn analyze(
-    input: &Path,
-    opts: &AnalyzeOptions,
-    progress: &dyn Progress,
-) -> Result<AnalyzeReport> {
+pub fn analyze(input: &Path, opts: &AnalyzeOptions, cx: &Context<'_>) -> Result<AnalyzeReport> {
     let source = input::open(input)?;
-    analyze_source(&*source, input, opts, progress)
+    analyze_source(&*source, input, opts, cx)
 }
 
 /// Analyze an opened source.
@@ -179,7 +176,16 @@ pub fn analyze_source(
     source: &dyn TensorSource,
     input: &Path,
     opts: &AnalyzeOptions,
-    progress: &dyn Progress,
+    cx: &Context<'_>,
+) -> Result<AnalyzeReport> {
+    cx.install(|| analyze_source_on_threads(source, input, opts, cx))
+}
+
+fn analyze_source_on_threads(
+    source: &dyn TensorSource,
+    input: &Path,
+    opts: &AnalyzeOptions,
+    cx: &Context<'_>,
 ) -> Result<AnalyzeReport> {
     if opts.formats.is_empty() {
         return Err(Error::config("no format to analyze"));
@@ -217,7 +223,7 @@ pub fn analyze_source(
         (None, _) => Some(results_dir(input, runs.last().expect("a run").name())?),
     };
     let total: u64 = selected.iter().map(|&i| infos[i].source_bytes).sum();
-    progress.event(Event::Start {
+    cx.event(Event::Start {
         total_bytes: total,
         tensors: selected.len(),
     });
@@ -228,13 +234,13 @@ pub fn analyze_source(
         config.mixed.as_ref(),
         opts.tile_vectors,
         opts.chunk_elems,
-        progress,
+        cx,
     )
     .map_err(|e| e.with_file(input))?;
     let mut rows = Vec::new();
     for &i in &selected {
         let info = &infos[i];
-        progress.event(Event::Tensor { name: &info.name });
+        cx.event(Event::Tensor { name: &info.name });
         let data = source.data(i).map_err(|e| e.with_tensor(&info.name))?;
         let jobs: Vec<(Algorithm, usize)> = runs
             .iter()
@@ -257,7 +263,7 @@ pub fn analyze_source(
                     &p,
                     layout,
                     opts.chunk_elems,
-                    progress,
+                    cx,
                     &mut |payload, s, c| {
                         if opts.plots {
                             kept.push((payload.to_vec(), s, c));
@@ -302,7 +308,7 @@ pub fn analyze_source(
                 &plan.pipeline()?,
                 tpk_format::Layout::Tiles32,
                 opts.chunk_elems,
-                progress,
+                cx,
                 &mut |_, _, _| Ok(()),
             )
             .map_err(|e| e.with_tensor(&info.name).with_file(input))?;
@@ -310,25 +316,29 @@ pub fn analyze_source(
             if let Some(d) = &dir {
                 let safe = file_safe(&info.name);
                 let tdir = d.join(spec.algorithm.name().replace('-', "_")).join(&safe);
-                crate::mixed::write_artifacts(&tdir, &info.name, &safe, &info.dims, &plan, spec)
-                    .map_err(|e| e.with_tensor(&info.name))?;
+                crate::mixed::write_artifacts(
+                    &tdir, &info.name, &safe, &info.dims, &plan, spec, cx,
+                )
+                .map_err(|e| e.with_tensor(&info.name))?;
             }
         }
         if opts.plots {
             let pdir = dir.as_ref().expect("a results folder").join("plots");
             std::fs::create_dir_all(&pdir)
                 .map_err(|e| Error::io(format!("create {}", pdir.display()), e))?;
-            crate::plot::tensor_pairs(
+            cx.figures().draw(
                 &pdir.join(format!("{}.png", file_safe(&info.name))),
-                &info.name,
-                &series,
+                &crate::figure::Figure::TensorPairs {
+                    tensor: &info.name,
+                    series: &series,
+                },
             )?;
         }
-        progress.event(Event::Advance {
+        cx.event(Event::Advance {
             bytes: info.source_bytes,
         });
     }
-    progress.event(Event::Finish);
+    cx.event(Event::Finish);
     let summary = summarize(&rows, &runs, &opts.formats);
     let mut report = AnalyzeReport {
         source: source.describe(),

@@ -10,8 +10,9 @@ use crate::dtype::{self, DType};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::{self, TensorInfo, TensorSource};
 use crate::metrics::{Accumulator, Metrics};
-use crate::progress::{Event, Progress};
+use crate::progress::Event;
 use crate::tiles::TileGeom;
+use crate::Context;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -147,10 +148,10 @@ pub fn compress(
     input: &Path,
     output: &Path,
     opts: &CompressOptions,
-    progress: &dyn Progress,
+    cx: &Context<'_>,
 ) -> Result<CompressReport> {
     let source = input::open(input)?;
-    compress_source(&*source, input, output, opts, progress)
+    compress_source(&*source, input, output, opts, cx)
 }
 
 /// Compress an already opened source.
@@ -159,7 +160,17 @@ pub fn compress_source(
     input: &Path,
     output: &Path,
     opts: &CompressOptions,
-    progress: &dyn Progress,
+    cx: &Context<'_>,
+) -> Result<CompressReport> {
+    cx.install(|| compress_source_on_threads(source, input, output, opts, cx))
+}
+
+fn compress_source_on_threads(
+    source: &dyn TensorSource,
+    input: &Path,
+    output: &Path,
+    opts: &CompressOptions,
+    cx: &Context<'_>,
 ) -> Result<CompressReport> {
     if opts.chunk_elems == 0 {
         return Err(Error::config("--chunk-elems must be at least 1"));
@@ -236,7 +247,7 @@ pub fn compress_source(
         w.set_metadata(&format!("user.{k}"), v);
     }
     let total: u64 = selected.iter().map(|&i| infos[i].source_bytes).sum();
-    progress.event(Event::Start {
+    cx.event(Event::Start {
         total_bytes: total,
         tensors: selected.len(),
     });
@@ -247,13 +258,13 @@ pub fn compress_source(
         opts.mixed.as_ref(),
         opts.tile_vectors,
         opts.chunk_elems,
-        progress,
+        cx,
     )
     .map_err(|e| e.with_file(input))?;
     let mut reports = Vec::with_capacity(selected.len());
     for &i in &selected {
         let info = &infos[i];
-        progress.event(Event::Tensor { name: &info.name });
+        cx.event(Event::Tensor { name: &info.name });
         let p = overrides
             .iter()
             .find(|(f, _)| input::name_matches(&info.name, f))
@@ -266,16 +277,16 @@ pub fn compress_source(
             plans[i].take(),
             base.as_ref(),
             &mut w,
-            progress,
+            cx,
         )
         .map_err(|e| e.with_tensor(&info.name).with_file(input))?;
-        progress.event(Event::Advance {
+        cx.event(Event::Advance {
             bytes: info.source_bytes,
         });
         reports.push(r);
     }
     let tmp_size = w.finish().map_err(|e| Error::from(e).with_file(output))?;
-    progress.event(Event::Finish);
+    cx.event(Event::Finish);
     let file_bytes = std::fs::metadata(output)
         .map_err(|e| Error::io("stat the written file", e).with_file(output))?
         .len();
@@ -354,13 +365,13 @@ fn compress_tensor(
     plan: Option<crate::mixed::MixedTensor>,
     base: Option<&crate::base::Base>,
     w: &mut TpkWriter,
-    progress: &dyn Progress,
+    cx: &Context<'_>,
 ) -> Result<TensorReport> {
     let info = &source.tensors()[i];
     let data = source.data(i)?;
     if let Some(b) = base {
         if let Some(bdata) = b.matching(&info.name, &info.dims, info.dtype)? {
-            return compress_delta(info, &data, &bdata, pipeline, opts, w, progress);
+            return compress_delta(info, &data, &bdata, pipeline, opts, w, cx);
         }
     }
     let plan = match (&opts.mixed, plan) {
@@ -397,7 +408,7 @@ fn compress_tensor(
         &pipeline,
         layout,
         opts.chunk_elems,
-        progress,
+        cx,
         &mut |payload, s, c| {
             chunks.push(w.write_chunk(payload, s, c)?);
             Ok(())
@@ -455,7 +466,7 @@ fn compress_delta(
     pipeline: &Pipeline,
     opts: &CompressOptions,
     w: &mut TpkWriter,
-    progress: &dyn Progress,
+    cx: &Context<'_>,
 ) -> Result<TensorReport> {
     use crate::codec::delta::{fingerprint, DeltaCodec, Mode};
     // An unchanged tensor is all zeros as an XOR: byteplane makes that almost nothing,
@@ -501,7 +512,7 @@ fn compress_delta(
         &p,
         Layout::RowMajor,
         opts.chunk_elems,
-        progress,
+        cx,
         &mut |payload, s, c| {
             chunks.push(w.write_chunk(payload, s, c)?);
             if mode == Mode::Sub {
@@ -556,19 +567,10 @@ pub fn encode_tensor(
     pipeline: &Pipeline,
     layout: Layout,
     chunk_elems: u64,
-    progress: &dyn Progress,
+    cx: &Context<'_>,
     sink: &mut ChunkSink<'_>,
 ) -> Result<Encoded> {
-    encode_tensor_against(
-        info,
-        data,
-        data,
-        pipeline,
-        layout,
-        chunk_elems,
-        progress,
-        sink,
-    )
+    encode_tensor_against(info, data, data, pipeline, layout, chunk_elems, cx, sink)
 }
 
 /// [`encode_tensor`] of `data` (a pruned copy of the tensor, say) with the metrics measured
@@ -582,7 +584,7 @@ pub fn encode_tensor_against(
     pipeline: &Pipeline,
     layout: Layout,
     chunk_elems: u64,
-    progress: &dyn Progress,
+    cx: &Context<'_>,
     sink: &mut ChunkSink<'_>,
 ) -> Result<Encoded> {
     if reference.len() != data.len()
@@ -606,7 +608,7 @@ pub fn encode_tensor_against(
         )));
     }
     if layout != Layout::RowMajor {
-        return encode_tiled(info, data, pipeline, layout, chunk_elems, progress, sink);
+        return encode_tiled(info, data, pipeline, layout, chunk_elems, cx, sink);
     }
     // Codecs with groups take whole groups per chunk.
     // (A multiple beyond the tensor means one chunk for the whole tensor.)
@@ -623,7 +625,7 @@ pub fn encode_tensor_against(
     let (acc, encoded_bytes) = encode_batches(
         &ranges,
         per_batch,
-        progress,
+        cx,
         |&(s, c)| {
             let bytes = &data[s as usize * esize..(s + c) as usize * esize];
             let refb = &reference[s as usize * esize..(s + c) as usize * esize];
@@ -647,7 +649,7 @@ fn encode_tiled(
     pipeline: &Pipeline,
     layout: Layout,
     chunk_elems: u64,
-    progress: &dyn Progress,
+    cx: &Context<'_>,
     sink: &mut ChunkSink<'_>,
 ) -> Result<Encoded> {
     let mut widened = Vec::new();
@@ -688,7 +690,7 @@ fn encode_tiled(
     let (acc, encoded_bytes) = encode_batches(
         &trs,
         batch,
-        progress,
+        cx,
         |r| {
             // Per-thread buffers, reused across chunks: fresh ones cost a zeroing pass and page
             // faults per chunk.
@@ -791,14 +793,14 @@ fn bytes_as_f32(d: DType, data: &[u8]) -> Option<&[f32]> {
 fn encode_batches<T: Sync>(
     items: &[T],
     per_batch: usize,
-    progress: &dyn Progress,
+    cx: &Context<'_>,
     encode: impl Fn(&T) -> Result<(Vec<u8>, Accumulator)> + Sync,
     mut emit: impl FnMut(&T, &[u8]) -> Result<()>,
 ) -> Result<(Accumulator, u64)> {
     let mut acc = Accumulator::default();
     let mut bytes = 0;
     for (bi, batch) in items.chunks(per_batch.max(1)).enumerate() {
-        if progress.cancelled() {
+        if cx.cancelled() {
             return Err(crate::progress::interrupted());
         }
         let done: Vec<Result<(Vec<u8>, Accumulator)>> = batch

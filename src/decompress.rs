@@ -8,7 +8,8 @@ use crate::archive::Archive;
 use crate::dtype::{self, DType};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input;
-use crate::progress::{Event, Progress};
+use crate::progress::Event;
+use crate::Context;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -128,7 +129,16 @@ pub fn decompress(
     input: &Path,
     output: &Path,
     opts: &DecompressOptions,
-    progress: &dyn Progress,
+    cx: &Context<'_>,
+) -> Result<DecompressReport> {
+    cx.install(|| decompress_on_threads(input, output, opts, cx))
+}
+
+fn decompress_on_threads(
+    input: &Path,
+    output: &Path,
+    opts: &DecompressOptions,
+    cx: &Context<'_>,
 ) -> Result<DecompressReport> {
     let mut ar = Archive::open(input)?;
     if let Some(b) = &opts.base {
@@ -225,15 +235,14 @@ pub fn decompress(
             .unwrap_or_default(),
     );
     let total: u64 = plan.iter().map(|p| p.bytes).sum();
-    progress.event(Event::Start {
+    cx.event(Event::Start {
         total_bytes: total,
         tensors: plan.len(),
     });
     let mut temps = Vec::new();
     let mut weight_map = BTreeMap::new();
     for (shard, name) in shards.iter().zip(&names) {
-        let tmp =
-            write_shard(&ar, shard, &dir, &metadata, progress).map_err(|e| e.with_file(input))?;
+        let tmp = write_shard(&ar, shard, &dir, &metadata, cx).map_err(|e| e.with_file(input))?;
         for p in shard {
             weight_map.insert(
                 tensors[p.index].name.clone(),
@@ -259,7 +268,7 @@ pub fn decompress(
         persist(tmp, &index_path, opts.force)?;
         files.push(index_path);
     }
-    progress.event(Event::Finish);
+    cx.event(Event::Finish);
     Ok(DecompressReport {
         files,
         tensors: plan.len(),
@@ -285,7 +294,7 @@ fn write_shard(
     shard: &[&Planned],
     dir: &Path,
     metadata: &BTreeMap<String, String>,
-    progress: &dyn Progress,
+    cx: &Context<'_>,
 ) -> Result<tempfile::NamedTempFile> {
     let tensors = ar.file.tensors();
     let mut header = serde_json::Map::new();
@@ -318,16 +327,16 @@ fn write_shard(
     out.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
     out.write_all(&h).map_err(io)?;
     for p in shard {
-        if progress.cancelled() {
+        if cx.cancelled() {
             return Err(crate::progress::interrupted());
         }
         let t = &tensors[p.index];
-        progress.event(Event::Tensor { name: &t.name });
+        cx.event(Event::Tensor { name: &t.name });
         let (decoded, bytes) = ar.decode_tensor(p.index)?;
         let bytes = convert(decoded, bytes, p.dtype).map_err(|e| e.with_tensor(&t.name))?;
         debug_assert_eq!(bytes.len() as u64, p.bytes);
         out.write_all(&bytes).map_err(io)?;
-        progress.event(Event::Advance { bytes: p.bytes });
+        cx.event(Event::Advance { bytes: p.bytes });
     }
     out.into_inner()
         .map_err(|e| Error::io("flush", e.into_error()))

@@ -8,9 +8,10 @@ use crate::codec::mixed::{MixedCodec, TileFormat};
 use crate::codec::Pipeline;
 use crate::config::{Algorithm, Budget, MixedSpec, Scope};
 use crate::error::{Error, Result};
+use crate::figure::Figure;
 use crate::input::{TensorInfo, TensorSource};
-use crate::progress::Progress;
 use crate::tiles::TileGeom;
+use crate::Context;
 use serde::Serialize;
 use std::sync::Arc;
 use tpk_format::Layout;
@@ -218,7 +219,7 @@ pub fn plan_model(
     indices: &[usize],
     spec: &MixedSpec,
     chunk_elems: u64,
-    progress: &dyn Progress,
+    cx: &Context<'_>,
 ) -> Result<Vec<MixedTensor>> {
     if spec.algorithm != Algorithm::MixedOptimal {
         return Err(Error::config(format!(
@@ -229,7 +230,7 @@ pub fn plan_model(
     let infos = source.tensors();
     let mut tables = Vec::with_capacity(indices.len());
     for &i in indices {
-        if progress.cancelled() {
+        if cx.cancelled() {
             return Err(crate::progress::interrupted());
         }
         let info = &infos[i];
@@ -259,7 +260,7 @@ pub fn plan_ahead(
     spec: Option<&MixedSpec>,
     tile_vectors: bool,
     chunk_elems: u64,
-    progress: &dyn Progress,
+    cx: &Context<'_>,
 ) -> Result<Vec<Option<MixedTensor>>> {
     let infos = source.tensors();
     let mut plans: Vec<Option<MixedTensor>> = vec![None; infos.len()];
@@ -271,7 +272,7 @@ pub fn plan_ahead(
             .collect();
         for (i, p) in elig
             .iter()
-            .zip(plan_model(source, &elig, spec, chunk_elems, progress)?)
+            .zip(plan_model(source, &elig, spec, chunk_elems, cx)?)
         {
             plans[*i] = Some(p);
         }
@@ -337,6 +338,7 @@ pub fn write_artifacts(
     dims: &[u64],
     plan: &MixedTensor,
     spec: &MixedSpec,
+    cx: &Context<'_>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let (wide, high) = plan.grid;
@@ -354,16 +356,19 @@ pub fn write_artifacts(
         (serde_json::to_string_pretty(&mapping).expect("json") + "\n").as_bytes(),
     )?;
     let names: Vec<&str> = plan.formats.iter().map(|f| f.name()).collect();
-    crate::plot::assignment_map(
+    let figures = cx.figures();
+    figures.draw(
         &dir.join(format!("{safe}_assignment.png")),
-        tensor,
-        plan.grid,
-        &plan.assignment,
-        &names,
+        &Figure::AssignmentMap {
+            title: tensor,
+            grid: plan.grid,
+            assignment: &plan.assignment,
+            formats: &names,
+        },
     )?;
     let bpw = |b: u64| 8.0 * b as f64 / plan.numel.max(1) as f64;
     let m = spec.metric;
-    let mut points: Vec<crate::plot::SizePoint> = plan
+    let mut points: Vec<crate::figure::SizePoint> = plan
         .uniform
         .iter()
         .map(|(n, b, s)| (n.clone(), bpw(*b), s.get(m)))
@@ -378,12 +383,14 @@ pub fn write_artifacts(
         .iter()
         .map(|s| (bpw(s.bytes), s.score.get(m)))
         .collect();
-    crate::plot::size_vs_accuracy(
+    figures.draw(
         &dir.join("size_vs_accuracy.png"),
-        &format!("{tensor}: {} vs size", m.name()),
-        m.name(),
-        &points,
-        &[],
+        &Figure::SizeVsAccuracy {
+            title: &format!("{tensor}: {} vs size", m.name()),
+            metric: m.name(),
+            points: &points,
+            cloud: &[],
+        },
     )?;
     if !plan.samples.is_empty() {
         let mut csv = String::from("iter,bytes,bpw,pcc,mae,atol,passes\n");
@@ -400,12 +407,14 @@ pub fn write_artifacts(
             ));
         }
         crate::atomic::write(&dir.join(format!("{safe}.csv")), csv.as_bytes())?;
-        crate::plot::size_vs_accuracy(
+        figures.draw(
             &dir.join(format!("{safe}_samples.png")),
-            &format!("{tensor}: {} random assignments", plan.samples.len()),
-            m.name(),
-            &points,
-            &cloud,
+            &Figure::SizeVsAccuracy {
+                title: &format!("{tensor}: {} random assignments", plan.samples.len()),
+                metric: m.name(),
+                points: &points,
+                cloud: &cloud,
+            },
         )?;
     }
     Ok(())

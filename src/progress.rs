@@ -24,19 +24,14 @@ pub enum Event<'a> {
     Finish,
 }
 
-/// Receives progress events (from one thread at a time) and says whether to stop.
+/// Receives progress events (from one thread at a time). Cancellation is the
+/// [`crate::Context`]'s.
 pub trait Progress: Sync {
     /// Handle one event.
     fn event(&self, e: Event<'_>);
-    /// True when the user asked to stop (Ctrl-C): long operations then return
-    /// [`crate::ErrorKind::Interrupted`] at the next tensor or batch, and their temporary
-    /// output is removed.
-    fn cancelled(&self) -> bool {
-        false
-    }
 }
 
-/// The error long operations return when [`Progress::cancelled`] says so.
+/// The error long operations return once their [`crate::Context`] is cancelled.
 pub fn interrupted() -> crate::Error {
     crate::Error::new(
         crate::ErrorKind::Interrupted,

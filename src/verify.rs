@@ -2,7 +2,8 @@
 
 use crate::archive::{decoded_len, Archive};
 use crate::error::{ErrorKind, Result};
-use crate::progress::{Event, Progress};
+use crate::progress::Event;
+use crate::Context;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::Path;
@@ -39,7 +40,11 @@ impl VerifyReport {
 }
 
 /// Verify a `.tpk`. Header and index errors are returned as `Err` (nothing else can be checked).
-pub fn verify(path: &Path, progress: &dyn Progress) -> Result<VerifyReport> {
+pub fn verify(path: &Path, cx: &Context<'_>) -> Result<VerifyReport> {
+    cx.install(|| verify_on_threads(path, cx))
+}
+
+fn verify_on_threads(path: &Path, cx: &Context<'_>) -> Result<VerifyReport> {
     let ar = Archive::open(path)?;
     let tensors = ar.file.tensors();
     let mut problems: Vec<Problem> = ar
@@ -54,16 +59,16 @@ pub fn verify(path: &Path, progress: &dyn Progress) -> Result<VerifyReport> {
         .collect();
     let mut unsupported = Vec::new();
     let total: u64 = tensors.iter().map(|t| t.payload_bytes()).sum();
-    progress.event(Event::Start {
+    cx.event(Event::Start {
         total_bytes: total,
         tensors: tensors.len(),
     });
     let mut chunks = 0;
     for (i, t) in tensors.iter().enumerate() {
-        if progress.cancelled() {
+        if cx.cancelled() {
             return Err(crate::progress::interrupted());
         }
-        progress.event(Event::Tensor { name: &t.name });
+        cx.event(Event::Tensor { name: &t.name });
         chunks += t.chunks.len();
         let pipeline = ar.pipeline(i);
         let checked: Vec<Option<Problem>> = (0..t.chunks.len())
@@ -102,11 +107,11 @@ pub fn verify(path: &Path, progress: &dyn Progress) -> Result<VerifyReport> {
                 }
             }
         }
-        progress.event(Event::Advance {
+        cx.event(Event::Advance {
             bytes: t.payload_bytes(),
         });
     }
-    progress.event(Event::Finish);
+    cx.event(Event::Finish);
     Ok(VerifyReport {
         tensors: tensors.len(),
         chunks,

@@ -1,7 +1,6 @@
 //! `tenpak analyze` and compression configs on the real MiniLM.
 
 use crate::common::*;
-use std::path::Path;
 
 /// The report's rows match what `compress` writes for the same tensor and format, its files are
 /// all there, and the summary aggregates the rows.
@@ -108,7 +107,7 @@ fn analyze_matches_compress_and_writes_results() {
 #[test]
 fn analyze_with_transpose_config() {
     let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = crate::common::repo();
     let cfg = root.join("compression_configs/compression_config.transpose.example.json");
     let out = dir.path().join("res");
     let j = tenpak_json(&[
@@ -140,7 +139,7 @@ fn analyze_with_transpose_config() {
 /// unchanged, extra params warned about by name.
 #[test]
 fn shipped_and_seed_configs() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("compression_configs");
+    let root = crate::common::repo().join("compression_configs");
     let mut n = 0;
     for e in std::fs::read_dir(&root).unwrap() {
         let p = e.unwrap().path();
@@ -217,7 +216,7 @@ fn shipped_and_seed_configs() {
 #[test]
 fn compress_records_the_config() {
     let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = crate::common::repo();
     let cfg = root.join("compression_configs/compression_config.transpose.example.json");
     let tpk = dir.path().join("t.tpk");
     tenpak_ok(&[

@@ -10,10 +10,7 @@ use tenpak::codec::mx;
 /// Tile A = `np.random.default_rng(0).standard_normal((32, 32), dtype=np.float32)`, tile B =
 /// `np.random.seed(0); np.random.randn(32, 32).astype(np.float32)`, as raw little-endian f32.
 fn spec_tiles() -> (Vec<f32>, Vec<f32>) {
-    let b = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/spec_tiles_ab.f32"),
-    )
-    .unwrap();
+    let b = std::fs::read(crate::common::repo().join("tests/golden/spec_tiles_ab.f32")).unwrap();
     let v: Vec<f32> = b
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))

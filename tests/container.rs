@@ -36,7 +36,7 @@ fn every_single_byte_corruption_is_detected() {
             let mut b = good.clone();
             b[i] ^= flip;
             std::fs::write(&bad, &b).unwrap();
-            let ok = matches!(tenpak::verify::verify(&bad, &tenpak::progress::NoProgress), Ok(r) if r.ok());
+            let ok = matches!(tenpak::verify::verify(&bad, &tenpak::Context::default()), Ok(r) if r.ok());
             assert!(!ok, "flipping byte {i} with {flip:#x} went undetected");
         }
     }
@@ -173,7 +173,7 @@ fn output_is_deterministic() {
 #[test]
 fn golden_encoded_crcs() {
     let dir = tempfile::tempdir().unwrap();
-    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/results.txt");
+    let golden = crate::common::repo().join("tests/golden/results.txt");
     let mut lines = Vec::new();
     for codec in [
         "raw",
@@ -217,7 +217,7 @@ fn golden_encoded_crcs() {
 /// source rounded to bf16 (written back as f32, the source dtype).
 #[test]
 fn older_format_versions_still_decode() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1.0");
+    let dir = crate::common::repo().join("tests/fixtures/v1.0");
     let src = read_safetensors(&dir.join("source.safetensors"));
     let out = tempfile::tempdir().unwrap();
     for name in ["byteplane", "bf16-zstd"] {

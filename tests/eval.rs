@@ -4,12 +4,12 @@
 
 use crate::common::*;
 use std::path::Path;
-use tenpak::eval::ppl::{self, PplOptions};
-use tenpak::eval::{corpus_windows, load_llama, tokens_sha256};
+use tenpak::Context;
+use tenpak_eval::ppl::{self, PplOptions};
+use tenpak_eval::{corpus_windows, load_llama, tokens_sha256};
 
 fn fixture() -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/eval/smollm2_numpy_windows.json");
+    let p = crate::common::repo().join("tests/fixtures/eval/smollm2_numpy_windows.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
@@ -44,7 +44,7 @@ fn first_windows_match_numpy_reference() {
     let (_, m, tok) = load_llama(&smollm2(), None).unwrap();
     let o = opts(2, 0);
     let (_, _, windows) = corpus_windows(&tok, &corpus(), m.cfg.bos, &o).unwrap();
-    let r = ppl::evaluate(&m, None, &windows, &o, &mut |_, _| {}).unwrap();
+    let r = ppl::evaluate(&m, None, &windows, &o, &mut |_, _| {}, &Context::default()).unwrap();
     let fx = fixture();
     for (w, got) in r.per_window.iter().enumerate() {
         let want = &fx["windows"][w];
@@ -335,7 +335,7 @@ fn full_slice_ppl_within_half_percent_of_llama_cpp() {
     let (_, m, tok) = load_llama(&smollm2(), None).unwrap();
     let o = PplOptions::default();
     let (_, _, windows) = corpus_windows(&tok, &corpus(), m.cfg.bos, &o).unwrap();
-    let r = ppl::evaluate(&m, None, &windows, &o, &mut |_, _| {}).unwrap();
+    let r = ppl::evaluate(&m, None, &windows, &o, &mut |_, _| {}, &Context::default()).unwrap();
     let p = r.perplexity.ppl;
     assert!((p / 35.253 - 1.0).abs() < 0.005, "PPL {p}");
     eprintln!(
@@ -504,11 +504,10 @@ fn kv_capture_layout_and_values() {
 /// scripts/minilm_embedding_fixture.py with the library itself).
 #[test]
 fn minilm_matches_sentence_transformers() {
-    let p =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval/minilm_st_embeddings.json");
+    let p = crate::common::repo().join("tests/fixtures/eval/minilm_st_embeddings.json");
     let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
     let dir = minilm();
-    let (_, bert) = tenpak::eval::embed::load_bert(dir.parent().unwrap(), None, 256).unwrap();
+    let (_, bert) = tenpak_eval::embed::load_bert(dir.parent().unwrap(), None, 256).unwrap();
     let texts = fx["texts"].as_array().unwrap();
     let mut truncated = 0;
     for t in texts {
@@ -541,7 +540,7 @@ fn minilm_matches_sentence_transformers() {
     }
     assert_eq!(truncated, 1, "the long text is cut at 256 word pieces");
     // The sentence split of eval.md §5 finds the same sentences as the Python script.
-    let s = tenpak::eval::embed::corpus_sentences(&corpus(), usize::MAX).unwrap();
+    let s = tenpak_eval::embed::corpus_sentences(&corpus(), usize::MAX).unwrap();
     assert_eq!(s.len() as u64, fx["sentences_total"].as_u64().unwrap());
     for (a, t) in s.iter().zip(texts.iter().take(12)) {
         assert_eq!(a, t["text"].as_str().unwrap());

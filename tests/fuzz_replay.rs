@@ -64,7 +64,7 @@ fn replay_seeds_and_regressions() {
     if std::env::var_os("TENPAK_WRITE_SEEDS").is_some() {
         write_seeds();
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = crate::common::repo();
     let mut count = 0;
     for (name, target) in TARGETS {
         for base in ["fuzz/seeds", "tests/regressions"] {
@@ -84,7 +84,7 @@ fn replay_seeds_and_regressions() {
 /// extension names.
 #[test]
 fn bad_files_are_errors() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad");
+    let root = crate::common::repo().join("tests/bad");
     let mut n = 0;
     for file in files(&root) {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
@@ -100,7 +100,7 @@ fn bad_files_are_errors() {
 }
 
 fn write_seeds() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let root = crate::common::repo().join("fuzz/seeds");
     let put = |t: &str, name: &str, b: &[u8]| {
         std::fs::create_dir_all(root.join(t)).unwrap();
         std::fs::write(root.join(t).join(name), b).unwrap();

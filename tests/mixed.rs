@@ -243,7 +243,7 @@ fn stored_assignment_exports_and_model_budget_holds() {
 #[test]
 fn analyze_reports_mixed_rows_and_artifacts() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let cfg = crate::common::repo()
         .join("compression_configs/compression_config.mixed_tile_random.example.json");
     let out = dir.path().join("res");
     let j = tenpak_json(&[

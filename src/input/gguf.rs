@@ -640,6 +640,7 @@ fn q6_k(b: &[u8], y: &mut [f32]) {
 }
 
 /// Parse GGUF bytes without a file (fuzzing): the tensor table, and every tensor dequantized.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_parse(b: &[u8], max_elems: u64) -> Result<usize> {
     let (_, _, infos, entries) = parse_bytes(b)?;

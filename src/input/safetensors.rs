@@ -93,6 +93,7 @@ fn pair_scales(raws: &[Raw]) -> std::result::Result<Vec<Option<usize>>, (Error, 
 
 /// Parse safetensors bytes as the reader does, pair FP8 scales, and dequantize every small FP8
 /// weight (fuzzing).
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_parse(bytes: &[u8], max_elems: u64) -> Result<usize> {
     let raws = parse_header(bytes, 0)?;

@@ -5,11 +5,19 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The repository's root (the tests belong to the `tenpak-cli` package, one folder down).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tenpak-cli sits in the repository")
+        .to_path_buf()
+}
+
 /// The model cache filled by `scripts/fetch-test-models.sh`.
 pub fn models_dir() -> PathBuf {
     match std::env::var_os("TENPAK_MODELS") {
         Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
+        None => repo().join("models"),
     }
 }
 

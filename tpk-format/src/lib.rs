@@ -8,6 +8,8 @@
 //! access is in bounds by construction. Writing goes to a temporary file beside the destination
 //! and is renamed into place by [`TpkWriter::finish`]; dropping an unfinished writer removes it.
 
+#![warn(missing_docs)]
+
 mod error;
 mod read;
 mod write;

@@ -3,10 +3,11 @@
 //! dump layout (`formats-spec/kv-dump.md`): `<root>/<run_id>/layer_<i>/k_t<s>_<e>.bin`,
 //! `v_t<s>_<e>.bin` and `meta_t<s>_<e>.json`, `[seq_len, kv_heads, head_dim]` little-endian.
 
-use super::ppl::PplOptions;
-use crate::error::{Error, Result};
+use crate::ppl::PplOptions;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use tenpak::error::{Error, Result};
+use tenpak::Context;
 
 /// Element type of the dumps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -103,8 +104,8 @@ impl Dump<'_> {
         let k_file = format!("k_t{}_{end}.bin", self.start);
         let v_file = format!("v_t{}_{end}.bin", self.start);
         let (kb, vb) = (encode(k, self.dtype), encode(v, self.dtype));
-        crate::atomic::write(&dir.join(&k_file), &kb)?;
-        crate::atomic::write(&dir.join(&v_file), &vb)?;
+        tenpak::atomic::write(&dir.join(&k_file), &kb)?;
+        tenpak::atomic::write(&dir.join(&v_file), &vb)?;
         let meta = serde_json::json!({
             "layer_id": self.layer,
             "seq_start": self.start,
@@ -125,7 +126,7 @@ impl Dump<'_> {
             "v_file": v_file,
         });
         let text = serde_json::to_string_pretty(&meta).expect("json") + "\n";
-        crate::atomic::write(
+        tenpak::atomic::write(
             &dir.join(format!("meta_t{}_{end}.json", self.start)),
             text.as_bytes(),
         )?;
@@ -140,10 +141,22 @@ pub fn capture(
     base: Option<&Path>,
     corpus: &Path,
     opts: &CaptureOptions,
-    on_window: super::ppl::OnWindow,
+    on_window: crate::ppl::OnWindow,
+    cx: &Context<'_>,
 ) -> Result<CaptureReport> {
-    let (desc, llama, tok) = super::load_llama(model, base)?;
-    let (_, _, windows) = super::corpus_windows(&tok, corpus, llama.cfg.bos, &opts.windows)?;
+    cx.install(|| capture_on_threads(model, base, corpus, opts, on_window, cx))
+}
+
+fn capture_on_threads(
+    model: &Path,
+    base: Option<&Path>,
+    corpus: &Path,
+    opts: &CaptureOptions,
+    on_window: crate::ppl::OnWindow,
+    cx: &Context<'_>,
+) -> Result<CaptureReport> {
+    let (desc, llama, tok) = crate::load_llama(model, base)?;
+    let (_, _, windows) = crate::corpus_windows(&tok, corpus, llama.cfg.bos, &opts.windows)?;
     let (kvh, hd) = (llama.cfg.n_kv_head, llama.cfg.head_dim());
     std::fs::create_dir_all(&opts.root)
         .map_err(|e| Error::io("create the dump root", e).with_file(&opts.root))?;
@@ -161,6 +174,8 @@ pub fn capture(
     let mut logits = Vec::new();
     let mut tokens_run = 0;
     for (w, win) in windows.iter().enumerate() {
+        // Between runs: every finished run is in place, no partial one exists yet.
+        cx.check_cancelled()?;
         let run_id = format!("{}w{w:03}", opts.run_prefix);
         let dest = opts.root.join(&run_id);
         if dest.exists() {
@@ -210,7 +225,7 @@ pub fn capture(
             if step < opts.decode_steps {
                 let v = llama.cfg.vocab;
                 let last = &logits[(seq.len() - 1) * v..seq.len() * v];
-                seq.push(super::ppl::argmax(last) as u32);
+                seq.push(crate::ppl::argmax(last) as u32);
             }
         }
         std::fs::rename(&tmp, &dest)

@@ -4,9 +4,9 @@
 //! embedding; they are put back in Hugging Face order on load, so one forward pass (rotation
 //! of halves) serves both sources and captured keys look as a Hugging Face model makes them.
 
-use super::model::{Meta, Model};
-use crate::error::{Error, Result};
+use crate::model::{Meta, Model};
 use candle_core::{Device, Tensor};
+use tenpak::error::{Error, Result};
 
 /// Hyperparameters.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -37,7 +37,7 @@ impl LlamaConfig {
         let arch = meta.architecture()?;
         if arch != "llama" {
             return Err(Error::new(
-                crate::ErrorKind::Unsupported,
+                tenpak::ErrorKind::Unsupported,
                 format!("architecture '{arch}': tenpak eval ppl runs llama models"),
             ));
         }
@@ -174,7 +174,7 @@ fn unpermute(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
 }
 
 fn cerr(e: candle_core::Error) -> Error {
-    Error::new(crate::ErrorKind::Io, format!("forward pass: {e}"))
+    Error::new(tenpak::ErrorKind::Io, format!("forward pass: {e}"))
 }
 
 impl Llama {
@@ -327,7 +327,7 @@ impl Llama {
 
     /// The final normed hidden states `[rows of all sequences, n_embd]`.
     fn hidden(&self, seqs: &[&[u32]], mut kv: Option<KvSink>) -> Result<Vec<f32>> {
-        use super::kernels;
+        use crate::kernels;
         use rayon::prelude::*;
         let c = &self.cfg;
         let tokens: Vec<u32> = seqs.concat();

@@ -5,6 +5,7 @@
 //! output left behind). A closed stdout (`| head`) is success.
 
 mod cli;
+mod plot;
 
 fn main() {
     tune_allocator();

@@ -2,9 +2,9 @@
 //! `tokenizer.json` truncated at 256 word pieces, BERT encoder in f32 (candle products and
 //! norms, tenpak's attention kernel), mean pooling over the tokens, L2 normalisation.
 
-use super::model::{Meta, Model};
-use crate::error::{Error, Result};
+use crate::model::{Meta, Model};
 use candle_core::{Device, Tensor};
+use tenpak::error::{Error, Result};
 
 /// Hyperparameters from `config.json`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -31,7 +31,7 @@ impl BertConfig {
         let arch = meta.architecture()?;
         if arch != "bert" {
             return Err(Error::new(
-                crate::ErrorKind::Unsupported,
+                tenpak::ErrorKind::Unsupported,
                 format!("architecture '{arch}': tenpak eval embed runs BERT encoders"),
             ));
         }
@@ -51,7 +51,7 @@ impl BertConfig {
                 .unwrap_or("gelu");
             if act != "gelu" {
                 return Err(Error::new(
-                    crate::ErrorKind::Unsupported,
+                    tenpak::ErrorKind::Unsupported,
                     format!("hidden_act '{act}' (gelu is supported)"),
                 ));
             }
@@ -103,7 +103,7 @@ pub struct Bert {
 }
 
 fn cerr(e: candle_core::Error) -> Error {
-    Error::new(crate::ErrorKind::Io, format!("forward pass: {e}"))
+    Error::new(tenpak::ErrorKind::Io, format!("forward pass: {e}"))
 }
 
 impl Bert {
@@ -194,7 +194,7 @@ impl Bert {
         })
     }
 
-    /// Word-piece ids of `text` ([CLS] ... [SEP], truncated).
+    /// Word-piece ids of `text` (`[CLS] ... [SEP]`, truncated).
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self
             .tok
@@ -239,7 +239,7 @@ impl Bert {
         let mut x = candle_nn::ops::layer_norm(&x, &self.ln.0, &self.ln.1, eps)?;
         for l in &self.layers {
             let qkv = lin(&x, &l.wqkv, &l.bqkv)?.flatten_all()?.to_vec1::<f32>()?;
-            let o = super::kernels::full_attention(&qkv, t, h, h, e / h);
+            let o = crate::kernels::full_attention(&qkv, t, h, h, e / h);
             let o = Tensor::from_vec(o, (t, e), &self.dev)?;
             x = candle_nn::ops::layer_norm(
                 &(lin(&o, &l.wo, &l.bo)? + &x)?,

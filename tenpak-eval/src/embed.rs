@@ -2,11 +2,12 @@
 //! cosine between the two models' embeddings of each corpus sentence, and nearest-neighbour
 //! agreement.
 
-use super::bert::Bert;
-use crate::error::{Error, Result};
+use crate::bert::Bert;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use tenpak::error::{Error, Result};
+use tenpak::Context;
 
 /// The corpus cut into sentences: each line split after `.`, `!` or `?` followed by whitespace,
 /// sentences of at least 5 words kept, in order.
@@ -93,7 +94,7 @@ pub struct EmbedResult {
 
 /// Load an encoder.
 pub fn load_bert(path: &Path, base: Option<&Path>, max_tokens: usize) -> Result<(String, Bert)> {
-    let m = super::model::Model::load(path, base)?;
+    let m = crate::model::Model::load(path, base)?;
     let d = m.description.clone();
     Ok((d, Bert::new(m, max_tokens).map_err(|e| e.with_file(path))?))
 }
@@ -103,11 +104,13 @@ pub fn embed_all(
     m: &Bert,
     texts: &[String],
     on_done: &(dyn Fn(usize) + Sync),
+    cx: &Context<'_>,
 ) -> Result<Vec<Vec<f32>>> {
     let done = std::sync::atomic::AtomicUsize::new(0);
     texts
         .par_iter()
         .map(|t| {
+            cx.check_cancelled()?;
             let e = m.embed(t);
             on_done(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
             e
@@ -178,7 +181,7 @@ pub fn compare(a: &[Vec<f32>], b: &[Vec<f32>]) -> EmbedFigures {
 
 /// The first `lines` sentences of the corpus.
 pub fn corpus_sentences(corpus: &Path, lines: usize) -> Result<Vec<String>> {
-    let text = super::read_corpus(corpus)?;
+    let text = crate::read_corpus(corpus)?;
     let mut s = sentences(&text);
     if lines == 0 {
         return Err(Error::config("--lines must be at least 1"));
@@ -188,15 +191,27 @@ pub fn corpus_sentences(corpus: &Path, lines: usize) -> Result<Vec<String>> {
 }
 
 /// `tenpak eval embed`.
-pub fn eval_embed(req: &EmbedRequest, on_done: &(dyn Fn(usize) + Sync)) -> Result<EmbedResult> {
+pub fn eval_embed(
+    req: &EmbedRequest,
+    on_done: &(dyn Fn(usize) + Sync),
+    cx: &Context<'_>,
+) -> Result<EmbedResult> {
+    cx.install(|| eval_embed_on_threads(req, on_done, cx))
+}
+
+fn eval_embed_on_threads(
+    req: &EmbedRequest,
+    on_done: &(dyn Fn(usize) + Sync),
+    cx: &Context<'_>,
+) -> Result<EmbedResult> {
     let texts = corpus_sentences(&req.corpus, req.lines)?;
     let (rd, r) = load_bert(&req.reference, None, req.max_tokens)?;
     let t0 = std::time::Instant::now();
-    let eb = embed_all(&r, &texts, on_done)?;
+    let eb = embed_all(&r, &texts, on_done, cx)?;
     drop(r);
     let (md, m) = load_bert(&req.model, req.base.as_deref(), req.max_tokens)?;
     let t1 = std::time::Instant::now();
-    let ea = embed_all(&m, &texts, on_done)?;
+    let ea = embed_all(&m, &texts, on_done, cx)?;
     let seconds = (t1.elapsed() + (t1 - t0)).as_secs_f64();
     Ok(EmbedResult {
         model: md,

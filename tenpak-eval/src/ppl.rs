@@ -1,11 +1,12 @@
 //! Perplexity, KL divergence and top-1 agreement by the procedure of `formats-spec/eval.md`:
-//! non-overlapping windows of [BOS] + (ctx - 1) corpus tokens, a fresh cache per window,
+//! non-overlapping windows of `[BOS]` + (ctx - 1) corpus tokens, a fresh cache per window,
 //! log-softmax in f64 over the whole vocabulary.
 
-use super::llama::Llama;
-use crate::error::{Error, Result};
+use crate::llama::Llama;
 use rayon::prelude::*;
 use serde::Serialize;
+use tenpak::error::{Error, Result};
+use tenpak::Context;
 
 /// What to evaluate.
 #[derive(Debug, Clone)]
@@ -94,7 +95,7 @@ pub struct PplReport {
     pub per_window: Vec<WindowNll>,
 }
 
-/// The evaluation windows: [bos] + tokens[w*(ctx-1) .. (w+1)*(ctx-1)].
+/// The evaluation windows: `[bos] + tokens[w*(ctx-1) .. (w+1)*(ctx-1)]`.
 pub fn windows(tokens: &[u32], bos: u32, opts: &PplOptions) -> Result<Vec<Vec<u32>>> {
     if opts.ctx < 2 {
         return Err(Error::config("--ctx must be at least 2"));
@@ -120,7 +121,7 @@ pub fn windows(tokens: &[u32], bos: u32, opts: &PplOptions) -> Result<Vec<Vec<u3
         .collect())
 }
 
-use super::kernels::{kl_row, lse};
+use crate::kernels::{kl_row, lse};
 
 /// Index of the largest logit (the first, on ties).
 pub(crate) fn argmax(row: &[f32]) -> usize {
@@ -204,7 +205,7 @@ fn paired(model: &[WindowNll], reference: &[WindowNll]) -> (f64, f64) {
 const BATCH: usize = 2;
 
 /// Progress of an evaluation: windows done and tokens run through a model so far.
-pub type OnWindow<'a> = &'a mut dyn FnMut(usize, usize);
+pub type OnWindow<'a> = &'a mut (dyn FnMut(usize, usize) + Send);
 
 /// Cached figures of a reference model, reusable across many compared models (`eval sweep`).
 pub struct ReferenceRun {
@@ -220,6 +221,7 @@ pub fn reference_run(
     windows: &[Vec<u32>],
     opts: &PplOptions,
     on_window: OnWindow,
+    cx: &Context<'_>,
 ) -> Result<ReferenceRun> {
     let vocab = reference.cfg.vocab;
     let mut per_window = Vec::with_capacity(windows.len());
@@ -227,6 +229,7 @@ pub fn reference_run(
     let mut logits = Vec::new();
     let mut done = 0;
     for pair in windows.chunks(BATCH) {
+        cx.check_cancelled()?;
         let seqs: Vec<&[u32]> = pair.iter().map(|w| w.as_slice()).collect();
         reference.forward_many(&seqs, &mut logits, None)?;
         let mut at = 0;
@@ -260,6 +263,7 @@ pub fn evaluate(
     windows: &[Vec<u32>],
     opts: &PplOptions,
     on_window: OnWindow,
+    cx: &Context<'_>,
 ) -> Result<PplReport> {
     let vocab = model.cfg.vocab;
     let ref_vocab = match &reference {
@@ -284,6 +288,7 @@ pub fn evaluate(
     let (mut logits, mut rl) = (Vec::new(), Vec::new());
     let mut w = 0;
     for batch in windows.chunks(BATCH) {
+        cx.check_cancelled()?;
         let seqs: Vec<&[u32]> = batch.iter().map(|w| w.as_slice()).collect();
         model.forward_many(&seqs, &mut logits, None)?;
         tokens_run += seqs.iter().map(|s| s.len()).sum::<usize>();

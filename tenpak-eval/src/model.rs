@@ -2,12 +2,12 @@
 //! Hugging Face folder (`config.json`, `tokenizer.json`, safetensors) or a `.tpk` made from
 //! either (decoded in memory, never written out).
 
-use crate::dtype;
-use crate::error::{Error, Result};
-use crate::input::gguf::MetaValue;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
+use tenpak::dtype;
+use tenpak::error::{Error, Result};
+use tenpak::input::gguf::MetaValue;
 
 /// Where a model's architecture and tokenizer are described.
 pub enum Meta {
@@ -133,7 +133,7 @@ impl Model {
         if path.is_file() && is_tpk(path) {
             return Self::load_tpk(path, base);
         }
-        let source = crate::input::open(path)?;
+        let source = tenpak::input::open(path)?;
         let meta = Meta::from_pairs(
             source
                 .model_metadata()
@@ -161,7 +161,7 @@ impl Model {
     }
 
     fn load_tpk(path: &Path, base: Option<&Path>) -> Result<Model> {
-        let mut archive = crate::archive::Archive::open(path)?;
+        let mut archive = tenpak::archive::Archive::open(path)?;
         if let Some(b) = base {
             archive = archive.with_base(b)?;
         }

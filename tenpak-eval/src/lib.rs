@@ -2,7 +2,11 @@
 //! LMs (`ppl`), with the corpus and procedure of `formats-spec/eval.md`.
 //!
 //! Models are GGUF files, Hugging Face folders or `.tpk` files made from either (decoded in
-//! memory). The forward pass is candle's, in f32.
+//! memory). The forward pass is candle's, in f32. Every entry point takes a
+//! [`tenpak::Context`]: it runs on the context's threads and stops at the next window when the
+//! context is cancelled.
+
+#![warn(missing_docs)]
 
 pub mod bert;
 pub mod capture;
@@ -14,10 +18,11 @@ pub mod ppl;
 pub mod sweep;
 pub mod tokenizer;
 
-use crate::error::{Error, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use tenpak::error::{Error, Result};
+use tenpak::Context;
 
 /// Where `scripts/fetch-corpus.sh` puts the evaluation corpus.
 pub const DEFAULT_CORPUS: &str = "models/corpus/cfi-en.txt";
@@ -107,7 +112,15 @@ pub fn corpus_windows(
 }
 
 /// `tenpak eval ppl`: load, tokenize, run every window, score.
-pub fn eval_ppl(req: &PplRequest, on_window: ppl::OnWindow) -> Result<PplResult> {
+pub fn eval_ppl(req: &PplRequest, on_window: ppl::OnWindow, cx: &Context<'_>) -> Result<PplResult> {
+    cx.install(|| eval_ppl_on_threads(req, on_window, cx))
+}
+
+fn eval_ppl_on_threads(
+    req: &PplRequest,
+    on_window: ppl::OnWindow,
+    cx: &Context<'_>,
+) -> Result<PplResult> {
     let t0 = std::time::Instant::now();
     let (desc, model, tok) = load_llama(&req.model, req.base.as_deref())?;
     let (corpus_tokens, slice, windows) =
@@ -132,6 +145,7 @@ pub fn eval_ppl(req: &PplRequest, on_window: ppl::OnWindow) -> Result<PplResult>
         &windows,
         &req.opts,
         on_window,
+        cx,
     )?;
     Ok(PplResult {
         model: desc,

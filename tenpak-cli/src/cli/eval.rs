@@ -1,13 +1,12 @@
 //! `tenpak eval ...`: model-quality evaluation.
 
-use super::{json, CANCELLED};
+use super::json;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use tenpak::eval::ppl::PplOptions;
-use tenpak::Error;
+use tenpak::{Context, Error};
+use tenpak_eval::ppl::PplOptions;
 
 #[derive(Subcommand)]
 pub(super) enum EvalCommand {
@@ -33,7 +32,7 @@ pub(super) struct EmbedArgs {
     #[arg(long, value_name = "BASE")]
     base: Option<PathBuf>,
     /// Corpus text (built by scripts/fetch-corpus.sh).
-    #[arg(long, value_name = "FILE", default_value = tenpak::eval::DEFAULT_CORPUS)]
+    #[arg(long, value_name = "FILE", default_value = tenpak_eval::DEFAULT_CORPUS)]
     corpus: PathBuf,
     /// Sentences to embed: the first N of the corpus (split after . ! ? + space, >= 5 words).
     #[arg(long, default_value_t = 2000)]
@@ -81,7 +80,7 @@ pub(super) struct SweepArgs {
 #[derive(Args)]
 pub(super) struct WindowArgs {
     /// Corpus text (built by scripts/fetch-corpus.sh).
-    #[arg(long, value_name = "FILE", default_value = tenpak::eval::DEFAULT_CORPUS)]
+    #[arg(long, value_name = "FILE", default_value = tenpak_eval::DEFAULT_CORPUS)]
     corpus: PathBuf,
     /// Window length, BOS included.
     #[arg(long, default_value_t = 512)]
@@ -123,7 +122,7 @@ pub(super) struct CaptureArgs {
     #[arg(long, value_name = "BASE")]
     base: Option<PathBuf>,
     /// Corpus text (built by scripts/fetch-corpus.sh).
-    #[arg(long, value_name = "FILE", default_value = tenpak::eval::DEFAULT_CORPUS)]
+    #[arg(long, value_name = "FILE", default_value = tenpak_eval::DEFAULT_CORPUS)]
     corpus: PathBuf,
     /// Window length, BOS included (the prefill dump's seq_len).
     #[arg(long, default_value_t = 512)]
@@ -179,15 +178,20 @@ fn window_bar(quiet: bool, windows: usize) -> Option<ProgressBar> {
     Some(pb)
 }
 
-pub(super) fn run_kv(cmd: &KvCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i32, Error> {
+pub(super) fn run_kv(
+    cmd: &KvCommand,
+    quiet: bool,
+    cx: &Context<'_>,
+    out: &mut Vec<u8>,
+) -> Result<i32, Error> {
     match cmd {
         KvCommand::Capture(a) => {
             let dtype = match a.dtype.as_str() {
-                "fp32" | "f32" => tenpak::eval::capture::DumpDType::Fp32,
-                "fp16" | "f16" => tenpak::eval::capture::DumpDType::Fp16,
+                "fp32" | "f32" => tenpak_eval::capture::DumpDType::Fp32,
+                "fp16" | "f16" => tenpak_eval::capture::DumpDType::Fp16,
                 d => return Err(Error::config(format!("--dtype '{d}': fp32 or fp16"))),
             };
-            let opts = tenpak::eval::capture::CaptureOptions {
+            let opts = tenpak_eval::capture::CaptureOptions {
                 root: a.out.clone(),
                 run_prefix: a.run_prefix.clone(),
                 windows: PplOptions {
@@ -202,12 +206,13 @@ pub(super) fn run_kv(cmd: &KvCommand, quiet: bool, out: &mut Vec<u8>) -> Result<
             let bar = window_bar(quiet, a.windows);
             let start = std::time::Instant::now();
             let mut on_window = progress_fn(&bar, start);
-            let r = tenpak::eval::capture::capture(
+            let r = tenpak_eval::capture::capture(
                 &a.model,
                 a.base.as_deref(),
                 &a.corpus,
                 &opts,
                 &mut on_window,
+                cx,
             )?;
             drop(on_window);
             if let Some(b) = bar {
@@ -235,22 +240,13 @@ pub(super) fn run_kv(cmd: &KvCommand, quiet: bool, out: &mut Vec<u8>) -> Result<
     }
 }
 
-/// Ctrl-C during an evaluation: nothing is half-written (outputs are renamed into place when
-/// complete), so stop at once.
-fn exit_if_cancelled() {
-    if CANCELLED.load(Ordering::Relaxed) {
-        eprintln!("tenpak: interrupted");
-        std::process::exit(130);
-    }
-}
-
-/// The per-window callback: the Ctrl-C check and the bar's tokens/s.
+/// The per-window callback: the bar's position and tokens/s. (Ctrl-C is the context's: the
+/// evaluation stops at the next window and returns `Interrupted`.)
 fn progress_fn(
     bar: &Option<ProgressBar>,
     start: std::time::Instant,
-) -> impl FnMut(usize, usize) + '_ {
+) -> impl FnMut(usize, usize) + Send + '_ {
     move |done: usize, tokens: usize| {
-        exit_if_cancelled();
         if let Some(b) = bar {
             b.set_position(done as u64);
             b.set_message(format!(
@@ -261,10 +257,15 @@ fn progress_fn(
     }
 }
 
-pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i32, Error> {
+pub(super) fn run(
+    cmd: &EvalCommand,
+    quiet: bool,
+    cx: &Context<'_>,
+    out: &mut Vec<u8>,
+) -> Result<i32, Error> {
     match cmd {
         EvalCommand::Embed(a) => {
-            let req = tenpak::eval::embed::EmbedRequest {
+            let req = tenpak_eval::embed::EmbedRequest {
                 model: a.model.clone(),
                 reference: a.reference.clone(),
                 base: a.base.clone(),
@@ -279,12 +280,11 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
                 )
             });
             let on_done = |_: usize| {
-                exit_if_cancelled();
                 if let Some(b) = &bar {
                     b.inc(1);
                 }
             };
-            let r = tenpak::eval::embed::eval_embed(&req, &on_done)?;
+            let r = tenpak_eval::embed::eval_embed(&req, &on_done, cx)?;
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
@@ -310,7 +310,7 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
             Ok(0)
         }
         EvalCommand::Sweep(a) => {
-            use tenpak::eval::sweep::Variant;
+            use tenpak_eval::sweep::Variant;
             let mut variants: Vec<Variant> = a
                 .codecs
                 .iter()
@@ -331,7 +331,7 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
                 }
             }
             let others = match &a.reference_points {
-                Some(p) => tenpak::eval::sweep::read_points(p)?,
+                Some(p) => tenpak_eval::sweep::read_points(p)?,
                 None => Vec::new(),
             };
             let opts = a.w.opts();
@@ -341,7 +341,6 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
                 )
             });
             let on_step = |label: &str, done: usize, n: usize| {
-                exit_if_cancelled();
                 if let Some(b) = &bar {
                     if b.length() != Some(n as u64) || done <= 1 {
                         b.set_length(n as u64);
@@ -350,14 +349,14 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
                     b.set_message(label.to_string());
                 }
             };
-            let sopts = tenpak::eval::sweep::SweepOptions {
+            let sopts = tenpak_eval::sweep::SweepOptions {
                 corpus: a.w.corpus.clone(),
                 ppl: opts,
                 lines: a.lines,
                 out_dir: a.out.clone(),
                 keep_tpk: a.keep_tpk,
             };
-            let f = tenpak::eval::sweep::sweep(&a.model, &variants, &sopts, others, &on_step)?;
+            let f = tenpak_eval::sweep::sweep(&a.model, &variants, &sopts, others, &on_step, cx)?;
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
@@ -375,7 +374,7 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
         }
         EvalCommand::Ppl(a) => {
             let opts = a.w.opts();
-            let req = tenpak::eval::PplRequest {
+            let req = tenpak_eval::PplRequest {
                 model: a.model.clone(),
                 reference: a.reference.clone(),
                 base: a.base.clone(),
@@ -385,7 +384,7 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
             let bar = window_bar(quiet, a.w.windows);
             let start = std::time::Instant::now();
             let mut on_window = progress_fn(&bar, start);
-            let r = tenpak::eval::eval_ppl(&req, &mut on_window)?;
+            let r = tenpak_eval::eval_ppl(&req, &mut on_window, cx)?;
             drop(on_window);
             if let Some(b) = bar {
                 b.finish_and_clear();
@@ -419,7 +418,7 @@ pub(super) fn run(cmd: &EvalCommand, quiet: bool, out: &mut Vec<u8>) -> Result<i
     }
 }
 
-fn ppl_table(out: &mut Vec<u8>, r: &tenpak::eval::PplResult) {
+fn ppl_table(out: &mut Vec<u8>, r: &tenpak_eval::PplResult) {
     let p = &r.report;
     let _ = writeln!(out, "model:      {}", r.model);
     if let Some(rf) = &r.reference {
@@ -464,7 +463,7 @@ fn ppl_table(out: &mut Vec<u8>, r: &tenpak::eval::PplResult) {
     );
 }
 
-fn sweep_table(out: &mut Vec<u8>, f: &tenpak::eval::sweep::Frontier) {
+fn sweep_table(out: &mut Vec<u8>, f: &tenpak_eval::sweep::Frontier) {
     let lm = f.family == "llama";
     if lm {
         let _ = writeln!(

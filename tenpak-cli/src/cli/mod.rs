@@ -277,8 +277,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 /// Set by the Ctrl-C handler; long operations stop at the next tensor or batch.
 pub(crate) static CANCELLED: AtomicBool = AtomicBool::new(false);
 
-/// Progress reporter: a bar when stderr is a terminal (and not `--quiet`), else nothing; both
-/// answer the Ctrl-C flag.
+/// Progress reporter: a bar when stderr is a terminal (and not `--quiet`), else nothing.
 struct Reporter(Option<ProgressBar>);
 
 impl Progress for Reporter {
@@ -293,9 +292,6 @@ impl Progress for Reporter {
             Event::Advance { bytes } => bar.inc(bytes),
             Event::Finish => bar.finish_and_clear(),
         }
-    }
-    fn cancelled(&self) -> bool {
-        CANCELLED.load(Ordering::Relaxed)
     }
 }
 
@@ -328,20 +324,26 @@ pub fn run() -> i32 {
             std::process::exit(130);
         }
     });
+    let reporter = progress(cli.quiet);
+    let mut cx = tenpak::Context::default()
+        .with_cancel(&CANCELLED)
+        .with_progress(&*reporter)
+        .with_figures(&crate::plot::Png);
     if let Some(n) = cli.threads {
         if n == 0 {
             eprintln!("tenpak: error: --threads must be at least 1");
             return 2;
         }
-        // candle's matrix products size their parallelism from this variable.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        // Only fails if a pool was built already, which cannot happen this early.
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global();
+        cx = match cx.with_threads(n) {
+            Ok(cx) => cx,
+            Err(e) => {
+                eprintln!("tenpak: error: {e}");
+                return 1;
+            }
+        };
     }
     let mut out = Vec::new();
-    let code = match dispatch(&cli, &mut out) {
+    let code = match dispatch(&cli, &cx, &mut out) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tenpak: error: {e}");
@@ -376,7 +378,7 @@ fn json(out: &mut Vec<u8>, v: &impl serde::Serialize) {
     out.push(b'\n');
 }
 
-fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
+fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i32, Error> {
     match &cli.cmd {
         Command::Compress(a) => {
             let mut meta = Vec::new();
@@ -412,7 +414,7 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
                     .map(|o| tenpak::compress::parse_override(o))
                     .collect::<Result<_, _>>()?,
             };
-            let r = tenpak::compress::compress(&a.model, &a.output, &opts, &*progress(cli.quiet))?;
+            let r = tenpak::compress::compress(&a.model, &a.output, &opts, cx)?;
             if a.json {
                 json(out, &r);
             } else {
@@ -449,7 +451,7 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
                 no_files: a.no_files,
                 plots: a.plots,
             };
-            let r = tenpak::analyze::analyze(&a.model, &opts, &*progress(cli.quiet))?;
+            let r = tenpak::analyze::analyze(&a.model, &opts, cx)?;
             if a.json {
                 json(out, &r);
             } else {
@@ -481,13 +483,13 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
             if !(a.max.is_finite() && a.max > 0.0) {
                 return Err(Error::config("--max must be a positive number"));
             }
-            let o = tenpak::plot::StaircaseOptions {
+            let o = crate::plot::StaircaseOptions {
                 formats,
                 rand_samples: a.rand_samples,
                 max: a.max,
                 seed: a.seed,
             };
-            tenpak::plot::staircase(&a.out, &o)?;
+            crate::plot::staircase(&a.out, &o)?;
             let _ = writeln!(out, "wrote {}", a.out.display());
             Ok(0)
         }
@@ -536,8 +538,8 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
             }
             Ok(0)
         }
-        Command::Eval(c) => eval::run(c, cli.quiet, out),
-        Command::Kv(c) => eval::run_kv(c, cli.quiet, out),
+        Command::Eval(c) => eval::run(c, cli.quiet, cx, out),
+        Command::Kv(c) => eval::run_kv(c, cli.quiet, cx, out),
         Command::Inspect(a) => {
             let r = tenpak::inspect::inspect(&a.file)?;
             if a.json {
@@ -548,7 +550,7 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
             Ok(0)
         }
         Command::Verify(a) => {
-            let r = tenpak::verify::verify(&a.file, &*progress(cli.quiet))?;
+            let r = tenpak::verify::verify(&a.file, cx)?;
             if a.json {
                 json(out, &r);
             } else {
@@ -564,8 +566,7 @@ fn dispatch(cli: &Cli, out: &mut Vec<u8>) -> Result<i32, Error> {
                 force: a.force,
                 base: a.base.clone(),
             };
-            let r =
-                tenpak::decompress::decompress(&a.file, &a.output, &opts, &*progress(cli.quiet))?;
+            let r = tenpak::decompress::decompress(&a.file, &a.output, &opts, cx)?;
             for (t, why) in &r.skipped {
                 eprintln!("tenpak: warning: tensor '{t}' skipped: {why}");
             }

@@ -1,16 +1,18 @@
-//! PNG plots with plotters: the format staircase (`tenpak plot staircase`) and, per tensor,
-//! reconstructed against original values (`analyze --plots`).
+//! PNG plots with plotters: the format staircase (`tenpak plot staircase`), and the figures the
+//! library describes ([`tenpak::figure::Figure`]: `analyze --plots`, mixed-tile artifacts, the
+//! sweep's frontier), drawn by [`Png`].
 //!
 //! Text is drawn with DejaVu Sans Mono, embedded (assets/fonts, Bitstream Vera license), so plots
 //! look the same on machines without system fonts.
 
-use crate::codec::Pipeline;
-use crate::dtype::DType;
-use crate::error::{Error, Result};
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 use std::path::Path;
 use std::sync::Once;
+use tenpak::codec::Pipeline;
+use tenpak::dtype::DType;
+use tenpak::error::{Error, Result};
+use tenpak::figure::SizePoint;
 
 const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSansMono.ttf");
 
@@ -30,7 +32,7 @@ fn atomic_png(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()>
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = crate::atomic::temp_in(dir, ".tenpak-plot-", ".png")
+    let tmp = tenpak::atomic::temp_in(dir, ".tenpak-plot-", ".png")
         .map_err(|e| Error::io("create a temporary file", e).with_file(path))?;
     draw(tmp.path())?;
     tmp.persist(path)
@@ -40,7 +42,7 @@ fn atomic_png(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()>
 
 fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::new(
-        crate::error::ErrorKind::Io,
+        tenpak::error::ErrorKind::Io,
         format!("drawing the plot: {e}"),
     )
     .with_file(path)
@@ -75,7 +77,7 @@ fn through_tile(p: &Pipeline, vals: &[f32]) -> Result<Vec<f32>> {
     };
     let bytes: Vec<u8> = tile.iter().flat_map(|v| v.to_le_bytes()).collect();
     let dec = p.decode(&p.encode(DType::F32, &bytes)?, DType::F32, 1024, u64::MAX)?;
-    let out = crate::dtype::to_f64(p.tensor_codec().decoded_dtype(DType::F32), &dec);
+    let out = tenpak::dtype::to_f64(p.tensor_codec().decoded_dtype(DType::F32), &dec);
     Ok(out[..vals.len()].iter().map(|&v| v as f32).collect())
 }
 
@@ -299,7 +301,7 @@ fn assignment_map_to(
     .map_err(|e| plot_err(path, e))?;
     // One color per format name, the same in every tensor's map.
     let tint = |i: usize| {
-        let k = crate::codec::mixed::TILE_FORMAT_NAMES
+        let k = tenpak::codec::mixed::TILE_FORMAT_NAMES
             .iter()
             .position(|n| Some(n) == formats.get(i))
             .unwrap_or(i);
@@ -334,9 +336,6 @@ fn assignment_map_to(
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(())
 }
-
-/// One point of a size-vs-accuracy plot: label, bits per weight, metric value.
-pub type SizePoint = (String, f64, f64);
 
 /// (min x, max x, min y, max y) of the points; a unit box with a log-friendly y when empty.
 fn bounds(points: impl Iterator<Item = (f64, f64)>) -> (f64, f64, f64, f64) {
@@ -513,4 +512,34 @@ fn frontier_to(
         .map_err(|e| plot_err(path, e))?;
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(())
+}
+
+/// Draws the library's figures as PNG files.
+pub struct Png;
+
+impl tenpak::figure::Figures for Png {
+    fn draw(&self, path: &Path, figure: &tenpak::figure::Figure<'_>) -> Result<()> {
+        use tenpak::figure::Figure;
+        match *figure {
+            Figure::TensorPairs { tensor, series } => tensor_pairs(path, tensor, series),
+            Figure::AssignmentMap {
+                title,
+                grid,
+                assignment,
+                formats,
+            } => assignment_map(path, title, grid, assignment, formats),
+            Figure::SizeVsAccuracy {
+                title,
+                metric,
+                points,
+                cloud,
+            } => size_vs_accuracy(path, title, metric, points, cloud),
+            Figure::Frontier {
+                title,
+                y_desc,
+                ours,
+                others,
+            } => frontier(path, title, y_desc, ours, others),
+        }
+    }
 }

@@ -2,13 +2,14 @@
 //! evaluate each against the uncompressed model, write `frontier.csv`, `frontier.json` and
 //! `frontier.png`.
 
-use super::ppl::{self, PplOptions, RefSource};
-use crate::compress::{compress, CompressOptions};
-use crate::config::{Algorithm, Config};
-use crate::error::{Error, Result};
-use crate::progress::NoProgress;
+use crate::ppl::{self, PplOptions, RefSource};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use tenpak::compress::{compress, CompressOptions};
+use tenpak::config::{Algorithm, Config};
+use tenpak::error::{Error, Result};
+use tenpak::figure::Figure;
+use tenpak::Context;
 
 /// One variant to compress and evaluate.
 #[derive(Debug, Clone)]
@@ -46,7 +47,7 @@ impl Variant {
                 let mut parts = c.split(';');
                 o.codec = parts.next().unwrap_or_default().to_string();
                 o.overrides = parts
-                    .map(crate::compress::parse_override)
+                    .map(tenpak::compress::parse_override)
                     .collect::<Result<_>>()?;
             }
             Variant::Config(p) => {
@@ -103,7 +104,7 @@ pub struct FrontierRow {
     pub lm: Option<LmFigures>,
     /// Encoders: embedding drift.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub embed: Option<super::embed::EmbedFigures>,
+    pub embed: Option<crate::embed::EmbedFigures>,
     /// Share of tensors stored on a quantization grid in the source (GGUF Q4_1 and the like)
     /// that this codec reconstructs exactly: such a point measures the test model, not the codec.
     pub source_grid_exact: f64,
@@ -219,6 +220,18 @@ pub fn sweep(
     opts: &SweepOptions,
     other_points: Vec<OtherPoint>,
     on_step: OnStep,
+    cx: &Context<'_>,
+) -> Result<Frontier> {
+    cx.install(|| sweep_on_threads(model, variants, opts, other_points, on_step, cx))
+}
+
+fn sweep_on_threads(
+    model: &Path,
+    variants: &[Variant],
+    opts: &SweepOptions,
+    other_points: Vec<OtherPoint>,
+    on_step: OnStep,
+    cx: &Context<'_>,
 ) -> Result<Frontier> {
     if variants.is_empty() {
         return Err(Error::config(
@@ -241,7 +254,7 @@ pub fn sweep(
     // Every spec is checked before the long reference run.
     for (label, o, _) in &options {
         for spec in std::iter::once(&o.codec).chain(o.overrides.iter().map(|(_, c)| c)) {
-            crate::codec::Pipeline::parse(spec)
+            tenpak::codec::Pipeline::parse(spec)
                 .map_err(|e| Error::new(e.kind, format!("variant '{label}': {e}")))?;
         }
     }
@@ -252,18 +265,22 @@ pub fn sweep(
     std::fs::create_dir_all(&tpk_dir)
         .map_err(|e| Error::io("create the output folder", e).with_file(&tpk_dir))?;
 
-    let loaded = super::model::Model::load(model, None)?;
+    let loaded = crate::model::Model::load(model, None)?;
     let family = loaded.meta.architecture()?;
     let desc = loaded.description.clone();
     let (reference, first) = match family.as_str() {
         "llama" => {
-            let tok = super::tokenizer::TextTokenizer::from_meta(&loaded.meta)?;
-            let m = super::llama::Llama::new(loaded)?;
-            let (_, _, windows) = super::corpus_windows(&tok, &opts.corpus, m.cfg.bos, &opts.ppl)?;
+            let tok = crate::tokenizer::TextTokenizer::from_meta(&loaded.meta)?;
+            let m = crate::llama::Llama::new(loaded)?;
+            let (_, _, windows) = crate::corpus_windows(&tok, &opts.corpus, m.cfg.bos, &opts.ppl)?;
             let n = windows.len();
-            let run = ppl::reference_run(&m, &windows, &opts.ppl, &mut |w, _| {
-                on_step("reference", w, n)
-            })?;
+            let run = ppl::reference_run(
+                &m,
+                &windows,
+                &opts.ppl,
+                &mut |w, _| on_step("reference", w, n),
+                cx,
+            )?;
             let p = ppl::evaluate_cached_self(&run);
             let lm = LmFigures {
                 ppl: p.ppl,
@@ -276,27 +293,28 @@ pub fn sweep(
             (Reference::Lm { run, windows }, (Some(lm), None))
         }
         "bert" => {
-            let texts = super::embed::corpus_sentences(&opts.corpus, opts.lines)?;
-            let m = super::bert::Bert::new(loaded, 256)?;
+            let texts = crate::embed::corpus_sentences(&opts.corpus, opts.lines)?;
+            let m = crate::bert::Bert::new(loaded, 256)?;
             let n = texts.len();
-            let embeddings = super::embed::embed_all(&m, &texts, &|d| on_step("reference", d, n))?;
-            let f = super::embed::compare(&embeddings, &embeddings);
+            let embeddings =
+                crate::embed::embed_all(&m, &texts, &|d| on_step("reference", d, n), cx)?;
+            let f = crate::embed::compare(&embeddings, &embeddings);
             (Reference::Embed { texts, embeddings }, (None, Some(f)))
         }
         other => {
             return Err(Error::new(
-                crate::ErrorKind::Unsupported,
+                tenpak::ErrorKind::Unsupported,
                 format!("architecture '{other}': eval sweep runs llama and bert models"),
             )
             .with_file(model))
         }
     };
-    let parameters = crate::input::open(model)?
+    let parameters = tenpak::input::open(model)?
         .tensors()
         .iter()
         .map(|t| t.numel())
         .sum::<u64>();
-    let model_bytes = crate::input::model_file_bytes(model);
+    let model_bytes = tenpak::input::model_file_bytes(model);
     let bpw = |bytes: u64| bytes as f64 * 8.0 / parameters as f64;
     let mut f = Frontier {
         model: desc,
@@ -331,7 +349,7 @@ pub fn sweep(
     for (label, o, kind) in &options {
         let file = tpk_dir.join(format!("{}.tpk", sanitize(label)));
         let t0 = std::time::Instant::now();
-        let report = compress(model, &file, o, &NoProgress)
+        let report = compress(model, &file, o, &cx.quiet())
             .map_err(|e| Error::new(e.kind, format!("variant '{label}': {e}")))?;
         let compress_seconds = t0.elapsed().as_secs_f64();
         let on_grid: Vec<_> = report
@@ -342,7 +360,7 @@ pub fn sweep(
         let exact = on_grid.iter().filter(|t| t.metrics.max_abs == 0.0).count();
         let (lm, embed) = match &reference {
             Reference::Lm { run, windows } => {
-                let (_, m, _) = super::load_llama(&file, None)?;
+                let (_, m, _) = crate::load_llama(&file, None)?;
                 let n = windows.len();
                 let r = ppl::evaluate(
                     &m,
@@ -350,6 +368,7 @@ pub fn sweep(
                     windows,
                     &opts.ppl,
                     &mut |w, _| on_step(label, w, n),
+                    cx,
                 )?;
                 let c = r.comparison.expect("a reference was given");
                 (
@@ -365,10 +384,10 @@ pub fn sweep(
                 )
             }
             Reference::Embed { texts, embeddings } => {
-                let (_, m) = super::embed::load_bert(&file, None, 256)?;
+                let (_, m) = crate::embed::load_bert(&file, None, 256)?;
                 let n = texts.len();
-                let e = super::embed::embed_all(&m, texts, &|d| on_step(label, d, n))?;
-                (None, Some(super::embed::compare(&e, embeddings)))
+                let e = crate::embed::embed_all(&m, texts, &|d| on_step(label, d, n), cx)?;
+                (None, Some(crate::embed::compare(&e, embeddings)))
             }
         };
         f.rows.push(FrontierRow {
@@ -389,7 +408,7 @@ pub fn sweep(
         if !opts.keep_tpk {
             let _ = std::fs::remove_file(&file);
         }
-        write_outputs(&f)?;
+        write_outputs(&f, cx)?;
     }
     if !opts.keep_tpk {
         let _ = std::fs::remove_dir(&tpk_dir);
@@ -410,7 +429,7 @@ fn sanitize(label: &str) -> String {
         .collect()
 }
 
-fn write_outputs(f: &Frontier) -> Result<()> {
+fn write_outputs(f: &Frontier, cx: &Context<'_>) -> Result<()> {
     let lm = f.family == "llama";
     let mut csv = String::from("label,kind,file_bytes,bits_per_weight,ratio_vs_fp32,");
     csv.push_str(if lm {
@@ -446,9 +465,9 @@ fn write_outputs(f: &Frontier) -> Result<()> {
             r.source_grid_exact, r.compress_seconds
         ));
     }
-    crate::atomic::write(&f.out_dir.join("frontier.csv"), csv.as_bytes())?;
+    tenpak::atomic::write(&f.out_dir.join("frontier.csv"), csv.as_bytes())?;
     let js = serde_json::to_string_pretty(f).expect("json") + "\n";
-    crate::atomic::write(&f.out_dir.join("frontier.json"), js.as_bytes())?;
+    tenpak::atomic::write(&f.out_dir.join("frontier.json"), js.as_bytes())?;
     // y: KLD for causal LMs, 1 - mean cosine for encoders; both on a log axis.
     let y = |r: &FrontierRow| match (&r.lm, &r.embed) {
         (Some(l), _) => l.kld,
@@ -490,11 +509,13 @@ fn write_outputs(f: &Frontier) -> Result<()> {
             "1 - mean cosine vs the uncompressed model (log scale)",
         )
     };
-    crate::plot::frontier(
+    cx.figures().draw(
         &f.out_dir.join("frontier.png"),
-        &title,
-        ylab,
-        &ours,
-        &others,
+        &Figure::Frontier {
+            title: &title,
+            y_desc: ylab,
+            ours: &ours,
+            others: &others,
+        },
     )
 }

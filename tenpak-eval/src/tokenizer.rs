@@ -1,8 +1,8 @@
 //! Tokenizers for evaluation, built with the `tokenizers` crate: byte-level BPE from a GGUF's
 //! `tokenizer.ggml.*` metadata (as llama.cpp reads it), or a Hugging Face `tokenizer.json`.
 
-use super::model::Meta;
-use crate::error::{Error, Result};
+use crate::model::Meta;
+use tenpak::error::{Error, Result};
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -34,7 +34,7 @@ impl TextTokenizer {
         let model = meta.str("tokenizer.ggml.model")?;
         if model != "gpt2" {
             return Err(Error::new(
-                crate::ErrorKind::Unsupported,
+                tenpak::ErrorKind::Unsupported,
                 format!(
                     "GGUF tokenizer model '{model}': only byte-level BPE ('gpt2') is supported"
                 ),
@@ -68,7 +68,7 @@ impl TextTokenizer {
             ]),
             other => {
                 return Err(Error::new(
-                    crate::ErrorKind::Unsupported,
+                    tenpak::ErrorKind::Unsupported,
                     format!("GGUF pre-tokenizer '{other}' is not supported (smollm is)"),
                 ))
             }
