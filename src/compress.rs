@@ -133,6 +133,9 @@ pub struct CompressReport {
     pub ratio_vs_source: f64,
     /// fp32_bytes / file_bytes.
     pub ratio_vs_fp32: f64,
+    /// Seconds spent waiting for the file to reach the disk (the final fsync), apart from the
+    /// encoding.
+    pub sync_seconds: f64,
 }
 
 pub(crate) fn ratio(a: u64, b: u64) -> f64 {
@@ -285,12 +288,12 @@ fn compress_source_on_threads(
         });
         reports.push(r);
     }
-    let tmp_size = w.finish().map_err(|e| Error::from(e).with_file(output))?;
+    let finished = w.finish().map_err(|e| Error::from(e).with_file(output))?;
     cx.event(Event::Finish);
     let file_bytes = std::fs::metadata(output)
         .map_err(|e| Error::io("stat the written file", e).with_file(output))?
         .len();
-    debug_assert_eq!(tmp_size, file_bytes);
+    debug_assert_eq!(finished.bytes, file_bytes);
     let source_bytes = reports.iter().map(|r| r.source_bytes).sum();
     let fp32_bytes = selected.iter().map(|&i| infos[i].numel() * 4).sum();
     Ok(CompressReport {
@@ -302,6 +305,7 @@ fn compress_source_on_threads(
         file_bytes,
         ratio_vs_source: ratio(source_bytes, file_bytes),
         ratio_vs_fp32: ratio(fp32_bytes, file_bytes),
+        sync_seconds: finished.sync.as_secs_f64(),
     })
 }
 

@@ -242,7 +242,7 @@ fn decompress_on_threads(
     let mut temps = Vec::new();
     let mut weight_map = BTreeMap::new();
     for (shard, name) in shards.iter().zip(&names) {
-        let tmp = write_shard(&ar, shard, &dir, &metadata, cx).map_err(|e| e.with_file(input))?;
+        let tmp = write_shard(&ar, shard, name, &metadata, cx).map_err(|e| e.with_file(input))?;
         for p in shard {
             weight_map.insert(
                 tensors[p.index].name.clone(),
@@ -253,7 +253,7 @@ fn decompress_on_threads(
     }
     let mut files = Vec::new();
     for (tmp, name) in temps.into_iter().zip(&names) {
-        persist(tmp, name, opts.force)?;
+        crate::atomic::persist(tmp, opts.force)?;
         files.push(name.clone());
     }
     if n_shards > 1 {
@@ -261,11 +261,10 @@ fn decompress_on_threads(
             "metadata": { "total_size": total },
             "weight_map": weight_map,
         });
-        let mut tmp = crate::atomic::temp_in(&dir, ".tenpak-", ".json.tmp")
-            .map_err(|e| Error::io("create a temporary file", e).with_file(&dir))?;
+        let mut tmp = crate::atomic::create(&index_path)?;
         tmp.write_all(serde_json::to_string_pretty(&index).unwrap().as_bytes())
             .map_err(|e| Error::io("write", e).with_file(&index_path))?;
-        persist(tmp, &index_path, opts.force)?;
+        crate::atomic::persist(tmp, opts.force)?;
         files.push(index_path);
     }
     cx.event(Event::Finish);
@@ -277,25 +276,13 @@ fn decompress_on_threads(
     })
 }
 
-fn persist(tmp: tempfile::NamedTempFile, dest: &Path, force: bool) -> Result<()> {
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io("sync", e).with_file(dest))?;
-    let r = if force {
-        tmp.persist(dest).map(|_| ())
-    } else {
-        tmp.persist_noclobber(dest).map(|_| ())
-    };
-    r.map_err(|e| Error::io("rename into place", e.error).with_file(dest))
-}
-
 fn write_shard(
     ar: &Archive,
     shard: &[&Planned],
-    dir: &Path,
+    dest: &Path,
     metadata: &BTreeMap<String, String>,
     cx: &Context<'_>,
-) -> Result<tempfile::NamedTempFile> {
+) -> Result<crate::atomic::AtomicFile> {
     let tensors = ar.file.tensors();
     let mut header = serde_json::Map::new();
     header.insert(
@@ -320,8 +307,7 @@ fn write_shard(
     while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
-    let tmp = crate::atomic::temp_in(dir, ".tenpak-", ".safetensors.tmp")
-        .map_err(|e| Error::io("create a temporary file", e).with_file(dir))?;
+    let tmp = crate::atomic::create(dest)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
     let io = |e| Error::io("write safetensors", e);
     out.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;

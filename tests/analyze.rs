@@ -284,7 +284,7 @@ fn plots_are_pngs() {
     let stray: Vec<_> = std::fs::read_dir(out.join("plots"))
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".tenpak"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
         .collect();
     assert!(stray.is_empty());
     let bad = tenpak(&["plot", "staircase", "-c", "bfp9", "--out", s(&png)]);

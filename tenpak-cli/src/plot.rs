@@ -28,16 +28,9 @@ fn fonts() {
 /// Draw into a temporary PNG beside `path`, then rename it into place, so an interrupted or
 /// failed drawing leaves nothing at `path`.
 fn atomic_png(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tenpak::atomic::temp_in(dir, ".tenpak-plot-", ".png")
-        .map_err(|e| Error::io("create a temporary file", e).with_file(path))?;
+    let tmp = tenpak::atomic::create(path)?;
     draw(tmp.path())?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("rename into place", e.error).with_file(path))?;
-    Ok(())
+    tenpak::atomic::persist(tmp, true)
 }
 
 fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {

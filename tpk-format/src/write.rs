@@ -3,8 +3,9 @@ use crate::{
     align_up, ChunkEntry, FormatError, Header, TensorEntry, HEADER_LEN, VERSION_MAJOR,
     VERSION_MINOR,
 };
+use crate::AtomicFile;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Streams a `.tpk` file: payloads first, then the index, then the header is filled in.
 ///
@@ -12,8 +13,7 @@ use std::path::{Path, PathBuf};
 /// into place. A writer dropped before `finish` (an error, a panic) deletes the temporary file, so
 /// the destination never holds a partial file.
 pub struct TpkWriter {
-    out: BufWriter<tempfile::NamedTempFile>,
-    dest: PathBuf,
+    out: BufWriter<AtomicFile>,
     overwrite: bool,
     pos: u64,
     metadata: Vec<(String, String)>,
@@ -32,33 +32,13 @@ impl TpkWriter {
         if !overwrite && dest.exists() {
             return Err(FormatError::Exists(dest.to_path_buf()));
         }
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let base = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "out".into());
-        let prefix = format!(".{base}.");
-        let mut b = tempfile::Builder::new();
-        b.prefix(&prefix).suffix(".tmp");
-        // The output is an ordinary file: 0666 less the umask, not tempfile's private 0600.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            b.permissions(std::fs::Permissions::from_mode(0o666));
-        }
-        let tmp = b
-            .tempfile_in(&dir)
-            .map_err(io(format!("create a temporary file in {}", dir.display())))?;
+        let tmp = AtomicFile::create(dest)?;
         let mut out = BufWriter::with_capacity(1 << 20, tmp);
         // Placeholder header, rewritten by finish().
         out.write_all(&[0u8; HEADER_LEN])
             .map_err(io("write header"))?;
         Ok(TpkWriter {
             out,
-            dest: dest.to_path_buf(),
             overwrite,
             pos: HEADER_LEN as u64,
             metadata: Vec::new(),
@@ -83,7 +63,7 @@ impl TpkWriter {
         let offset = self.pad_to_alignment()?;
         self.out
             .write_all(payload)
-            .map_err(io(format!("write {}", self.dest.display())))?;
+            .map_err(io(format!("write {}", self.out.get_ref().dest().display())))?;
         self.pos += payload.len() as u64;
         if self.pos - self.synced >= WRITEBACK_STEP {
             self.start_writeback()?;
@@ -122,8 +102,8 @@ impl TpkWriter {
             use std::os::fd::AsRawFd;
             self.out
                 .flush()
-                .map_err(io(format!("write {}", self.dest.display())))?;
-            let fd = self.out.get_ref().as_file().as_raw_fd();
+                .map_err(io(format!("write {}", self.out.get_ref().dest().display())))?;
+            let fd = self.out.get_ref().file().as_raw_fd();
             let (start, len) = (self.synced as i64, (self.pos - self.synced) as i64);
             // SAFETY: a plain system call on a file descriptor we own; it reads no memory. Its
             // failure (say, a file system without write-back) is harmless: fsync follows.
@@ -145,8 +125,8 @@ impl TpkWriter {
         Ok(aligned)
     }
 
-    /// Write the index and header, flush to disk and rename into place. Returns the file size.
-    pub fn finish(mut self) -> Result<u64, FormatError> {
+    /// Write the index and header, flush to disk and rename into place.
+    pub fn finish(mut self) -> Result<Finished, FormatError> {
         let index_offset = self.pad_to_alignment()?;
         self.metadata
             .sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
@@ -164,30 +144,23 @@ impl TpkWriter {
             context: "flush".into(),
             source: e.into_error(),
         })?;
-        let f = tmp.as_file_mut();
+        let f = tmp.file_mut();
         f.seek(SeekFrom::Start(0)).map_err(io("seek"))?;
         f.write_all(&header.to_bytes())
             .map_err(io("write header"))?;
-        f.sync_all().map_err(io("sync"))?;
-        let size = index_offset + index.len() as u64;
-        let dest = self.dest.clone();
-        let persisted = if self.overwrite {
-            tmp.persist(&dest).map(|_| ())
-        } else {
-            tmp.persist_noclobber(&dest).map(|_| ())
-        };
-        persisted.map_err(|e| {
-            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                FormatError::Exists(dest.clone())
-            } else {
-                FormatError::Io {
-                    context: format!("rename into {}", dest.display()),
-                    source: e.error,
-                }
-            }
-        })?;
-        Ok(size)
+        let bytes = index_offset + index.len() as u64;
+        let sync = tmp.persist(self.overwrite)?;
+        Ok(Finished { bytes, sync })
     }
+}
+
+/// What [`TpkWriter::finish`] wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished {
+    /// The file's size.
+    pub bytes: u64,
+    /// Time spent waiting for the data to reach the disk (the final `fsync`).
+    pub sync: std::time::Duration,
 }
 
 fn put_str(b: &mut Vec<u8>, s: &[u8]) {
@@ -267,7 +240,7 @@ mod tests {
     fn empty_file_matches_spec_example() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("e.tpk");
-        let size = TpkWriter::create(&p, false).unwrap().finish().unwrap();
+        let size = TpkWriter::create(&p, false).unwrap().finish().unwrap().bytes;
         assert_eq!(size, 72);
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(&bytes[64..], &[0u8; 8]);
