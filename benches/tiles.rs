@@ -24,10 +24,10 @@ fn bench(c: &mut Criterion) {
     let chunks: Vec<&[u8]> = f32b.chunks(DEFAULT_CHUNK_ELEMS as usize * 4).collect();
     for spec in ["bfp8", "bfp4", "bfp2", "mxfp4", "nvfp4", "bf16:order=tile"] {
         let p = Pipeline::parse(spec).unwrap();
-        let p = match p.tensor_codec().for_tensor(amax) {
-            Some(t) => p.with_tensor_codec(t),
-            None => p,
-        };
+        let p = p.bind(&tenpak::codec::TensorFacts {
+            dims: &[],
+            amax: Some(amax),
+        });
         let enc: Vec<Vec<u8>> = chunks
             .iter()
             .map(|c| p.encode(DType::F32, c).unwrap())

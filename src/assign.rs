@@ -12,8 +12,8 @@
 //! `random` (seeded random assignments), `optimal` (moves in order of least added error per
 //! byte saved, under a threshold or a byte budget, per tensor or over the whole model).
 
-use crate::codec::bfp::TILE_ELEMS;
 use crate::codec::mixed::{codes_len, TileFormat};
+use crate::codec::tile::TILE_ELEMS;
 use crate::error::{Error, Result};
 use crate::metrics::PairStats;
 use crate::tiles::{TileGeom, T};

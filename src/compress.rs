@@ -5,7 +5,7 @@
 //! starts. Every chunk is decoded again right after encoding, to compute the metrics against the
 //! source and, for lossless pipelines, to prove the round trip is bit-exact before it is written.
 
-use crate::codec::{Pipeline, RawCodec};
+use crate::codec::{Binds, Pipeline, RawCodec, TensorFacts};
 use crate::dtype::{self, DType};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::{self, TensorInfo, TensorSource};
@@ -335,10 +335,10 @@ pub fn parse_override(s: &str) -> Result<(String, String)> {
 /// against a base keep their codec on vectors too.
 pub fn tensor_plan(p: &Pipeline, info: &TensorInfo, opts: &CompressOptions) -> (Pipeline, Layout) {
     let p = effective_pipeline(p, info.dtype);
-    let p = match p.tensor_codec().for_shape(&info.dims) {
-        Some(t) => p.with_tensor_codec(t),
-        None => p,
-    };
+    let p = p.bind(&TensorFacts {
+        dims: &info.dims,
+        amax: None,
+    });
     if !p.tensor_codec().tiled() {
         if info.dims.len() < 2
             && !opts.tile_vectors
@@ -662,7 +662,7 @@ fn encode_tiled(
     // refuse non-finite values chunk by chunk. One integer max over the magnitude bits (it
     // vectorizes; a float max does not): for non-negative floats the bit patterns order as the
     // values do, and anything at or above the infinity pattern is non-finite.
-    let pipeline = if pipeline.tensor_codec().per_tensor() {
+    let pipeline = if pipeline.tensor_codec().props().binds == Binds::Amax {
         let top = vals
             .iter()
             .map(|v| v.to_bits() & 0x7FFF_FFFF)
@@ -674,10 +674,10 @@ fn encode_tiled(
                 pipeline.tensor_codec().name()
             )));
         }
-        match pipeline.tensor_codec().for_tensor(f32::from_bits(top)) {
-            Some(t) => pipeline.with_tensor_codec(t),
-            None => pipeline.clone(),
-        }
+        pipeline.bind(&TensorFacts {
+            dims: &info.dims,
+            amax: Some(f32::from_bits(top)),
+        })
     } else {
         pipeline.clone()
     };

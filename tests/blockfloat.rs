@@ -4,8 +4,9 @@
 
 use crate::common::*;
 use sha2::{Digest, Sha256};
-use tenpak::codec::bfp::{self, Bfp, TILE_ELEMS};
+use tenpak::codec::bfp::{self, Bfp};
 use tenpak::codec::mx;
+use tenpak::codec::tile::TILE_ELEMS;
 
 /// Tile A = `np.random.default_rng(0).standard_normal((32, 32), dtype=np.float32)`, tile B =
 /// `np.random.seed(0); np.random.randn(32, 32).astype(np.float32)`, as raw little-endian f32.

@@ -75,10 +75,10 @@ fn every_registered_codec_roundtrips_params() {
         }
         let p = Pipeline::parse(e.name).unwrap();
         // Codecs with per-tensor parameters store them once fixed for a tensor.
-        let p = match p.tensor_codec().for_tensor(1.0) {
-            Some(t) => p.with_tensor_codec(t),
-            None => p,
-        };
+        let p = p.bind(&tenpak::codec::TensorFacts {
+            dims: &[],
+            amax: Some(1.0),
+        });
         let again = Pipeline::from_stages(&p.stages()).unwrap();
         assert_eq!(again.describe(), p.describe(), "{}", e.name);
     }
@@ -102,7 +102,8 @@ proptest! {
         seed in any::<u64>(),
         k in -20i32..=20,
     ) {
-        use tenpak::codec::bfp::{self, Bfp, TILE_ELEMS};
+        use tenpak::codec::bfp::{self, Bfp};
+        use tenpak::codec::tile::TILE_ELEMS;
         use tenpak::codec::mx;
         let mut x = seed | 1;
         let scale = (k as f32).exp();
@@ -164,10 +165,10 @@ fn tile_codec_reconstruction_is_the_decoder_output() {
     let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
     for spec in ["bfp8", "bfp4", "bfp2", "fp0", "mxfp4", "nvfp4", "bfp4+zstd"] {
         let p = Pipeline::parse(spec).unwrap();
-        let p = match p.tensor_codec().for_tensor(4.0) {
-            Some(t) => p.with_tensor_codec(t),
-            None => p,
-        };
+        let p = p.bind(&tenpak::codec::TensorFacts {
+            dims: &[],
+            amax: Some(4.0),
+        });
         let mut recon = Vec::new();
         let mut seen = Vec::new();
         let fast = p

@@ -177,10 +177,10 @@ fn write_seeds() {
         ("zstd", tenpak::dtype::DType::F32, w),
     ] {
         let p = tenpak::codec::Pipeline::parse(codec).unwrap();
-        let p = match p.tensor_codec().for_tensor(0.5) {
-            Some(t) => p.with_tensor_codec(t),
-            None => p,
-        };
+        let p = p.bind(&tenpak::codec::TensorFacts {
+            dims: &[],
+            amax: Some(0.5),
+        });
         let stages = p.stages();
         let n = bytes.len() / dt.size();
         let (params, payload) = if codec == "zstd" {
@@ -223,7 +223,10 @@ fn write_seeds() {
         let p = tenpak::codec::Pipeline::parse(spec).unwrap();
         let t = p.tensor_codec();
         let t = t
-            .for_shape(&[8, 64])
+            .bind(&tenpak::codec::TensorFacts {
+                dims: &[8, 64],
+                amax: None,
+            })
             .unwrap_or_else(|| p.tensor_codec_arc());
         let vals = &w[..512 * 4];
         let seed = f32_seed(&*t, vals, 512, idx(tenpak::dtype::DType::F32));

@@ -20,7 +20,7 @@
 
 use super::huffman::{self, histogram};
 use super::zstd::{zstd_decode, zstd_encode};
-use super::{Codec, CodecEntry, TensorCodec};
+use super::{Codec, CodecEntry, Props, TensorCodec};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use std::borrow::Cow;
@@ -221,6 +221,11 @@ fn spread6(u: u64) -> u64 {
 /// [`gather6`] for 16 elements a step with AVX2, writing the packed plane's first bytes; returns
 /// how many elements it packed (a multiple of 16). A multiply-add joins field pairs into 12 bits,
 /// a 64-bit shift joins those pairs into 24, and a byte shuffle drops the gaps.
+///
+/// # Safety
+///
+/// The CPU must have AVX2 (callers check `is_x86_feature_detected!("avx2")`). Nothing else is
+/// required of the caller: the slices may have any lengths, and every access stays within them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pack6_bf16_avx2(bytes: &[u8], p6: &mut [u8]) -> usize {
@@ -505,6 +510,11 @@ fn or_low_bits_bf16_scalar(p6: &[u8], out: &mut [u8]) {
 /// two bytes holding its 6-bit field, a multiply shifts the field to bits 6..11 (lanes need
 /// different shifts and AVX2 has no per-lane 16-bit shift), and two shift-and-masks place the
 /// low bits and the sign.
+///
+/// # Safety
+///
+/// The CPU must have AVX2 (callers check `is_x86_feature_detected!("avx2")`). Nothing else is
+/// required of the caller: the slices may have any lengths, and every access stays within them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn or_low_bits_bf16_avx2(p6: &[u8], out: &mut [u8]) -> usize {
@@ -703,12 +713,11 @@ fn decode_plane(method: u8, data: &[u8], n: usize) -> Result<Cow<'_, [u8]>> {
     })
 }
 
+const PROPS: Props = Props::lossless(ENTRY.id, ENTRY.name);
+
 impl TensorCodec for ByteplaneCodec {
-    fn id(&self) -> u16 {
-        ENTRY.id
-    }
-    fn name(&self) -> &'static str {
-        ENTRY.name
+    fn props(&self) -> Props {
+        PROPS
     }
     fn params(&self) -> Vec<u8> {
         vec![self.zstd as u8]
@@ -719,15 +728,6 @@ impl TensorCodec for ByteplaneCodec {
             ZstdMode::Always => "byteplane:zstd=always".into(),
             ZstdMode::Never => "byteplane:zstd=never".into(),
         }
-    }
-    fn lossless(&self) -> bool {
-        true
-    }
-    fn accepts(&self, _: DType) -> bool {
-        true
-    }
-    fn decoded_dtype(&self, src: DType) -> DType {
-        src
     }
     fn max_encoded_len(&self, src: DType, n: usize) -> usize {
         // Header and dictionary, then every plane at most raw-sized plus its 5-byte header.

@@ -10,7 +10,7 @@
 //! The codec's own decode gives the stored difference (what `verify` checks); putting the
 //! base back is the archive's job (`Archive::with_base`). Made by `compress --base`.
 
-use super::{entry_by_id, Codec, CodecEntry, TensorCodec};
+use super::{entry_by_id, Codec, CodecEntry, Props, TensorCodec};
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, Result};
 use sha2::{Digest, Sha256};
@@ -117,7 +117,7 @@ impl DeltaCodec {
         &*self.inner
     }
 
-    /// The tensor from its decoded difference `delta` (of [`TensorCodec::decoded_dtype`]) and
+    /// The tensor from its decoded difference `delta` (of `decoded_dtype`) and
     /// the base's bytes (`base_dtype`, same element count): `xor` gives `src` bytes, `sub` f32.
     pub fn apply(&self, delta: &mut [u8], base: &[u8], base_dtype: DType) {
         match self.mode {
@@ -152,11 +152,19 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
 };
 
 impl TensorCodec for DeltaCodec {
-    fn id(&self) -> u16 {
-        DELTA_ID
-    }
-    fn name(&self) -> &'static str {
-        "delta"
+    /// The value codec's, under delta's id; a difference (`sub`) decodes to f32.
+    fn props(&self) -> Props {
+        let inner = self.inner.props();
+        Props {
+            id: DELTA_ID,
+            name: "delta",
+            version: 1,
+            decodes_to: match self.mode {
+                Mode::Xor => inner.decodes_to,
+                Mode::Sub => Some(DType::F32),
+            },
+            ..inner
+        }
     }
     fn params(&self) -> Vec<u8> {
         let ip = self.inner.params();
@@ -178,23 +186,8 @@ impl TensorCodec for DeltaCodec {
         };
         format!("delta[{m},{}]", self.inner.spec())
     }
-    fn lossless(&self) -> bool {
-        self.inner.lossless()
-    }
-    fn accepts(&self, src: DType) -> bool {
-        self.inner.accepts(src)
-    }
-    fn decoded_dtype(&self, src: DType) -> DType {
-        match self.mode {
-            Mode::Xor => self.inner.decoded_dtype(src),
-            Mode::Sub => DType::F32,
-        }
-    }
     fn max_encoded_len(&self, src: DType, n: usize) -> usize {
         self.inner.max_encoded_len(src, n)
-    }
-    fn chunk_multiple(&self) -> u64 {
-        self.inner.chunk_multiple()
     }
     /// Encodes a difference already formed (the compressor forms it against the base).
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {

@@ -6,7 +6,7 @@
 //! Config: `--codec bf16`; `bf16:order=tile` stores the elements in TTNN tile order (the
 //! container's `tiles32` layout: 32x32 tiles, 2048 bytes each) instead of row-major.
 
-use super::{expect_len, no_params, Codec, CodecEntry, TensorCodec};
+use super::{expect_len, no_params, Binds, Codec, CodecEntry, Props, TensorCodec};
 use crate::dtype::{self, DType};
 use crate::error::Result;
 use std::sync::Arc;
@@ -89,27 +89,49 @@ pub(super) const BF16_ENTRY: CodecEntry = CodecEntry {
     },
 };
 
+/// A lossy float conversion: exact for the sources it keeps or widens.
+const fn float_props(entry: &CodecEntry, target: DType, exact_for: &'static [DType]) -> Props {
+    Props {
+        id: entry.id,
+        name: entry.name,
+        version: 1,
+        lossless: false,
+        exact_for,
+        floats_only: true,
+        tiled: false,
+        decodes_to: Some(target),
+        chunk_multiple: 1,
+        binds: Binds::Nothing,
+    }
+}
+
+const F32_PROPS: Props = float_props(
+    &F32_ENTRY,
+    DType::F32,
+    &[
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::F8E4M3,
+        DType::F8E5M2,
+    ],
+);
+const F16_PROPS: Props = float_props(&F16_ENTRY, DType::F16, &[DType::F16]);
+const BF16_PROPS: Props = float_props(&BF16_ENTRY, DType::BF16, &[DType::BF16]);
+/// Tile order is a different payload (version 2): readers before it must refuse, not misplace.
+const BF16_TILE_PROPS: Props = Props {
+    version: 2,
+    tiled: true,
+    ..BF16_PROPS
+};
+
 impl TensorCodec for FloatCodec {
-    fn id(&self) -> u16 {
-        match self.target {
-            DType::F32 => F32_ENTRY.id,
-            DType::F16 => F16_ENTRY.id,
-            _ => BF16_ENTRY.id,
-        }
-    }
-    fn name(&self) -> &'static str {
-        match self.target {
-            DType::F32 => F32_ENTRY.name,
-            DType::F16 => F16_ENTRY.name,
-            _ => BF16_ENTRY.name,
-        }
-    }
-    fn version(&self) -> u16 {
-        // Tile order is a different payload: readers before it must refuse, not misplace.
-        if self.tile {
-            2
-        } else {
-            1
+    fn props(&self) -> Props {
+        match (self.target, self.tile) {
+            (DType::F32, _) => F32_PROPS,
+            (DType::F16, _) => F16_PROPS,
+            (_, false) => BF16_PROPS,
+            (_, true) => BF16_TILE_PROPS,
         }
     }
     fn params(&self) -> Vec<u8> {
@@ -123,28 +145,8 @@ impl TensorCodec for FloatCodec {
         if self.tile {
             "bf16:order=tile".into()
         } else {
-            self.name().into()
+            self.props().name.into()
         }
-    }
-    fn tiled(&self) -> bool {
-        self.tile
-    }
-    fn lossless(&self) -> bool {
-        false
-    }
-    fn lossless_for(&self, src: DType) -> bool {
-        src == self.target
-            || (self.target == DType::F32
-                && matches!(
-                    src,
-                    DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2
-                ))
-    }
-    fn accepts(&self, src: DType) -> bool {
-        src.is_float()
-    }
-    fn decoded_dtype(&self, _: DType) -> DType {
-        self.target
     }
     fn max_encoded_len(&self, _: DType, n: usize) -> usize {
         n.saturating_mul(self.target.size())
@@ -160,7 +162,7 @@ impl TensorCodec for FloatCodec {
         Ok(out)
     }
     fn decode(&self, payload: &[u8], _: DType, _: usize, out: &mut [u8]) -> Result<()> {
-        expect_len(self.name(), payload, out.len())?;
+        expect_len(self.props().name, payload, out.len())?;
         out.copy_from_slice(payload);
         Ok(())
     }

@@ -19,7 +19,7 @@
 //! `int:bits=2,zero=asym,group=G` payload of what is left (`x - decode(first)`); decoding adds
 //! the two (the experiment log's `int4_residual_v1`, G = 16).
 
-use super::{Codec, CodecEntry, Options, TensorCodec};
+use super::{Binds, Codec, CodecEntry, Options, Props, TensorCodec, TensorFacts};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use half::f16;
@@ -40,7 +40,7 @@ pub enum Fit {
 }
 
 /// Grouping as asked; `row`, `tensor` and `axis` are fixed per tensor
-/// ([`TensorCodec::for_shape`]).
+/// (the bind step, [`TensorCodec::bind`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Group {
     /// `g` consecutive elements.
@@ -657,12 +657,31 @@ pub(super) const INT_ENTRY: CodecEntry = CodecEntry {
     from_params: |p| Ok(Codec::Tensor(Arc::new(IntCodec::from_params_bytes("int", p)?))),
 };
 
-impl TensorCodec for IntCodec {
-    fn id(&self) -> u16 {
-        INT_ID
+/// Lossy, floats in, f32 out, row-major.
+const fn int_props(id: u16, name: &'static str, chunk_multiple: u64, binds: Binds) -> Props {
+    Props {
+        id,
+        name,
+        version: 1,
+        lossless: false,
+        exact_for: &[],
+        floats_only: true,
+        tiled: false,
+        decodes_to: Some(DType::F32),
+        chunk_multiple,
+        binds,
     }
-    fn name(&self) -> &'static str {
-        "int"
+}
+
+impl TensorCodec for IntCodec {
+    fn props(&self) -> Props {
+        let (multiple, binds) = match self.group {
+            Group::Elems(g) => (g, Binds::Nothing),
+            // Per-channel scales cover the whole tensor: one chunk.
+            Group::Channels { .. } => (u64::MAX, Binds::Nothing),
+            Group::Row | Group::Tensor | Group::Axis(_) => (1, Binds::Shape),
+        };
+        int_props(INT_ID, "int", multiple, binds)
     }
     fn params(&self) -> Vec<u8> {
         self.params_bytes()
@@ -670,26 +689,9 @@ impl TensorCodec for IntCodec {
     fn spec(&self) -> String {
         self.spec_string()
     }
-    fn lossless(&self) -> bool {
-        false
-    }
-    fn accepts(&self, src: DType) -> bool {
-        src.is_float()
-    }
-    fn decoded_dtype(&self, _: DType) -> DType {
-        DType::F32
-    }
-    fn for_shape(&self, dims: &[u64]) -> Option<Arc<dyn TensorCodec>> {
-        self.fixed_for(dims)
+    fn bind(&self, t: &TensorFacts<'_>) -> Option<Arc<dyn TensorCodec>> {
+        self.fixed_for(t.dims)
             .map(|c| Arc::new(c) as Arc<dyn TensorCodec>)
-    }
-    fn chunk_multiple(&self) -> u64 {
-        match self.group {
-            Group::Elems(g) => g,
-            // Per-channel scales cover the whole tensor: one chunk.
-            Group::Channels { .. } => u64::MAX,
-            _ => 1,
-        }
     }
     fn max_encoded_len(&self, _: DType, n: usize) -> usize {
         self.payload_len(n).unwrap_or(usize::MAX)
@@ -746,11 +748,8 @@ pub(super) const RESIDUAL_ENTRY: CodecEntry = CodecEntry {
 };
 
 impl TensorCodec for ResidualCodec {
-    fn id(&self) -> u16 {
-        RESIDUAL_ID
-    }
-    fn name(&self) -> &'static str {
-        "int4_residual"
+    fn props(&self) -> Props {
+        int_props(RESIDUAL_ID, "int4_residual", self.group, Binds::Nothing)
     }
     fn params(&self) -> Vec<u8> {
         self.group.to_le_bytes().to_vec()
@@ -761,18 +760,6 @@ impl TensorCodec for ResidualCodec {
         } else {
             format!("int4_residual:group={}", self.group)
         }
-    }
-    fn lossless(&self) -> bool {
-        false
-    }
-    fn accepts(&self, src: DType) -> bool {
-        src.is_float()
-    }
-    fn decoded_dtype(&self, _: DType) -> DType {
-        DType::F32
-    }
-    fn chunk_multiple(&self) -> u64 {
-        self.group
     }
     fn max_encoded_len(&self, _: DType, n: usize) -> usize {
         let (a, b) = self.stages();

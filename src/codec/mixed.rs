@@ -12,9 +12,10 @@
 //! There is no `--codec mixed`: the assignment comes from a config (`--config`, algorithm
 //! `mixed-tile-*`). The codec in the registry is for reading.
 
-use super::bfp::{Bfp, BfpCodec, Fp0Codec, TileKernel, TileVisitor, TILE_ELEMS};
+use super::bfp::{Bfp, BfpCodec, Fp0Codec};
 use super::mx::{nvfp4_global, Mxfp4Codec, Nvfp4Kernel};
-use super::{Codec, CodecEntry, TensorCodec};
+use super::tile::{tile_props, TileCodec, TileKernel, TileVisitor, TILE_ELEMS};
+use super::{Codec, CodecEntry, Props, TensorCodec};
 use crate::dtype::{f32_to_bf16_bits, DType};
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -384,11 +385,9 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
 };
 
 impl TensorCodec for MixedCodec {
-    fn id(&self) -> u16 {
-        MIXED_ID
-    }
-    fn name(&self) -> &'static str {
-        "mixed"
+    fn props(&self) -> Props {
+        const P: Props = tile_props(MIXED_ID, "mixed");
+        P
     }
     fn params(&self) -> Vec<u8> {
         let mut p = vec![self.table.len() as u8];
@@ -408,37 +407,13 @@ impl TensorCodec for MixedCodec {
         let names: Vec<&str> = self.table.iter().map(|f| f.name()).collect();
         format!("mixed[{}]", names.join(","))
     }
-    fn lossless(&self) -> bool {
-        false
-    }
-    fn tiled(&self) -> bool {
-        true
-    }
-    fn accepts(&self, src: DType) -> bool {
-        src.is_float()
-    }
-    fn decoded_dtype(&self, _: DType) -> DType {
-        DType::F32
-    }
     fn max_encoded_len(&self, _: DType, n: usize) -> usize {
         let tiles = n.div_ceil(TILE_ELEMS);
         let widest = self.table.iter().map(|f| f.tile_bytes()).max().unwrap_or(0);
         codes_len(self.table.len(), tiles).saturating_add(tiles.saturating_mul(widest))
     }
-    fn encode_f32_tiles(
-        &self,
-        tiles: &[f32],
-        visit: &mut TileVisitor<'_>,
-    ) -> Option<Result<Vec<u8>>> {
-        Some(self.encode_at(0, tiles, Some(visit)))
-    }
-    fn encode_f32_tiles_at(
-        &self,
-        first_tile: usize,
-        tiles: &[f32],
-        visit: &mut TileVisitor<'_>,
-    ) -> Option<Result<Vec<u8>>> {
-        Some(self.encode_at(first_tile, tiles, Some(visit)))
+    fn as_tile(&self) -> Option<&dyn TileCodec> {
+        Some(self)
     }
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
         if src != DType::F32 {
@@ -469,6 +444,17 @@ impl TensorCodec for MixedCodec {
     }
 }
 
+impl TileCodec for MixedCodec {
+    fn encode_f32_tiles_at(
+        &self,
+        first_tile: usize,
+        tiles: &[f32],
+        visit: &mut TileVisitor<'_>,
+    ) -> Result<Vec<u8>> {
+        self.encode_at(first_tile, tiles, Some(visit))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,8 +482,7 @@ mod tests {
         let c = MixedCodec::new(table.clone(), assignment.clone()).unwrap();
         let mut recon = Vec::new();
         let payload = c
-            .encode_f32_tiles(&vals, &mut |_, r| recon.extend_from_slice(r))
-            .unwrap()
+            .encode_f32_tiles_at(0, &vals, &mut |_, r| recon.extend_from_slice(r))
             .unwrap();
         let back = MixedCodec::from_params(&c.params()).unwrap();
         assert_eq!(back.table(), &table[..]);
@@ -525,7 +510,6 @@ mod tests {
         // Chunks start anywhere in the assignment.
         let p2 = c
             .encode_f32_tiles_at(4, &vals[..2 * TILE_ELEMS], &mut |_, _| ())
-            .unwrap()
             .unwrap();
         assert_eq!(back.chunk_codes(&p2, 2 * TILE_ELEMS).unwrap(), vec![4, 5]);
     }

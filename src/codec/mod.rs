@@ -19,6 +19,7 @@ pub mod mixed;
 pub mod mx;
 mod raw;
 pub mod sparse;
+pub mod tile;
 mod zstd;
 
 use crate::dtype::DType;
@@ -34,87 +35,144 @@ pub use mx::{Mxfp4Codec, Nvfp4Codec};
 pub use raw::RawCodec;
 pub use zstd::ZstdCodec;
 
-/// Elements of one dtype -> bytes, lossy or lossless.
-pub trait TensorCodec: Send + Sync + Debug {
+/// What a codec is: fixed per codec (a `const` for most), computed from the inner codec for the
+/// wrappers (`sparse`, `delta`) and from the group size for `int`.
+#[derive(Debug, Clone, Copy)]
+pub struct Props {
     /// Stable on-disk id.
-    fn id(&self) -> u16;
+    pub id: u16,
     /// Registry name.
-    fn name(&self) -> &'static str;
+    pub name: &'static str,
     /// Payload version written.
-    fn version(&self) -> u16 {
-        1
+    pub version: u16,
+    /// Whether decoding gives back the source bytes exactly, for every input it accepts.
+    pub lossless: bool,
+    /// Source dtypes a lossy codec still decodes exactly (a float conversion that widens or keeps
+    /// the type).
+    pub exact_for: &'static [DType],
+    /// Whether the codec takes floats only (lossy codecs never touch integer or bool tensors).
+    pub floats_only: bool,
+    /// Whether chunks hold whole 32x32 tiles of the tensor's 2-D view (the container's tile
+    /// layouts) rather than row-major runs; tile codecs are fed f32.
+    pub tiled: bool,
+    /// The element type `decode` writes; `None`: the source's.
+    pub decodes_to: Option<DType>,
+    /// Row-major chunks hold a multiple of this many elements (the integer codecs' group size,
+    /// so that groups never straddle chunks).
+    pub chunk_multiple: u64,
+    /// What [`TensorCodec::bind`] needs to know of the tensor.
+    pub binds: Binds,
+}
+
+impl Props {
+    /// Properties of a codec that takes any dtype and gives its bytes back exactly.
+    pub const fn lossless(id: u16, name: &'static str) -> Props {
+        Props {
+            id,
+            name,
+            version: 1,
+            lossless: true,
+            exact_for: &[],
+            floats_only: false,
+            tiled: false,
+            decodes_to: None,
+            chunk_multiple: 1,
+            binds: Binds::Nothing,
+        }
     }
+}
+
+/// What a codec fixes per tensor before its chunks are encoded (the bind step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binds {
+    /// Nothing: the codec is used as built.
+    Nothing,
+    /// The tensor's shape (`int` with `group=row`, `group=tensor` or `axis=`).
+    Shape,
+    /// The tensor's largest magnitude, a pass over the whole tensor first (nvfp4's global scale).
+    Amax,
+}
+
+/// What the bind step knows of a tensor.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorFacts<'a> {
+    /// The tensor's shape.
+    pub dims: &'a [u64],
+    /// Its largest finite magnitude, when the codec [`Binds::Amax`].
+    pub amax: Option<f32>,
+}
+
+/// Elements of one dtype -> bytes, lossy or lossless. Adding a codec family is one file with
+/// an implementation of this trait (and of [`tile::TileKernel`] for a tile format) and one
+/// line in [`REGISTRY`].
+pub trait TensorCodec: Send + Sync + Debug {
+    /// What this codec is.
+    fn props(&self) -> Props;
     /// Canonical parameters (stored opaquely by the container).
     fn params(&self) -> Vec<u8> {
         Vec::new()
     }
     /// This stage in pipeline syntax, `NAME[:key=value,...]`, options at their default left out.
     fn spec(&self) -> String {
-        self.name().to_string()
+        self.props().name.to_string()
     }
-    /// Whether decoding gives back the source bytes exactly, for every input it accepts.
-    fn lossless(&self) -> bool;
-    /// Whether decoding gives back elements of `src` exactly (a float conversion that widens
-    /// or keeps the type is exact for that type even where the codec is lossy in general).
-    fn lossless_for(&self, _src: DType) -> bool {
-        self.lossless()
-    }
-    /// Whether this codec can take elements of `src` (lossy codecs take floats only).
-    fn accepts(&self, src: DType) -> bool;
-    /// Whether chunks hold whole 32x32 tiles of the tensor's 2-D view (the container's tile
-    /// layouts) rather than row-major runs; tile codecs are fed f32.
-    fn tiled(&self) -> bool {
-        false
-    }
-    /// Tile codecs: encode f32 tiles held in memory, handing `visit` each source tile with
-    /// what the payload decodes to (1024 values each, in order), sparing the compressor a byte
-    /// round trip and a decode. `None` for codecs without this path (the caller then encodes
-    /// bytes and decodes).
-    fn encode_f32_tiles(
-        &self,
-        _tiles: &[f32],
-        _visit: &mut bfp::TileVisitor<'_>,
-    ) -> Option<Result<Vec<u8>>> {
-        None
-    }
-    /// [`TensorCodec::encode_f32_tiles`] for a chunk whose first tile is tile `first_tile` of
-    /// the tensor's tile grid, for codecs that treat tiles differently by position (`mixed`).
-    fn encode_f32_tiles_at(
-        &self,
-        _first_tile: usize,
-        tiles: &[f32],
-        visit: &mut bfp::TileVisitor<'_>,
-    ) -> Option<Result<Vec<u8>>> {
-        self.encode_f32_tiles(tiles, visit)
-    }
-    /// This codec with its shape-dependent settings fixed for a tensor of shape `dims` (the
-    /// integer codecs' `group=row` / `group=tensor`); `None` when nothing depends on the shape.
-    fn for_shape(&self, _dims: &[u64]) -> Option<Arc<dyn TensorCodec>> {
-        None
-    }
-    /// Row-major chunks must hold a multiple of this many elements (the integer codecs'
-    /// group size), so that groups never straddle chunks.
-    fn chunk_multiple(&self) -> u64 {
-        1
-    }
-    /// Whether [`TensorCodec::for_tensor`] needs the tensor's largest magnitude (a pass over the
-    /// whole tensor before its chunks are encoded).
-    fn per_tensor(&self) -> bool {
-        false
-    }
-    /// This codec with its per-tensor parameters fixed from the whole tensor (largest
-    /// magnitude `amax`), for codecs that have any (nvfp4's global scale); `None` otherwise.
-    fn for_tensor(&self, _amax: f32) -> Option<Arc<dyn TensorCodec>> {
-        None
-    }
-    /// The dtype `decode` writes, for a tensor whose source dtype is `src`.
-    fn decoded_dtype(&self, src: DType) -> DType;
     /// Most bytes `encode` can produce for `n` elements (a hard cap for byte stages' decoders).
     fn max_encoded_len(&self, src: DType, n: usize) -> usize;
     /// Encode `bytes`: `n` little-endian elements of `src`.
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>>;
     /// Decode `n` elements into `out`, whose length is `n * decoded_dtype(src).size()`.
     fn decode(&self, payload: &[u8], src: DType, n: usize, out: &mut [u8]) -> Result<()>;
+    /// The bind step: this codec with its shape- or value-dependent settings fixed for one
+    /// tensor (see [`Props::binds`]); `None` when nothing depends on them or what it needs is
+    /// not in `t`.
+    fn bind(&self, _t: &TensorFacts<'_>) -> Option<Arc<dyn TensorCodec>> {
+        None
+    }
+    /// The tile fast path, for tile codecs that have one.
+    fn as_tile(&self) -> Option<&dyn tile::TileCodec> {
+        None
+    }
+}
+
+/// Shorthands over [`TensorCodec::props`].
+impl<'a> dyn TensorCodec + 'a {
+    /// Stable on-disk id.
+    pub fn id(&self) -> u16 {
+        self.props().id
+    }
+    /// Registry name.
+    pub fn name(&self) -> &'static str {
+        self.props().name
+    }
+    /// Payload version written.
+    pub fn version(&self) -> u16 {
+        self.props().version
+    }
+    /// Whether decoding gives back the source bytes exactly, for every input it accepts.
+    pub fn lossless(&self) -> bool {
+        self.props().lossless
+    }
+    /// Whether decoding gives back elements of `src` exactly.
+    pub fn lossless_for(&self, src: DType) -> bool {
+        let p = self.props();
+        p.lossless || p.exact_for.contains(&src)
+    }
+    /// Whether this codec can take elements of `src`.
+    pub fn accepts(&self, src: DType) -> bool {
+        !self.props().floats_only || src.is_float()
+    }
+    /// Whether chunks hold whole 32x32 tiles.
+    pub fn tiled(&self) -> bool {
+        self.props().tiled
+    }
+    /// The dtype `decode` writes, for a tensor whose source dtype is `src`.
+    pub fn decoded_dtype(&self, src: DType) -> DType {
+        self.props().decodes_to.unwrap_or(src)
+    }
+    /// Row-major chunks hold a multiple of this many elements.
+    pub fn chunk_multiple(&self) -> u64 {
+        self.props().chunk_multiple
+    }
 }
 
 /// Bytes -> bytes (general-purpose compressors).
@@ -412,14 +470,18 @@ impl Pipeline {
         Ok(b)
     }
 
-    /// [`TensorCodec::encode_f32_tiles_at`] through the whole pipeline (byte stages after it).
+    /// [`tile::TileCodec::encode_f32_tiles_at`] through the whole pipeline (byte stages after
+    /// it); `None` for codecs without the tile fast path.
     pub fn encode_f32_tiles_at(
         &self,
         first_tile: usize,
         tiles: &[f32],
-        visit: &mut bfp::TileVisitor<'_>,
+        visit: &mut tile::TileVisitor<'_>,
     ) -> Option<Result<Vec<u8>>> {
-        let r = self.tensor.encode_f32_tiles_at(first_tile, tiles, visit)?;
+        let r = self
+            .tensor
+            .as_tile()?
+            .encode_f32_tiles_at(first_tile, tiles, visit);
         Some(r.and_then(|mut b| {
             for c in &self.bytes {
                 b = c.encode(&b)?;
@@ -432,9 +494,17 @@ impl Pipeline {
     pub fn encode_f32_tiles(
         &self,
         tiles: &[f32],
-        visit: &mut bfp::TileVisitor<'_>,
+        visit: &mut tile::TileVisitor<'_>,
     ) -> Option<Result<Vec<u8>>> {
         self.encode_f32_tiles_at(0, tiles, visit)
+    }
+
+    /// The same pipeline with its tensor codec bound to one tensor ([`TensorCodec::bind`]).
+    pub fn bind(&self, t: &TensorFacts<'_>) -> Pipeline {
+        match self.tensor.bind(t) {
+            Some(c) => self.with_tensor_codec(c),
+            None => self.clone(),
+        }
     }
 
     /// Decode one chunk of `n` elements; returns bytes of `decoded_dtype(src)`.

@@ -7,15 +7,17 @@
 //!   rounded to nearest even and saturated to ±6.
 //! - `nvfp4` tile (576 bytes): 64 E4M3 block scales (block `2 * row + half`), then the codes.
 //!   The per-tensor f32 decode scale `g = amax / 2688` is the codec's parameter (4 bytes,
-//!   little-endian), computed from the whole tensor by [`TensorCodec::for_tensor`].
+//!   little-endian), computed from the whole tensor by the bind step ([`TensorCodec::bind`]).
 //!
 //! Config: `--codec mxfp4`, `--codec nvfp4` (no options).
 
-use super::bfp::{
-    decode_tiles, encode_f32_tiles, encode_tiles, pow2, tile_codec, TileKernel, TileVisitor, TILE,
-    TILE_ELEMS,
+use super::bfp::pow2;
+use super::no_params;
+use super::tile::{
+    decode_tiles, encode_f32_tiles, encode_tiles, tile_codec, tile_props, TileCodec, TileKernel,
+    TileVisitor, TILE, TILE_ELEMS,
 };
-use super::{no_params, Codec, CodecEntry, TensorCodec};
+use super::{Binds, Codec, CodecEntry, Props, TensorCodec, TensorFacts};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -211,10 +213,8 @@ pub fn nvfp4_decode_tile(data: &[u8], g: f32, out: &mut [f32]) {
 #[derive(Debug, Clone, Copy)]
 pub struct Mxfp4Codec;
 
-/// NVIDIA nvfp4 tile codec; `g` is the per-tensor decode scale (`None` until [`for_tensor`]
-/// fixes it from the tensor's amax).
-///
-/// [`for_tensor`]: TensorCodec::for_tensor
+/// NVIDIA nvfp4 tile codec; `g` is the per-tensor decode scale (`None` until the bind step,
+/// [`TensorCodec::bind`], fixes it from the tensor's amax).
 #[derive(Debug, Clone, Copy)]
 pub struct Nvfp4Codec {
     g: Option<f32>,
@@ -272,11 +272,9 @@ impl TileKernel for Mxfp4Codec {
 }
 
 impl TensorCodec for Mxfp4Codec {
-    fn id(&self) -> u16 {
-        MXFP4_ENTRY.id
-    }
-    fn name(&self) -> &'static str {
-        MXFP4_ENTRY.name
+    fn props(&self) -> Props {
+        const P: Props = tile_props(MXFP4_ENTRY.id, MXFP4_ENTRY.name);
+        P
     }
     tile_codec!();
 }
@@ -306,48 +304,52 @@ impl Nvfp4Codec {
 
     fn scale(&self) -> Result<f32> {
         self.g.ok_or_else(|| {
-            Error::config("nvfp4 needs its per-tensor scale: encode whole tensors (for_tensor)")
+            Error::config("nvfp4 needs its per-tensor scale: encode whole tensors (bind)")
         })
     }
 }
 
 impl TensorCodec for Nvfp4Codec {
-    fn id(&self) -> u16 {
-        NVFP4_ENTRY.id
-    }
-    fn name(&self) -> &'static str {
-        NVFP4_ENTRY.name
+    fn props(&self) -> Props {
+        const P: Props = Props {
+            binds: Binds::Amax,
+            ..tile_props(NVFP4_ENTRY.id, NVFP4_ENTRY.name)
+        };
+        P
     }
     fn params(&self) -> Vec<u8> {
         self.g.map(|g| g.to_le_bytes().to_vec()).unwrap_or_default()
     }
-    fn per_tensor(&self) -> bool {
-        true
-    }
-    fn for_tensor(&self, amax: f32) -> Option<Arc<dyn TensorCodec>> {
+    fn bind(&self, t: &TensorFacts<'_>) -> Option<Arc<dyn TensorCodec>> {
+        let amax = t.amax?;
         Some(Arc::new(Nvfp4Codec {
             g: Some(nvfp4_global(amax)),
         }))
     }
+    fn as_tile(&self) -> Option<&dyn TileCodec> {
+        Some(self)
+    }
     tile_codec!(no_coding);
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
         encode_tiles(&Nvfp4Kernel(self.scale()?), src, bytes)
-    }
-    fn encode_f32_tiles(
-        &self,
-        tiles: &[f32],
-        visit: &mut TileVisitor<'_>,
-    ) -> Option<Result<Vec<u8>>> {
-        Some(
-            self.scale()
-                .and_then(|g| encode_f32_tiles(&Nvfp4Kernel(g), tiles, Some(visit))),
-        )
     }
     fn decode(&self, payload: &[u8], _: DType, n: usize, out: &mut [u8]) -> Result<()> {
         let g = self.g.ok_or_else(|| {
             Error::malformed("nvfp4 tensor has no global scale in its parameters")
         })?;
         decode_tiles(&Nvfp4Kernel(g), payload, n, out)
+    }
+}
+
+impl TileCodec for Nvfp4Codec {
+    fn encode_f32_tiles_at(
+        &self,
+        _first_tile: usize,
+        tiles: &[f32],
+        visit: &mut TileVisitor<'_>,
+    ) -> Result<Vec<u8>> {
+        self.scale()
+            .and_then(|g| encode_f32_tiles(&Nvfp4Kernel(g), tiles, Some(visit)))
     }
 }
 

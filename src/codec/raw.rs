@@ -2,7 +2,7 @@
 //!
 //! Spec: formats-spec/codecs.md §raw. Config: `--codec raw` (no options).
 
-use super::{expect_len, no_params, Codec, CodecEntry, TensorCodec};
+use super::{expect_len, no_params, Codec, CodecEntry, Props, TensorCodec};
 use crate::dtype::DType;
 use crate::error::Result;
 use std::sync::Arc;
@@ -23,21 +23,11 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
     },
 };
 
+const PROPS: Props = Props::lossless(ENTRY.id, ENTRY.name);
+
 impl TensorCodec for RawCodec {
-    fn id(&self) -> u16 {
-        ENTRY.id
-    }
-    fn name(&self) -> &'static str {
-        ENTRY.name
-    }
-    fn lossless(&self) -> bool {
-        true
-    }
-    fn accepts(&self, _: DType) -> bool {
-        true
-    }
-    fn decoded_dtype(&self, src: DType) -> DType {
-        src
+    fn props(&self) -> Props {
+        PROPS
     }
     fn max_encoded_len(&self, src: DType, n: usize) -> usize {
         n.saturating_mul(src.size())

@@ -9,7 +9,7 @@
 //!
 //! Made by `--prune` (compress) around `--codec`'s tensor codec; `sparse` is not a `--codec`.
 
-use super::{entry_by_id, Codec, CodecEntry, TensorCodec};
+use super::{entry_by_id, Binds, Codec, CodecEntry, Props, TensorCodec};
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, Result};
 use std::sync::Arc;
@@ -36,7 +36,7 @@ impl SparseCodec {
                 inner.spec()
             )));
         }
-        if inner.for_shape(&[1, 1]).is_some() {
+        if inner.props().binds == Binds::Shape {
             return Err(Error::config(
                 "int group=row, group=tensor and axis= follow the tensor's shape; kept values of a pruned tensor have none: use group=N",
             ));
@@ -194,11 +194,15 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
 };
 
 impl TensorCodec for SparseCodec {
-    fn id(&self) -> u16 {
-        SPARSE_ID
-    }
-    fn name(&self) -> &'static str {
-        "sparse"
+    /// The value codec's, under sparse's id; kept values are row-major runs of any length.
+    fn props(&self) -> Props {
+        Props {
+            id: SPARSE_ID,
+            name: "sparse",
+            version: 1,
+            chunk_multiple: 1,
+            ..self.inner.props()
+        }
     }
     fn params(&self) -> Vec<u8> {
         let ip = self.inner.params();
@@ -210,15 +214,6 @@ impl TensorCodec for SparseCodec {
     }
     fn spec(&self) -> String {
         format!("sparse[{}]", self.inner.spec())
-    }
-    fn lossless(&self) -> bool {
-        self.inner.lossless()
-    }
-    fn accepts(&self, src: DType) -> bool {
-        self.inner.accepts(src)
-    }
-    fn decoded_dtype(&self, src: DType) -> DType {
-        self.inner.decoded_dtype(src)
     }
     fn max_encoded_len(&self, src: DType, n: usize) -> usize {
         // Header, the larger index section (up to 10 bytes a gap), the inner payload.
@@ -322,7 +317,7 @@ mod tests {
             .flat_map(|v| v.to_le_bytes())
             .collect();
         let c = sparse("byteplane");
-        assert!(c.lossless());
+        assert!(c.props().lossless);
         let p = c.encode(DType::F32, &b).unwrap();
         let mut out = vec![0u8; 12];
         c.decode(&p, DType::F32, 3, &mut out).unwrap();

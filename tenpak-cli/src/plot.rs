@@ -64,10 +64,10 @@ fn through_tile(p: &Pipeline, vals: &[f32]) -> Result<Vec<f32>> {
     let mut tile = vec![0f32; 1024];
     tile[..vals.len()].copy_from_slice(vals);
     let amax = tile.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let p = match p.tensor_codec().for_tensor(amax) {
-        Some(t) => p.with_tensor_codec(t),
-        None => p.clone(),
-    };
+    let p = p.bind(&tenpak::codec::TensorFacts {
+        dims: &[],
+        amax: Some(amax),
+    });
     let bytes: Vec<u8> = tile.iter().flat_map(|v| v.to_le_bytes()).collect();
     let dec = p.decode(&p.encode(DType::F32, &bytes)?, DType::F32, 1024, u64::MAX)?;
     let out = tenpak::dtype::to_f64(p.tensor_codec().decoded_dtype(DType::F32), &dec);

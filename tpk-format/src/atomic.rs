@@ -78,13 +78,10 @@ impl AtomicFile {
     /// the sync took (reported apart from encoding time).
     pub fn persist(self, overwrite: bool) -> Result<Duration, FormatError> {
         let t0 = Instant::now();
-        self.tmp
-            .as_file()
-            .sync_all()
-            .map_err(|e| FormatError::Io {
-                context: format!("sync {}", self.dest.display()),
-                source: e,
-            })?;
+        self.tmp.as_file().sync_all().map_err(|e| FormatError::Io {
+            context: format!("sync {}", self.dest.display()),
+            source: e,
+        })?;
         let synced = t0.elapsed();
         let dest = self.dest;
         let r = if overwrite {

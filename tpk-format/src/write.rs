@@ -1,9 +1,9 @@
 use crate::error::io;
+use crate::AtomicFile;
 use crate::{
     align_up, ChunkEntry, FormatError, Header, TensorEntry, HEADER_LEN, VERSION_MAJOR,
     VERSION_MINOR,
 };
-use crate::AtomicFile;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
@@ -240,7 +240,11 @@ mod tests {
     fn empty_file_matches_spec_example() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("e.tpk");
-        let size = TpkWriter::create(&p, false).unwrap().finish().unwrap().bytes;
+        let size = TpkWriter::create(&p, false)
+            .unwrap()
+            .finish()
+            .unwrap()
+            .bytes;
         assert_eq!(size, 72);
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(&bytes[64..], &[0u8; 8]);
