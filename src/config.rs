@@ -25,10 +25,14 @@
 //!    (`seed: null`, `seed_source: "none"`).
 //!
 //! Unknown top-level keys, wrong types, unknown algorithms and unknown formats are errors naming
-//! the field; `params` an algorithm does not use are ignored with a warning naming them.
+//! the field's path (`params.threshold`, `quantization_formats[1]`); `params` an algorithm does
+//! not use are ignored with a warning naming them. The file is read into serde-derived types
+//! (`deny_unknown_fields`), with `serde_path_to_error` for the paths; the params an algorithm
+//! reads have a typed struct of their own.
 
 use crate::codec::Pipeline;
 use crate::error::{Error, Result};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::path::Path;
 
@@ -121,7 +125,7 @@ pub enum Budget {
 }
 
 /// Whether one threshold or budget holds per tensor or for the whole model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Each tensor on its own.
@@ -200,6 +204,147 @@ fn field_err(file: &str, field: &str, msg: impl std::fmt::Display) -> Error {
     Error::config(format!("{file}: field '{field}': {msg}"))
 }
 
+/// A config file as written. Serde checks the shape and the types (unknown top-level keys are
+/// refused); [`Config::parse`] then checks the values and resolves the seed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default, deserialize_with = "algorithm_name")]
+    algorithm: Option<Algorithm>,
+    #[serde(default)]
+    quantization_formats: Option<Vec<String>>,
+    #[serde(default)]
+    seed: Option<SeedField>,
+    #[serde(default)]
+    random_seed: Option<bool>,
+    #[serde(default)]
+    params: Option<Map<String, Value>>,
+}
+
+/// `seed`: a non-negative integer, or `"random"`.
+#[derive(Debug, Clone, Copy)]
+enum SeedField {
+    Number(u64),
+    Random,
+}
+
+impl<'de> Deserialize<'de> for SeedField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SeedField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a non-negative integer or \"random\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<SeedField, E> {
+                Ok(SeedField::Number(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<SeedField, E> {
+                match v {
+                    "random" => Ok(SeedField::Random),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn algorithm_name<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Algorithm>, D::Error> {
+    let s = String::deserialize(d)?;
+    Algorithm::parse(&s).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!("unknown algorithm '{s}' (available: {ALGORITHMS})"))
+    })
+}
+
+/// Every param of the mixed-tile algorithms ([`MixedParams`]).
+const MIXED_PARAMS: &[&str] = &[
+    "metric",
+    "threshold",
+    "formats",
+    "tile_formats",
+    "iters",
+    "target_bpw",
+    "target_bytes",
+    "scope",
+];
+
+/// The params of the mixed-tile algorithms, typed. Those the config's algorithm does not read
+/// are checked too, and ignored with a warning.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MixedParams {
+    #[serde(default, deserialize_with = "metric_of")]
+    metric: Option<crate::assign::Metric>,
+    #[serde(default)]
+    threshold: Option<f64>,
+    #[serde(default)]
+    formats: Option<FormatList>,
+    #[serde(default)]
+    tile_formats: Option<FormatList>,
+    #[serde(default)]
+    iters: Option<u64>,
+    #[serde(default)]
+    target_bpw: Option<f64>,
+    #[serde(default)]
+    target_bytes: Option<u64>,
+    #[serde(default)]
+    scope: Option<Scope>,
+}
+
+/// The params of `none` and `transpose`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainParams {
+    #[serde(default)]
+    prune: Option<String>,
+}
+
+/// Tile formats: a list, or one comma-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "expected a list or a comma-separated string of format names"
+)]
+enum FormatList {
+    List(Vec<String>),
+    Csv(String),
+}
+
+impl FormatList {
+    fn names(self) -> Vec<String> {
+        match self {
+            FormatList::List(v) => v,
+            FormatList::Csv(s) => s.split(',').map(|x| x.trim().to_string()).collect(),
+        }
+    }
+}
+
+fn metric_of<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<crate::assign::Metric>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::assign::Metric::parse(&s)
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("'{s}' is not pcc, mae or atol")))
+}
+
+/// Deserialize `v` as `T`; an error names the file and the field's path under `prefix`.
+fn typed<T: serde::de::DeserializeOwned>(file: &str, prefix: &str, v: Value) -> Result<T> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let inner = e.inner().to_string();
+        let path = e.path().to_string();
+        let path = match (prefix, path.as_str()) {
+            ("", p) => p.to_string(),
+            (pre, ".") => pre.to_string(),
+            (pre, p) => format!("{pre}.{p}"),
+        };
+        field_err(file, &path, inner)
+    })
+}
+
 /// A fresh random seed (1..=2^53 - 1, so it survives a JSON round trip through a double).
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -225,59 +370,20 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Config> {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| Error::config(format!("{file}: not valid JSON: {e}")))?;
-        let Value::Object(obj) = v else {
+        if !v.is_object() {
             return Err(Error::config(format!("{file}: a config is a JSON object")));
-        };
-        for k in obj.keys() {
-            if ![
-                "algorithm",
-                "quantization_formats",
-                "seed",
-                "random_seed",
-                "params",
-            ]
-            .contains(&k.as_str())
-            {
-                return Err(field_err(
-                    file,
-                    k,
-                    "unknown field (expected algorithm, quantization_formats, seed, random_seed, params)",
-                ));
-            }
         }
-        let algorithm = match obj.get("algorithm") {
-            None => Algorithm::None,
-            Some(Value::String(s)) => Algorithm::parse(s).ok_or_else(|| {
-                field_err(
-                    file,
-                    "algorithm",
-                    format!("unknown algorithm '{s}' (available: {ALGORITHMS})"),
-                )
-            })?,
-            Some(other) => {
-                return Err(field_err(
-                    file,
-                    "algorithm",
-                    format!("expected a string, got {other}"),
-                ))
-            }
-        };
-        let formats = match obj.get("quantization_formats") {
-            None | Some(Value::Null) => DEFAULT_FORMATS.iter().map(|s| s.to_string()).collect(),
-            Some(Value::Array(a)) => {
-                let mut out = Vec::new();
-                for (i, f) in a.iter().enumerate() {
-                    let field = format!("quantization_formats[{i}]");
-                    let Value::String(name) = f else {
-                        return Err(field_err(
-                            file,
-                            &field,
-                            format!("expected a format name, got {f}"),
-                        ));
-                    };
-                    check_format(name).map_err(|m| field_err(file, &field, m))?;
-                    if !out.contains(name) {
-                        out.push(name.clone());
+        let raw: ConfigFile = typed(file, "", v)?;
+        let algorithm = raw.algorithm.unwrap_or(Algorithm::None);
+        let formats = match raw.quantization_formats {
+            None => DEFAULT_FORMATS.iter().map(|s| s.to_string()).collect(),
+            Some(list) => {
+                let mut out: Vec<String> = Vec::new();
+                for (i, name) in list.into_iter().enumerate() {
+                    check_format(&name)
+                        .map_err(|m| field_err(file, &format!("quantization_formats[{i}]"), m))?;
+                    if !out.contains(&name) {
+                        out.push(name);
                     }
                 }
                 if out.is_empty() {
@@ -285,71 +391,40 @@ impl Config {
                 }
                 out
             }
-            Some(other) => {
-                return Err(field_err(
-                    file,
-                    "quantization_formats",
-                    format!("expected a list of format names, got {other}"),
-                ))
+        };
+        let params = raw.params.unwrap_or_default();
+        let params_seed: Option<u64> = match params.get("seed") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(typed(file, "params.seed", v.clone())?),
+        };
+        let (seed, seed_source) = match (raw.seed, raw.random_seed.unwrap_or(false)) {
+            (Some(SeedField::Random), _) | (Some(SeedField::Number(0)), _) => {
+                (Some(random_seed()), "random")
             }
-        };
-        let params = match obj.get("params") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m.clone(),
-            Some(other) => {
-                return Err(field_err(
-                    file,
-                    "params",
-                    format!("expected an object, got {other}"),
-                ))
-            }
-        };
-        let random_flag = match obj.get("random_seed") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(other) => {
-                return Err(field_err(
-                    file,
-                    "random_seed",
-                    format!("expected true or false, got {other}"),
-                ))
-            }
-        };
-        let int = |v: &Value, field: &str| -> Result<u64> {
-            v.as_u64().ok_or_else(|| {
-                field_err(
-                    file,
-                    field,
-                    format!("expected a non-negative integer or \"random\", got {v}"),
-                )
-            })
-        };
-        let (seed, seed_source) = match obj.get("seed") {
-            Some(Value::String(s)) if s == "random" => (Some(random_seed()), "random"),
-            Some(v @ Value::Number(_)) => match int(v, "seed")? {
-                0 => (Some(random_seed()), "random"),
-                n => (Some(n), "config"),
-            },
-            None | Some(Value::Null) if random_flag => (Some(random_seed()), "random"),
-            None | Some(Value::Null) => match params.get("seed") {
-                None | Some(Value::Null) => match algorithm {
+            (Some(SeedField::Number(n)), _) => (Some(n), "config"),
+            (None, true) => (Some(random_seed()), "random"),
+            (None, false) => match params_seed {
+                None => match algorithm {
                     Algorithm::MixedGreedy => (Some(random_seed()), "random"),
                     Algorithm::MixedRandom => (Some(0), "default"),
                     _ => (None, "none"),
                 },
-                Some(v) => match int(v, "params.seed")? {
-                    0 => (Some(random_seed()), "random"),
-                    n => (Some(n), "params"),
-                },
+                Some(0) => (Some(random_seed()), "random"),
+                Some(n) => (Some(n), "params"),
             },
-            Some(other) => {
-                return Err(field_err(
-                    file,
-                    "seed",
-                    format!("expected an integer or \"random\", got {other}"),
-                ))
-            }
         };
+        // The params of the algorithm's family, typed (a budget given to a mixed-tile algorithm
+        // that has none is an error, not a silent no-op); the rest ignored with a warning.
+        let family: &[&str] = if algorithm.is_mixed() {
+            MIXED_PARAMS
+        } else {
+            algorithm.known_params()
+        };
+        let typed_params: Map<String, Value> = params
+            .iter()
+            .filter(|(k, v)| family.contains(&k.as_str()) && !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let ignored: Vec<&String> = params
             .keys()
             .filter(|k| k.as_str() != "seed" && !algorithm.known_params().contains(&k.as_str()))
@@ -366,30 +441,20 @@ impl Config {
                     .join(", ")
             ));
         }
-        let mixed = if algorithm.is_mixed() {
-            Some(mixed_spec(
-                file,
-                algorithm,
-                &params,
-                &formats,
-                seed.unwrap_or(0),
-            )?)
+        let (mixed, prune) = if algorithm.is_mixed() {
+            let p: MixedParams = typed(file, "params", Value::Object(typed_params))?;
+            let spec = mixed_spec(file, algorithm, p, &formats, seed.unwrap_or(0))?;
+            (Some(spec), None)
         } else {
-            None
-        };
-        let prune = match params.get("prune") {
-            Some(Value::String(r)) if algorithm.known_params().contains(&"prune") => Some(
-                crate::prune::Prune::parse(r)
-                    .map_err(|e| field_err(file, "params.prune", e.message))?,
-            ),
-            Some(v) if algorithm.known_params().contains(&"prune") && !v.is_null() => {
-                return Err(field_err(
-                    file,
-                    "params.prune",
-                    format!("expected a rule such as \"magnitude:0.5\", got {v}"),
-                ))
-            }
-            _ => None,
+            let p: PlainParams = typed(file, "params", Value::Object(typed_params))?;
+            let prune = p
+                .prune
+                .map(|r| {
+                    crate::prune::Prune::parse(&r)
+                        .map_err(|e| field_err(file, "params.prune", e.message))
+                })
+                .transpose()?;
+            (None, prune)
         };
         Ok(Config {
             algorithm,
@@ -420,39 +485,23 @@ impl Config {
     }
 }
 
-/// Validate a mixed-tile algorithm's params (formats-spec/mixed.md §3).
+/// Check a mixed-tile algorithm's params (formats-spec/mixed.md §3) and resolve their defaults.
 fn mixed_spec(
     file: &str,
     algorithm: Algorithm,
-    params: &Map<String, Value>,
+    p: MixedParams,
     quantization_formats: &[String],
     seed: u64,
 ) -> Result<MixedSpec> {
     use crate::assign::Metric;
     use crate::codec::mixed::{TileFormat, MAX_FORMATS, TILE_FORMAT_NAMES};
     let perr = |k: &str, m: String| field_err(file, &format!("params.{k}"), m);
-    let num = |k: &str| -> Result<Option<f64>> {
-        match params.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .filter(|x| x.is_finite())
-                .map(Some)
-                .ok_or_else(|| perr(k, format!("expected a number, got {v}"))),
-        }
+    let finite = |k: &str, x: Option<f64>| match x {
+        Some(v) if !v.is_finite() => Err(perr(k, format!("expected a number, got {v}"))),
+        _ => Ok(x),
     };
-    let metric = match params.get("metric") {
-        None | Some(Value::Null) => Metric::Pcc,
-        Some(Value::String(s)) => Metric::parse(s)
-            .ok_or_else(|| perr("metric", format!("'{s}' is not pcc, mae or atol")))?,
-        Some(v) => {
-            return Err(perr(
-                "metric",
-                format!("expected pcc, mae or atol, got {v}"),
-            ))
-        }
-    };
-    let threshold = num("threshold")?.unwrap_or(0.999);
+    let metric = p.metric.unwrap_or(Metric::Pcc);
+    let threshold = finite("threshold", p.threshold)?.unwrap_or(0.999);
     match metric {
         Metric::Pcc if !(-1.0..=1.0).contains(&threshold) => {
             return Err(perr(
@@ -468,30 +517,15 @@ fn mixed_spec(
         }
         _ => {}
     }
-    let key = ["formats", "tile_formats"]
-        .into_iter()
-        .find(|k| params.get(*k).is_some_and(|v| !v.is_null()));
-    let formats: Vec<String> = match key {
-        Some(k) => {
-            let names: Vec<String> = match &params[k] {
-                Value::String(s) => s.split(',').map(|x| x.trim().to_string()).collect(),
-                Value::Array(a) => a
-                    .iter()
-                    .map(|v| {
-                        v.as_str()
-                            .map(str::to_string)
-                            .ok_or_else(|| perr(k, format!("expected format names, got {v}")))
-                    })
-                    .collect::<Result<_>>()?,
-                v => {
-                    return Err(perr(
-                        k,
-                        format!("expected a list or a comma-separated string, got {v}"),
-                    ))
-                }
-            };
+    let (key, given) = match (p.formats, p.tile_formats) {
+        (Some(f), _) => (Some("formats"), Some(f)),
+        (None, Some(f)) => (Some("tile_formats"), Some(f)),
+        (None, None) => (None, None),
+    };
+    let formats: Vec<String> = match (key, given) {
+        (Some(k), Some(list)) => {
             let mut out: Vec<String> = Vec::new();
-            for n in names {
+            for n in list.names() {
                 if TileFormat::parse(&n).is_none() {
                     return Err(perr(
                         k,
@@ -507,7 +541,7 @@ fn mixed_spec(
             }
             out
         }
-        None => quantization_formats
+        _ => quantization_formats
             .iter()
             .filter(|f| MIXED_DEFAULT_FORMATS.contains(&f.as_str()))
             .cloned()
@@ -528,42 +562,38 @@ fn mixed_spec(
     if formats.len() > MAX_FORMATS {
         return Err(perr("formats", format!("at most {MAX_FORMATS} formats")));
     }
-    let iters = match params.get("iters") {
-        None | Some(Value::Null) => 50,
-        Some(v) => match v.as_u64() {
-            Some(n) if (1..=1_000_000).contains(&n) => n as usize,
-            _ => {
-                return Err(perr(
-                    "iters",
-                    format!("expected an integer from 1 to 1000000, got {v}"),
-                ))
-            }
-        },
+    let iters = match p.iters {
+        None => 50,
+        Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(perr(
+                "iters",
+                format!("expected an integer from 1 to 1000000, got {n}"),
+            ))
+        }
     };
-    let budget = match (num("target_bpw")?, params.get("target_bytes")) {
-        (Some(_), Some(b)) if !b.is_null() => {
+    let budget = match (finite("target_bpw", p.target_bpw)?, p.target_bytes) {
+        (Some(_), Some(_)) => {
             return Err(perr(
                 "target_bytes",
                 "give target_bpw or target_bytes, not both".into(),
             ))
         }
-        (Some(b), _) if b > 0.0 => Some(Budget::Bpw(b)),
-        (Some(b), _) => {
+        (Some(b), None) if b > 0.0 => Some(Budget::Bpw(b)),
+        (Some(b), None) => {
             return Err(perr(
                 "target_bpw",
                 format!("expected a positive number, got {b}"),
             ))
         }
-        (None, None | Some(Value::Null)) => None,
-        (None, Some(v)) => match v.as_u64() {
-            Some(n) if n > 0 => Some(Budget::Bytes(n)),
-            _ => {
-                return Err(perr(
-                    "target_bytes",
-                    format!("expected a positive integer, got {v}"),
-                ))
-            }
-        },
+        (None, Some(n)) if n > 0 => Some(Budget::Bytes(n)),
+        (None, Some(n)) => {
+            return Err(perr(
+                "target_bytes",
+                format!("expected a positive integer, got {n}"),
+            ))
+        }
+        (None, None) => None,
     };
     if budget.is_some() && algorithm != Algorithm::MixedOptimal {
         return Err(perr(
@@ -571,17 +601,6 @@ fn mixed_spec(
             "budgets are for mixed-tile-optimal".into(),
         ));
     }
-    let scope = match params.get("scope") {
-        None | Some(Value::Null) => Scope::Tensor,
-        Some(Value::String(s)) if s == "tensor" => Scope::Tensor,
-        Some(Value::String(s)) if s == "model" => Scope::Model,
-        Some(v) => {
-            return Err(perr(
-                "scope",
-                format!("expected \"tensor\" or \"model\", got {v}"),
-            ))
-        }
-    };
     Ok(MixedSpec {
         algorithm,
         metric,
@@ -590,7 +609,7 @@ fn mixed_spec(
         iters,
         seed,
         budget,
-        scope,
+        scope: p.scope.unwrap_or(Scope::Tensor),
     })
 }
 
@@ -646,6 +665,16 @@ mod tests {
         assert!(e(r#"{"params": []}"#).contains("'params'"));
         assert!(e(r#"{"params": {"seed": "x"}}"#).contains("'params.seed'"));
         assert!(e(r#"{"algoritm": "none"}"#).contains("'algoritm'"));
+        assert!(e(r#"{"params": {"prune": 3}}"#).contains("'params.prune'"));
+        assert!(
+            e(r#"{"algorithm": "mixed-tile-optimal", "params": {"scope": "x"}}"#)
+                .contains("'params.scope'")
+        );
+        assert!(
+            e(r#"{"algorithm": "mixed-tile", "params": {"formats": 3}}"#)
+                .contains("'params.formats'")
+        );
+        assert!(e(r#"{"quantization_formats": ["bfp8", 3]}"#).contains("quantization_formats[1]"));
         assert!(e("[1]").contains("JSON object"));
         assert!(
             e(r#"{"algorithm": "mixed-tile-greedy", "params": {"metric": "l2"}}"#)

@@ -90,6 +90,15 @@ pub fn input_safetensors(data: &[u8]) {
     let _ = crate::input::safetensors::fuzz_parse(data, 1 << 16);
 }
 
+/// Parse a compression config (JSON) and resolve it; when it parses, its resolved form too.
+pub fn config_json(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(c) = crate::config::Config::parse(text, "fuzz.json") {
+            let _ = c.used_json();
+        }
+    }
+}
+
 /// Names of the registered codecs, for seed generation.
 pub fn codec_names() -> Vec<&'static str> {
     REGISTRY.iter().map(|e| e.name).collect()

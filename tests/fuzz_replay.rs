@@ -45,6 +45,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("roundtrip_zstd", |d| f::roundtrip("zstd:level=1", d)),
     ("input_gguf", f::input_gguf),
     ("input_safetensors", f::input_safetensors),
+    ("config_json", f::config_json),
 ];
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -105,6 +106,12 @@ fn write_seeds() {
         std::fs::create_dir_all(root.join(t)).unwrap();
         std::fs::write(root.join(t).join(name), b).unwrap();
     };
+    for cfg in files(&crate::common::repo().join("compression_configs")) {
+        if cfg.extension().is_some_and(|e| e == "json") {
+            let name = cfg.file_name().unwrap().to_string_lossy().into_owned();
+            put("config_json", &name, &std::fs::read(&cfg).unwrap());
+        }
+    }
     let dir = tempfile::tempdir().unwrap();
     let tpk = dir.path().join("s.tpk");
     for codec in ["byteplane", "bf16+zstd", "raw"] {
