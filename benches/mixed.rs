@@ -80,7 +80,7 @@ fn bench(c: &mut Criterion) {
             let mut bytes = 0;
             for f in ["bf16:order=tile", "bfp8", "bfp4", "bfp2"] {
                 let p = tenpak::codec::Pipeline::parse(f).unwrap();
-                let e = tenpak::compress::encode_tensor(
+                let e = tenpak::encode::encode_tensor(
                     &info,
                     &data,
                     &p,

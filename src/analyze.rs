@@ -11,12 +11,13 @@
 //! Results go to `results/<model>/<algorithm>/<timestamp>/` (or `out_dir`): `table.txt`,
 //! `table.csv`, `table.json` and `compression_config.used.json`.
 
-use crate::codec::Pipeline;
-use crate::compress::{encode_tensor, tensor_plan, CompressOptions};
+use crate::compress::CompressOptions;
 use crate::config::{Algorithm, Config};
+use crate::encode::{encode_loaded, encode_tensor};
 use crate::error::{Error, Result};
 use crate::input::{self, TensorSource};
 use crate::metrics::{fmt_pcc, fmt_sci as sci};
+use crate::plan::Plan;
 use crate::progress::Event;
 use crate::Context;
 use rayon::prelude::*;
@@ -190,10 +191,8 @@ fn analyze_source_on_threads(
     if opts.formats.is_empty() {
         return Err(Error::config("no format to analyze"));
     }
-    let mut pipelines = Vec::new();
     for f in &opts.formats {
         crate::config::check_format(f).map_err(|m| Error::config(format!("format '{f}': {m}")))?;
-        pipelines.push(Pipeline::parse(f)?);
     }
     let config = opts.config.clone().unwrap_or_default();
     let mut runs = vec![Algorithm::None];
@@ -237,32 +236,41 @@ fn analyze_source_on_threads(
         cx,
     )
     .map_err(|e| e.with_file(input))?;
+    // One plan per (algorithm, format): each tensor through that format as compress would
+    // store it, but for the vector policy (analyze tiles vectors unless told not to).
+    let jobs: Vec<(Algorithm, usize, Plan)> = runs
+        .iter()
+        .filter(|a| !a.is_mixed())
+        .flat_map(|&a| (0..opts.formats.len()).map(move |f| (a, f)))
+        .map(|(alg, f)| {
+            let copts = CompressOptions {
+                codec: opts.formats[f].clone(),
+                chunk_elems: opts.chunk_elems,
+                transpose: alg == Algorithm::Transpose,
+                tile_vectors: opts.tile_vectors,
+                ..CompressOptions::default()
+            };
+            Ok((
+                alg,
+                f,
+                Plan::for_selection(source, input, &copts, &selected)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
     let mut rows = Vec::new();
-    for &i in &selected {
+    for (k, &i) in selected.iter().enumerate() {
         let info = &infos[i];
         cx.event(Event::Tensor { name: &info.name });
         let data = source.data(i).map_err(|e| e.with_tensor(&info.name))?;
-        let jobs: Vec<(Algorithm, usize)> = runs
-            .iter()
-            .filter(|a| !a.is_mixed())
-            .flat_map(|&a| (0..pipelines.len()).map(move |f| (a, f)))
-            .collect();
         let done: Vec<Result<(Row, Pairs)>> = jobs
             .par_iter()
-            .map(|&(alg, f)| {
-                let copts = CompressOptions {
-                    transpose: alg == Algorithm::Transpose,
-                    tile_vectors: opts.tile_vectors,
-                    ..CompressOptions::default()
-                };
-                let (p, layout) = tensor_plan(&pipelines[f], info, &copts);
+            .map(|(alg, f, plan)| {
                 let mut kept = Vec::new();
-                let e = encode_tensor(
-                    info,
+                let e = encode_loaded(
+                    plan,
+                    &plan.tensors[k],
                     &data,
-                    &p,
-                    layout,
-                    opts.chunk_elems,
+                    None,
                     cx,
                     &mut |payload, s, c| {
                         if opts.plots {
@@ -273,12 +281,12 @@ fn analyze_source_on_threads(
                 )
                 .map_err(|e| e.with_tensor(&info.name).with_file(input))?;
                 let pairs = if opts.plots {
-                    sample_pairs(info, &data, &e, layout, &kept)
+                    sample_pairs(info, &data, &e.encoded, e.layout, &kept)
                         .map_err(|e| e.with_tensor(&info.name))?
                 } else {
                     Vec::new()
                 };
-                Ok((row(info, alg, &opts.formats[f], &e), pairs))
+                Ok((row(info, *alg, &opts.formats[*f], &e.encoded), pairs))
             })
             .collect();
         let mut series = Vec::new();
@@ -363,7 +371,7 @@ fn row(
     info: &crate::input::TensorInfo,
     alg: Algorithm,
     format: &str,
-    e: &crate::compress::Encoded,
+    e: &crate::encode::Encoded,
 ) -> Row {
     let n = info.numel();
     let bpe = if n == 0 {
@@ -407,7 +415,7 @@ fn file_safe(name: &str) -> String {
 fn sample_pairs(
     info: &crate::input::TensorInfo,
     data: &[u8],
-    e: &crate::compress::Encoded,
+    e: &crate::encode::Encoded,
     layout: tpk_format::Layout,
     chunks: &[(Vec<u8>, u64, u64)],
 ) -> Result<Vec<(f32, f32)>> {

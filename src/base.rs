@@ -34,6 +34,14 @@ impl Base {
         })
     }
 
+    /// Whether the base has a tensor `name` of this shape and dtype (its data unread).
+    pub fn has(&self, name: &str, dims: &[u64], dtype: DType) -> bool {
+        self.names.get(name).is_some_and(|&i| {
+            let t = &self.src.tensors()[i];
+            t.dims == dims && t.dtype == dtype
+        })
+    }
+
     /// The base's tensor `name` when it has the same shape and dtype: its dtype and bytes.
     pub fn matching(
         &self,

@@ -96,11 +96,7 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
                 .map(|s| s.codec_name.as_str())
                 .collect::<Vec<_>>()
                 .join("+"),
-            layout: match t.layout {
-                tpk_format::Layout::RowMajor => "row-major",
-                tpk_format::Layout::Tiles32 => "tiles32",
-                tpk_format::Layout::Tiles32Transposed => "tiles32-transposed",
-            },
+            layout: t.layout.name(),
             supported: ar.pipeline(i).is_ok(),
             source_bytes: t.source_bytes,
             encoded_bytes: t.payload_bytes(),

@@ -73,6 +73,7 @@ pub mod config;
 pub mod context;
 pub mod decompress;
 pub mod dtype;
+pub mod encode;
 pub mod error;
 pub mod figure;
 #[cfg(feature = "fuzzing")]
@@ -82,6 +83,7 @@ pub mod input;
 pub mod inspect;
 pub mod metrics;
 pub mod mixed;
+pub mod plan;
 pub mod progress;
 pub mod prune;
 pub mod tiles;

@@ -115,7 +115,7 @@ fn rows_per_chunk(geom: &TileGeom, chunk_elems: u64) -> usize {
 /// The error table of one tensor under `spec`'s formats.
 pub fn table(info: &TensorInfo, data: &[u8], spec: &MixedSpec, chunk_elems: u64) -> Result<Table> {
     let mut widened = Vec::new();
-    let vals = crate::compress::f32_view(info.dtype, data, &mut widened);
+    let vals = crate::encode::f32_view(info.dtype, data, &mut widened);
     let geom = TileGeom::new(Layout::Tiles32, &info.dims, u64::MAX)?.expect("a tile layout");
     let formats: Vec<TileFormat> = spec
         .formats

@@ -156,6 +156,22 @@ fn shipped_and_seed_configs() {
             "--no-files",
             "-q",
         ]);
+        // And its compression plan, over the whole model.
+        let plan: serde_json::Value = serde_json::from_str(&tenpak_ok(&[
+            "compress",
+            s(&minilm()),
+            "--config",
+            s(&p),
+            "--dry-run",
+            "--json",
+        ]))
+        .unwrap();
+        assert_eq!(
+            plan["tensors"].as_array().unwrap().len(),
+            104,
+            "{}",
+            p.display()
+        );
     }
     assert!(n >= 3);
     let dir = tempfile::tempdir().unwrap();

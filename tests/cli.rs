@@ -333,3 +333,63 @@ fn override_codecs_and_vector_policy() {
     );
     assert!(e.contains("FILTER=SPEC"), "{e}");
 }
+
+/// `compress --dry-run` prints the plan and writes nothing; its payload prediction is exact for
+/// fixed-size codecs and an upper bound for the others, checked against real files.
+#[test]
+fn dry_run_predicts_the_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = minilm();
+    let json = |v: &str| -> serde_json::Value { serde_json::from_str(v).unwrap() };
+    for (codec, exact) in [
+        ("int4_g32", true),
+        ("bfp8", true),
+        ("nvfp4", true),
+        ("f16", true),
+        ("byteplane", false),
+        ("bf16+zstd", false),
+    ] {
+        let args = [
+            "compress",
+            s(&m),
+            "--filter",
+            "encoder.layer.0",
+            "--codec",
+            codec,
+        ];
+        let plan = json(&tenpak_ok(&[&args[..], &["--dry-run", "--json"]].concat()));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(plan["exact"], exact, "{codec}");
+        assert_eq!(plan["tensors"].as_array().unwrap().len(), 16);
+        let out = dir.path().join("p.tpk");
+        tenpak_ok(&[&args[..], &["-o", s(&out), "-q"]].concat());
+        let stored = json(&tenpak_ok(&["inspect", s(&out), "--json"]));
+        let predicted = plan["predicted_payload_bytes"].as_u64().unwrap();
+        let payload = stored["payload_bytes"].as_u64().unwrap();
+        if exact {
+            assert_eq!(predicted, payload, "{codec}");
+        } else {
+            assert!(predicted >= payload, "{codec}: {predicted} < {payload}");
+        }
+        for (p, t) in plan["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(stored["tensors"].as_array().unwrap())
+        {
+            assert_eq!(p["name"], t["name"]);
+            assert_eq!(p["layout"], t["layout"], "{codec}");
+            assert_eq!(p["chunks"], t["chunks"], "{codec}");
+        }
+        std::fs::remove_file(&out).unwrap();
+    }
+    // Option errors come before anything is read, and the table says nothing was written.
+    tenpak_fails(&["compress", s(&m), "--dry-run", "--codec", "nope"], 2);
+    let table = tenpak_ok(&["compress", s(&m), "--dry-run", "--codec", "bfp4"]);
+    assert!(
+        table.contains("dry run: nothing was read or written"),
+        "{table}"
+    );
+    // Without --dry-run the output is required.
+    tenpak_fails(&["compress", s(&m)], 2);
+}

@@ -102,6 +102,7 @@ const fn float_props(entry: &CodecEntry, target: DType, exact_for: &'static [DTy
         decodes_to: Some(target),
         chunk_multiple: 1,
         binds: Binds::Nothing,
+        sized: true,
     }
 }
 

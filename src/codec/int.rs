@@ -670,6 +670,7 @@ const fn int_props(id: u16, name: &'static str, chunk_multiple: u64, binds: Bind
         decodes_to: Some(DType::F32),
         chunk_multiple,
         binds,
+        sized: true,
     }
 }
 

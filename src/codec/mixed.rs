@@ -386,7 +386,11 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
 
 impl TensorCodec for MixedCodec {
     fn props(&self) -> Props {
-        const P: Props = tile_props(MIXED_ID, "mixed");
+        // Tiles of different sizes: the assignment decides the payload's size.
+        const P: Props = Props {
+            sized: false,
+            ..tile_props(MIXED_ID, "mixed")
+        };
         P
     }
     fn params(&self) -> Vec<u8> {

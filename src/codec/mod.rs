@@ -62,6 +62,9 @@ pub struct Props {
     pub chunk_multiple: u64,
     /// What [`TensorCodec::bind`] needs to know of the tensor.
     pub binds: Binds,
+    /// Whether [`TensorCodec::max_encoded_len`] is the exact payload size (fixed-size
+    /// encodings), so a plan can predict the file's size exactly.
+    pub sized: bool,
 }
 
 impl Props {
@@ -78,6 +81,7 @@ impl Props {
             decodes_to: None,
             chunk_multiple: 1,
             binds: Binds::Nothing,
+            sized: false,
         }
     }
 }
@@ -497,6 +501,11 @@ impl Pipeline {
         visit: &mut tile::TileVisitor<'_>,
     ) -> Option<Result<Vec<u8>>> {
         self.encode_f32_tiles_at(0, tiles, visit)
+    }
+
+    /// How many byte stages follow the tensor codec.
+    pub fn byte_stages(&self) -> usize {
+        self.bytes.len()
     }
 
     /// The same pipeline with its tensor codec bound to one tensor ([`TensorCodec::bind`]).

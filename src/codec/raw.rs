@@ -23,7 +23,10 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
     },
 };
 
-const PROPS: Props = Props::lossless(ENTRY.id, ENTRY.name);
+const PROPS: Props = Props {
+    sized: true,
+    ..Props::lossless(ENTRY.id, ENTRY.name)
+};
 
 impl TensorCodec for RawCodec {
     fn props(&self) -> Props {

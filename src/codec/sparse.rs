@@ -201,6 +201,7 @@ impl TensorCodec for SparseCodec {
             name: "sparse",
             version: 1,
             chunk_multiple: 1,
+            sized: false,
             ..self.inner.props()
         }
     }

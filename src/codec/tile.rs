@@ -215,5 +215,6 @@ pub(crate) const fn tile_props(id: u16, name: &'static str) -> super::Props {
         decodes_to: Some(DType::F32),
         chunk_multiple: 1,
         binds: super::Binds::Nothing,
+        sized: true,
     }
 }

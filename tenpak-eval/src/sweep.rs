@@ -47,7 +47,7 @@ impl Variant {
                 let mut parts = c.split(';');
                 o.codec = parts.next().unwrap_or_default().to_string();
                 o.overrides = parts
-                    .map(tenpak::compress::parse_override)
+                    .map(tenpak::plan::parse_override)
                     .collect::<Result<_>>()?;
             }
             Variant::Config(p) => {

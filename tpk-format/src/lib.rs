@@ -148,6 +148,15 @@ impl Layout {
         }
     }
 
+    /// Name in reports: `row-major`, `tiles32` or `tiles32-transposed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::RowMajor => "row-major",
+            Layout::Tiles32 => "tiles32",
+            Layout::Tiles32Transposed => "tiles32-transposed",
+        }
+    }
+
     /// From the on-disk code.
     pub fn from_code(c: u8) -> Option<Layout> {
         match c {

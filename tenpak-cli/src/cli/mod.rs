@@ -151,8 +151,12 @@ struct CompressArgs {
     /// Model file or folder.
     model: PathBuf,
     /// Output .tpk file.
-    #[arg(short, long)]
-    output: PathBuf,
+    #[arg(short, long, required_unless_present = "dry_run")]
+    output: Option<PathBuf>,
+    /// Print the plan (each tensor's pipeline, layout, chunks and predicted payload size)
+    /// without reading any tensor data or writing anything.
+    #[arg(long)]
+    dry_run: bool,
     /// Codec pipeline: NAME[:key=value,...][+NAME...], e.g. bf16, byteplane, zstd:level=19.
     #[arg(long, default_value = "byteplane")]
     codec: String,
@@ -411,10 +415,20 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
                 overrides: a
                     .overrides
                     .iter()
-                    .map(|o| tenpak::compress::parse_override(o))
+                    .map(|o| tenpak::plan::parse_override(o))
                     .collect::<Result<_, _>>()?,
             };
-            let r = tenpak::compress::compress(&a.model, &a.output, &opts, cx)?;
+            if a.dry_run {
+                let r = tenpak::compress::dry_run(&a.model, &opts)?;
+                if a.json {
+                    json(out, &r);
+                } else {
+                    table::plan(out, &r);
+                }
+                return Ok(0);
+            }
+            let output = a.output.as_deref().expect("clap requires --output");
+            let r = tenpak::compress::compress(&a.model, output, &opts, cx)?;
             if a.json {
                 json(out, &r);
             } else {

@@ -77,6 +77,52 @@ pub fn compress(out: &mut Vec<u8>, r: &CompressReport) {
     );
 }
 
+/// `compress --dry-run`: the plan, a line per tensor, and the predicted payload.
+pub fn plan(out: &mut Vec<u8>, r: &tenpak::plan::PlanReport) {
+    let w = name_width(r.tensors.iter().map(|t| t.name.as_str()));
+    let _ = writeln!(
+        out,
+        "{:<w$} {:>16} {:>7} {:<24} {:<18} {:>6} {:>12} {:>14}",
+        "name", "shape", "dtype", "codec", "layout", "chunks", "orig bytes", "payload bytes"
+    );
+    for t in &r.tensors {
+        let bound = if t.exact { "" } else { "<= " };
+        let _ = writeln!(
+            out,
+            "{:<w$} {:>16} {:>7} {:<24} {:<18} {:>6} {:>12} {:>14}",
+            t.name,
+            shape(&t.shape),
+            t.source_dtype,
+            t.codec,
+            t.layout,
+            t.chunks,
+            t.source_bytes,
+            format!("{bound}{}", t.predicted_bytes),
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "tensors:         {}", r.tensors.len());
+    let _ = writeln!(
+        out,
+        "source bytes:    {} ({})",
+        r.source_bytes,
+        human(r.source_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "payload bytes:   {}{} ({}; {})",
+        if r.exact { "" } else { "<= " },
+        r.predicted_payload_bytes,
+        human(r.predicted_payload_bytes),
+        if r.exact {
+            "exact: every codec has a fixed size"
+        } else {
+            "an upper bound: some codecs' sizes depend on the data"
+        }
+    );
+    let _ = writeln!(out, "dry run: nothing was read or written");
+}
+
 /// The size lines compress and inspect share.
 fn totals(
     out: &mut Vec<u8>,
