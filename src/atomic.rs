@@ -11,11 +11,10 @@ pub fn create(path: &Path) -> Result<AtomicFile> {
 }
 
 /// Finish a file from [`create`]: sync, then rename into place (refusing to replace an existing
-/// file unless `overwrite`).
-pub fn persist(f: AtomicFile, overwrite: bool) -> Result<()> {
+/// file unless `overwrite`). Returns the time the sync took.
+pub fn persist(f: AtomicFile, overwrite: bool) -> Result<std::time::Duration> {
     let dest = f.dest().to_path_buf();
     f.persist(overwrite)
-        .map(|_| ())
         .map_err(|e| Error::from(e).with_file(&dest))
 }
 

@@ -79,6 +79,8 @@ pub struct DecompressReport {
     pub data_bytes: u64,
     /// Tensors left out because this tenpak cannot decode them, with the reason.
     pub skipped: Vec<(String, String)>,
+    /// Seconds spent waiting for the files to reach the disk (fsync), apart from the decoding.
+    pub sync_seconds: f64,
 }
 
 /// The dtype tensor `src` is written as.
@@ -252,8 +254,9 @@ fn decompress_on_threads(
         temps.push(tmp);
     }
     let mut files = Vec::new();
+    let mut sync = std::time::Duration::ZERO;
     for (tmp, name) in temps.into_iter().zip(&names) {
-        crate::atomic::persist(tmp, opts.force)?;
+        sync += crate::atomic::persist(tmp, opts.force)?;
         files.push(name.clone());
     }
     if n_shards > 1 {
@@ -264,7 +267,7 @@ fn decompress_on_threads(
         let mut tmp = crate::atomic::create(&index_path)?;
         tmp.write_all(serde_json::to_string_pretty(&index).unwrap().as_bytes())
             .map_err(|e| Error::io("write", e).with_file(&index_path))?;
-        crate::atomic::persist(tmp, opts.force)?;
+        sync += crate::atomic::persist(tmp, opts.force)?;
         files.push(index_path);
     }
     cx.event(Event::Finish);
@@ -273,6 +276,7 @@ fn decompress_on_threads(
         tensors: plan.len(),
         data_bytes: total,
         skipped,
+        sync_seconds: sync.as_secs_f64(),
     })
 }
 

@@ -30,7 +30,7 @@ fn fonts() {
 fn atomic_png(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = tenpak::atomic::create(path)?;
     draw(tmp.path())?;
-    tenpak::atomic::persist(tmp, true)
+    tenpak::atomic::persist(tmp, true).map(|_| ())
 }
 
 fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
