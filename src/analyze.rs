@@ -424,7 +424,7 @@ fn sample_pairs(
     let n = info.numel() as usize;
     let space = layout
         .space(&info.dims)
-        .ok_or_else(|| Error::malformed("shape overflows"))? as usize;
+        .ok_or_else(|| Error::internal("shape overflows"))? as usize;
     let mut buf = vec![0u8; space * esize];
     for (payload, s, c) in chunks {
         let (s, c) = (*s as usize, *c as usize);

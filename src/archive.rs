@@ -55,7 +55,7 @@ impl Archive {
         let dtype = DType::from_name(&t.dtype).map_err(|e| e.with_tensor(&t.name))?;
         let p = Pipeline::from_stages(&t.stages).map_err(|e| e.with_tensor(&t.name))?;
         if p.tensor_codec().tiled() != (t.layout != tpk_format::Layout::RowMajor) {
-            return Err(Error::malformed(format!(
+            return Err(Error::bad_params(format!(
                 "codec {} does not match the tensor's {:?} element layout",
                 p.describe(),
                 t.layout
@@ -173,7 +173,7 @@ impl Archive {
         let geom = TileGeom::new(t.layout, &t.dims, self.limits.max_decoded_bytes / 4)
             .map_err(|e| e.with_tensor(&t.name))?
             .ok_or_else(|| {
-                Error::malformed("a mixed tensor in row-major layout").with_tensor(&t.name)
+                Error::bad_params("a mixed tensor in row-major layout").with_tensor(&t.name)
             })?;
         let mut codes = Vec::new();
         for (c, ch) in t.chunks.iter().enumerate() {
@@ -186,7 +186,7 @@ impl Archive {
         }
         let grid = (geom.pcols / crate::tiles::T, geom.tile_rows());
         if codes.len() != grid.0 * grid.1 {
-            return Err(Error::malformed(format!(
+            return Err(Error::bad_payload(format!(
                 "{} tile codes for a grid of {} x {} tiles",
                 codes.len(),
                 grid.0,

@@ -1,4 +1,4 @@
-//! Encode: execute a [`Plan`](crate::plan::Plan), tensor by tensor, chunk by chunk.
+//! Encode: execute a [`Plan`], tensor by tensor, chunk by chunk.
 //!
 //! Memory stays bounded: one tensor is handled at a time, its chunks are encoded in parallel in
 //! batches of at most [`BATCH_BYTES`] of source data, and each batch is handed to the caller's
@@ -313,7 +313,7 @@ pub fn encode_tensor_against(
     let esize = info.dtype.size();
     let n = info.numel();
     if data.len() as u64 != n * esize as u64 {
-        return Err(Error::malformed(format!(
+        return Err(Error::internal(format!(
             "{} bytes of data for shape {:?} of {}",
             data.len(),
             info.dims,

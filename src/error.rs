@@ -24,6 +24,23 @@ pub enum ErrorKind {
     Interrupted,
 }
 
+/// What is wrong with malformed data ([`ErrorKind::Malformed`]), for callers that act on it:
+/// `verify` and fuzz triage tell a bad length from bad contents, tests assert the defect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Defect {
+    /// A codec's stored parameters, a pipeline's stages or a tensor's index entry are invalid.
+    Params,
+    /// A payload's length differs from what its element count and parameters give.
+    Length,
+    /// A payload's contents are invalid: a bad code table, a code outside its dictionary, a
+    /// stream that ends early, non-zero padding.
+    Payload,
+    /// An input model file (safetensors, GGUF) violates its format.
+    File,
+    /// A caller passed buffers, shapes or types that do not fit: a bug, not bad data.
+    Internal,
+}
+
 /// tenpak's error: kind, message, and the file / tensor / chunk it concerns.
 #[derive(Debug)]
 pub struct Error {
@@ -37,6 +54,8 @@ pub struct Error {
     pub tensor: Option<String>,
     /// Chunk concerned.
     pub chunk: Option<usize>,
+    /// For [`ErrorKind::Malformed`]: what is wrong, where it is known.
+    pub defect: Option<Defect>,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -52,12 +71,35 @@ impl Error {
             file: None,
             tensor: None,
             chunk: None,
+            defect: None,
             source: None,
         }
     }
-    /// Shorthand for a malformed-data error.
-    pub fn malformed(message: impl Into<String>) -> Self {
-        Error::new(ErrorKind::Malformed, message)
+    fn with_defect(kind: ErrorKind, defect: Defect, message: impl Into<String>) -> Self {
+        Error {
+            defect: Some(defect),
+            ..Error::new(kind, message)
+        }
+    }
+    /// Invalid stored parameters, stages or index entry ([`Defect::Params`]).
+    pub fn bad_params(message: impl Into<String>) -> Self {
+        Error::with_defect(ErrorKind::Malformed, Defect::Params, message)
+    }
+    /// A payload of the wrong length ([`Defect::Length`]).
+    pub fn bad_length(message: impl Into<String>) -> Self {
+        Error::with_defect(ErrorKind::Malformed, Defect::Length, message)
+    }
+    /// A payload with invalid contents ([`Defect::Payload`]).
+    pub fn bad_payload(message: impl Into<String>) -> Self {
+        Error::with_defect(ErrorKind::Malformed, Defect::Payload, message)
+    }
+    /// An input model file that violates its format ([`Defect::File`]).
+    pub fn bad_file(message: impl Into<String>) -> Self {
+        Error::with_defect(ErrorKind::Malformed, Defect::File, message)
+    }
+    /// Arguments that do not fit, from a caller's bug ([`Defect::Internal`]).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::with_defect(ErrorKind::Malformed, Defect::Internal, message)
     }
     /// Shorthand for a configuration error.
     pub fn config(message: impl Into<String>) -> Self {
@@ -126,6 +168,9 @@ impl From<tpk_format::FormatError> for Error {
             _ => ErrorKind::Malformed,
         };
         let mut err = Error::new(kind, e.to_string());
+        if kind == ErrorKind::Malformed {
+            err.defect = Some(Defect::File);
+        }
         if let F::Checksum { tensor, chunk, .. } = &e {
             err.tensor = tensor.clone();
             err.chunk = *chunk;

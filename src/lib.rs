@@ -90,7 +90,7 @@ pub mod tiles;
 pub mod verify;
 
 pub use context::Context;
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Defect, Error, ErrorKind, Result};
 
 /// This tenpak's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -36,7 +36,7 @@ impl TileGeom {
             if layout == Layout::RowMajor {
                 return Ok(None);
             }
-            return Err(Error::malformed(format!("shape {dims:?} overflows")));
+            return Err(Error::bad_params(format!("shape {dims:?} overflows")));
         };
         layout
             .space(dims)

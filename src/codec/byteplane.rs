@@ -80,7 +80,7 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
             [1] => ZstdMode::Always,
             [2] => ZstdMode::Never,
             _ => {
-                return Err(Error::malformed(format!(
+                return Err(Error::bad_params(format!(
                     "byteplane params {p:?} are invalid"
                 )))
             }
@@ -453,7 +453,7 @@ fn merge(layout: Layout, dict: &[u8], planes: &[Cow<'_, [u8]>], out: &mut [u8]) 
         }
     }
     if bad & INVALID != 0 {
-        return Err(Error::malformed(
+        return Err(Error::bad_payload(
             "byteplane: symbol outside the exponent dictionary",
         ));
     }
@@ -575,7 +575,7 @@ fn decode_bf16(dict: &[u8], heads: &[(u8, &[u8])], lens: &[usize], out: &mut [u8
             o.copy_from_slice(&(v as u16).to_le_bytes());
         }
         if bad > 0xFFFF {
-            return Err(Error::malformed(
+            return Err(Error::bad_payload(
                 "byteplane: symbol outside the exponent dictionary",
             ));
         }
@@ -594,7 +594,7 @@ fn check_padding(layout: Layout, planes: &[Cow<'_, [u8]>], n: usize) -> Result<(
     if used_bits % 8 != 0 {
         if let Some(&last) = plane.last() {
             if last >> (used_bits % 8) != 0 {
-                return Err(Error::malformed(
+                return Err(Error::bad_payload(
                     "byteplane: non-zero padding bits in a packed plane",
                 ));
             }
@@ -681,7 +681,7 @@ fn decode_plane(method: u8, data: &[u8], n: usize) -> Result<Cow<'_, [u8]>> {
     Ok(match method {
         METHOD_RAW => {
             if data.len() != n {
-                return Err(Error::malformed(format!(
+                return Err(Error::bad_length(format!(
                     "raw plane is {} bytes, expected {n}",
                     data.len()
                 )));
@@ -690,7 +690,7 @@ fn decode_plane(method: u8, data: &[u8], n: usize) -> Result<Cow<'_, [u8]>> {
         }
         METHOD_CONST => {
             let [b] = data else {
-                return Err(Error::malformed("constant plane must be one byte"));
+                return Err(Error::bad_length("constant plane must be one byte"));
             };
             Cow::Owned(vec![*b; n])
         }
@@ -702,14 +702,14 @@ fn decode_plane(method: u8, data: &[u8], n: usize) -> Result<Cow<'_, [u8]>> {
         METHOD_ZSTD => {
             let out = zstd_decode(data, n)?;
             if out.len() != n {
-                return Err(Error::malformed(format!(
+                return Err(Error::bad_length(format!(
                     "zstd plane decodes to {} bytes, expected {n}",
                     out.len()
                 )));
             }
             Cow::Owned(out)
         }
-        m => return Err(Error::malformed(format!("unknown plane method {m}"))),
+        m => return Err(Error::bad_payload(format!("unknown plane method {m}"))),
     })
 }
 
@@ -750,7 +750,7 @@ impl TensorCodec for ByteplaneCodec {
         Ok(out)
     }
     fn decode(&self, payload: &[u8], src: DType, n: usize, out: &mut [u8]) -> Result<()> {
-        let bad = |m: String| Error::malformed(format!("byteplane: {m}"));
+        let bad = |m: String| Error::bad_payload(format!("byteplane: {m}"));
         let layout = match (payload.first(), src) {
             (Some(0), _) => Layout::Bytes,
             (Some(1), DType::BF16) => Layout::Bf16,

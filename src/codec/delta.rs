@@ -72,7 +72,7 @@ impl DeltaCodec {
 
     /// Read stored params.
     pub fn from_params(p: &[u8]) -> Result<DeltaCodec> {
-        let bad = |m: &str| Error::malformed(format!("delta parameters: {m}"));
+        let bad = |m: &str| Error::bad_params(format!("delta parameters: {m}"));
         if p.len() < 41 {
             return Err(bad("cut short"));
         }

@@ -77,7 +77,7 @@ pub(super) const BF16_ENTRY: CodecEntry = CodecEntry {
             [] => false,
             [1] => true,
             _ => {
-                return Err(crate::error::Error::malformed(format!(
+                return Err(crate::error::Error::bad_params(format!(
                     "bf16 parameters {p:?}: expected none or [1] (tile order)"
                 )))
             }

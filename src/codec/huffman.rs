@@ -258,7 +258,7 @@ fn encode_core(data: &[u8], lens: &[u8; 256], out: &mut Vec<u8>) {
 
 /// Parse the table and the stream bounds of data written by [`encode`].
 fn parse(data: &[u8]) -> Result<([u8; 256], [usize; STREAMS + 1])> {
-    let bad = |m: &str| Error::malformed(format!("huffman data: {m}"));
+    let bad = |m: &str| Error::bad_payload(format!("huffman data: {m}"));
     if data.len() < 2 || data[0] > data[1] {
         return Err(bad("table header is invalid"));
     }
@@ -333,7 +333,7 @@ fn single_table(lens: &[u8; 256], map: &[u32; 256]) -> Result<Box<[u32; 1 << MAX
     let mut used = 0;
     for &l in lens.iter() {
         if l as u32 > MAX_LEN {
-            return Err(Error::malformed(format!(
+            return Err(Error::bad_payload(format!(
                 "huffman code length {l} over {MAX_LEN}"
             )));
         }
@@ -343,7 +343,7 @@ fn single_table(lens: &[u8; 256], map: &[u32; 256]) -> Result<Box<[u32; 1 << MAX
         }
     }
     if used < 2 || kraft != 1u64 << MAX_LEN {
-        return Err(Error::malformed(
+        return Err(Error::bad_payload(
             "huffman code lengths do not form a complete code",
         ));
     }
@@ -403,7 +403,7 @@ fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) ->
         .zip(map)
         .any(|(&l, &v)| l > 0 && v as u64 >= limit_value)
     {
-        return Err(Error::malformed(
+        return Err(Error::bad_payload(
             "huffman data decodes to a symbol outside the dictionary",
         ));
     }
@@ -420,7 +420,7 @@ fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) ->
     padded.extend_from_slice(&[0u8; 16]);
     let limit = data.len();
     let room = 8 / W; // elements an 8-byte store covers
-    let overrun = || Error::malformed("huffman stream ends before all symbols are decoded");
+    let overrun = || Error::bad_payload("huffman stream ends before all symbols are decoded");
     macro_rules! step {
         ($bp:expr, $o:expr) => {{
             let Some(bytes) = padded.get($bp >> 3..($bp >> 3) + 8) else {
@@ -503,7 +503,7 @@ fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) ->
         }
         let (lo, hi) = (bounds[k] * 8, bounds[k + 1] * 8);
         if bp[k] > hi || hi - bp[k] >= 8 || bp[k] < lo {
-            return Err(Error::malformed(format!(
+            return Err(Error::bad_payload(format!(
                 "huffman stream {k} of {} bytes does not match its {} symbols",
                 bounds[k + 1] - bounds[k],
                 segment(n, k).len()

@@ -82,11 +82,11 @@ impl IntCodec {
         match self.group {
             Group::Elems(g) => {
                 let g = usize::try_from(g)
-                    .map_err(|_| Error::malformed(format!("int group {g} is too large")))?;
+                    .map_err(|_| Error::bad_params(format!("int group {g} is too large")))?;
                 Ok(n.div_ceil(g.max(1)))
             }
             Group::Channels { channels, .. } => usize::try_from(channels)
-                .map_err(|_| Error::malformed(format!("int: {channels} channels"))),
+                .map_err(|_| Error::bad_params(format!("int: {channels} channels"))),
             _ => Err(Error::config(
                 "int: group=row, group=tensor and axis= need the tensor's shape (encode whole tensors)",
             )),
@@ -117,7 +117,7 @@ impl IntCodec {
         self.param_count(n)?
             .checked_mul(per)
             .and_then(|p| p.checked_add(n.checked_mul(self.bits as usize)?.div_ceil(8)))
-            .ok_or_else(|| Error::malformed(format!("int: a chunk of {n} elements overflows")))
+            .ok_or_else(|| Error::bad_params(format!("int: a chunk of {n} elements overflows")))
     }
 
     /// Round a scale or offset to its stored type.
@@ -269,7 +269,7 @@ impl IntCodec {
     pub fn decode_f32(&self, payload: &[u8], n: usize, out: &mut Vec<f32>) -> Result<()> {
         let want = self.payload_len(n)?;
         if payload.len() != want {
-            return Err(Error::malformed(format!(
+            return Err(Error::bad_length(format!(
                 "int payload is {} bytes, expected {want} for {n} elements",
                 payload.len()
             )));
@@ -344,7 +344,7 @@ impl IntCodec {
     }
 
     fn from_params_bytes(name: &str, p: &[u8]) -> Result<IntCodec> {
-        let bad = |m: String| Error::malformed(format!("{name} parameters: {m}"));
+        let bad = |m: String| Error::bad_params(format!("{name} parameters: {m}"));
         if p.len() < 2 {
             return Err(bad(format!("{} bytes", p.len())));
         }
@@ -579,7 +579,7 @@ impl<'a> Unpacker<'a> {
 
 fn f32_vals(codec: &str, src: DType, bytes: &[u8]) -> Result<Vec<f32>> {
     if !src.is_float() {
-        return Err(Error::malformed(format!(
+        return Err(Error::internal(format!(
             "{codec} encodes floats, got {src}"
         )));
     }
@@ -740,9 +740,9 @@ pub(super) const RESIDUAL_ENTRY: CodecEntry = CodecEntry {
     from_params: |p| {
         let g = <[u8; 8]>::try_from(p)
             .map(u64::from_le_bytes)
-            .map_err(|_| Error::malformed("int4_residual parameters: expected 8 bytes"))?;
+            .map_err(|_| Error::bad_params("int4_residual parameters: expected 8 bytes"))?;
         if g == 0 {
-            return Err(Error::malformed("int4_residual parameters: group size 0"));
+            return Err(Error::bad_params("int4_residual parameters: group size 0"));
         }
         Ok(Codec::Tensor(Arc::new(ResidualCodec { group: g })))
     },
@@ -783,7 +783,7 @@ impl TensorCodec for ResidualCodec {
         let (a, b) = self.stages();
         let la = a.payload_len(n)?;
         if payload.len() != la + b.payload_len(n)? {
-            return Err(Error::malformed(format!(
+            return Err(Error::bad_length(format!(
                 "int4_residual payload is {} bytes, expected {} for {n} elements",
                 payload.len(),
                 la + b.payload_len(n)?

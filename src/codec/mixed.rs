@@ -204,7 +204,7 @@ impl MixedCodec {
 
     /// Read a table from stored params.
     pub fn from_params(p: &[u8]) -> Result<MixedCodec> {
-        let bad = |m: String| Error::malformed(format!("mixed parameters: {m}"));
+        let bad = |m: String| Error::bad_params(format!("mixed parameters: {m}"));
         let (&k, mut rest) = p.split_first().ok_or_else(|| bad("empty".into()))?;
         let k = k as usize;
         if k == 0 || k > MAX_FORMATS {
@@ -257,7 +257,7 @@ impl MixedCodec {
     /// Tile count of a chunk of `n` elements.
     fn tiles_of(n: usize) -> Result<usize> {
         if !n.is_multiple_of(TILE_ELEMS) {
-            return Err(Error::malformed(format!(
+            return Err(Error::bad_length(format!(
                 "mixed: a chunk of {n} elements is not a whole number of 32x32 tiles"
             )));
         }
@@ -271,7 +271,7 @@ impl MixedCodec {
         let bits = code_bits(k);
         let cl = codes_len(k, tiles);
         if payload.len() < cl {
-            return Err(Error::malformed(format!(
+            return Err(Error::bad_length(format!(
                 "mixed payload is {} bytes, shorter than its {cl} bytes of tile codes",
                 payload.len()
             )));
@@ -281,7 +281,7 @@ impl MixedCodec {
         for i in 0..tiles {
             let c = code_at(payload, bits, i);
             let f = self.table.get(c).ok_or_else(|| {
-                Error::malformed(format!(
+                Error::bad_payload(format!(
                     "mixed tile {i}: code {c} is outside the table of {k}"
                 ))
             })?;
@@ -289,7 +289,7 @@ impl MixedCodec {
             codes.push(c as u8);
         }
         if payload.len() != want {
-            return Err(Error::malformed(format!(
+            return Err(Error::bad_length(format!(
                 "mixed payload is {} bytes, its tile codes say {want}",
                 payload.len()
             )));
@@ -325,7 +325,7 @@ impl MixedCodec {
         let codes = assignment
             .get(first_tile..first_tile + tiles)
             .ok_or_else(|| {
-                Error::malformed(format!(
+                Error::internal(format!(
                     "mixed: tiles {first_tile}..{} are outside the assignment of {} tiles",
                     first_tile + tiles,
                     assignment.len()
@@ -421,7 +421,7 @@ impl TensorCodec for MixedCodec {
     }
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
         if src != DType::F32 {
-            return Err(Error::malformed(format!(
+            return Err(Error::internal(format!(
                 "mixed encodes f32 tiles, got {src}"
             )));
         }

@@ -402,7 +402,7 @@ impl Pipeline {
                 (Codec::Tensor(t), 0) => tensor = Some(t),
                 (Codec::Bytes(b), i) if i > 0 => bytes.push(b),
                 _ => {
-                    return Err(Error::malformed(format!(
+                    return Err(Error::bad_params(format!(
                         "codec '{}' cannot be stage {i} of a pipeline",
                         entry.name
                     )))
@@ -410,7 +410,7 @@ impl Pipeline {
             }
         }
         Ok(Pipeline {
-            tensor: tensor.ok_or_else(|| Error::malformed("empty pipeline"))?,
+            tensor: tensor.ok_or_else(|| Error::bad_params("empty pipeline"))?,
             bytes,
         })
     }
@@ -539,7 +539,7 @@ impl Pipeline {
     pub fn decode_into(&self, payload: &[u8], src: DType, n: usize, out: &mut [u8]) -> Result<()> {
         let want = n.checked_mul(self.tensor.decoded_dtype(src).size());
         if want != Some(out.len()) {
-            return Err(Error::malformed(format!(
+            return Err(Error::internal(format!(
                 "output buffer of {} bytes does not fit {n} elements",
                 out.len()
             )));
@@ -578,7 +578,7 @@ impl From<Arc<dyn TensorCodec>> for Pipeline {
 /// Shared check for fixed-size payloads: the length must be exactly what `n` elements take.
 pub(crate) fn expect_len(codec: &str, payload: &[u8], want: usize) -> Result<()> {
     if payload.len() != want {
-        return Err(Error::malformed(format!(
+        return Err(Error::bad_length(format!(
             "{codec} payload is {} bytes, expected {want}",
             payload.len()
         )));
@@ -589,7 +589,7 @@ pub(crate) fn expect_len(codec: &str, payload: &[u8], want: usize) -> Result<()>
 /// Params that must be empty.
 pub(crate) fn no_params(codec: &str, p: &[u8]) -> Result<()> {
     if !p.is_empty() {
-        return Err(Error::malformed(format!(
+        return Err(Error::bad_params(format!(
             "codec {codec} takes no parameters, found {} bytes",
             p.len()
         )));
@@ -628,6 +628,35 @@ mod tests {
         let p = Pipeline::parse("bf16+zstd:level=9").unwrap();
         let q = Pipeline::from_stages(&p.stages()).unwrap();
         assert_eq!(q.describe(), p.describe());
+    }
+
+    #[test]
+    fn decode_errors_name_their_defect() {
+        use crate::error::Defect;
+        let vals: Vec<u8> = (0..64)
+            .flat_map(|i| (i as f32 * 0.1).to_le_bytes())
+            .collect();
+        let p = Pipeline::parse("int8").unwrap();
+        let payload = p.encode(DType::F32, &vals).unwrap();
+        let short = &payload[..payload.len() - 1];
+        let e = p.decode(short, DType::F32, 64, u64::MAX).unwrap_err();
+        assert_eq!(
+            (e.kind, e.defect),
+            (ErrorKind::Malformed, Some(Defect::Length))
+        );
+        let bp = Pipeline::parse("byteplane").unwrap();
+        let mut payload = bp.encode(DType::F32, &vals).unwrap();
+        payload[0] = 0xEE;
+        let e = bp.decode(&payload, DType::F32, 64, u64::MAX).unwrap_err();
+        assert_eq!(e.defect, Some(Defect::Payload));
+        let stage = tpk_format::Stage {
+            codec_id: 1,
+            codec_name: "raw".into(),
+            codec_version: 1,
+            params: vec![7],
+        };
+        let e = Pipeline::from_stages(&[stage]).unwrap_err();
+        assert_eq!(e.defect, Some(Defect::Params));
     }
 
     #[test]

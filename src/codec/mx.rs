@@ -242,13 +242,13 @@ pub(super) const NVFP4_ENTRY: CodecEntry = CodecEntry {
         let g = <[u8; 4]>::try_from(p)
             .map(f32::from_le_bytes)
             .map_err(|_| {
-                Error::malformed(format!(
+                Error::bad_params(format!(
                     "nvfp4 parameters are {} bytes, expected 4 (the f32 global scale)",
                     p.len()
                 ))
             })?;
         if !(g.is_finite() && g > 0.0) {
-            return Err(Error::malformed(format!(
+            return Err(Error::bad_params(format!(
                 "nvfp4 global scale {g} is not a positive finite number"
             )));
         }
@@ -335,7 +335,7 @@ impl TensorCodec for Nvfp4Codec {
     }
     fn decode(&self, payload: &[u8], _: DType, n: usize, out: &mut [u8]) -> Result<()> {
         let g = self.g.ok_or_else(|| {
-            Error::malformed("nvfp4 tensor has no global scale in its parameters")
+            Error::bad_params("nvfp4 tensor has no global scale in its parameters")
         })?;
         decode_tiles(&Nvfp4Kernel(g), payload, n, out)
     }

@@ -59,7 +59,7 @@ impl SparseCodec {
 /// `(kept count, where the index section ends for a bitmap (5 for gaps), mode)`, after
 /// checking what the header alone can tell.
 fn parse_header(payload: &[u8], n: usize) -> Result<(usize, usize, u8)> {
-    let bad = |m: String| Error::malformed(format!("sparse payload: {m}"));
+    let bad = |m: String| Error::bad_payload(format!("sparse payload: {m}"));
     if payload.len() < 5 {
         return Err(bad(format!(
             "{} bytes, shorter than its header",
@@ -87,7 +87,7 @@ fn parse_header(payload: &[u8], n: usize) -> Result<(usize, usize, u8)> {
 
 /// Kept indices of a chunk and where the inner payload starts.
 fn indices(payload: &[u8], n: usize) -> Result<(Vec<usize>, usize)> {
-    let bad = |m: &str| Error::malformed(format!("sparse payload: {m}"));
+    let bad = |m: &str| Error::bad_payload(format!("sparse payload: {m}"));
     let (k, at, mode) = parse_header(payload, n)?;
     let mut idx = Vec::with_capacity(k);
     if mode == BITMAP {
@@ -161,7 +161,7 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
         ))
     },
     from_params: |p| {
-        let bad = |m: &str| Error::malformed(format!("sparse parameters: {m}"));
+        let bad = |m: &str| Error::bad_params(format!("sparse parameters: {m}"));
         if p.len() < 8 {
             return Err(bad("cut short"));
         }

@@ -83,7 +83,7 @@ fn non_finite(name: &str, vals: &[f32]) -> Error {
 /// Tile count of a tile-codec chunk of `n` elements; `n` must be a whole number of tiles.
 fn tiles_of(codec: &str, n: usize) -> Result<usize> {
     if !n.is_multiple_of(TILE_ELEMS) {
-        return Err(Error::malformed(format!(
+        return Err(Error::bad_length(format!(
             "{codec}: a chunk of {n} elements is not a whole number of 32x32 tiles"
         )));
     }
@@ -95,7 +95,7 @@ fn tiles_of(codec: &str, n: usize) -> Result<usize> {
 pub(crate) fn encode_tiles(k: &impl TileKernel, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
     let name = k.kernel_name();
     if src != DType::F32 {
-        return Err(Error::malformed(format!(
+        return Err(Error::internal(format!(
             "{name} encodes f32 tiles, got {src}"
         )));
     }

@@ -37,7 +37,7 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
         [l] if (-7..=22).contains(&(*l as i8)) => {
             Ok(Codec::Bytes(Arc::new(ZstdCodec { level: *l as i8 })))
         }
-        _ => Err(Error::malformed(format!(
+        _ => Err(Error::bad_params(format!(
             "zstd params must be one level byte in -7..=22, found {p:?}"
         ))),
     },
@@ -74,13 +74,13 @@ pub(crate) fn zstd_decode(b: &[u8], max_len: usize) -> Result<Vec<u8>> {
     // The frame's declared size is checked first so a lying header cannot allocate `max_len`.
     match ::zstd::zstd_safe::get_frame_content_size(b) {
         Ok(Some(n)) if n > max_len as u64 => {
-            return Err(Error::malformed(format!(
+            return Err(Error::bad_payload(format!(
                 "zstd frame declares {n} bytes, more than the {max_len} expected"
             )))
         }
-        Err(_) => return Err(Error::malformed("not a zstd frame")),
+        Err(_) => return Err(Error::bad_payload("not a zstd frame")),
         _ => {}
     }
     ::zstd::bulk::decompress(b, max_len)
-        .map_err(|e| Error::malformed(format!("zstd payload does not decode: {e}")))
+        .map_err(|e| Error::bad_payload(format!("zstd payload does not decode: {e}")))
 }

@@ -62,7 +62,7 @@ impl<'a> Cursor<'a> {
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
         let rem = (self.b.len() - self.pos) as u64;
         if n > rem {
-            return Err(Error::malformed(format!(
+            return Err(Error::bad_file(format!(
                 "truncated: {what} needs {n} bytes at offset {}, {rem} remain",
                 self.pos
             )));
@@ -80,7 +80,7 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &str) -> Result<&'a str> {
         let n = self.u64(what)?;
         std::str::from_utf8(self.take(n, what)?)
-            .map_err(|_| Error::malformed(format!("{what} is not UTF-8")))
+            .map_err(|_| Error::bad_file(format!("{what} is not UTF-8")))
     }
     fn remaining(&self) -> u64 {
         (self.b.len() - self.pos) as u64
@@ -179,7 +179,7 @@ fn scalar_size(t: u32) -> Result<Option<u64>> {
         4..=6 => Some(4),
         10..=12 => Some(8),
         8 | 9 => None,
-        _ => return Err(Error::malformed(format!("unknown metadata value type {t}"))),
+        _ => return Err(Error::bad_file(format!("unknown metadata value type {t}"))),
     })
 }
 
@@ -205,7 +205,7 @@ fn read_value(c: &mut Cursor<'_>, t: u32, depth: u32) -> Result<MetaValue> {
         12 => MetaValue::Float(f64::from_bits(le(c.take(8, "f64 value")?))),
         9 => {
             if depth > 2 {
-                return Err(Error::malformed("metadata arrays nested too deeply"));
+                return Err(Error::bad_file("metadata arrays nested too deeply"));
             }
             let et = c.u32("array type")?;
             let count = c.u64("array length")?;
@@ -213,7 +213,7 @@ fn read_value(c: &mut Cursor<'_>, t: u32, depth: u32) -> Result<MetaValue> {
             // arrays: the count is bounded by the bytes left before anything is allocated.
             let min_item = scalar_size(et)?.unwrap_or(8);
             if count > c.remaining() / min_item {
-                return Err(Error::malformed(format!(
+                return Err(Error::bad_file(format!(
                     "metadata array of {count} items cannot fit in the {} bytes left",
                     c.remaining()
                 )));
@@ -224,7 +224,7 @@ fn read_value(c: &mut Cursor<'_>, t: u32, depth: u32) -> Result<MetaValue> {
             }
             MetaValue::Array(items)
         }
-        _ => return Err(Error::malformed(format!("unknown metadata value type {t}"))),
+        _ => return Err(Error::bad_file(format!("unknown metadata value type {t}"))),
     })
 }
 
@@ -259,7 +259,7 @@ type Parsed = (u32, Vec<(String, MetaValue)>, Vec<TensorInfo>, Vec<Entry>);
 fn parse_bytes(b: &[u8]) -> Result<Parsed> {
     let mut c = Cursor { b, pos: 0 };
     if c.take(4, "magic")? != b"GGUF" {
-        return Err(Error::malformed("not a GGUF file (bad magic)"));
+        return Err(Error::bad_file("not a GGUF file (bad magic)"));
     }
     let version = c.u32("version")?;
     if !(2..=3).contains(&version) {
@@ -271,7 +271,7 @@ fn parse_bytes(b: &[u8]) -> Result<Parsed> {
     let n_tensors = c.u64("tensor count")?;
     let n_kv = c.u64("metadata count")?;
     if n_kv > c.remaining() / 13 || n_tensors > c.remaining() / 32 {
-        return Err(Error::malformed(format!(
+        return Err(Error::bad_file(format!(
             "{n_tensors} tensors and {n_kv} metadata entries cannot fit in a {} byte file",
             b.len()
         )));
@@ -285,10 +285,10 @@ fn parse_bytes(b: &[u8]) -> Result<Parsed> {
         if key == "general.alignment" {
             alignment = match v {
                 MetaValue::UInt(a) if t == 4 => a,
-                _ => return Err(Error::malformed("general.alignment is not a u32")),
+                _ => return Err(Error::bad_file("general.alignment is not a u32")),
             };
             if alignment == 0 || !alignment.is_power_of_two() {
-                return Err(Error::malformed(format!(
+                return Err(Error::bad_file(format!(
                     "alignment {alignment} is not a power of two"
                 )));
             }
@@ -300,7 +300,7 @@ fn parse_bytes(b: &[u8]) -> Result<Parsed> {
         let name = c.string("tensor name")?.to_string();
         let nd = c.u32("tensor dims")?;
         if nd > 8 {
-            return Err(Error::malformed(format!(
+            return Err(Error::bad_file(format!(
                 "tensor '{name}' has {nd} dimensions"
             )));
         }
@@ -318,14 +318,14 @@ fn parse_bytes(b: &[u8]) -> Result<Parsed> {
     raw.sort_by(|a, b| a.0.cmp(&b.0));
     for w in raw.windows(2) {
         if w[0].0 == w[1].0 {
-            return Err(Error::malformed(format!(
+            return Err(Error::bad_file(format!(
                 "tensor '{}' appears twice",
                 w[0].0
             )));
         }
     }
     for (name, ne, ty, off) in raw {
-        let err = |m: String| Error::malformed(m).with_tensor(&name);
+        let err = |m: String| Error::bad_file(m).with_tensor(&name);
         let &(_, tname, blk, bsize) = TYPES.iter().find(|t| t.0 == ty).ok_or_else(|| {
             Error::new(
                 ErrorKind::Unsupported,
@@ -443,7 +443,7 @@ pub fn dequantize(ty: u32, x: &[u8], y: &mut [f32]) -> Result<()> {
         .find(|t| t.0 == ty)
         .ok_or_else(|| Error::new(ErrorKind::Unsupported, format!("GGML type {ty}")))?;
     if !y.len().is_multiple_of(blk) || x.len() != y.len() / blk * bsize {
-        return Err(Error::malformed(format!(
+        return Err(Error::bad_file(format!(
             "{name}: {} bytes for {} elements",
             x.len(),
             y.len()

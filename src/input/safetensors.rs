@@ -40,7 +40,7 @@ fn read_file(path: &Path, file: usize) -> Result<(memmap2::Mmap, Vec<Raw>)> {
 
 fn parse_header(bytes: &[u8], file: usize) -> Result<Vec<Raw>> {
     let (n, meta) = ::safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| Error::malformed(format!("not a valid safetensors file: {e}")))?;
+        .map_err(|e| Error::bad_file(format!("not a valid safetensors file: {e}")))?;
     let base = 8 + n;
     let mut out = Vec::new();
     for (name, info) in meta.tensors() {
@@ -132,21 +132,21 @@ impl SafetensorsSource {
         let text =
             std::fs::read_to_string(index).map_err(|e| Error::io("read", e).with_file(index))?;
         let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::malformed(format!("invalid JSON: {e}")).with_file(index))?;
+            .map_err(|e| Error::bad_file(format!("invalid JSON: {e}")).with_file(index))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| Error::malformed("no \"weight_map\" object").with_file(index))?;
+            .ok_or_else(|| Error::bad_file("no \"weight_map\" object").with_file(index))?;
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut shard_names: Vec<String> = Vec::new();
         let mut wanted: BTreeMap<String, String> = BTreeMap::new();
         for (name, file) in map {
             let file = file.as_str().ok_or_else(|| {
-                Error::malformed(format!("weight_map entry for '{name}' is not a file name"))
+                Error::bad_file(format!("weight_map entry for '{name}' is not a file name"))
                     .with_file(index)
             })?;
             if file.contains('/') || file.contains('\\') || file.contains("..") {
-                return Err(Error::malformed(format!(
+                return Err(Error::bad_file(format!(
                     "shard name '{file}' leaves the model folder"
                 ))
                 .with_file(index));

@@ -30,14 +30,14 @@ impl Meta {
         for (k, v) in pairs {
             if let Some(key) = k.strip_prefix("gguf.") {
                 let json: serde_json::Value = serde_json::from_str(v)
-                    .map_err(|e| Error::malformed(format!("metadata {k}: {e}")))?;
+                    .map_err(|e| Error::bad_file(format!("metadata {k}: {e}")))?;
                 let mv = MetaValue::from_json(&json)
-                    .ok_or_else(|| Error::malformed(format!("metadata {k}: not a GGUF value")))?;
+                    .ok_or_else(|| Error::bad_file(format!("metadata {k}: not a GGUF value")))?;
                 gguf.insert(key.to_string(), mv);
             } else if k == "hf.config.json" {
                 config = Some(
                     serde_json::from_str(v)
-                        .map_err(|e| Error::malformed(format!("config.json: {e}")))?,
+                        .map_err(|e| Error::bad_file(format!("config.json: {e}")))?,
                 );
             } else if k == "hf.tokenizer.json" {
                 tokenizer = Some(v.to_string());
@@ -67,7 +67,7 @@ impl Meta {
     pub fn str(&self, key: &str) -> Result<&str> {
         self.gguf_value(key)?
             .as_str()
-            .ok_or_else(|| Error::malformed(format!("GGUF metadata '{key}' is not a string")))
+            .ok_or_else(|| Error::bad_file(format!("GGUF metadata '{key}' is not a string")))
     }
 
     /// A GGUF array of strings.
@@ -75,7 +75,7 @@ impl Meta {
         self.gguf_value(key)?
             .as_array()
             .and_then(|a| a.iter().map(MetaValue::as_str).collect())
-            .ok_or_else(|| Error::malformed(format!("GGUF metadata '{key}' is not a string array")))
+            .ok_or_else(|| Error::bad_file(format!("GGUF metadata '{key}' is not a string array")))
     }
 
     /// A numeric value: GGUF `key`, or `config.json`'s `hf_key`.
@@ -84,7 +84,7 @@ impl Meta {
             Meta::Gguf(_) => self
                 .gguf_value(key)?
                 .as_f64()
-                .ok_or_else(|| Error::malformed(format!("GGUF metadata '{key}' is not a number"))),
+                .ok_or_else(|| Error::bad_file(format!("GGUF metadata '{key}' is not a number"))),
             Meta::Hf { config, .. } => config
                 .get(hf_key)
                 .and_then(|v| v.as_f64())

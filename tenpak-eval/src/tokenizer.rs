@@ -52,13 +52,13 @@ impl TextTokenizer {
             .map(|m| {
                 m.split_once(' ')
                     .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| Error::malformed(format!("merge '{m}' has no space")))
+                    .ok_or_else(|| Error::bad_file(format!("merge '{m}' has no space")))
             })
             .collect::<Result<Vec<_>>>()?;
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
-            .map_err(|e| Error::malformed(format!("GGUF tokenizer: {e}")))?;
+            .map_err(|e| Error::bad_file(format!("GGUF tokenizer: {e}")))?;
         // llama.cpp's pre-tokenizer for this family: every \p{N} alone, then GPT-2's byte-level
         // regex with no prefix space.
         let pre = match meta.str("tokenizer.ggml.pre").unwrap_or("default") {
