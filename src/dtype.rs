@@ -1,6 +1,7 @@
 //! Element types of source tensors and their conversions to and from f32.
 
 use crate::error::{Error, Result};
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 /// Element type of a tensor's bytes (safetensors names on disk).
@@ -150,7 +151,18 @@ pub fn to_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
     }
     match dtype {
         DType::F32 => conv!(4, f32::from_le_bytes),
-        DType::F16 => conv!(2, |c| f16::from_le_bytes(c).to_f32()),
+        DType::F16 => {
+            let mut h = [f16::ZERO; 1024];
+            let mut f = [0f32; 1024];
+            for block in bytes.chunks(2048) {
+                let n = block.len() / 2;
+                for (x, c) in h.iter_mut().zip(block.chunks_exact(2)) {
+                    *x = f16::from_le_bytes([c[0], c[1]]);
+                }
+                h[..n].convert_to_f32_slice(&mut f[..n]);
+                out.extend_from_slice(&f[..n]);
+            }
+        }
         DType::BF16 => conv!(2, |c| bf16::from_le_bytes(c).to_f32()),
         DType::F64 => conv!(8, |c| f64::from_le_bytes(c) as f32),
         DType::F8E4M3 => out.extend(bytes.iter().map(|&b| f8e4m3_to_f32(b))),
@@ -210,9 +222,17 @@ pub fn from_f32(dtype: DType, vals: &[f32], out: &mut Vec<u8>) -> Result<()> {
         DType::F32 => vals
             .iter()
             .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DType::F16 => vals
-            .iter()
-            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        DType::F16 => {
+            // Blocks through the slice conversion, which uses the CPU's F16C instructions eight
+            // lanes at a time where it has them (the same round-to-nearest-even as one by one).
+            let mut h = [f16::ZERO; 1024];
+            for block in vals.chunks(1024) {
+                let h = &mut h[..block.len()];
+                h.convert_from_f32_slice(block);
+                h.iter()
+                    .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+            }
+        }
         DType::BF16 => vals
             .iter()
             .for_each(|v| out.extend_from_slice(&f32_to_bf16_bits(*v).to_le_bytes())),

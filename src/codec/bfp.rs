@@ -131,6 +131,7 @@ fn group_origin(p: usize) -> (usize, usize) {
 }
 
 /// Pack one 32x32 tile (row-major f32) into `out` (`kind.tile_bytes()` bytes).
+#[inline]
 pub fn encode_tile(tile: &[f32], kind: Bfp, out: &mut [u8]) {
     match kind {
         Bfp::B8 => encode_tile_w::<7, false>(tile, out, &mut []),
@@ -140,6 +141,7 @@ pub fn encode_tile(tile: &[f32], kind: Bfp, out: &mut [u8]) {
 }
 
 /// [`encode_tile`] that also writes into `recon` (1024 values) what the tile decodes to.
+#[inline]
 pub fn encode_tile_recon(tile: &[f32], kind: Bfp, out: &mut [u8], recon: &mut [f32]) {
     match kind {
         Bfp::B8 => encode_tile_w::<7, true>(tile, out, recon),
@@ -226,6 +228,7 @@ fn encode_tile_core<const W: u32, const R: bool>(tile: &[f32], out: &mut [u8], r
 
 /// Unpack one tile written by [`encode_tile`] into 1024 row-major f32 values. Every byte pattern
 /// decodes (there is no invalid tile).
+#[inline]
 pub fn decode_tile(data: &[u8], kind: Bfp, out: &mut [f32]) {
     match kind {
         Bfp::B8 => decode_tile_w::<7>(data, out),
@@ -323,18 +326,23 @@ impl TileKernel for BfpCodec {
     fn kernel_name(&self) -> &'static str {
         self.0.name()
     }
+    #[inline]
     fn tile_bytes(&self) -> usize {
         self.0.tile_bytes()
     }
+    #[inline]
     fn pack(&self, tile: &[f32], out: &mut [u8]) {
         encode_tile(tile, self.0, out)
     }
+    #[inline]
     fn unpack(&self, data: &[u8], out: &mut [f32]) {
         decode_tile(data, self.0, out)
     }
+    #[inline]
     fn pack_recon(&self, tile: &[f32], out: &mut [u8], recon: &mut [f32]) {
         encode_tile_recon(tile, self.0, out, recon)
     }
+    #[inline]
     fn packed_finite(&self, packed: &[u8]) -> Option<bool> {
         // A group's exponent is the largest exponent field in it: 255 only for Inf or NaN.
         Some(!packed[..64].contains(&0xFF))
@@ -359,10 +367,13 @@ impl TileKernel for Fp0Codec {
     fn kernel_name(&self) -> &'static str {
         FP0_ENTRY.name
     }
+    #[inline]
     fn tile_bytes(&self) -> usize {
         0
     }
+    #[inline]
     fn pack(&self, _: &[f32], _: &mut [u8]) {}
+    #[inline]
     fn unpack(&self, _: &[u8], out: &mut [f32]) {
         out.fill(0.0);
     }

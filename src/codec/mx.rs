@@ -130,6 +130,7 @@ pub const MXFP4_TILE_BYTES: usize = 32 + TILE_ELEMS / 2;
 pub const NVFP4_TILE_BYTES: usize = 64 + TILE_ELEMS / 2;
 
 /// Pack one row-major 32x32 tile as mxfp4.
+#[inline]
 pub fn mxfp4_encode_tile(tile: &[f32], out: &mut [u8]) {
     let mut codes = [0u8; TILE];
     for r in 0..TILE {
@@ -144,6 +145,7 @@ const E2M1_SIGNED: [f32; 16] = [
 ];
 
 /// Unpack one mxfp4 tile; a scale byte 0xFF (NaN in OCP) decodes its block to NaN.
+#[inline]
 pub fn mxfp4_decode_tile(data: &[u8], out: &mut [f32]) {
     for r in 0..TILE {
         let scale = data[r];
@@ -188,6 +190,7 @@ pub fn nvfp4_block(v: &[f32], g: f32, codes: &mut [u8]) -> u8 {
 }
 
 /// Pack one row-major 32x32 tile as nvfp4 with global decode scale `g`.
+#[inline]
 pub fn nvfp4_encode_tile(tile: &[f32], g: f32, out: &mut [u8]) {
     let mut codes = [0u8; 16];
     for b in 0..64 {
@@ -198,6 +201,7 @@ pub fn nvfp4_encode_tile(tile: &[f32], g: f32, out: &mut [u8]) {
 
 /// Unpack one nvfp4 tile: `E2M1[code] * f32(E4M3[scale] * g)` in f32, the encoder's divisor
 /// (the spec's worked vector decodes this way).
+#[inline]
 pub fn nvfp4_decode_tile(data: &[u8], g: f32, out: &mut [f32]) {
     for b in 0..64 {
         let den = e4m3_value(data[b]) * g;
@@ -260,12 +264,15 @@ impl TileKernel for Mxfp4Codec {
     fn kernel_name(&self) -> &'static str {
         MXFP4_ENTRY.name
     }
+    #[inline]
     fn tile_bytes(&self) -> usize {
         MXFP4_TILE_BYTES
     }
+    #[inline]
     fn pack(&self, tile: &[f32], out: &mut [u8]) {
         mxfp4_encode_tile(tile, out)
     }
+    #[inline]
     fn unpack(&self, data: &[u8], out: &mut [f32]) {
         mxfp4_decode_tile(data, out)
     }
@@ -286,12 +293,15 @@ impl TileKernel for Nvfp4Kernel {
     fn kernel_name(&self) -> &'static str {
         NVFP4_ENTRY.name
     }
+    #[inline]
     fn tile_bytes(&self) -> usize {
         NVFP4_TILE_BYTES
     }
+    #[inline]
     fn pack(&self, tile: &[f32], out: &mut [u8]) {
         nvfp4_encode_tile(tile, self.0, out)
     }
+    #[inline]
     fn unpack(&self, data: &[u8], out: &mut [f32]) {
         nvfp4_decode_tile(data, self.0, out)
     }
