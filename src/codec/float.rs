@@ -6,7 +6,7 @@
 //! Config: `--codec bf16`; `bf16:order=tile` stores the elements in TTNN tile order (the
 //! container's `tiles32` layout: 32x32 tiles, 2048 bytes each) instead of row-major.
 
-use super::{expect_len, no_params, Binds, Codec, CodecEntry, Props, TensorCodec};
+use super::{expect_len, no_params, Codec, CodecEntry, Props, TensorCodec};
 use crate::dtype::{self, DType};
 use crate::error::Result;
 use std::sync::Arc;
@@ -92,17 +92,9 @@ pub(super) const BF16_ENTRY: CodecEntry = CodecEntry {
 /// A lossy float conversion: exact for the sources it keeps or widens.
 const fn float_props(entry: &CodecEntry, target: DType, exact_for: &'static [DType]) -> Props {
     Props {
-        id: entry.id,
-        name: entry.name,
-        version: 1,
-        lossless: false,
         exact_for,
-        floats_only: true,
-        tiled: false,
         decodes_to: Some(target),
-        chunk_multiple: 1,
-        binds: Binds::Nothing,
-        sized: true,
+        ..Props::lossy(entry.id, entry.name)
     }
 }
 

@@ -657,20 +657,12 @@ pub(super) const INT_ENTRY: CodecEntry = CodecEntry {
     from_params: |p| Ok(Codec::Tensor(Arc::new(IntCodec::from_params_bytes("int", p)?))),
 };
 
-/// Lossy, floats in, f32 out, row-major.
+/// Lossy, floats in, f32 out, row-major, whole groups per chunk.
 const fn int_props(id: u16, name: &'static str, chunk_multiple: u64, binds: Binds) -> Props {
     Props {
-        id,
-        name,
-        version: 1,
-        lossless: false,
-        exact_for: &[],
-        floats_only: true,
-        tiled: false,
-        decodes_to: Some(DType::F32),
         chunk_multiple,
         binds,
-        sized: true,
+        ..Props::lossy(id, name)
     }
 }
 

@@ -68,6 +68,24 @@ pub struct Props {
 }
 
 impl Props {
+    /// Properties of a lossy codec of fixed size that takes floats and decodes to f32 in
+    /// row-major chunks; codecs change the fields that differ.
+    pub const fn lossy(id: u16, name: &'static str) -> Props {
+        Props {
+            id,
+            name,
+            version: 1,
+            lossless: false,
+            exact_for: &[],
+            floats_only: true,
+            tiled: false,
+            decodes_to: Some(DType::F32),
+            chunk_multiple: 1,
+            binds: Binds::Nothing,
+            sized: true,
+        }
+    }
+
     /// Properties of a codec that takes any dtype and gives its bytes back exactly.
     pub const fn lossless(id: u16, name: &'static str) -> Props {
         Props {

@@ -215,17 +215,8 @@ pub(crate) use tile_codec;
 /// Properties shared by the tile codecs: lossy, tiled, floats in, f32 out.
 pub(crate) const fn tile_props(id: u16, name: &'static str) -> super::Props {
     super::Props {
-        id,
-        name,
-        version: 1,
-        lossless: false,
-        exact_for: &[],
-        floats_only: true,
         tiled: true,
-        decodes_to: Some(DType::F32),
-        chunk_multiple: 1,
-        binds: super::Binds::Nothing,
-        sized: true,
+        ..super::Props::lossy(id, name)
     }
 }
 
