@@ -35,7 +35,7 @@ pub trait Progress: Sync {
 pub fn interrupted() -> crate::Error {
     crate::Error::new(
         crate::ErrorKind::Interrupted,
-        "interrupted; no output was written",
+        "interrupted; nothing was left half-written",
     )
 }
 

@@ -604,3 +604,44 @@ fn eval_embed_cli() {
     );
     assert!(e.contains("llama") || e.contains("BERT"), "{e}");
 }
+
+/// Ctrl-C during an evaluation goes through the library's cancellation (the context's flag,
+/// checked at every window), not a process exit from inside the loop: exit 130, "interrupted",
+/// and no `--out` files.
+#[test]
+fn eval_interrupt_stops_at_the_next_window() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ppl");
+    let child = Command::new(env!("CARGO_BIN_EXE_tenpak"))
+        .args([
+            "eval",
+            "ppl",
+            s(&smollm2()),
+            "--corpus",
+            s(&corpus()),
+            "--windows",
+            "16",
+            "--out",
+            s(&out),
+            "-q",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Past loading and tokenizing, into the windows.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    if o.status.code() == Some(0) {
+        return; // finished before the signal arrived: nothing to check about interruption
+    }
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(!out.exists());
+}
