@@ -18,13 +18,7 @@ pub struct TpkWriter {
     pos: u64,
     metadata: Vec<(String, String)>,
     tensors: Vec<TensorEntry>,
-    /// File offset up to which early write-back has been started.
-    synced: u64,
 }
-
-/// Start write-back every this many bytes, so the disk works while chunks are still being
-/// encoded and the final `fsync` has little left to wait for.
-const WRITEBACK_STEP: u64 = 16 << 20;
 
 impl TpkWriter {
     /// Start writing `dest`. Fails at once if `dest` exists and `overwrite` is false.
@@ -43,7 +37,6 @@ impl TpkWriter {
             pos: HEADER_LEN as u64,
             metadata: Vec::new(),
             tensors: Vec::new(),
-            synced: 0,
         })
     }
 
@@ -65,9 +58,6 @@ impl TpkWriter {
             .write_all(payload)
             .map_err(io(format!("write {}", self.out.get_ref().dest().display())))?;
         self.pos += payload.len() as u64;
-        if self.pos - self.synced >= WRITEBACK_STEP {
-            self.start_writeback()?;
-        }
         Ok(ChunkEntry {
             offset,
             len: payload.len() as u64,
@@ -92,27 +82,6 @@ impl TpkWriter {
     /// Bytes written so far (payloads and padding).
     pub fn position(&self) -> u64 {
         self.pos
-    }
-
-    /// Hand what has been written so far to the disk without waiting for it (Linux
-    /// `sync_file_range`); elsewhere a no-op, and `finish` syncs everything in any case.
-    fn start_writeback(&mut self) -> Result<(), FormatError> {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            self.out
-                .flush()
-                .map_err(io(format!("write {}", self.out.get_ref().dest().display())))?;
-            let fd = self.out.get_ref().file().as_raw_fd();
-            let (start, len) = (self.synced as i64, (self.pos - self.synced) as i64);
-            // SAFETY: a plain system call on a file descriptor we own; it reads no memory. Its
-            // failure (say, a file system without write-back) is harmless: fsync follows.
-            unsafe {
-                libc::sync_file_range(fd, start, len, libc::SYNC_FILE_RANGE_WRITE);
-            }
-        }
-        self.synced = self.pos;
-        Ok(())
     }
 
     fn pad_to_alignment(&mut self) -> Result<u64, FormatError> {
