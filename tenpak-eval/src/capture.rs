@@ -104,8 +104,13 @@ impl Dump<'_> {
         let k_file = format!("k_t{}_{end}.bin", self.start);
         let v_file = format!("v_t{}_{end}.bin", self.start);
         let (kb, vb) = (encode(k, self.dtype), encode(v, self.dtype));
-        tenpak::atomic::write(&dir.join(&k_file), &kb)?;
-        tenpak::atomic::write(&dir.join(&v_file), &vb)?;
+        // Plain writes: the run's folder is what appears atomically (renamed from `.partial`
+        // when complete), so a file needs neither its own temporary copy nor an fsync each.
+        let put = |path: std::path::PathBuf, b: &[u8]| {
+            std::fs::write(&path, b).map_err(|e| Error::io("write a dump", e).with_file(&path))
+        };
+        put(dir.join(&k_file), &kb)?;
+        put(dir.join(&v_file), &vb)?;
         let meta = serde_json::json!({
             "layer_id": self.layer,
             "seq_start": self.start,
@@ -126,8 +131,8 @@ impl Dump<'_> {
             "v_file": v_file,
         });
         let text = serde_json::to_string_pretty(&meta).expect("json") + "\n";
-        tenpak::atomic::write(
-            &dir.join(format!("meta_t{}_{end}.json", self.start)),
+        put(
+            dir.join(format!("meta_t{}_{end}.json", self.start)),
             text.as_bytes(),
         )?;
         Ok((kb.len() + vb.len()) as u64)
