@@ -99,6 +99,13 @@ pub fn config_json(data: &[u8]) {
     }
 }
 
+/// Parse and check a KV dump's meta JSON.
+pub fn kv_meta(data: &[u8]) {
+    if let Ok(m) = crate::kv::dump::DumpMeta::parse(data) {
+        let _ = m.bin_bytes();
+    }
+}
+
 /// Names of the registered codecs, for seed generation.
 pub fn codec_names() -> Vec<&'static str> {
     REGISTRY.iter().map(|e| e.name).collect()

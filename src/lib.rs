@@ -81,6 +81,7 @@ pub mod figure;
 pub mod fuzz_api;
 pub mod input;
 pub mod inspect;
+pub mod kv;
 pub mod metrics;
 pub mod mixed;
 pub mod plan;

@@ -46,6 +46,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("input_gguf", f::input_gguf),
     ("input_safetensors", f::input_safetensors),
     ("config_json", f::config_json),
+    ("input_kv_meta", f::kv_meta),
 ];
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -12,6 +12,7 @@ mod eval;
 mod fuzz_replay;
 mod inputs;
 mod int;
+mod kv;
 mod mixed;
 mod models;
 mod prune;
