@@ -33,6 +33,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("decode_mixed", |d| f::decode_codec("mixed", d)),
     ("decode_sparse", |d| f::decode_codec("sparse", d)),
     ("decode_delta", |d| f::decode_codec("delta", d)),
+    ("decode_gear", |d| f::decode_codec("gear", d)),
     ("decode_int", |d| {
         for c in ["int", "int4_residual"] {
             f::decode_codec(c, d)

@@ -13,6 +13,7 @@ pub mod bfp;
 mod byteplane;
 pub mod delta;
 mod float;
+pub mod gear;
 mod huffman;
 pub mod int;
 pub mod mixed;
@@ -315,6 +316,7 @@ pub static REGISTRY: &[CodecEntry] = &[
     int::RESIDUAL_ENTRY,
     sparse::ENTRY,
     delta::ENTRY,
+    gear::ENTRY,
 ];
 
 /// Look up a registry entry by name.
