@@ -216,13 +216,10 @@ impl Plan {
             }
             Storage::Mixed => {
                 // The search decides; the widest format bounds it.
-                let bound = crate::codec::mixed::TILE_FORMAT_NAMES
+                let bound = self
+                    .mixed
                     .iter()
-                    .filter(|n| {
-                        self.mixed
-                            .as_ref()
-                            .is_some_and(|m| m.formats.iter().any(|f| f == *n))
-                    })
+                    .flat_map(|m| &m.formats)
                     .filter_map(|n| crate::codec::mixed::TileFormat::parse(n))
                     .map(|f| f.tile_bytes())
                     .max()

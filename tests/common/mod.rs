@@ -148,3 +148,35 @@ pub fn pcc_mae(x: &[f32], y: &[f32]) -> (f64, f64) {
     }
     (sxy / (sxx * syy).sqrt(), ae / n)
 }
+
+/// Run tenpak with `args`, wait (bounded, 30 s) until `ready()` says the work is under way, send
+/// it SIGINT (Ctrl-C) and check it stopped as an interrupted command does: exit 130 and
+/// "interrupted" on stderr. `false` when it had finished before the signal arrived (nothing to
+/// check then).
+pub fn interrupted(args: &[&str], ready: impl Fn() -> bool) -> bool {
+    use std::process::Stdio;
+    let child = Command::new(env!("CARGO_BIN_EXE_tenpak"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tenpak");
+    for _ in 0..600 {
+        if ready() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    let o = child.wait_with_output().expect("wait for tenpak");
+    if o.status.code() == Some(0) {
+        return false;
+    }
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    true
+}
