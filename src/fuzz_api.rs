@@ -106,6 +106,25 @@ pub fn kv_meta(data: &[u8]) {
     }
 }
 
+/// Parse a KV policy file, or a method spec when the bytes are not JSON.
+pub fn kv_policy(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(base) = crate::kv::method::Policy::new("gear-auto", 2, None) else {
+        return;
+    };
+    match crate::kv::method::Policy::from_json(text, base) {
+        Ok(p) => {
+            let _ = p.to_json();
+            let _ = p.method(3, crate::kv::method::Which::K);
+        }
+        Err(_) => {
+            let _ = crate::kv::method::Method::parse(text);
+        }
+    }
+}
+
 /// Names of the registered codecs, for seed generation.
 pub fn codec_names() -> Vec<&'static str> {
     REGISTRY.iter().map(|e| e.name).collect()

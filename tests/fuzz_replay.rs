@@ -34,6 +34,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("decode_sparse", |d| f::decode_codec("sparse", d)),
     ("decode_delta", |d| f::decode_codec("delta", d)),
     ("decode_gear", |d| f::decode_codec("gear", d)),
+    ("decode_kvq", |d| f::decode_codec("kvq", d)),
     ("decode_int", |d| {
         for c in ["int", "int4_residual"] {
             f::decode_codec(c, d)
@@ -48,6 +49,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("input_safetensors", f::input_safetensors),
     ("config_json", f::config_json),
     ("input_kv_meta", f::kv_meta),
+    ("kv_policy", f::kv_policy),
 ];
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -184,6 +186,17 @@ fn write_seeds() {
         ("raw", tenpak::dtype::DType::F32, w),
         ("bf16", tenpak::dtype::DType::F32, w),
         ("zstd", tenpak::dtype::DType::F32, w),
+        ("kvq:group=tensor,bits=8", tenpak::dtype::DType::F32, w),
+        (
+            "kvq:group=channel,bits=4,size=8,outliers=0.01",
+            tenpak::dtype::DType::BF16,
+            &b16[..],
+        ),
+        (
+            "kvq:group=step,eb=0.001",
+            tenpak::dtype::DType::BF16,
+            &b16[..],
+        ),
     ] {
         let p = tenpak::codec::Pipeline::parse(codec).unwrap();
         let p = p.bind(&tenpak::codec::TensorFacts {
@@ -206,9 +219,11 @@ fn write_seeds() {
             "bf16" => "decode_float".to_string(),
             "bfp8" | "bfp2" => "decode_bfp".to_string(),
             "mxfp4" | "nvfp4" => "decode_mx".to_string(),
+            c if c.starts_with("kvq") => "decode_kvq".to_string(),
             c => format!("decode_{c}"),
         };
-        put(&target, &format!("{}_{}.bin", codec, dt.name()), &seed);
+        let file = codec.replace([':', ',', '='], "_");
+        put(&target, &format!("{}_{}.bin", file, dt.name()), &seed);
     }
     {
         // A mixed tensor of four tiles over five formats.

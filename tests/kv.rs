@@ -85,3 +85,200 @@ fn reads_captured_dumps_and_refuses_damaged_ones() {
     assert!(e.message.contains("not a file name"), "{e}");
     assert!(e.to_string().contains("meta_t0_16.json"), "{e}");
 }
+
+/// Every file under `root`, as (relative path, bytes), sorted.
+fn files(root: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn f16s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(2)
+        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect()
+}
+
+/// `kv compress` then `kv decompress` on real captured dumps: lossless methods give the folder
+/// back byte for byte; with a lossy method the meta files and the first N layers come back
+/// exactly and the other layers within their quantization error; `verify` and `inspect` read
+/// the archive; the output folder is never left half-written.
+#[test]
+fn compress_and_decompress_real_dumps() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("dumps");
+    tenpak_ok(&[
+        "kv",
+        "capture",
+        s(&smollm2()),
+        "--corpus",
+        s(&corpus()),
+        "-o",
+        s(&root),
+        "--windows",
+        "1",
+        "--ctx",
+        "64",
+        "--decode-steps",
+        "1",
+        "--dtype",
+        "fp16",
+        "-q",
+    ]);
+    let before = files(&root);
+    let tpk = dir.path().join("kv.tpk");
+    let back = dir.path().join("back");
+    for m in ["gear-auto", "gear-delta", "gear", "zstd", "byteplane"] {
+        let r = tenpak_json(&[
+            "kv",
+            "compress",
+            s(&root),
+            "-o",
+            s(&tpk),
+            "--lossless",
+            m,
+            "--lossless-first-n",
+            "99",
+            "--chunk-tokens",
+            "16",
+            "--force",
+        ]);
+        assert_eq!(r["dumps"], 60, "{m}");
+        assert!(r["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["lossless"] == true));
+        // A chunk that would grow is stored raw: gear's mode byte, byteplane's plane headers
+        // (decode dumps are one token and do not compress).
+        let framing = if m == "byteplane" { 8 } else { 1 };
+        for t in r["tensors"].as_array().unwrap() {
+            let chunks = t["seq_len"].as_u64().unwrap().div_ceil(16);
+            assert!(
+                t["payload_bytes"].as_u64().unwrap()
+                    <= t["raw_bytes"].as_u64().unwrap() + framing * chunks,
+                "{m}: {t}"
+            );
+        }
+        tenpak_ok(&["kv", "decompress", s(&tpk), "-o", s(&back), "--force", "-q"]);
+        assert_eq!(
+            files(&back),
+            before,
+            "{m}: the folder comes back byte for byte"
+        );
+    }
+    // Prefill K and V of a layer compress (gear-auto over the 64-token prefill).
+    let r = tenpak_json(&[
+        "kv",
+        "compress",
+        s(&root),
+        "-o",
+        s(&tpk),
+        "--stage",
+        "prefill",
+        "--force",
+    ]);
+    assert!(r["payload_ratio"].as_f64().unwrap() > 1.05, "{r}");
+
+    let v = tenpak_json(&["verify", s(&tpk)]);
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+    assert_eq!(v["tensors"], 60);
+    tenpak_ok(&["inspect", s(&tpk)]);
+
+    // Largest error allowed: absolute, plus relative to the tensor's largest magnitude (half
+    // a step of each quantizer, with room for the f16 cast).
+    for (lossy, abs, rel) in [
+        ("kivi:bits=4,group=32", 0.0, 0.08),
+        ("quant:bits=8", 0.0, 0.005),
+        ("bound:abs=0.01", 0.01, 0.0),
+        ("truncate:keep=4", 0.0, 0.0625),
+    ] {
+        let r = tenpak_json(&[
+            "kv",
+            "compress",
+            s(&root),
+            "-o",
+            s(&tpk),
+            "--lossy",
+            lossy,
+            "--lossless-first-n",
+            "2",
+            "--chunk-tokens",
+            "32",
+            "--force",
+        ]);
+        let bpv = r["bits_per_value"].as_f64().unwrap();
+        assert!(bpv > 0.5 && bpv < 16.0, "{lossy}: {bpv}");
+        tenpak_ok(&["kv", "decompress", s(&tpk), "-o", s(&back), "--force", "-q"]);
+        let after = files(&back);
+        assert_eq!(after.len(), before.len());
+        for ((p, a), (q, b)) in before.iter().zip(&after) {
+            assert_eq!(p, q);
+            let layer: u32 = p
+                .split("layer_")
+                .nth(1)
+                .and_then(|x| x.split(['/', '\\']).next())
+                .unwrap()
+                .parse()
+                .unwrap();
+            if p.ends_with(".json") || layer < 2 {
+                assert_eq!(a, b, "{lossy}: {p} is exact");
+            } else {
+                assert_eq!(a.len(), b.len());
+                let (x, y) = (f16s(a), f16s(b));
+                let err = x
+                    .iter()
+                    .zip(&y)
+                    .map(|(u, v)| (u - v).abs())
+                    .fold(0f32, f32::max);
+                let amax = x.iter().fold(0f32, |a, u| a.max(u.abs()));
+                let tol = abs + rel * amax;
+                assert!(err <= tol, "{lossy}: {p} max error {err} > {tol}");
+            }
+        }
+    }
+    // An existing output folder needs --force; a failed run leaves nothing behind.
+    let err = tenpak_fails(&["kv", "decompress", s(&tpk), "-o", s(&back)], 2);
+    assert!(err.contains("--force"), "{err}");
+    let model_tpk = dir.path().join("not-kv.tpk");
+    tenpak_ok(&[
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&model_tpk),
+        "--limit",
+        "1",
+        "-q",
+    ]);
+    let err = tenpak_fails(
+        &[
+            "kv",
+            "decompress",
+            s(&model_tpk),
+            "-o",
+            s(&dir.path().join("x")),
+        ],
+        1,
+    );
+    assert!(err.contains("not a KV archive"), "{err}");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.ends_with(".partial") || n == "x"),
+        "{names:?}"
+    );
+}

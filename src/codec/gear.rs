@@ -9,7 +9,11 @@
 //! `d[i] = hi[i] - hi[i - row]` (wrapping) for `i >= row`. The row length is fixed per tensor by
 //! the bind step and stored in the params. A chunk that would not shrink, or of another element
 //! size, is stored raw (never expands by more than its one mode byte).
-//! Config: `--codec gear`, `gear:delta=token`, `gear:level=19`.
+//! `delta=auto` (`gear-auto`) picks, per plane and chunk, the smallest of {raw, token delta,
+//! xor with the previous token} and tags the choice in the payload; the choice is the writer's
+//! (an order-0 entropy estimate of each candidate, which costs one pass and no trial
+//! compression), the reader just follows the tags.
+//! Config: `--codec gear`, `gear:delta=token`, `gear:delta=auto`, `gear:level=19`.
 
 use super::zstd::{zstd_decode, zstd_encode};
 use super::{Codec, CodecEntry, Props, TensorCodec, TensorFacts};
@@ -22,13 +26,31 @@ pub const GEAR_ID: u16 = 24;
 
 const RAW: u8 = 0;
 const PLANES: u8 = 1;
+const TAGGED: u8 = 2;
+const WHOLE: u8 = 3;
+
+/// Per-plane transforms of `gear-auto` (the tag values of the payload).
+const T_RAW: u8 = 0;
+const T_DELTA: u8 = 1;
+const T_XOR: u8 = 2;
+
+/// The `delta` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delta {
+    None = 0,
+    Token = 1,
+    Auto = 2,
+    /// No split: one zstd frame of the element bytes (the reference's `zstd` mode, raw when it
+    /// would not shrink).
+    Whole = 3,
+}
 
 /// The byte-plane split, with or without the token-axis delta.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GearCodec {
     level: i8,
-    /// Token-axis delta on the high plane.
-    delta: bool,
+    /// Token-axis delta on the high plane, or the per-plane choice.
+    delta: Delta,
     /// Elements per token (`H * D`), fixed by the bind step; 0 until then.
     row: u64,
 }
@@ -37,9 +59,18 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
     id: GEAR_ID,
     name: "gear",
     version: 1,
-    summary: "KV byte-plane split (high/low planes, zstd each; lossless), options delta=none|token, level=-7..22",
+    summary: "KV byte-plane split (high/low planes, zstd each; lossless), options delta=none|token|auto, split=planes|none, level=-7..22",
     from_options: |o| {
-        let delta = o.choice("delta", &["none", "token"])? == "token";
+        let delta = match o.choice("delta", &["none", "token", "auto"])? {
+            "token" => Delta::Token,
+            "auto" => Delta::Auto,
+            _ => Delta::None,
+        };
+        let delta = match (o.choice("split", &["planes", "none"])?, delta) {
+            ("planes", d) => d,
+            (_, Delta::None) => Delta::Whole,
+            _ => return Err(Error::config("codec gear: split=none takes no delta")),
+        };
         let level = o.int("level", 3, -7, 22)? as i8;
         Ok(Codec::Tensor(Arc::new(GearCodec {
             level,
@@ -55,52 +86,104 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
         let row = <[u8; 8]>::try_from(rest)
             .map(u64::from_le_bytes)
             .map_err(|_| bad("expected 10 bytes"))?;
-        if !(-7..=22).contains(&(*level as i8)) || *delta > 1 || (*delta == 1 && row == 0) {
-            return Err(bad("level, delta flag or row length out of range"));
+        let delta = match delta {
+            0 => Delta::None,
+            1 => Delta::Token,
+            2 => Delta::Auto,
+            3 => Delta::Whole,
+            _ => return Err(bad("delta flag out of range")),
+        };
+        let needs_row = matches!(delta, Delta::Token | Delta::Auto);
+        if !(-7..=22).contains(&(*level as i8)) || (needs_row && row == 0) {
+            return Err(bad("level or row length out of range"));
         }
         Ok(Codec::Tensor(Arc::new(GearCodec {
             level: *level as i8,
-            delta: *delta == 1,
+            delta,
             row,
         })))
     },
 };
 
 impl GearCodec {
-    /// Wrapping token-axis delta (`forward`) or its prefix sum, on a plane of `w`-byte words.
-    fn token_delta(&self, plane: &mut [u8], w: usize, forward: bool) {
+    /// Apply (`forward`) or undo transform `tag` on a plane of `w`-byte words: the wrapping
+    /// token-axis delta, or the xor with the word one token (`row` words) earlier.
+    fn transform(&self, plane: &mut [u8], w: usize, tag: u8, forward: bool) {
         let stride = self.row as usize * w;
-        if !self.delta || stride == 0 || plane.len() <= stride {
+        if tag == T_RAW || stride == 0 || plane.len() <= stride {
             return;
         }
-        let word = |b: &[u8]| -> u16 {
-            if w == 1 {
-                b[0] as u16
+        if w == 1 {
+            let op = |a: u8, b: u8| match (tag, forward) {
+                (T_XOR, _) => a ^ b,
+                (_, true) => a.wrapping_sub(b),
+                (_, false) => a.wrapping_add(b),
+            };
+            if forward {
+                // Back to front, so every difference uses the original previous token.
+                for i in (stride..plane.len()).rev() {
+                    plane[i] = op(plane[i], plane[i - stride]);
+                }
             } else {
-                u16::from_le_bytes([b[0], b[1]])
+                for i in stride..plane.len() {
+                    plane[i] = op(plane[i], plane[i - stride]);
+                }
             }
+            return;
+        }
+        let get = |p: &[u8], i: usize| u16::from_le_bytes([p[i], p[i + 1]]);
+        let op = |a: u16, b: u16| match (tag, forward) {
+            (T_XOR, _) => a ^ b,
+            (_, true) => a.wrapping_sub(b),
+            (_, false) => a.wrapping_add(b),
         };
-        let put = |b: &mut [u8], v: u16| {
-            if w == 1 {
-                b[0] = v as u8
-            } else {
-                b.copy_from_slice(&v.to_le_bytes())
-            }
-        };
-        let mask = if w == 1 { 0xFF } else { 0xFFFF };
         if forward {
-            // Back to front, so every difference uses the original previous token.
-            for i in (stride..plane.len()).step_by(w).rev() {
-                let d = word(&plane[i..]).wrapping_sub(word(&plane[i - stride..])) & mask;
-                put(&mut plane[i..i + w], d);
+            for i in (stride..plane.len()).step_by(2).rev() {
+                let v = op(get(plane, i), get(plane, i - stride));
+                plane[i..i + 2].copy_from_slice(&v.to_le_bytes());
             }
         } else {
-            for i in (stride..plane.len()).step_by(w) {
-                let v = word(&plane[i..]).wrapping_add(word(&plane[i - stride..])) & mask;
-                put(&mut plane[i..i + w], v);
+            for i in (stride..plane.len()).step_by(2) {
+                let v = op(get(plane, i), get(plane, i - stride));
+                plane[i..i + 2].copy_from_slice(&v.to_le_bytes());
             }
         }
     }
+
+    /// `gear-auto`'s choice for one plane: the transform whose output has the smallest order-0
+    /// byte entropy (raw unless another is clearly smaller), and the plane transformed by it.
+    fn choose(&self, plane: Vec<u8>, w: usize) -> (u8, Vec<u8>) {
+        let stride = self.row as usize * w;
+        if stride == 0 || plane.len() <= stride {
+            return (T_RAW, plane);
+        }
+        let mut best = (entropy_bits(&plane), T_RAW, plane.clone());
+        for tag in [T_DELTA, T_XOR] {
+            let mut p = plane.clone();
+            self.transform(&mut p, w, tag, true);
+            let e = entropy_bits(&p);
+            if e < best.0 * 0.995 {
+                best = (e, tag, p);
+            }
+        }
+        (best.1, best.2)
+    }
+}
+
+/// Order-0 entropy of a byte stream, in bits.
+fn entropy_bits(b: &[u8]) -> f64 {
+    let mut h = [0u64; 256];
+    for &x in b {
+        h[x as usize] += 1;
+    }
+    let n = b.len() as f64;
+    h.iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let c = c as f64;
+            -c * (c / n).log2()
+        })
+        .sum()
 }
 
 /// Bytes per plane word of elements of `size` bytes (`None`: not split).
@@ -116,7 +199,7 @@ impl TensorCodec for GearCodec {
     fn props(&self) -> Props {
         Props {
             chunk_multiple: self.row.max(1),
-            binds: if self.delta {
+            binds: if matches!(self.delta, Delta::Token | Delta::Auto) {
                 super::Binds::Shape
             } else {
                 super::Binds::Nothing
@@ -132,8 +215,11 @@ impl TensorCodec for GearCodec {
     fn spec(&self) -> String {
         let mut s = String::from("gear");
         let mut opts = Vec::new();
-        if self.delta {
-            opts.push("delta=token".to_string());
+        match self.delta {
+            Delta::None => {}
+            Delta::Whole => opts.push("split=none".to_string()),
+            Delta::Token => opts.push("delta=token".to_string()),
+            Delta::Auto => opts.push("delta=auto".to_string()),
         }
         if self.level != 3 {
             opts.push(format!("level={}", self.level));
@@ -145,7 +231,7 @@ impl TensorCodec for GearCodec {
         s
     }
     fn bind(&self, t: &TensorFacts<'_>) -> Option<Arc<dyn TensorCodec>> {
-        if !self.delta || t.dims.is_empty() {
+        if !matches!(self.delta, Delta::Token | Delta::Auto) || t.dims.is_empty() {
             return None;
         }
         let row = t.dims[1..]
@@ -166,12 +252,22 @@ impl TensorCodec for GearCodec {
             out.extend_from_slice(bytes);
             out
         };
+        if self.delta == Delta::Whole {
+            let z = zstd_encode(bytes, self.level as i32)?;
+            if z.len() >= bytes.len() {
+                return Ok(raw());
+            }
+            let mut out = Vec::with_capacity(z.len() + 1);
+            out.push(WHOLE);
+            out.extend_from_slice(&z);
+            return Ok(out);
+        }
         let Some(w) = word(src.size()) else {
             return Ok(raw());
         };
-        if self.delta && self.row == 0 {
+        if self.delta != Delta::None && self.row == 0 {
             return Err(Error::config(
-                "gear delta=token needs the tensor's shape (encode whole tensors)",
+                "gear delta=token|auto needs the tensor's shape (encode whole tensors)",
             ));
         }
         let n = bytes.len() / src.size();
@@ -180,16 +276,35 @@ impl TensorCodec for GearCodec {
             lo.extend_from_slice(&e[..w]);
             hi.extend_from_slice(&e[w..]);
         }
-        self.token_delta(&mut hi, w, true);
+        let tags = match self.delta {
+            Delta::None | Delta::Whole => None,
+            Delta::Token => {
+                self.transform(&mut hi, w, T_DELTA, true);
+                None
+            }
+            Delta::Auto => {
+                let (th, h) = self.choose(hi, w);
+                let (tl, l) = self.choose(lo, w);
+                (hi, lo) = (h, l);
+                Some([th, tl])
+            }
+        };
         let (zh, zl) = (
             zstd_encode(&hi, self.level as i32)?,
             zstd_encode(&lo, self.level as i32)?,
         );
-        if 5 + zh.len() + zl.len() > bytes.len() {
+        let head = if tags.is_some() { 7 } else { 5 };
+        if head + zh.len() + zl.len() > bytes.len() {
             return Ok(raw());
         }
-        let mut out = Vec::with_capacity(5 + zh.len() + zl.len());
-        out.push(PLANES);
+        let mut out = Vec::with_capacity(head + zh.len() + zl.len());
+        match tags {
+            Some(t) => {
+                out.push(TAGGED);
+                out.extend_from_slice(&t);
+            }
+            None => out.push(PLANES),
+        }
         out.extend_from_slice(&(zh.len() as u32).to_le_bytes());
         out.extend_from_slice(&zh);
         out.extend_from_slice(&zl);
@@ -211,11 +326,51 @@ impl TensorCodec for GearCodec {
                 out.copy_from_slice(body);
                 Ok(())
             }
-            PLANES => {
+            WHOLE => {
+                let b = zstd_decode(body, out.len())?;
+                if b.len() != out.len() {
+                    return Err(Error::bad_length(format!(
+                        "gear frame decodes to {} bytes, expected {}",
+                        b.len(),
+                        out.len()
+                    )));
+                }
+                out.copy_from_slice(&b);
+                Ok(())
+            }
+            PLANES | TAGGED => {
                 let w = word(src.size()).ok_or_else(|| {
                     Error::bad_payload(format!("gear planes for {src}, which is not split"))
                 })?;
                 let plane = n * w;
+                let (tags, body) = if mode == TAGGED {
+                    let [th, tl, rest @ ..] = body else {
+                        return Err(Error::bad_length("gear payload is cut short"));
+                    };
+                    if *th > T_XOR || *tl > T_XOR {
+                        return Err(Error::bad_payload(format!(
+                            "gear plane transforms {th} and {tl} (0 raw, 1 delta, 2 xor)"
+                        )));
+                    }
+                    if self.row == 0 {
+                        return Err(Error::bad_params(
+                            "gear tagged planes need a token row length",
+                        ));
+                    }
+                    ([*th, *tl], rest)
+                } else {
+                    (
+                        [
+                            if self.delta == Delta::Token {
+                                T_DELTA
+                            } else {
+                                T_RAW
+                            },
+                            T_RAW,
+                        ],
+                        body,
+                    )
+                };
                 if body.len() < 4 {
                     return Err(Error::bad_length("gear payload is cut short"));
                 }
@@ -228,7 +383,7 @@ impl TensorCodec for GearCodec {
                     )));
                 }
                 let mut hi = zstd_decode(&rest[..hl], plane)?;
-                let lo = zstd_decode(&rest[hl..], plane)?;
+                let mut lo = zstd_decode(&rest[hl..], plane)?;
                 if hi.len() != plane || lo.len() != plane {
                     return Err(Error::bad_length(format!(
                         "gear planes decode to {} and {} bytes, expected {plane} each",
@@ -236,7 +391,8 @@ impl TensorCodec for GearCodec {
                         lo.len()
                     )));
                 }
-                self.token_delta(&mut hi, w, false);
+                self.transform(&mut hi, w, tags[0], false);
+                self.transform(&mut lo, w, tags[1], false);
                 for ((o, h), l) in out
                     .chunks_exact_mut(2 * w)
                     .zip(hi.chunks_exact(w))
@@ -297,7 +453,13 @@ mod tests {
         for dt in [DType::F16, DType::BF16, DType::F32] {
             let mut b = Vec::new();
             crate::dtype::from_f32(dt, &vals, &mut b).unwrap();
-            for spec in ["gear", "gear:delta=token", "gear:delta=token,level=19"] {
+            for spec in [
+                "gear",
+                "gear:delta=token",
+                "gear:delta=token,level=19",
+                "gear:delta=auto",
+                "gear:split=none",
+            ] {
                 roundtrip(spec, dt, &[t, h, d], &b);
                 roundtrip(spec, dt, &[1, h, d], &b[..(h * d) as usize * dt.size()]);
             }
@@ -313,14 +475,24 @@ mod tests {
     fn token_delta_is_the_references() {
         let g = GearCodec {
             level: 3,
-            delta: true,
+            delta: Delta::Token,
             row: 2,
         };
         let mut plane = vec![10u8, 200, 12, 5, 11, 250];
-        g.token_delta(&mut plane, 1, true);
+        g.transform(&mut plane, 1, T_DELTA, true);
         assert_eq!(plane, [10, 200, 2, 61, 255, 245]);
-        g.token_delta(&mut plane, 1, false);
+        g.transform(&mut plane, 1, T_DELTA, false);
         assert_eq!(plane, [10, 200, 12, 5, 11, 250]);
+        g.transform(&mut plane, 1, T_XOR, true);
+        assert_eq!(plane, [10, 200, 6, 205, 7, 255]);
+        g.transform(&mut plane, 1, T_XOR, false);
+        assert_eq!(plane, [10, 200, 12, 5, 11, 250]);
+        // 16-bit words (f32 high halves): LE words [0x0102, 0xFFFF] then [0x0001, 0x0000].
+        let mut p16 = vec![0x02u8, 0x01, 0xFF, 0xFF, 0x01, 0x00, 0x00, 0x00];
+        g.transform(&mut p16, 2, T_DELTA, true);
+        assert_eq!(p16, [0x02, 0x01, 0xFF, 0xFF, 0xFF, 0xFE, 0x01, 0x00]);
+        g.transform(&mut p16, 2, T_DELTA, false);
+        assert_eq!(p16, [0x02, 0x01, 0xFF, 0xFF, 0x01, 0x00, 0x00, 0x00]);
     }
 
     /// The fuzz seeds were written outside tenpak from formats-spec/gear.md alone (Python for

@@ -16,6 +16,7 @@ mod float;
 pub mod gear;
 mod huffman;
 pub mod int;
+pub mod kvq;
 pub mod mixed;
 pub mod mx;
 mod raw;
@@ -317,6 +318,7 @@ pub static REGISTRY: &[CodecEntry] = &[
     sparse::ENTRY,
     delta::ENTRY,
     gear::ENTRY,
+    kvq::ENTRY,
 ];
 
 /// Look up a registry entry by name.

@@ -12,6 +12,7 @@ pub mod bert;
 pub mod capture;
 pub mod embed;
 pub mod kernels;
+pub mod kvsim;
 pub mod llama;
 pub mod model;
 pub mod ppl;
@@ -61,6 +62,18 @@ pub struct PplRequest {
     pub corpus: PathBuf,
     /// Windows and context.
     pub opts: ppl::PplOptions,
+    /// Read the KV cache through this policy (`--kv`); without a reference, the same model
+    /// with an exact cache is the reference.
+    pub kv: Option<tenpak::kv::method::Policy>,
+}
+
+/// The KV cache of an `eval ppl --kv` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct KvCacheReport {
+    /// The policy, as JSON.
+    pub policy: serde_json::Value,
+    /// Bits per cached value, from the encoded chunks (codes, scales and outliers).
+    pub bits_per_value: f64,
 }
 
 /// The result of `eval ppl`.
@@ -80,6 +93,8 @@ pub struct PplResult {
     pub slice_sha256: String,
     /// Seconds to load and prepare the models.
     pub load_seconds: f64,
+    /// The simulated KV cache, with `--kv`.
+    pub kv: Option<KvCacheReport>,
     /// The figures.
     #[serde(flatten)]
     pub report: ppl::PplReport,
@@ -122,10 +137,19 @@ fn eval_ppl_on_threads(
     cx: &Context<'_>,
 ) -> Result<PplResult> {
     let t0 = std::time::Instant::now();
-    let (desc, model, tok) = load_llama(&req.model, req.base.as_deref())?;
+    let (desc, exact, tok) = load_llama(&req.model, req.base.as_deref())?;
     let (corpus_tokens, slice, windows) =
-        corpus_windows(&tok, &req.corpus, model.cfg.bos, &req.opts)?;
+        corpus_windows(&tok, &req.corpus, exact.cfg.bos, &req.opts)?;
+    let sim = req
+        .kv
+        .as_ref()
+        .map(|p| kvsim::KvSim::new(p.clone(), exact.cfg.n_kv_head, exact.cfg.head_dim()));
+    let model = match &sim {
+        Some(s) => exact.with_kv_filter(s.filter()),
+        None => exact.clone(),
+    };
     let reference = match &req.reference {
+        None if sim.is_some() => Some((format!("{desc} (exact KV cache)"), exact)),
         None => None,
         Some(p) => {
             let (rdesc, r, rtok) = load_llama(p, None)?;
@@ -159,6 +183,14 @@ fn eval_ppl_on_threads(
         slice_tokens: slice.len(),
         slice_sha256: tokens_sha256(&slice),
         load_seconds,
+        kv: req
+            .kv
+            .as_ref()
+            .zip(sim.as_ref())
+            .map(|(p, s)| KvCacheReport {
+                policy: p.to_json(),
+                bits_per_value: s.bits_per_value(),
+            }),
         report,
     })
 }

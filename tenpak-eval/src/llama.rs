@@ -85,6 +85,7 @@ impl LlamaConfig {
     }
 }
 
+#[derive(Clone)]
 struct Layer {
     attn_norm: Tensor,
     /// Query, key and value projections stacked: one product per layer.
@@ -96,7 +97,13 @@ struct Layer {
     w_down: Tensor,
 }
 
+/// Runs on each sequence's keys (after RoPE) and values of one layer before attention reads
+/// them, in place: `(layer, k, v)`, each `[T, kv_heads, head_dim]` row-major. A KV cache stored
+/// in a lossy format is simulated by encoding and decoding here.
+pub type KvFilter = dyn Fn(usize, &mut [f32], &mut [f32]) -> Result<()> + Send + Sync;
+
 /// A llama model ready to run.
+#[derive(Clone)]
 pub struct Llama {
     /// Hyperparameters.
     pub cfg: LlamaConfig,
@@ -104,8 +111,9 @@ pub struct Llama {
     layers: Vec<Layer>,
     norm: Tensor,
     /// The output head `[vocab, n_embd]`, row-major.
-    head: Vec<f32>,
+    head: std::sync::Arc<Vec<f32>>,
     dev: Device,
+    kv_filter: Option<std::sync::Arc<KvFilter>>,
 }
 
 /// Tensor names in GGUF and Hugging Face spelling.
@@ -240,9 +248,19 @@ impl Llama {
             embed,
             layers,
             norm,
-            head,
+            head: std::sync::Arc::new(head),
             dev,
+            kv_filter: None,
         })
+    }
+
+    /// This model with every layer's keys and values passed through `f` before attention (the
+    /// weights are shared, not copied).
+    pub fn with_kv_filter(&self, f: std::sync::Arc<KvFilter>) -> Llama {
+        Llama {
+            kv_filter: Some(f),
+            ..self.clone()
+        }
     }
 
     /// cos and sin of position p times each frequency, `[t, head_dim / 2]` each.
@@ -350,6 +368,30 @@ impl Llama {
                 let (cs, sn) = (&cos[p * hd2..(p + 1) * hd2], &sin[p * hd2..(p + 1) * hd2]);
                 kernels::rope_row(&mut row[..(h + kvh) * hd], cs, sn);
             });
+            if let Some(f) = &self.kv_filter {
+                // Per sequence: a cache belongs to one sequence.
+                let (mut k, mut v) = (Vec::new(), Vec::new());
+                let mut at = 0;
+                for sq in seqs {
+                    let rows = &mut qkv[at * w..(at + sq.len()) * w];
+                    k.clear();
+                    v.clear();
+                    for row in rows.chunks_exact(w) {
+                        k.extend_from_slice(&row[h * hd..(h + kvh) * hd]);
+                        v.extend_from_slice(&row[(h + kvh) * hd..]);
+                    }
+                    f(li, &mut k, &mut v)?;
+                    for ((row, kr), vr) in rows
+                        .chunks_exact_mut(w)
+                        .zip(k.chunks_exact(kvh * hd))
+                        .zip(v.chunks_exact(kvh * hd))
+                    {
+                        row[h * hd..(h + kvh) * hd].copy_from_slice(kr);
+                        row[(h + kvh) * hd..].copy_from_slice(vr);
+                    }
+                    at += sq.len();
+                }
+            }
             if let Some(sink) = kv.as_mut() {
                 let mut k = Vec::with_capacity(t * kvh * hd);
                 let mut v = Vec::with_capacity(t * kvh * hd);

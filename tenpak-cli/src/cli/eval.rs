@@ -109,6 +109,12 @@ pub(super) enum KvCommand {
     /// and values in the reference dump layout: <OUT>/<run_id>/layer_<i>/{k,v}_t<s>_<e>.bin and
     /// meta_t<s>_<e>.json, [seq_len, kv_heads, head_dim]. One run per window.
     Capture(CaptureArgs),
+    /// Compress a dump folder into one .tpk: layers < N lossless (--lossless, default
+    /// gear-auto), the others with --lossy; chunked by (layer, K/V, token range).
+    Compress(super::kv::CompressArgs),
+    /// Restore the dump folder from a .tpk of `kv compress`: meta files and lossless layers
+    /// bit-exact, lossy layers decoded to the dump's dtype.
+    Decompress(super::kv::DecompressArgs),
 }
 
 #[derive(Args)]
@@ -159,6 +165,17 @@ pub(super) struct PplArgs {
     base: Option<PathBuf>,
     #[command(flatten)]
     w: WindowArgs,
+    /// Read every layer's KV cache through this KV method (as `kv compress --lossy`, e.g.
+    /// kivi:bits=4, quant:bits=8): keys after RoPE and values are stored as f16, encoded,
+    /// decoded, then attended to. Compared against the same model with an exact cache.
+    #[arg(long, value_name = "METHOD")]
+    kv: Option<String>,
+    /// With --kv: layers < N keep an exact f16 cache.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    kv_lossless_first_n: u32,
+    /// With --kv: a KV policy file (as `kv compress --policy`).
+    #[arg(long, value_name = "FILE")]
+    kv_policy: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -185,6 +202,8 @@ pub(super) fn run_kv(
     out: &mut Vec<u8>,
 ) -> Result<i32, Error> {
     match cmd {
+        KvCommand::Compress(a) => super::kv::compress(a, cx, out),
+        KvCommand::Decompress(a) => super::kv::decompress(a, cx, out),
         KvCommand::Capture(a) => {
             let dtype = match a.dtype.as_str() {
                 "fp32" | "f32" => tenpak_eval::capture::DumpDType::Fp32,
@@ -380,6 +399,7 @@ pub(super) fn run(
                 base: a.base.clone(),
                 corpus: a.w.corpus.clone(),
                 opts,
+                kv: kv_policy(a)?,
             };
             let bar = window_bar(quiet, a.w.windows);
             let start = std::time::Instant::now();
@@ -418,11 +438,31 @@ pub(super) fn run(
     }
 }
 
+fn kv_policy(a: &PplArgs) -> Result<Option<tenpak::kv::method::Policy>, Error> {
+    if a.kv.is_none() && a.kv_policy.is_none() {
+        return Ok(None);
+    }
+    let mut p = tenpak::kv::method::Policy::new("raw", a.kv_lossless_first_n, a.kv.as_deref())?;
+    if let Some(f) = &a.kv_policy {
+        let text =
+            std::fs::read_to_string(f).map_err(|e| Error::io("read the policy", e).with_file(f))?;
+        p = tenpak::kv::method::Policy::from_json(&text, p).map_err(|e| e.with_file(f))?;
+    }
+    Ok(Some(p))
+}
+
 fn ppl_table(out: &mut Vec<u8>, r: &tenpak_eval::PplResult) {
     let p = &r.report;
     let _ = writeln!(out, "model:      {}", r.model);
     if let Some(rf) = &r.reference {
         let _ = writeln!(out, "reference:  {rf}");
+    }
+    if let Some(kv) = &r.kv {
+        let _ = writeln!(
+            out,
+            "KV cache:   {} ({:.3} bits per cached value)",
+            kv.policy, kv.bits_per_value
+        );
     }
     let _ = writeln!(
         out,

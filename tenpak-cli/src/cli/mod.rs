@@ -3,6 +3,7 @@
 //! (the wire format is documented in formats-spec/json-output.md).
 
 mod eval;
+mod kv;
 mod table;
 
 use clap::{Args, Parser, Subcommand};

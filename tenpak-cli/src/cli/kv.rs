@@ -1,0 +1,203 @@
+//! `tenpak kv compress | decompress | analyze | sweep`: thin over `tenpak::kv`.
+
+use super::json;
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+use tenpak::kv::dump::{DumpFilter, Stage};
+use tenpak::kv::method::{Method, Policy};
+use tenpak::{Context, Error};
+
+/// The reference's shared filters and the mode flags (compress, analyze and sweep).
+#[derive(Args, Clone)]
+pub(super) struct ModeArgs {
+    /// Which dumps: prefill, decode or both.
+    #[arg(long, default_value = "both", value_parser = ["prefill", "decode", "both"])]
+    stage: String,
+    /// Smallest seq_len kept (0: no bound).
+    #[arg(long, default_value_t = 0)]
+    min_seq_len: u64,
+    /// Largest seq_len kept (0: no bound).
+    #[arg(long, default_value_t = 0)]
+    max_seq_len: u64,
+    /// Layers with layer_id < N are stored losslessly.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    lossless_first_n: u32,
+    /// The lossless method: zstd, gear, gear-delta, gear-auto, byteplane, raw.
+    #[arg(long, default_value = "gear-auto", value_name = "METHOD")]
+    lossless: String,
+    /// The method of the other layers: quant, kivi, blocknorm, bound, truncate, clip,
+    /// clip-quant, fake-quant (with options, e.g. kivi:bits=4,group=64); none: every layer
+    /// lossless.
+    #[arg(long, value_name = "METHOD")]
+    lossy: Option<String>,
+    /// Code width of the lossy method, unless its spec sets bits= (alone it means --lossy quant).
+    #[arg(long, value_name = "B")]
+    bits: Option<u32>,
+    /// zstd level of the lossless method, unless its spec sets level=.
+    #[arg(long, default_value_t = 3, value_name = "L")]
+    zstd_level: i32,
+    /// A policy file (JSON: lossless, lossless_first_n, lossy, layers {"5": METHOD, "6-9":
+    /// {"k": METHOD, "v": METHOD}}); its fields override the flags.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+}
+
+impl ModeArgs {
+    pub(super) fn filter(&self) -> DumpFilter {
+        DumpFilter {
+            stage: match self.stage.as_str() {
+                "prefill" => Some(Stage::Prefill),
+                "decode" => Some(Stage::Decode),
+                _ => None,
+            },
+            min_seq_len: self.min_seq_len,
+            max_seq_len: self.max_seq_len,
+        }
+    }
+
+    pub(super) fn policy(&self) -> Result<Policy, Error> {
+        let level = self.zstd_level.to_string();
+        let lossless = Method::parse(&self.lossless)?;
+        let lossless = match self.lossless.split(':').next() {
+            Some("zstd" | "gear" | "gear-delta" | "gear-auto") => {
+                lossless.with_default("level", &level)?
+            }
+            _ => lossless,
+        };
+        let lossy = match (&self.lossy, self.bits) {
+            (None, None) => None,
+            (None, Some(b)) => Some(Method::parse(&format!("quant:bits={b}"))?),
+            (Some(m), None) => Some(Method::parse(m)?),
+            (Some(m), Some(b)) => Some(Method::parse(m)?.with_default("bits", &b.to_string())?),
+        };
+        let mut p = Policy::new(&lossless.spec, self.lossless_first_n, None)?;
+        p.lossy = lossy;
+        if let Some(f) = &self.policy {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| Error::io("read the policy", e).with_file(f))?;
+            p = Policy::from_json(&text, p).map_err(|e| e.with_file(f))?;
+        }
+        Ok(p)
+    }
+}
+
+#[derive(Args)]
+pub(super) struct CompressArgs {
+    /// Dump root: <root>/<run>/layer_<i>/{k,v,meta}_t<s>_<e>.*
+    root: PathBuf,
+    /// The .tpk to write.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    #[command(flatten)]
+    mode: ModeArgs,
+    /// Tokens per chunk (a chunk decodes alone).
+    #[arg(long, default_value_t = 256)]
+    chunk_tokens: u64,
+    /// Replace the output if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub(super) struct DecompressArgs {
+    /// A .tpk written by `tenpak kv compress`.
+    file: PathBuf,
+    /// The dump folder to write.
+    #[arg(short, long, value_name = "DIR")]
+    output: PathBuf,
+    /// Replace the folder if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn mbs(bytes: u64, s: f64) -> f64 {
+    if s > 0.0 {
+        bytes as f64 / s / 1e6
+    } else {
+        0.0
+    }
+}
+
+pub(super) fn compress(
+    a: &CompressArgs,
+    cx: &Context<'_>,
+    out: &mut Vec<u8>,
+) -> Result<i32, Error> {
+    let opts = tenpak::kv::pack::KvCompressOptions {
+        filter: a.mode.filter(),
+        policy: a.mode.policy()?,
+        chunk_tokens: a.chunk_tokens,
+        force: a.force,
+    };
+    let r = tenpak::kv::pack::compress(&a.root, &a.output, &opts, cx)?;
+    if a.json {
+        json(out, &r);
+        return Ok(0);
+    }
+    let mut groups: std::collections::BTreeMap<(bool, &str), (u64, u64, u64)> = Default::default();
+    for t in &r.tensors {
+        let g = groups.entry((t.lossless, t.method.as_str())).or_default();
+        g.0 += t.raw_bytes;
+        g.1 += t.payload_bytes;
+        g.2 += 1;
+    }
+    let _ = writeln!(
+        out,
+        "{} dumps ({} tensors) -> {}",
+        r.dumps,
+        r.tensors.len(),
+        r.output.display()
+    );
+    for ((lossless, m), (raw, comp, n)) in &groups {
+        let _ = writeln!(
+            out,
+            "  {:<9} {:<28} {:>5} tensors {:>12} -> {:>12} bytes  ratio {:.3}",
+            if *lossless { "lossless" } else { "lossy" },
+            m,
+            n,
+            raw,
+            comp,
+            *raw as f64 / (*comp).max(1) as f64
+        );
+    }
+    let _ = writeln!(
+        out,
+        "payload ratio {:.3}, file ratio {:.3} ({} -> {} bytes), {:.3} bits per value, {:.0} MB/s",
+        r.payload_ratio,
+        r.file_ratio,
+        r.raw_bytes,
+        r.file_bytes,
+        r.bits_per_value,
+        mbs(r.raw_bytes, r.seconds)
+    );
+    Ok(0)
+}
+
+pub(super) fn decompress(
+    a: &DecompressArgs,
+    cx: &Context<'_>,
+    out: &mut Vec<u8>,
+) -> Result<i32, Error> {
+    let r = tenpak::kv::pack::decompress(&a.file, &a.output, a.force, cx)?;
+    if a.json {
+        json(out, &r);
+    } else {
+        let _ = writeln!(
+            out,
+            "{}: {} meta files, {} .bin files, {} bytes ({:.0} MB/s)",
+            r.output.display(),
+            r.meta_files,
+            r.bin_files,
+            r.bytes,
+            mbs(r.bytes, r.seconds)
+        );
+    }
+    Ok(0)
+}
