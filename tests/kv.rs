@@ -282,3 +282,107 @@ fn compress_and_decompress_real_dumps() {
         "{names:?}"
     );
 }
+
+fn csv_rows(path: &std::path::Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let head: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    lines
+        .map(|l| {
+            head.iter()
+                .cloned()
+                .zip(l.split(',').map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+/// `kv analyze` against the KV reference's own figures (tests/fixtures/kv-golden): the same CSV
+/// field order, ratios within 0.1 % (zstd versions frame differently), MAE and cosine to the
+/// reference's f32 precision.
+#[test]
+fn analyze_matches_the_reference_scripts() {
+    let fx = repo().join("tests/fixtures/kv-golden");
+    let dumps = fx.join("dumps");
+    let dir = tempfile::tempdir().unwrap();
+    for (case, args) in [
+        (
+            "ref_quant10",
+            vec!["--lossy", "fake-quant:bits=10", "--lossless", "gear-delta"],
+        ),
+        (
+            "ref_quant8",
+            vec!["--lossy", "fake-quant:bits=8", "--lossless", "gear-delta"],
+        ),
+        (
+            "ref_truncate6",
+            vec!["--lossy", "truncate:keep=6", "--lossless", "gear-delta"],
+        ),
+        (
+            "ref_gear",
+            vec!["--lossless", "gear", "--lossless-first-n", "3"],
+        ),
+        (
+            "ref_zstd",
+            vec!["--lossless", "zstd", "--lossless-first-n", "3"],
+        ),
+    ] {
+        let out = dir.path().join(case);
+        let mut a = vec!["kv", "analyze", s(&dumps), "-o", s(&out), "-q"];
+        a.extend(args);
+        tenpak_ok(&a);
+        for file in ["mixed_layer_metrics.csv", "lossy_error_metrics.csv"] {
+            let want = fx.join(case).join(file);
+            let got = out.join(file);
+            if !want.is_file() {
+                // The reference writes no error CSV without lossy layers; tenpak its header.
+                let g = std::fs::read_to_string(&got).unwrap();
+                assert_eq!(g.lines().count(), 1, "{case} {file}");
+                continue;
+            }
+            let (w, g) = (
+                std::fs::read_to_string(&want).unwrap(),
+                std::fs::read_to_string(&got).unwrap(),
+            );
+            assert_eq!(
+                w.lines().next(),
+                g.lines().next(),
+                "{case} {file}: field order"
+            );
+            let mut w = csv_rows(&want);
+            let mut g = csv_rows(&got);
+            let key = |r: &std::collections::HashMap<String, String>| r["layer_id"].clone();
+            w.sort_by_key(key);
+            g.sort_by_key(key);
+            assert_eq!(w.len(), g.len(), "{case} {file}");
+            for (wr, gr) in w.iter().zip(&g) {
+                for (k, wv) in wr {
+                    let gv = &gr[k];
+                    match k.as_str() {
+                        "k_ratio" | "v_ratio" => {
+                            let (a, b): (f64, f64) = (wv.parse().unwrap(), gv.parse().unwrap());
+                            assert!((a - b).abs() / a < 1e-3, "{case} {k}: ref {a} tenpak {b}");
+                        }
+                        "lossless" => assert_eq!(wv, gv, "{case}"),
+                        k if k.ends_with("cosine") => {
+                            let (a, b): (f64, f64) = (wv.parse().unwrap(), gv.parse().unwrap());
+                            assert!((a - b).abs() < 1e-6, "{case} {k}: ref {a} tenpak {b}");
+                        }
+                        k if k.starts_with("k_") || k.starts_with("v_") => {
+                            let (a, b): (f64, f64) = (wv.parse().unwrap(), gv.parse().unwrap());
+                            assert!(
+                                (a - b).abs() <= 1e-6 * a.abs().max(1e-3),
+                                "{case} {k}: ref {a} tenpak {b}"
+                            );
+                        }
+                        _ => assert_eq!(wv, gv, "{case} {k}"),
+                    }
+                }
+            }
+        }
+        let sum = std::fs::read_to_string(out.join("summary.json")).unwrap();
+        let sum: serde_json::Value = serde_json::from_str(&sum).unwrap();
+        assert!(sum["bits_per_value"].as_f64().unwrap() > 0.0);
+        assert!(out.join("mixed_summary.md").is_file() && out.join("kv.tpk").is_file());
+    }
+}

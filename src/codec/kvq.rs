@@ -70,6 +70,9 @@ pub struct KvqCodec {
     eb: f32,
     /// A bound relative to the tensor's largest magnitude, turned into `eb` by the bind step.
     rel_eb: f32,
+    /// Hadamard rotation block (a power of two dividing `row`); 0: none. `u32::MAX` until
+    /// bound: "rotate each head", fixed from the last dimension by the bind step.
+    rot: u32,
 }
 
 fn parse_f32(o: &mut super::Options, key: &str, default: f32) -> Result<f32> {
@@ -106,6 +109,10 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
         }
         let eb = parse_f32(o, "eb", 0.0)?;
         let rel_eb = parse_f32(o, "rel-eb", 0.0)?;
+        let rot = match o.choice("rot", &["none", "hadamard"])? {
+            "hadamard" => u32::MAX,
+            _ => 0,
+        };
         if grouping == Grouping::Step && eb == 0.0 && rel_eb == 0.0 {
             return Err(Error::config(
                 "codec kvq: group=step needs a bound, eb=ABS or rel-eb=FRACTION",
@@ -125,12 +132,13 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
             scale,
             eb,
             rel_eb,
+            rot,
         })))
     },
     from_params: |p| {
         let bad = |m: &str| Error::bad_params(format!("kvq parameters: {m}"));
-        if p.len() != 24 {
-            return Err(bad("expected 24 bytes"));
+        if p.len() != 28 {
+            return Err(bad("expected 28 bytes"));
         }
         let grouping = match p[0] {
             0 => Grouping::Tensor,
@@ -146,6 +154,8 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
         let row = u64::from_le_bytes(p[8..16].try_into().expect("8 bytes"));
         let scale = f32::from_le_bytes(p[16..20].try_into().expect("4 bytes"));
         let eb = f32::from_le_bytes(p[20..24].try_into().expect("4 bytes"));
+        let rot = u32::from_le_bytes(p[24..28].try_into().expect("4 bytes"));
+        let rot_ok = rot == 0 || (rot >= 2 && rot.is_power_of_two() && row % rot as u64 == 0);
         let bits_ok = if grouping == Grouping::Step {
             bits == 0
         } else {
@@ -162,6 +172,7 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
             || row == 0
             || !scale_ok
             || !(eb.is_finite() && eb >= 0.0)
+            || !rot_ok
         {
             return Err(bad("a field is out of range"));
         }
@@ -174,9 +185,57 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
             scale,
             eb,
             rel_eb: 0.0,
+            rot,
         })))
     },
 };
+
+/// Sign of element `j` of a rotation block (a fixed pattern, so that a block's mean does not
+/// land in one coefficient): `-1` when bit 31 of `j * 0x9E3779B9` (wrapping u32) is set.
+fn rot_sign(j: usize) -> f32 {
+    if (j as u32).wrapping_mul(0x9E37_79B9) >> 31 == 1 {
+        -1.0
+    } else {
+        1.0
+    }
+}
+
+/// The orthonormal Walsh-Hadamard transform of `b` (length a power of two), in place:
+/// butterflies `(u, v) -> (u + v, u - v)` over strides 1, 2, 4, ..., then `/ sqrt(len)`.
+fn fwht(b: &mut [f32]) {
+    let n = b.len();
+    let mut h = 1;
+    while h < n {
+        for i in (0..n).step_by(2 * h) {
+            for j in i..i + h {
+                let (u, v) = (b[j], b[j + h]);
+                b[j] = u + v;
+                b[j + h] = u - v;
+            }
+        }
+        h *= 2;
+    }
+    let k = 1.0 / (n as f32).sqrt();
+    b.iter_mut().for_each(|v| *v *= k);
+}
+
+/// Rotate (`forward`: signs, then the transform) or rotate back (the transform, then signs)
+/// every block of `rot` elements.
+fn rotate(x: &mut [f32], rot: usize, forward: bool) {
+    for b in x.chunks_exact_mut(rot) {
+        if forward {
+            b.iter_mut()
+                .enumerate()
+                .for_each(|(j, v)| *v *= rot_sign(j));
+            fwht(b);
+        } else {
+            fwht(b);
+            b.iter_mut()
+                .enumerate()
+                .for_each(|(j, v)| *v *= rot_sign(j));
+        }
+    }
+}
 
 /// The step of the bound mode: 1.8 times the bound, so that the rounding error (half a step)
 /// leaves a tenth of the bound to the cast into the output dtype; elements the cast still
@@ -209,6 +268,7 @@ impl KvqCodec {
             },
             eb,
             rel_eb: 0.0,
+            rot: 0,
         }
     }
 
@@ -408,6 +468,7 @@ impl TensorCodec for KvqCodec {
         p.extend_from_slice(&self.row.to_le_bytes());
         p.extend_from_slice(&self.scale.to_le_bytes());
         p.extend_from_slice(&self.eb.to_le_bytes());
+        p.extend_from_slice(&self.rot.to_le_bytes());
         p
     }
 
@@ -425,6 +486,9 @@ impl TensorCodec for KvqCodec {
         if self.outliers_bp > 0 {
             s.push_str(&format!(",outliers={}", self.outliers_bp as f32 / 10000.0));
         }
+        if self.rot != 0 {
+            s.push_str(",rot=hadamard");
+        }
         if self.rel_eb > 0.0 {
             s.push_str(&format!(",rel-eb={}", self.rel_eb));
         } else if self.eb > 0.0 {
@@ -440,6 +504,12 @@ impl TensorCodec for KvqCodec {
         }
         .max(1);
         let mut c = KvqCodec { row, ..*self };
+        if self.rot != 0 {
+            // Each head's vector: the largest power of two dividing the last dimension.
+            let last = t.dims.last().copied().unwrap_or(1).max(1);
+            let p2 = 1u64 << last.trailing_zeros().min(16);
+            c.rot = if p2 >= 2 { p2 as u32 } else { 0 };
+        }
         if let Some(amax) = t.amax {
             if self.rel_eb > 0.0 {
                 c.eb = self.rel_eb * amax;
@@ -489,14 +559,27 @@ impl TensorCodec for KvqCodec {
                 "kvq chunk of {n} elements is not whole tokens of {row}"
             )));
         }
+        if self.rot == u32::MAX {
+            return Err(Error::config("kvq rot=hadamard needs the tensor's shape"));
+        }
+        let rot = self.rot as usize;
         let x = widen(src, bytes);
-        // Outliers: every non-finite value, then the largest magnitudes.
+        // Outliers: every non-finite value (with a rotation, its whole block), then the largest
+        // magnitudes.
         let mut exact = vec![false; n];
         let mut n_exact = 0usize;
-        for (e, v) in exact.iter_mut().zip(&x) {
+        for (i, v) in x.iter().enumerate() {
             if !v.is_finite() {
-                *e = true;
-                n_exact += 1;
+                let (a, b) = match i.checked_div(rot) {
+                    Some(q) => (q * rot, q * rot + rot),
+                    None => (i, i + 1),
+                };
+                for e in &mut exact[a..b] {
+                    if !*e {
+                        *e = true;
+                        n_exact += 1;
+                    }
+                }
             }
         }
         let k = n * self.outliers_bp as usize / 10000;
@@ -517,7 +600,22 @@ impl TensorCodec for KvqCodec {
                 n_exact += take;
             }
         }
-        // Group parameters over the elements that are not exact.
+        // What is quantized: x, or with a rotation, x with the exact elements zeroed, rotated.
+        // Without a rotation the exact elements are left out of the group ranges; with one,
+        // every rotated value counts (each one feeds the whole block back).
+        let (y, in_range) = if rot > 0 {
+            let mut y: Vec<f32> = x
+                .iter()
+                .zip(&exact)
+                .map(|(v, e)| if *e { 0.0 } else { *v })
+                .collect();
+            rotate(&mut y, rot, true);
+            (y, vec![false; n])
+        } else {
+            (x.clone(), exact.clone())
+        };
+        let skip = |i: usize| in_range[i];
+        // Group parameters.
         let ng = self.groups(n);
         let mut params = vec![GroupParams::default(); ng];
         let mut stored = Vec::with_capacity(ng * self.param_bytes());
@@ -534,11 +632,11 @@ impl TensorCodec for KvqCodec {
                     scale: self.scale,
                     zero: 0.0,
                 });
-                let top = x
+                let top = y
                     .iter()
-                    .zip(&exact)
-                    .filter(|(_, e)| !**e)
-                    .map(|(v, _)| (v / self.scale).round_ties_even().abs())
+                    .enumerate()
+                    .filter(|(i, _)| !skip(*i))
+                    .map(|(_, v)| (v / self.scale).round_ties_even().abs())
                     .fold(0f32, f32::max);
                 if top >= (1u32 << 15) as f32 {
                     // Codes wider than 16 bits: not worth it, and the spec caps the width.
@@ -550,8 +648,8 @@ impl TensorCodec for KvqCodec {
             Grouping::Channel | Grouping::Token | Grouping::Block => {
                 let mut lo = vec![f32::INFINITY; ng];
                 let mut hi = vec![f32::NEG_INFINITY; ng];
-                for (i, v) in x.iter().enumerate() {
-                    if !exact[i] {
+                for (i, v) in y.iter().enumerate() {
+                    if !skip(i) {
                         let g = self.group_of(i);
                         lo[g] = lo[g].min(*v);
                         hi[g] = hi[g].max(*v);
@@ -597,8 +695,9 @@ impl TensorCodec for KvqCodec {
         };
         let per_tensor = matches!(self.grouping, Grouping::Tensor | Grouping::Step);
         let mut codes = vec![0u32; n];
+        let mut recon = vec![0f32; n];
         for i in 0..n {
-            if exact[i] {
+            if skip(i) {
                 continue;
             }
             let p = if per_tensor {
@@ -606,14 +705,27 @@ impl TensorCodec for KvqCodec {
             } else {
                 params[self.group_of(i)]
             };
-            let c = self.quantize(x[i], p, bits);
-            let back = round_trip(src, self.dequantize(c, p));
+            codes[i] = self.quantize(y[i], p, bits);
+            recon[i] = self.dequantize(codes[i], p);
+        }
+        if rot > 0 {
+            rotate(&mut recon, rot, false);
+        }
+        for i in 0..n {
+            if exact[i] {
+                if rot == 0 {
+                    codes[i] = 0;
+                }
+                continue;
+            }
+            let back = round_trip(src, recon[i]);
             let err = (back - x[i]).abs();
             if !back.is_finite() || (self.eb > 0.0 && err > self.eb) {
                 exact[i] = true;
                 n_exact += 1;
-            } else {
-                codes[i] = c;
+                if rot == 0 {
+                    codes[i] = 0;
+                }
             }
         }
         let mut out = Vec::with_capacity(n * bits as usize / 8 + 64);
@@ -754,13 +866,26 @@ impl TensorCodec for KvqCodec {
         }
         let codes = unpack(&packed, bits, n);
         let per_tensor = params.len() == 1 && ng == 0;
-        for (i, (c, o)) in codes.iter().zip(out.chunks_exact_mut(es)).enumerate() {
-            let p = if per_tensor {
-                params[0]
-            } else {
-                params[self.group_of(i)]
-            };
-            narrow(src, self.dequantize(*c, p), o);
+        let mut recon: Vec<f32> = codes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let p = if per_tensor {
+                    params[0]
+                } else {
+                    params[self.group_of(i)]
+                };
+                self.dequantize(*c, p)
+            })
+            .collect();
+        if self.rot > 0 {
+            if self.rot == u32::MAX {
+                return Err(Error::bad_params("kvq rotation block not bound"));
+            }
+            rotate(&mut recon, self.rot as usize, false);
+        }
+        for (v, o) in recon.iter().zip(out.chunks_exact_mut(es)) {
+            narrow(src, *v, o);
         }
         for (j, &p) in positions.iter().enumerate() {
             out[p * es..(p + 1) * es].copy_from_slice(&values[j * es..(j + 1) * es]);
@@ -840,6 +965,8 @@ mod tests {
                 "kvq:group=block,bits=8,size=64",
                 "kvq:group=channel,bits=2,size=16,outliers=0.01",
                 "kvq:group=token,bits=3,size=128,outliers=0.02",
+                "kvq:group=token,bits=4,size=64,rot=hadamard",
+                "kvq:group=channel,bits=4,size=32,rot=hadamard,outliers=0.01",
             ] {
                 let (dec, len) = run(spec, dt, &[t as u64, h as u64, d as u64], &xs);
                 let err = xs
@@ -876,6 +1003,8 @@ mod tests {
                 "kvq:group=channel,bits=4,size=4,eb=0.05",
                 "kvq:group=token,bits=2,size=16,eb=0.02",
                 "kvq:group=tensor,bits=6,eb=0.1",
+                "kvq:group=token,bits=3,size=16,eb=0.05,rot=hadamard",
+                "kvq:group=step,eb=0.01,rot=hadamard",
             ] {
                 for dims in [[t as u64, h as u64, d as u64], [1, h as u64, d as u64]] {
                     let m = dims.iter().product::<u64>() as usize;
@@ -886,7 +1015,14 @@ mod tests {
                     let eb = if spec.contains("rel-eb") {
                         0.001 * amax
                     } else {
-                        spec.split("eb=").nth(1).unwrap().parse().unwrap()
+                        spec.split("eb=")
+                            .nth(1)
+                            .unwrap()
+                            .split(',')
+                            .next()
+                            .unwrap()
+                            .parse()
+                            .unwrap()
                     };
                     let (dec, _) = run(spec, dt, &dims, &xs[..m]);
                     for (i, (a, b)) in xs[..m].iter().zip(&dec).enumerate() {
@@ -916,6 +1052,24 @@ mod tests {
         let mut b = Vec::new();
         crate::dtype::from_f32(DType::F16, &[1.0, 3.0], &mut b).unwrap();
         assert_eq!(c.encode(DType::F16, &b).unwrap()[0], RAW);
+    }
+
+    #[test]
+    fn rotation_is_orthonormal_and_inverts() {
+        let mut x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let orig = x.clone();
+        let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        rotate(&mut x, 64, true);
+        assert!((norm(&x) - norm(&orig)).abs() < 1e-4);
+        rotate(&mut x, 64, false);
+        for (a, b) in x.iter().zip(&orig) {
+            assert!((a - b).abs() < 1e-5);
+        }
+        // Length 2: signs (+1, -1) then [[1, 1], [1, -1]] / sqrt(2).
+        let mut two = [1.0f32, 1.0];
+        rotate(&mut two, 2, true);
+        assert_eq!((rot_sign(0), rot_sign(1)), (1.0, -1.0));
+        assert!(two[0].abs() < 1e-7 && (two[1] - 2f32.sqrt()).abs() < 1e-6);
     }
 
     #[test]

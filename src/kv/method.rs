@@ -7,7 +7,8 @@
 //! reference's per-tensor symmetric quantizer), `kivi:bits=B[,group=G]` (keys per channel over G
 //! tokens, values per G elements of a token, asymmetric), `blocknorm:bits=B[,block=S]`,
 //! `bound:abs=E` or `bound:rel=R` (guaranteed error bound). Every kvq method takes
-//! `outliers=F` (fraction kept exact) and `eb=E` (an absolute bound checked after decoding).
+//! `outliers=F` (fraction kept exact), `eb=E` (an absolute bound checked after decoding) and
+//! `rot=hadamard` (each head's vector rotated by a Walsh-Hadamard transform before quantizing).
 //! Reference transforms stored through a lossless method (`store=`, default `gear-delta`):
 //! `truncate:keep=K`, `clip[:method=percentile|sigma,lo=1,hi=99,sigma=3]`, `fake-quant:bits=B`;
 //! `clip-quant:bits=B[,...clip options]` clips, then quantizes with real codes.
@@ -307,6 +308,16 @@ impl Opts<'_> {
         if let Some(e) = self.float("eb")? {
             s.push_str(&format!(",eb={e}"));
         }
+        match self.map.remove("rot").as_deref() {
+            None | Some("none") => {}
+            Some("hadamard") => s.push_str(",rot=hadamard"),
+            Some(r) => {
+                return Err(Error::config(format!(
+                    "KV method '{}': rot={r} (none or hadamard)",
+                    self.spec
+                )))
+            }
+        }
         Ok(s)
     }
 
@@ -375,10 +386,15 @@ pub struct Policy {
     pub lossy: Option<Method>,
     /// Per-layer rules (K, V), taking precedence.
     pub layers: BTreeMap<u32, (Method, Method)>,
+    /// Tokens at positions `< sink_tokens` are kept exact in lossy layers (attention sinks).
+    pub sink_tokens: u64,
+    /// The last `recent_tokens` tokens of a run are kept exact in lossy layers.
+    pub recent_tokens: u64,
 }
 
 /// A policy file (JSON): `{"lossless": "gear-auto", "lossless_first_n": 2, "lossy":
-/// "kivi:bits=4", "layers": {"5": "kivi:bits=8", "6-9": {"k": "kivi:bits=8", "v": "kivi:bits=4"}}}`.
+/// "kivi:bits=4", "layers": {"5": "kivi:bits=8", "6-9": {"k": "kivi:bits=8", "v": "kivi:bits=4"}},
+/// "sink_tokens": 4, "recent_tokens": 0}`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
@@ -387,6 +403,8 @@ struct PolicyFile {
     lossy: Option<String>,
     #[serde(default)]
     layers: BTreeMap<String, LayerRule>,
+    sink_tokens: Option<u64>,
+    recent_tokens: Option<u64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -411,7 +429,30 @@ impl Policy {
             lossless,
             lossy: lossy.map(Method::parse).transpose()?,
             layers: BTreeMap::new(),
+            sink_tokens: 0,
+            recent_tokens: 0,
         })
+    }
+
+    /// Token ranges of a tensor kept exact when its method is lossy: the sinks and the recent
+    /// window, for a tensor holding positions `seq_start .. seq_start + seq_len` of a run whose
+    /// last position is `run_end - 1`. Relative to the tensor, sorted, disjoint.
+    pub fn kept(&self, seq_start: u64, seq_len: u64, run_end: u64) -> Vec<(u64, u64)> {
+        let end = seq_start.saturating_add(seq_len);
+        let mut r: Vec<(u64, u64)> = Vec::new();
+        let sink = self.sink_tokens.min(end);
+        if sink > seq_start {
+            r.push((0, sink - seq_start));
+        }
+        let recent = run_end.saturating_sub(self.recent_tokens).max(seq_start);
+        if self.recent_tokens > 0 && recent < end {
+            let a = recent - seq_start;
+            match r.last_mut() {
+                Some(last) if last.1 >= a => last.1 = last.1.max(seq_len),
+                _ => r.push((a, seq_len)),
+            }
+        }
+        r
     }
 
     /// Read a policy file; its fields override the flags' values passed in `base`.
@@ -431,6 +472,12 @@ impl Policy {
         }
         if let Some(l) = f.lossy {
             p.lossy = Some(Method::parse(&l)?);
+        }
+        if let Some(n) = f.sink_tokens {
+            p.sink_tokens = n;
+        }
+        if let Some(n) = f.recent_tokens {
+            p.recent_tokens = n;
         }
         for (range, rule) in f.layers {
             let (a, b) = match range.split_once('-') {
@@ -496,6 +543,59 @@ impl Policy {
             "lossless_first_n": self.lossless_first_n,
             "lossy": self.lossy.as_ref().map(|m| m.spec.clone()),
             "layers": layers,
+            "sink_tokens": self.sink_tokens,
+            "recent_tokens": self.recent_tokens,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_ranges() {
+        let mut p = Policy::new("gear-auto", 2, Some("kivi:bits=4")).unwrap();
+        p.sink_tokens = 4;
+        assert_eq!(p.kept(0, 512, 514), [(0, 4)]);
+        assert_eq!(p.kept(512, 1, 514), []);
+        p.recent_tokens = 2;
+        assert_eq!(p.kept(0, 512, 514), [(0, 4)]);
+        assert_eq!(p.kept(512, 1, 514), [(0, 1)]);
+        assert_eq!(p.kept(0, 512, 512), [(0, 4), (510, 512)]);
+        assert_eq!(p.kept(0, 5, 5), [(0, 5)]);
+        assert_eq!(p.kept(2, 3, 5), [(0, 3)]);
+    }
+
+    #[test]
+    fn policies_parse_and_refuse_nonsense() {
+        let base = Policy::new("gear-auto", 2, None).unwrap();
+        let p = Policy::from_json(
+            r#"{"lossy": "kivi:bits=4", "layers": {"5": "quant:bits=8", "6-7": {"k": "kivi:bits=8", "v": "bound:rel=0.01"}}, "sink_tokens": 4}"#,
+            base.clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            p.spec(0, Which::K),
+            "gear-auto:level=3".replace(":level=3", "")
+        );
+        assert_eq!(p.spec(3, Which::V), "kivi:bits=4");
+        assert_eq!(p.spec(5, Which::K), "quant:bits=8");
+        assert_eq!(p.spec(7, Which::V), "bound:rel=0.01");
+        assert!(!p.method(3, Which::K).lossless());
+        assert!(p.method(1, Which::K).lossless());
+        for bad in [
+            r#"{"lossy": "kivi:bits=99"}"#,
+            r#"{"layers": {"9-3": "quant"}}"#,
+            r#"{"layers": {"x": "quant"}}"#,
+            r#"{"lossles": "gear"}"#,
+            r#"{"lossless": "quant:bits=8"}"#,
+            r#"{"lossy": "nope"}"#,
+            r#"{"lossy": "kivi:bitz=4"}"#,
+        ] {
+            assert!(Policy::from_json(bad, base.clone()).is_err(), "{bad}");
+        }
+        assert!(Method::parse("truncate:keep=6,store=kivi").is_err());
+        assert!(Method::parse("clip:method=percentile,lo=99,hi=1").is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! `../shared/kv.md` gives the reference semantics; formats-spec/kv-dump.md the dump layout that
 //! `tenpak kv capture` writes and [`dump::scan`] reads, and how a dump folder sits in a `.tpk`.
 
+pub mod analyze;
 pub mod dump;
 pub mod method;
 pub mod pack;

@@ -33,7 +33,7 @@ pub struct KvCompressOptions {
     pub filter: DumpFilter,
     /// Which method each layer's K and V get.
     pub policy: Policy,
-    /// Tokens per chunk (LMCache uses 256).
+    /// Tokens per chunk (LMCache uses 256); 0: each tensor in one chunk.
     pub chunk_tokens: u64,
     /// Replace an existing output.
     pub force: bool,
@@ -128,14 +128,59 @@ fn tensor_name(d: &Dump, file: &str) -> String {
     format!("{}/{layer}/{file}", d.run)
 }
 
-struct Done {
+/// One `.tpk` tensor ready to write.
+struct Part {
     info: TensorInfo,
     encoded: Encoded,
     chunks: Vec<(Vec<u8>, u64, u64)>,
+}
+
+/// A dump tensor: its main tensor, then the overlays of the token ranges kept exact.
+struct Done {
+    parts: Vec<Part>,
     report: KvTensorReport,
 }
 
-fn encode_one(d: &Dump, which: Which, opts: &KvCompressOptions, cx: &Context<'_>) -> Result<Done> {
+/// Separates a kept token range's tensor name from its dump tensor's: `<name>#t<a>_<b>`.
+pub const OVERLAY: &str = "#t";
+
+fn encode_part(
+    info: TensorInfo,
+    data: &[u8],
+    reference: &[u8],
+    pipeline: &crate::codec::Pipeline,
+    chunk_elems: u64,
+    cx: &Context<'_>,
+) -> Result<Part> {
+    let mut chunks = Vec::new();
+    let encoded = encode_tensor_against(
+        &info,
+        data,
+        reference,
+        pipeline,
+        Layout::RowMajor,
+        chunk_elems,
+        cx,
+        &mut |p, s, c| {
+            chunks.push((p.to_vec(), s, c));
+            Ok(())
+        },
+    )
+    .map_err(|e| e.with_tensor(&info.name))?;
+    Ok(Part {
+        info,
+        encoded,
+        chunks,
+    })
+}
+
+fn encode_one(
+    d: &Dump,
+    which: Which,
+    run_end: u64,
+    opts: &KvCompressOptions,
+    cx: &Context<'_>,
+) -> Result<Done> {
     let m = &d.meta;
     let file = match which {
         Which::K => &m.k_file,
@@ -160,6 +205,22 @@ fn encode_one(d: &Dump, which: Which, opts: &KvCompressOptions, cx: &Context<'_>
     for t in &method.transforms {
         data = std::borrow::Cow::Owned(super::transform::apply(t, dtype, &data)?);
     }
+    let row = m.kv_heads * m.head_dim;
+    let es = dtype.size() as u64;
+    let kept = if method.lossless() {
+        Vec::new()
+    } else {
+        opts.policy.kept(m.seq_start, m.seq_len, run_end)
+    };
+    // Kept tokens are zeroed in the main tensor (so they do not widen its quantization
+    // ranges) and stored exactly in overlays.
+    if !kept.is_empty() {
+        let mut z = data.into_owned();
+        for &(a, b) in &kept {
+            z[(a * row * es) as usize..(b * row * es) as usize].fill(0);
+        }
+        data = std::borrow::Cow::Owned(z);
+    }
     let amax = {
         let mut x = Vec::new();
         crate::dtype::to_f32(dtype, &data, &mut x);
@@ -171,25 +232,59 @@ fn encode_one(d: &Dump, which: Which, opts: &KvCompressOptions, cx: &Context<'_>
         dims: &dims,
         amax: Some(amax),
     });
-    let row = m.kv_heads * m.head_dim;
-    let chunk_elems = opts.chunk_tokens.max(1).saturating_mul(row);
-    let mut chunks = Vec::new();
-    let encoded = encode_tensor_against(
-        &info,
-        &data,
-        &bytes,
-        &pipeline,
-        Layout::RowMajor,
-        chunk_elems,
-        cx,
-        &mut |p, s, c| {
-            chunks.push((p.to_vec(), s, c));
-            Ok(())
-        },
-    )
-    .map_err(|e| e.with_tensor(&name))?;
+    // 0: the whole tensor in one chunk (as the reference compresses it).
+    let chunk_elems = if opts.chunk_tokens == 0 {
+        m.seq_len.saturating_mul(row).max(1)
+    } else {
+        opts.chunk_tokens.saturating_mul(row)
+    };
+    let main = encode_part(info, &data, &bytes, &pipeline, chunk_elems, cx)?;
+    let mut metrics = main.encoded.metrics;
+    let mut payload_bytes = main.encoded.encoded_bytes;
+    let mut parts = vec![main];
+    if !kept.is_empty() {
+        let exact = opts.policy.lossless.for_kind(which);
+        for &(a, b) in &kept {
+            let span = &bytes[(a * row * es) as usize..(b * row * es) as usize];
+            let odims = vec![b - a, m.kv_heads, m.head_dim];
+            let oinfo = TensorInfo {
+                name: format!("{name}{OVERLAY}{a}_{b}"),
+                dims: odims.clone(),
+                dtype,
+                source_dtype: dtype.name().to_string(),
+                source_bytes: span.len() as u64,
+            };
+            let p = exact.pipeline.bind(&crate::codec::TensorFacts {
+                dims: &odims,
+                amax: None,
+            });
+            let part = encode_part(oinfo, span, span, &p, chunk_elems, cx)?;
+            payload_bytes += part.encoded.encoded_bytes;
+            parts.push(part);
+        }
+        // The metrics of what decoding gives back: the main tensor with the kept tokens
+        // restored, against the dump.
+        let main = &parts[0];
+        let mut recon = Vec::with_capacity(bytes.len());
+        for (payload, _, count) in &main.chunks {
+            let dec = main
+                .encoded
+                .pipeline
+                .decode(payload, dtype, *count as usize, u64::MAX)?;
+            let dt = main.encoded.pipeline.tensor_codec().decoded_dtype(dtype);
+            recon.extend(crate::decompress::convert(dt, dec, dtype)?);
+        }
+        for &(a, b) in &kept {
+            let r = (a * row * es) as usize..(b * row * es) as usize;
+            recon[r.clone()].copy_from_slice(&bytes[r]);
+        }
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        crate::dtype::to_f32(dtype, &bytes, &mut x);
+        crate::dtype::to_f32(dtype, &recon, &mut y);
+        metrics = crate::metrics::Accumulator::from_f32_pairs(&x, &y).finish();
+    }
     let report = KvTensorReport {
-        name,
+        name: name.clone(),
         run: d.run.clone(),
         layer_id: m.layer_id,
         stage: m.stage,
@@ -199,18 +294,13 @@ fn encode_one(d: &Dump, which: Which, opts: &KvCompressOptions, cx: &Context<'_>
         head_dim: m.head_dim,
         bytes_per_elem: m.dtype.size(),
         method: opts.policy.spec(m.layer_id, which).to_string(),
-        codec: encoded.pipeline.describe(),
+        codec: parts[0].encoded.pipeline.describe(),
         lossless: method.lossless(),
         raw_bytes: bytes.len() as u64,
-        payload_bytes: encoded.encoded_bytes,
-        metrics: encoded.metrics,
+        payload_bytes,
+        metrics,
     };
-    Ok(Done {
-        info,
-        encoded,
-        chunks,
-        report,
-    })
+    Ok(Done { parts, report })
 }
 
 fn compress_on_threads(
@@ -273,6 +363,11 @@ fn compress_on_threads(
         total_bytes: total,
         tensors: 2 * dumps.len(),
     });
+    let mut run_end: std::collections::HashMap<&str, u64> = Default::default();
+    for d in &dumps {
+        let e = run_end.entry(d.run.as_str()).or_default();
+        *e = (*e).max(d.meta.seq_start.saturating_add(d.meta.seq_len));
+    }
     let mut reports = Vec::with_capacity(2 * dumps.len());
     // Batches of dumps are encoded in parallel (each tensor is small), then written in order.
     let per_batch = (64usize << 20)
@@ -287,27 +382,34 @@ fn compress_on_threads(
             .collect();
         let done: Vec<Result<Done>> = jobs
             .par_iter()
-            .map(|(d, which)| encode_one(d, *which, opts, cx).map_err(|e| e.with_file(&d.dir)))
+            .map(|(d, which)| {
+                encode_one(d, *which, run_end[d.run.as_str()], opts, cx)
+                    .map_err(|e| e.with_file(&d.dir))
+            })
             .collect();
         for r in done {
             let r = r?;
-            cx.event(Event::Tensor { name: &r.info.name });
-            let mut entries: Vec<ChunkEntry> = Vec::with_capacity(r.chunks.len());
-            for (p, s, c) in &r.chunks {
-                entries.push(w.write_chunk(p, *s, *c)?);
+            cx.event(Event::Tensor {
+                name: &r.report.name,
+            });
+            for part in &r.parts {
+                let mut entries: Vec<ChunkEntry> = Vec::with_capacity(part.chunks.len());
+                for (p, s, c) in &part.chunks {
+                    entries.push(w.write_chunk(p, *s, *c)?);
+                }
+                w.add_tensor(TensorEntry {
+                    name: part.info.name.clone(),
+                    dtype: part.encoded.dtype.name().to_string(),
+                    dims: part.info.dims.clone(),
+                    source_bytes: part.info.source_bytes,
+                    stages: part.encoded.pipeline.stages(),
+                    metrics: part.encoded.metrics.to_pairs(),
+                    chunks: entries,
+                    layout: Layout::RowMajor,
+                })?;
             }
-            w.add_tensor(TensorEntry {
-                name: r.info.name.clone(),
-                dtype: r.encoded.dtype.name().to_string(),
-                dims: r.info.dims.clone(),
-                source_bytes: r.info.source_bytes,
-                stages: r.encoded.pipeline.stages(),
-                metrics: r.encoded.metrics.to_pairs(),
-                chunks: entries,
-                layout: Layout::RowMajor,
-            })?;
             cx.event(Event::Advance {
-                bytes: r.info.source_bytes,
+                bytes: r.report.raw_bytes,
             });
             reports.push(r.report);
         }
@@ -440,10 +542,12 @@ fn decompress_on_threads(
         tensors: tensors.len(),
     });
     let mut bytes = 0u64;
+    let mut bin_files = 0usize;
+    // The dump tensor being assembled: its name, path and bytes; its overlays follow it.
+    let mut pending: Option<(String, PathBuf, Vec<u8>)> = None;
     for (i, t) in tensors.iter().enumerate() {
         cx.check_cancelled()?;
         cx.event(Event::Tensor { name: &t.name });
-        let rel = safe_relative(&t.name).map_err(|e| e.with_file(input))?;
         let (dt, data) = a
             .decode_tensor(i)
             .map_err(|e| e.with_tensor(&t.name).with_file(input))?;
@@ -453,11 +557,42 @@ fn decompress_on_threads(
         } else {
             data
         };
-        write(&rel, &data)?;
-        bytes += data.len() as u64;
+        if let Some((base, range)) = t.name.split_once(OVERLAY) {
+            let bad = || {
+                Error::bad_file(format!(
+                    "'{}' is not a token range of the tensor before it",
+                    t.name
+                ))
+                .with_file(input)
+            };
+            let (p_name, _, buf) = pending.as_mut().filter(|p| p.0 == base).ok_or_else(bad)?;
+            let _ = p_name;
+            let (a_tok, _) = range.split_once('_').ok_or_else(bad)?;
+            let a_tok: u64 = a_tok.parse().map_err(|_| bad())?;
+            let row_bytes = t.dims[1..].iter().product::<u64>() * src.size() as u64;
+            let at = a_tok.checked_mul(row_bytes).ok_or_else(bad)? as usize;
+            let end = at.checked_add(data.len()).ok_or_else(bad)?;
+            if end > buf.len() {
+                return Err(bad());
+            }
+            buf[at..end].copy_from_slice(&data);
+        } else {
+            if let Some((_, rel, buf)) = pending.take() {
+                write(&rel, &buf)?;
+                bytes += buf.len() as u64;
+                bin_files += 1;
+            }
+            let rel = safe_relative(&t.name).map_err(|e| e.with_file(input))?;
+            pending = Some((t.name.clone(), rel, data));
+        }
         cx.event(Event::Advance {
             bytes: t.source_bytes,
         });
+    }
+    if let Some((_, rel, buf)) = pending.take() {
+        write(&rel, &buf)?;
+        bytes += buf.len() as u64;
+        bin_files += 1;
     }
     cx.event(Event::Finish);
     if out_dir.exists() {
@@ -469,7 +604,7 @@ fn decompress_on_threads(
     Ok(KvDecompressReport {
         output: out_dir.to_path_buf(),
         meta_files,
-        bin_files: tensors.len(),
+        bin_files,
         bytes,
         seconds: start.elapsed().as_secs_f64(),
     })

@@ -2,7 +2,7 @@
 //! layer's keys (after RoPE) and values are cast to f16 (the cache's storage type, as
 //! llama.cpp's default cache), encoded with the policy's method for that (layer, K/V) in
 //! 256-token chunks exactly as `tenpak kv compress` stores a dump, decoded, and only then read
-//! by attention. Every token of a window attends to the decoded cache of the whole window
+//! by attention. The policy's sink and recent tokens are kept exact (f16). Every token of a window attends to the decoded cache of the whole window
 //! prefix, so the figures are those of a cache written once and read back (groups that span
 //! tokens are filled from the whole window, not streamed).
 
@@ -51,6 +51,37 @@ impl KvSim {
         let row = self.kv_heads * self.head_dim;
         let t = x.len() / row.max(1);
         let m = self.policy.method(layer as u32, which);
+        // Sink and recent tokens: kept exact (f16, through the lossless method), zeroed in
+        // what the lossy method encodes.
+        let kept = if m.lossless() {
+            Vec::new()
+        } else {
+            self.policy.kept(0, t as u64, t as u64)
+        };
+        let mut exact: Vec<(usize, Vec<f32>)> = Vec::new();
+        let mut kept_payload = 0u64;
+        for &(a, b) in &kept {
+            let r = a as usize * row..b as usize * row;
+            let v: Vec<f32> = x[r.clone()]
+                .iter()
+                .map(|v| half::f16::from_f32(*v).to_f32())
+                .collect();
+            let mut hb = Vec::new();
+            tenpak::dtype::from_f32(DType::F16, &v, &mut hb)?;
+            let dims = [b - a, self.kv_heads as u64, self.head_dim as u64];
+            let lp =
+                self.policy
+                    .lossless
+                    .for_kind(which)
+                    .pipeline
+                    .bind(&tenpak::codec::TensorFacts {
+                        dims: &dims,
+                        amax: None,
+                    });
+            kept_payload += lp.encode(DType::F16, &hb)?.len() as u64;
+            x[r.clone()].fill(0.0);
+            exact.push((r.start, v));
+        }
         let mut b = Vec::new();
         tenpak::dtype::from_f32(DType::F16, x, &mut b)?;
         for tr in &m.transforms {
@@ -90,11 +121,15 @@ impl KvSim {
         if out.len() != b.len() {
             return Err(Error::internal("KV simulation decoded a different length"));
         }
-        self.payload.fetch_add(payload, Ordering::Relaxed);
+        self.payload
+            .fetch_add(payload + kept_payload, Ordering::Relaxed);
         self.values.fetch_add(x.len() as u64, Ordering::Relaxed);
         let mut back = Vec::new();
         tenpak::dtype::to_f32(DType::F16, &out, &mut back);
         x.copy_from_slice(&back);
+        for (at, v) in exact {
+            x[at..at + v.len()].copy_from_slice(&v);
+        }
         Ok(())
     }
 

@@ -115,6 +115,9 @@ pub(super) enum KvCommand {
     /// Restore the dump folder from a .tpk of `kv compress`: meta files and lossless layers
     /// bit-exact, lossy layers decoded to the dump's dtype.
     Decompress(super::kv::DecompressArgs),
+    /// The KV reference's reports from a real .tpk: mixed_layer_metrics.csv,
+    /// lossy_error_metrics.csv, mixed_summary.md (+ blocknorm_metrics.csv), summary.json.
+    Analyze(super::kv::AnalyzeArgs),
 }
 
 #[derive(Args)]
@@ -176,6 +179,12 @@ pub(super) struct PplArgs {
     /// With --kv: a KV policy file (as `kv compress --policy`).
     #[arg(long, value_name = "FILE")]
     kv_policy: Option<PathBuf>,
+    /// With --kv: the first N tokens of each window keep an exact cache (attention sinks).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    kv_sink_tokens: u64,
+    /// With --kv: the last N tokens of each window keep an exact cache.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    kv_recent_tokens: u64,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -204,6 +213,7 @@ pub(super) fn run_kv(
     match cmd {
         KvCommand::Compress(a) => super::kv::compress(a, cx, out),
         KvCommand::Decompress(a) => super::kv::decompress(a, cx, out),
+        KvCommand::Analyze(a) => super::kv::analyze(a, cx, out),
         KvCommand::Capture(a) => {
             let dtype = match a.dtype.as_str() {
                 "fp32" | "f32" => tenpak_eval::capture::DumpDType::Fp32,
@@ -443,6 +453,8 @@ fn kv_policy(a: &PplArgs) -> Result<Option<tenpak::kv::method::Policy>, Error> {
         return Ok(None);
     }
     let mut p = tenpak::kv::method::Policy::new("raw", a.kv_lossless_first_n, a.kv.as_deref())?;
+    p.sink_tokens = a.kv_sink_tokens;
+    p.recent_tokens = a.kv_recent_tokens;
     if let Some(f) = &a.kv_policy {
         let text =
             std::fs::read_to_string(f).map_err(|e| Error::io("read the policy", e).with_file(f))?;

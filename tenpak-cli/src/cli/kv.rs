@@ -37,8 +37,14 @@ pub(super) struct ModeArgs {
     /// zstd level of the lossless method, unless its spec sets level=.
     #[arg(long, default_value_t = 3, value_name = "L")]
     zstd_level: i32,
+    /// In lossy layers, tokens at positions < N keep an exact cache (attention sinks).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    sink_tokens: u64,
+    /// In lossy layers, the last N tokens of each run keep an exact cache.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    recent_tokens: u64,
     /// A policy file (JSON: lossless, lossless_first_n, lossy, layers {"5": METHOD, "6-9":
-    /// {"k": METHOD, "v": METHOD}}); its fields override the flags.
+    /// {"k": METHOD, "v": METHOD}}, sink_tokens, recent_tokens); its fields override the flags.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
 }
@@ -73,6 +79,8 @@ impl ModeArgs {
         };
         let mut p = Policy::new(&lossless.spec, self.lossless_first_n, None)?;
         p.lossy = lossy;
+        p.sink_tokens = self.sink_tokens;
+        p.recent_tokens = self.recent_tokens;
         if let Some(f) = &self.policy {
             let text = std::fs::read_to_string(f)
                 .map_err(|e| Error::io("read the policy", e).with_file(f))?;
@@ -98,6 +106,24 @@ pub(super) struct CompressArgs {
     #[arg(long)]
     force: bool,
     /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub(super) struct AnalyzeArgs {
+    /// Dump root: <root>/<run>/layer_<i>/{k,v,meta}_t<s>_<e>.*
+    root: PathBuf,
+    /// Folder for kv.tpk, mixed_layer_metrics.csv, lossy_error_metrics.csv,
+    /// mixed_summary.md, summary.json (and blocknorm_metrics.csv with --lossy blocknorm).
+    #[arg(short, long, value_name = "DIR")]
+    out: PathBuf,
+    #[command(flatten)]
+    mode: ModeArgs,
+    /// Tokens per chunk; 0 (default): each tensor in one chunk, as the reference compresses it.
+    #[arg(long, default_value_t = 0)]
+    chunk_tokens: u64,
+    /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -199,5 +225,47 @@ pub(super) fn decompress(
             mbs(r.bytes, r.seconds)
         );
     }
+    Ok(0)
+}
+
+pub(super) fn analyze(a: &AnalyzeArgs, cx: &Context<'_>, out: &mut Vec<u8>) -> Result<i32, Error> {
+    let opts = tenpak::kv::pack::KvCompressOptions {
+        filter: a.mode.filter(),
+        policy: a.mode.policy()?,
+        chunk_tokens: a.chunk_tokens,
+        force: true,
+    };
+    let r = tenpak::kv::analyze::analyze(&a.root, &a.out, &opts, cx)?;
+    if a.json {
+        json(out, &r);
+        return Ok(0);
+    }
+    let x = &r.ratios;
+    let _ = writeln!(
+        out,
+        "{} dumps; ratio overall {:.4} (lossless layers {:.4}, lossy K {:.4} V {:.4} KV {:.4}); file {:.4}, {:.3} bits per value",
+        r.dumps, x.overall, x.lossless, x.k, x.v, x.kv, r.file_ratio, r.bits_per_value
+    );
+    for (n, e) in [("K", &r.k), ("V", &r.v)] {
+        if e.tensors > 0 {
+            let _ = writeln!(
+                out,
+                "  {n}: MAE {:.6} RMSE {:.6} cosine {:.7} max_abs(avg) {:.5} | global max_abs {:.5}, min cosine {:.7}, vector cosine mean {:.7} p1 {:.6} min {:.6}",
+                e.mae, e.rmse, e.cosine, e.max_abs_avg, e.global_max_abs, e.min_cosine,
+                e.vector_cosine.mean, e.vector_cosine.p1, e.vector_cosine.min
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "encode {:.0} MB/s, decode {:.0} MB/s; wrote {}",
+        r.encode_mb_s,
+        r.decode_mb_s,
+        r.files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(0)
 }
