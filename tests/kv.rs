@@ -331,7 +331,12 @@ fn analyze_matches_the_reference_scripts() {
         let mut a = vec!["kv", "analyze", s(&dumps), "-o", s(&out), "-q"];
         a.extend(args);
         tenpak_ok(&a);
-        for file in ["mixed_layer_metrics.csv", "lossy_error_metrics.csv"] {
+        let files: &[&str] = if case.starts_with("ref_blocknorm") {
+            &["blocknorm_metrics.csv"]
+        } else {
+            &["mixed_layer_metrics.csv", "lossy_error_metrics.csv"]
+        };
+        for &file in files {
             let want = fx.join(case).join(file);
             let got = out.join(file);
             if !want.is_file() {
@@ -364,6 +369,11 @@ fn analyze_matches_the_reference_scripts() {
                             assert!((a - b).abs() / a < 1e-3, "{case} {k}: ref {a} tenpak {b}");
                         }
                         "lossless" => assert_eq!(wv, gv, "{case}"),
+                        "topk_ratio" => assert_eq!(
+                            wv.parse::<f64>().unwrap(),
+                            gv.parse::<f64>().unwrap(),
+                            "{case}"
+                        ),
                         k if k.ends_with("cosine") => {
                             let (a, b): (f64, f64) = (wv.parse().unwrap(), gv.parse().unwrap());
                             assert!((a - b).abs() < 1e-6, "{case} {k}: ref {a} tenpak {b}");
@@ -383,6 +393,143 @@ fn analyze_matches_the_reference_scripts() {
         let sum = std::fs::read_to_string(out.join("summary.json")).unwrap();
         let sum: serde_json::Value = serde_json::from_str(&sum).unwrap();
         assert!(sum["bits_per_value"].as_f64().unwrap() > 0.0);
-        assert!(out.join("mixed_summary.md").is_file() && out.join("kv.tpk").is_file());
+        if !case.starts_with("ref_blocknorm") {
+            assert!(out.join("mixed_summary.md").is_file() && out.join("kv.tpk").is_file());
+        }
+    }
+}
+
+/// `kv sweep` on the golden dumps: the reference's block-norm rows (its CSV header, its combo
+/// names and figures: the same as `kv analyze`'s), the extended families, the Pareto front and
+/// its plot.
+#[test]
+fn sweep_writes_the_reference_tables_and_a_front() {
+    let fx = repo().join("tests/fixtures/kv-golden");
+    let dumps = fx.join("dumps");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let r = tenpak_json(&[
+        "kv",
+        "sweep",
+        s(&dumps),
+        "-o",
+        s(&out),
+        "--block-sizes",
+        "64",
+        "--topk-ratios",
+        "0.05",
+        "--bits-list",
+        "10",
+        "--truncate-keep",
+        "6",
+        "--kivi-bits",
+        "4",
+        "--kivi-groups",
+        "32",
+    ]);
+    let combos: Vec<&str> = r["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["combo"].as_str().unwrap())
+        .collect();
+    for c in [
+        "bs64_topk0.05_b10",
+        "blocknorm_bs64_b10",
+        "quant_b10",
+        "quant_b4",
+        "truncate_k6",
+        "kivi_b4_g32",
+    ] {
+        assert!(combos.contains(&c), "{c} in {combos:?}");
+    }
+    let bn = std::fs::read_to_string(out.join("blocknorm_sweep.csv")).unwrap();
+    assert_eq!(
+        bn.lines().next().unwrap(),
+        "combo,block_size,topk_ratio,bits,weighted_k_ratio,weighted_v_ratio,weighted_kv_ratio,k_mae,v_mae,k_cosine,v_cosine,rows,passes_precision,out_dir"
+    );
+    // The block-norm row is the reference's analysis of these dumps (ref_blocknorm).
+    let row = csv_rows(&out.join("blocknorm_sweep.csv")).remove(0);
+    let want = csv_rows(&fx.join("ref_blocknorm/blocknorm_metrics.csv")).remove(0);
+    let k: f64 = row["weighted_k_ratio"].parse().unwrap();
+    let wk: f64 = want["k_ratio"].parse().unwrap();
+    assert!((k - wk).abs() / wk < 1e-3, "{k} vs {wk}");
+    // Sorted by weighted KV ratio; the front is non-empty and ordered by bits.
+    let pts = r["points"].as_array().unwrap();
+    assert!(pts
+        .windows(2)
+        .all(|w| w[0]["weighted_kv_ratio"].as_f64() >= w[1]["weighted_kv_ratio"].as_f64()));
+    let front = csv_rows(&out.join("pareto.csv"));
+    assert!(!front.is_empty());
+    let bits: Vec<f64> = front
+        .iter()
+        .map(|r| r["bits_per_value"].parse().unwrap())
+        .collect();
+    assert!(bits.windows(2).all(|w| w[0] <= w[1]));
+    for f in [
+        "kv_sweep.csv",
+        "blocknorm_best.md",
+        "kv_best.md",
+        "pareto.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+}
+
+/// Sink and recent tokens of lossy layers are stored exactly (as overlay tensors) and come back
+/// bit-exact; the other tokens are quantized.
+#[test]
+fn sink_and_recent_tokens_stay_exact() {
+    let fx = repo().join("tests/fixtures/kv-golden");
+    let dumps = fx.join("dumps");
+    let dir = tempfile::tempdir().unwrap();
+    let tpk = dir.path().join("kv.tpk");
+    let back = dir.path().join("back");
+    tenpak_ok(&[
+        "kv",
+        "compress",
+        s(&dumps),
+        "-o",
+        s(&tpk),
+        "--lossy",
+        "kivi:bits=2,group=32",
+        "--sink-tokens",
+        "4",
+        "--recent-tokens",
+        "8",
+        "--chunk-tokens",
+        "32",
+        "-q",
+    ]);
+    let ins = tenpak_json(&["inspect", s(&tpk)]);
+    let names: Vec<&str> = ins["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"run0/layer_2/k_t0_128.bin#t0_4"),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"run0/layer_2/v_t0_128.bin#t120_128"),
+        "{names:?}"
+    );
+    assert!(!names
+        .iter()
+        .any(|n| n.starts_with("run0/layer_0/") && n.contains('#')));
+    tenpak_ok(&["kv", "decompress", s(&tpk), "-o", s(&back), "-q"]);
+    let row = 2 * 64 * 2; // bytes per token
+    for f in ["k_t0_128.bin", "v_t0_128.bin"] {
+        let a = std::fs::read(dumps.join("run0/layer_2").join(f)).unwrap();
+        let b = std::fs::read(back.join("run0/layer_2").join(f)).unwrap();
+        assert_eq!(a[..4 * row], b[..4 * row], "{f}: sinks");
+        assert_eq!(a[120 * row..], b[120 * row..], "{f}: recent tokens");
+        assert_ne!(
+            a[4 * row..120 * row],
+            b[4 * row..120 * row],
+            "{f}: quantized"
+        );
     }
 }

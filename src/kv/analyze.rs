@@ -145,9 +145,8 @@ struct Acc {
 }
 
 impl Acc {
-    fn add(&mut self, t: &KvTensorReport, x: &[f32], y: &[f32], head_dim: usize) {
+    fn add(&mut self, m: &crate::metrics::Metrics, x: &[f32], y: &[f32], head_dim: usize) {
         let n = x.len() as u64;
-        let m = &t.metrics;
         // A tensor that decodes exactly has cosine 1 by tenpak's definition.
         let cos_t = if m.max_abs == 0.0 { 1.0 } else { m.cosine };
         self.n += n;
@@ -255,8 +254,13 @@ fn stage_name(s: Stage) -> &'static str {
     }
 }
 
+/// The reference's `blocknorm_metrics.csv` fields, in its order.
+const BLOCKNORM_FIELDS: &str = "layer_id,stage,seq_len,kv_heads,head_dim,bytes_per_elem,block_size,topk_ratio,bits,k_ratio,v_ratio,k_mae,k_cosine,v_mae,v_cosine\n";
+
 /// Run the analysis: compress `root` into `out_dir/kv.tpk` with `opts`, decode it, measure, and
-/// write the reports.
+/// write the reports. With the reference's block-norm (`--lossy blocknorm-ref:...`), which is
+/// not a storage format, the lossy layers are measured in memory as the reference does and
+/// `blocknorm_metrics.csv` / `blocknorm_summary.md` are written instead.
 pub fn analyze(
     root: &Path,
     out_dir: &Path,
@@ -265,6 +269,14 @@ pub fn analyze(
 ) -> Result<KvAnalyzeReport> {
     std::fs::create_dir_all(out_dir)
         .map_err(|e| Error::io("create the output folder", e).with_file(out_dir))?;
+    if let Some(m) = opts
+        .policy
+        .lossy
+        .as_ref()
+        .filter(|m| m.blocknorm_ref().is_some())
+    {
+        return blocknorm_reference(root, out_dir, opts, m, cx);
+    }
     let tpk = out_dir.join("kv.tpk");
     let opts = KvCompressOptions {
         force: true,
@@ -320,14 +332,21 @@ pub fn analyze(
     let mut err_csv = String::from(
         "layer_id,stage,seq_len,kv_heads,head_dim,bytes_per_elem,k_mae,k_rmse,k_max_abs,k_cosine,v_mae,v_rmse,v_max_abs,v_cosine\n",
     );
-    let mut bn_csv = String::from(
-        "layer_id,stage,seq_len,kv_heads,head_dim,bytes_per_elem,k_ratio,v_ratio,k_mae,k_cosine,v_mae,v_cosine\n",
-    );
+    let mut bn_csv = String::from(BLOCKNORM_FIELDS);
     let blocknorm = opts
         .policy
         .lossy
         .as_ref()
         .is_some_and(|m| m.spec.starts_with("blocknorm"));
+    let (bn_block, bn_bits) = opts.policy.lossy.as_ref().map_or((0, 0), |m| {
+        let opt = |k: &str, d: u64| {
+            m.spec
+                .split([':', ','])
+                .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.parse().ok()))
+                .unwrap_or(d)
+        };
+        (opt("block=", 64), opt("bits=", 10))
+    });
     for d in &dumps {
         let m = &d.meta;
         let layer = d
@@ -370,7 +389,7 @@ pub fn analyze(
             let (mut x, mut y) = (Vec::new(), Vec::new());
             crate::dtype::to_f32(dt, &orig, &mut x);
             crate::dtype::to_f32(dt, back, &mut y);
-            acc.add(t, &x, &y, m.head_dim as usize);
+            acc.add(&t.metrics, &x, &y, m.head_dim as usize);
         }
         let cosv = |t: &KvTensorReport| {
             if t.metrics.max_abs == 0.0 {
@@ -400,13 +419,15 @@ pub fn analyze(
         if blocknorm {
             let _ = writeln!(
                 bn_csv,
-                "{},{},{},{},{},{},{:.6},{:.6},{:.9},{:.9},{:.9},{:.9}",
+                "{},{},{},{},{},{},{},0.0,{},{:.6},{:.6},{:.9},{:.9},{:.9},{:.9}",
                 m.layer_id,
                 stage_name(m.stage),
                 m.seq_len,
                 m.kv_heads,
                 m.head_dim,
                 m.dtype.size(),
+                bn_block,
+                bn_bits,
                 ratio(kt.raw_bytes, kt.payload_bytes),
                 ratio(vt.raw_bytes, vt.payload_bytes),
                 kt.metrics.mae,
@@ -541,4 +562,163 @@ fn summary_md(r: &KvAnalyzeReport, c: &KvCompressReport) -> String {
         r.encode_mb_s, r.decode_mb_s
     );
     s
+}
+
+/// `kv analyze --lossy blocknorm-ref:...`: the reference's `analyze_blocknorm.py` on the lossy
+/// layers, in memory.
+fn blocknorm_reference(
+    root: &Path,
+    out_dir: &Path,
+    opts: &KvCompressOptions,
+    m: &super::method::Method,
+    cx: &Context<'_>,
+) -> Result<KvAnalyzeReport> {
+    use super::method::Transform;
+    use rayon::prelude::*;
+    let Some(Transform::BlockNormRef {
+        block, bits, topk, ..
+    }) = m.blocknorm_ref()
+    else {
+        return Err(Error::internal("not a blocknorm-ref method"));
+    };
+    let start = std::time::Instant::now();
+    let dumps: Vec<_> = dump::scan(root, &opts.filter)?
+        .into_iter()
+        .filter(|d| d.meta.layer_id >= opts.policy.lossless_first_n)
+        .collect();
+    if dumps.is_empty() {
+        return Err(Error::input("no dumps of lossy layers here").with_file(root));
+    }
+    type Evals = Vec<(super::sweep::TensorEval, Vec<f32>, Vec<f32>)>;
+    let evals: Vec<Result<Evals>> = cx.install(|| {
+        dumps
+            .par_iter()
+            .map(|d| {
+                cx.check_cancelled()?;
+                let mut v = Vec::with_capacity(2);
+                for w in [Which::K, Which::V] {
+                    let (t, recon) = super::sweep::eval_tensor(d, w, m, opts.chunk_tokens)
+                        .map_err(|e| e.with_file(&d.meta_path))?;
+                    let raw = match w {
+                        Which::K => d.read_k()?,
+                        Which::V => d.read_v()?,
+                    };
+                    let mut x = Vec::new();
+                    crate::dtype::to_f32(d.meta.dtype.dtype(), &raw, &mut x);
+                    v.push((t, x, recon));
+                }
+                Ok(v)
+            })
+            .collect()
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    let mut csv = String::from(BLOCKNORM_FIELDS);
+    let (mut k_acc, mut v_acc) = (Acc::default(), Acc::default());
+    let (mut kr, mut kc, mut vr, mut vc) = (0u64, 0u64, 0u64, 0u64);
+    let mut ratios_sum = 0f64;
+    for (d, e) in dumps.iter().zip(evals) {
+        let e = e?;
+        let (k, v) = (&e[0], &e[1]);
+        let mm = &d.meta;
+        let cos = |t: &super::sweep::TensorEval| {
+            if t.metrics.max_abs == 0.0 {
+                1.0
+            } else {
+                t.metrics.cosine
+            }
+        };
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{},{},{},{:.6},{:.6},{:.9},{:.9},{:.9},{:.9}",
+            mm.layer_id,
+            stage_name(mm.stage),
+            mm.seq_len,
+            mm.kv_heads,
+            mm.head_dim,
+            mm.dtype.size(),
+            block,
+            topk,
+            bits,
+            ratio(k.0.raw_bytes, k.0.payload_bytes),
+            ratio(v.0.raw_bytes, v.0.payload_bytes),
+            k.0.metrics.mae,
+            cos(&k.0),
+            v.0.metrics.mae,
+            cos(&v.0)
+        );
+        k_acc.add(&k.0.metrics, &k.1, &k.2, mm.head_dim as usize);
+        v_acc.add(&v.0.metrics, &v.1, &v.2, mm.head_dim as usize);
+        kr += k.0.raw_bytes;
+        kc += k.0.payload_bytes;
+        vr += v.0.raw_bytes;
+        vc += v.0.payload_bytes;
+        ratios_sum +=
+            ratio(k.0.raw_bytes, k.0.payload_bytes) + ratio(v.0.raw_bytes, v.0.payload_bytes);
+    }
+    let elems: u64 = dumps.iter().map(|d| 2 * d.meta.numel().unwrap_or(0)).sum();
+    let ratios = Ratios {
+        overall: ratio(kr + vr, kc + vc),
+        lossless: 0.0,
+        lossy: ratio(kr + vr, kc + vc),
+        k: ratio(kr, kc),
+        v: ratio(vr, vc),
+        kv: ratio(kr + vr, kc + vc),
+        lossless_k: 0.0,
+        lossless_v: 0.0,
+        mean_of_ratios: ratios_sum / (2 * dumps.len()) as f64,
+    };
+    let bpv = if elems == 0 {
+        0.0
+    } else {
+        8.0 * (kc + vc) as f64 / elems as f64
+    };
+    let mut report = KvAnalyzeReport {
+        out_dir: out_dir.to_path_buf(),
+        tpk: PathBuf::new(),
+        policy: opts.policy.to_json(),
+        dumps: dumps.len(),
+        ratios,
+        file_ratio: 0.0,
+        bits_per_value: bpv,
+        lossy_bits_per_value: bpv,
+        k: k_acc.finish(),
+        v: v_acc.finish(),
+        encode_mb_s: mb_s(kr + vr, seconds),
+        decode_mb_s: 0.0,
+        files: Vec::new(),
+    };
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Block-norm summary (the reference's analysis)\n\n- {}\n- dumps of lossy layers (layer_id >= {}): {}\n- sizes: the stored codes through the lossless method plus the scales and top-k metadata counted raw, as the reference counts them; not a .tpk\n",
+        m.spec,
+        opts.policy.lossless_first_n,
+        dumps.len()
+    );
+    let _ = writeln!(
+        md,
+        "| | ratio | MAE | cosine | RMSE | max_abs (avg) | vector cosine p1 |\n|---|---|---|---|---|---|---|"
+    );
+    for (n, r, e) in [("K", ratios.k, &report.k), ("V", ratios.v, &report.v)] {
+        let _ = writeln!(
+            md,
+            "| {n} | {r:.4} | {:.6} | {:.7} | {:.6} | {:.6} | {:.6} |",
+            e.mae, e.cosine, e.rmse, e.max_abs_avg, e.vector_cosine.p1
+        );
+    }
+    let _ = writeln!(md, "\nWeighted KV ratio: {:.4}", ratios.kv);
+    let mut files = Vec::new();
+    for (name, text) in [
+        ("blocknorm_metrics.csv", &csv),
+        ("blocknorm_summary.md", &md),
+    ] {
+        let p = out_dir.join(name);
+        crate::atomic::write(&p, text.as_bytes())?;
+        files.push(p);
+    }
+    files.push(out_dir.join("summary.json"));
+    report.files = files;
+    let js = serde_json::to_string_pretty(&report).expect("json") + "\n";
+    crate::atomic::write(&out_dir.join("summary.json"), js.as_bytes())?;
+    Ok(report)
 }

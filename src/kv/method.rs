@@ -12,6 +12,8 @@
 //! Reference transforms stored through a lossless method (`store=`, default `gear-delta`):
 //! `truncate:keep=K`, `clip[:method=percentile|sigma,lo=1,hi=99,sigma=3]`, `fake-quant:bits=B`;
 //! `clip-quant:bits=B[,...clip options]` clips, then quantizes with real codes.
+//! `blocknorm-ref:block=S,bits=B,topk=R[,scale-bytes=2,topk-extra=4,index-bytes=4]` is the
+//! reference's block-norm analysis, for `kv analyze` and `kv sweep` only.
 //! Any codec pipeline of the registry (`kvq:group=token,bits=4`) is accepted as is.
 
 use crate::codec::Pipeline;
@@ -60,6 +62,23 @@ pub enum Transform {
     FakeQuant {
         /// Code width.
         bits: u32,
+    },
+    /// The reference's block-norm analysis (normalized codes stored losslessly plus side
+    /// metadata counted raw): `kv analyze` and `kv sweep` only, as the stored values are not
+    /// the reconstruction.
+    BlockNormRef {
+        /// Elements per block along head_dim.
+        block: usize,
+        /// Code width.
+        bits: u32,
+        /// Share of blocks (by energy) restored with an f32 scale.
+        topk: f64,
+        /// Bytes per stored scale (2: f16, 4: f32).
+        scale_bytes: u32,
+        /// Extra bytes per top-k block for its f32 scale (0: top-k off).
+        topk_extra_bytes: u32,
+        /// Bytes per top-k block index.
+        index_bytes: u32,
     },
 }
 
@@ -200,6 +219,31 @@ impl Method {
                 let store = o.store()?;
                 both(store, vec![Transform::Clip(c)])
             }
+            "blocknorm-ref" => {
+                let block = o.int("block", 64, 1, 1 << 20)? as usize;
+                let bits = o.int("bits", 10, 2, 16)? as u32;
+                let topk = o.float("topk")?.unwrap_or(0.8);
+                let scale_bytes = o.int("scale-bytes", 2, 2, 4)? as u32;
+                let topk_extra_bytes = o.int("topk-extra", 4, 0, 8)? as u32;
+                let index_bytes = o.int("index-bytes", 4, 0, 8)? as u32;
+                if topk > 1.0 || (scale_bytes != 2 && scale_bytes != 4) {
+                    return Err(Error::config(format!(
+                        "KV method '{spec}': topk is a share in 0..=1 and scale-bytes 2 or 4"
+                    )));
+                }
+                let store = o.store()?;
+                both(
+                    store,
+                    vec![Transform::BlockNormRef {
+                        block,
+                        bits,
+                        topk,
+                        scale_bytes,
+                        topk_extra_bytes,
+                        index_bytes,
+                    }],
+                )
+            }
             "clip-quant" => {
                 let c = o.clip()?;
                 let bits = o.int("bits", 8, 1, 16)?;
@@ -252,6 +296,15 @@ impl Method {
             format!("{name}:{key}={value}")
         };
         Method::parse(&spec)
+    }
+
+    /// The reference's block-norm analysis parameters, when this is `blocknorm-ref`.
+    pub fn blocknorm_ref(&self) -> Option<Transform> {
+        self.k
+            .transforms
+            .iter()
+            .find(|t| matches!(t, Transform::BlockNormRef { .. }))
+            .copied()
     }
 
     /// Whether both K and V are stored exactly.

@@ -8,4 +8,5 @@ pub mod analyze;
 pub mod dump;
 pub mod method;
 pub mod pack;
+pub mod sweep;
 pub mod transform;

@@ -25,6 +25,11 @@ pub fn apply(t: &Transform, dtype: DType, bytes: &[u8]) -> Result<Vec<u8>> {
             crate::dtype::from_f32(dtype, &x, &mut out)?;
             Ok(out)
         }
+        Transform::BlockNormRef { .. } => Err(crate::error::Error::config(
+            "blocknorm-ref is the reference's block-norm analysis (normalized codes plus side \
+             metadata, not the reconstruction): use it with kv analyze or kv sweep; kv compress \
+             stores block-norm as real codes with blocknorm:bits=B,block=S",
+        )),
         Transform::FakeQuant { bits } => {
             let mut x = Vec::new();
             crate::dtype::to_f32(dtype, bytes, &mut x);
@@ -52,6 +57,92 @@ pub fn fake_quant(x: &mut [f32], bits: u32) {
     for v in x.iter_mut().filter(|v| v.is_finite()) {
         *v = (*v / scale).round_ties_even().clamp(-qmax, qmax) * scale;
     }
+}
+
+/// The reference's block-norm (`analyze_blocknorm.py`, kv.md §3.5) of one `[T, H, D]` tensor.
+pub struct BlockNormRef {
+    /// The normalized codes as stored, `f16`/`f32` as the dump (`norm_q`), `[T, H, D]`.
+    pub stored: Vec<u8>,
+    /// The reconstruction, in f32 as the reference measures it.
+    pub restored: Vec<f32>,
+    /// Blocks.
+    pub blocks: usize,
+    /// Blocks that keep a full-precision scale.
+    pub topk: usize,
+}
+
+/// Block-normalize `x` (`[t, h, d]` of `dtype`) as the reference does: blocks of `block` along
+/// `d` (zero-padded), scale `max|block|` (0 -> 1) kept as f16 (`scale_bytes` 2) or f32, codes
+/// `round_half_even(x / scale * qmax)` stored as `dtype(q / qmax)`, and the `topk_ratio` share of
+/// blocks with the most energy restored with their f32 scale when `topk_extra` is set. Blocks
+/// are computed in the dump's dtype and the products in f32, as numpy promotes them; ties in
+/// energy go to the lower block index.
+#[allow(clippy::too_many_arguments)]
+pub fn blocknorm_ref(
+    dtype: DType,
+    bytes: &[u8],
+    d: usize,
+    block: usize,
+    bits: u32,
+    topk_ratio: f64,
+    scale_bytes: u32,
+    topk_extra: bool,
+) -> Result<BlockNormRef> {
+    let mut x = Vec::new();
+    crate::dtype::to_f32(dtype, bytes, &mut x);
+    let vecs = x.len() / d.max(1);
+    let per = d.div_ceil(block);
+    let nb = vecs * per;
+    let qmax = ((1u32 << (bits - 1)) - 1) as f32;
+    let mut scales = vec![0f32; nb];
+    let mut energy = vec![0f32; nb];
+    for v in 0..vecs {
+        for j in 0..per {
+            let lo = v * d + j * block;
+            let hi = (v * d + (j + 1) * block).min((v + 1) * d);
+            let b = &x[lo..hi];
+            let m = b.iter().fold(0f32, |a, e| a.max(e.abs()));
+            scales[v * per + j] = if m == 0.0 { 1.0 } else { m };
+            energy[v * per + j] = b.iter().map(|e| e * e).sum();
+        }
+    }
+    let k = ((nb as f64 * topk_ratio) as usize).max(1).min(nb);
+    let mut order: Vec<usize> = (0..nb).collect();
+    order.sort_by(|a, b| energy[*b].total_cmp(&energy[*a]).then(a.cmp(b)));
+    let mut top = vec![false; nb];
+    if topk_extra {
+        for &i in &order[..k] {
+            top[i] = true;
+        }
+    }
+    let round = |v: f32| match dtype {
+        DType::F16 => half::f16::from_f32(v).to_f32(),
+        DType::BF16 => half::bf16::from_f32(v).to_f32(),
+        _ => v,
+    };
+    let mut stored = Vec::with_capacity(x.len());
+    let mut restored = Vec::with_capacity(x.len());
+    for (i, v) in x.iter().enumerate() {
+        let b = (i / d) * per + (i % d) / block;
+        let s = scales[b];
+        let q = (v / s * qmax).round_ties_even().clamp(-qmax, qmax);
+        let nq = round(q / qmax);
+        stored.push(nq);
+        let s_used = if top[b] || scale_bytes != 2 {
+            s
+        } else {
+            half::f16::from_f32(s).to_f32()
+        };
+        restored.push(nq * s_used);
+    }
+    let mut out = Vec::new();
+    crate::dtype::from_f32(dtype, &stored, &mut out)?;
+    Ok(BlockNormRef {
+        stored: out,
+        restored,
+        blocks: nb,
+        topk: k,
+    })
 }
 
 /// Keep `keep` mantissa bits (toward zero); NaN and infinities unchanged.

@@ -118,6 +118,9 @@ pub(super) enum KvCommand {
     /// The KV reference's reports from a real .tpk: mixed_layer_metrics.csv,
     /// lossy_error_metrics.csv, mixed_summary.md (+ blocknorm_metrics.csv), summary.json.
     Analyze(super::kv::AnalyzeArgs),
+    /// The reference's block-norm grid plus quant, truncate and KIVI with real codes:
+    /// kv_sweep.csv, blocknorm_sweep.csv, blocknorm_best.md, kv_best.md, pareto.csv/.png.
+    Sweep(super::kv::SweepArgs),
 }
 
 #[derive(Args)]
@@ -214,6 +217,7 @@ pub(super) fn run_kv(
         KvCommand::Compress(a) => super::kv::compress(a, cx, out),
         KvCommand::Decompress(a) => super::kv::decompress(a, cx, out),
         KvCommand::Analyze(a) => super::kv::analyze(a, cx, out),
+        KvCommand::Sweep(a) => super::kv::sweep(a, cx, out),
         KvCommand::Capture(a) => {
             let dtype = match a.dtype.as_str() {
                 "fp32" | "f32" => tenpak_eval::capture::DumpDType::Fp32,

@@ -269,3 +269,149 @@ pub(super) fn analyze(a: &AnalyzeArgs, cx: &Context<'_>, out: &mut Vec<u8>) -> R
     );
     Ok(0)
 }
+
+fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>, Error> {
+    s.split(',')
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| {
+            x.trim()
+                .parse()
+                .map_err(|_| Error::config(format!("--{what}: '{x}' is not a number")))
+        })
+        .collect()
+}
+
+#[derive(Args)]
+pub(super) struct SweepArgs {
+    /// Dump root.
+    root: PathBuf,
+    /// Folder for kv_sweep.csv, blocknorm_sweep.csv, blocknorm_best.md, kv_best.md,
+    /// pareto.csv, pareto.png.
+    #[arg(short, long, value_name = "DIR")]
+    out: PathBuf,
+    /// Which dumps: prefill, decode or both.
+    #[arg(long, default_value = "both", value_parser = ["prefill", "decode", "both"])]
+    stage: String,
+    /// Smallest seq_len kept (0: no bound).
+    #[arg(long, default_value_t = 0)]
+    min_seq_len: u64,
+    /// Largest seq_len kept (0: no bound).
+    #[arg(long, default_value_t = 0)]
+    max_seq_len: u64,
+    /// Layers with layer_id < N are lossless and left out of the sweep.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    lossless_first_n: u32,
+    /// Lossless method storing block-norm codes and truncated values.
+    #[arg(long, default_value = "gear-delta", value_name = "METHOD")]
+    store: String,
+    /// Block sizes (block-norm).
+    #[arg(long, default_value = "64,128,256")]
+    block_sizes: String,
+    /// Top-k shares (the reference's block-norm).
+    #[arg(long, default_value = "0.02,0.05,0.1")]
+    topk_ratios: String,
+    /// Code widths (block-norm and quant; quant also runs 4 and 6).
+    #[arg(long, default_value = "8,10")]
+    bits_list: String,
+    /// Mantissa bits kept (truncate).
+    #[arg(long, default_value = "4,6,8")]
+    truncate_keep: String,
+    /// KIVI code widths.
+    #[arg(long, default_value = "2,3,4,8")]
+    kivi_bits: String,
+    /// KIVI group sizes.
+    #[arg(long, default_value = "32,64,128")]
+    kivi_groups: String,
+    /// Constraint (the reference's): smallest K cosine.
+    #[arg(long, default_value_t = 0.9999)]
+    min_k_cosine: f64,
+    /// Constraint: smallest V cosine.
+    #[arg(long, default_value_t = 0.9999)]
+    min_v_cosine: f64,
+    /// Constraint: largest K MAE.
+    #[arg(long, default_value_t = 0.01)]
+    max_k_mae: f64,
+    /// Constraint: largest V MAE.
+    #[arg(long, default_value_t = 0.002)]
+    max_v_mae: f64,
+    /// Rows of each best-of table.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Tokens per chunk; 0: whole tensors, as the reference.
+    #[arg(long, default_value_t = 0)]
+    chunk_tokens: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn sweep(a: &SweepArgs, cx: &Context<'_>, out: &mut Vec<u8>) -> Result<i32, Error> {
+    let mode = ModeArgs {
+        stage: a.stage.clone(),
+        min_seq_len: a.min_seq_len,
+        max_seq_len: a.max_seq_len,
+        lossless_first_n: a.lossless_first_n,
+        lossless: a.store.clone(),
+        lossy: None,
+        bits: None,
+        zstd_level: 3,
+        sink_tokens: 0,
+        recent_tokens: 0,
+        policy: None,
+    };
+    if !Method::parse(&a.store)?.lossless() {
+        return Err(Error::config(format!(
+            "--store {}: not a lossless method",
+            a.store
+        )));
+    }
+    let opts = tenpak::kv::sweep::SweepOptions {
+        filter: mode.filter(),
+        lossless_first_n: a.lossless_first_n,
+        store: a.store.clone(),
+        block_sizes: list(&a.block_sizes, "block-sizes")?,
+        topk_ratios: list(&a.topk_ratios, "topk-ratios")?,
+        bits: list(&a.bits_list, "bits-list")?,
+        truncate_keep: list(&a.truncate_keep, "truncate-keep")?,
+        kivi_bits: list(&a.kivi_bits, "kivi-bits")?,
+        kivi_groups: list(&a.kivi_groups, "kivi-groups")?,
+        constraints: tenpak::kv::sweep::Constraints {
+            min_k_cosine: a.min_k_cosine,
+            min_v_cosine: a.min_v_cosine,
+            max_k_mae: a.max_k_mae,
+            max_v_mae: a.max_v_mae,
+        },
+        chunk_tokens: a.chunk_tokens,
+        top: a.top,
+    };
+    let r = tenpak::kv::sweep::sweep(&a.root, &a.out, &opts, cx)?;
+    if a.json {
+        json(out, &r);
+        return Ok(0);
+    }
+    let (n, pass, pass_l) = tenpak::kv::sweep::counts(&r);
+    let _ = writeln!(
+        out,
+        "{n} combos over {} dumps of lossy layers; {pass} pass the reference's constraints, {pass_l} in every layer",
+        r.rows
+    );
+    for p in r.points.iter().filter(|p| p.passes_precision).take(a.top) {
+        let _ = writeln!(
+            out,
+            "  {:<26} KV {:.4} (K {:.4} V {:.4}) {:.3} bits/value  cos K {:.7} V {:.7}  MAE K {:.6} V {:.6}{}",
+            p.combo, p.weighted_kv_ratio, p.weighted_k_ratio, p.weighted_v_ratio, p.bits_per_value,
+            p.k_cosine, p.v_cosine, p.k_mae, p.v_mae,
+            if p.passes_per_layer { "" } else { "  (fails in some layer)" }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "wrote {}",
+        r.files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(0)
+}
