@@ -106,6 +106,15 @@ pub fn kv_meta(data: &[u8]) {
     }
 }
 
+/// Read the KV tensors of a safetensors file's bytes (LMCache layout).
+pub fn kv_safetensors(data: &[u8]) {
+    if let Ok(ts) = crate::kv::dump::lmcache_tensors(data) {
+        for t in ts {
+            let _ = t.shape.iter().product::<usize>();
+        }
+    }
+}
+
 /// Parse a KV policy file, or a method spec when the bytes are not JSON.
 pub fn kv_policy(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {

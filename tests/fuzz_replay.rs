@@ -50,6 +50,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("config_json", f::config_json),
     ("input_kv_meta", f::kv_meta),
     ("kv_policy", f::kv_policy),
+    ("input_kv_safetensors", f::kv_safetensors),
 ];
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -533,3 +533,68 @@ fn sink_and_recent_tokens_stay_exact() {
         );
     }
 }
+
+/// The safetensors adapter: KV caches stored as LMCache does (`[layers, 2, tokens, kv_heads,
+/// head_dim]`) compress like a dump folder and come back as one.
+#[test]
+fn lmcache_safetensors_compress_to_dumps() {
+    let fx = repo().join("tests/fixtures/kv-golden/dumps/run0");
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = Vec::new();
+    for l in 0..3 {
+        for kv in ["k", "v"] {
+            all.extend(std::fs::read(fx.join(format!("layer_{l}/{kv}_t0_128.bin"))).unwrap());
+        }
+    }
+    let st = dir.path().join("cache.safetensors");
+    write_st(
+        &st,
+        vec![(
+            "chunk.0",
+            safetensors::Dtype::F16,
+            vec![3, 2, 128, 2, 64],
+            all,
+        )],
+    );
+    let tpk = dir.path().join("kv.tpk");
+    let r = tenpak_json(&[
+        "kv",
+        "compress",
+        s(&st),
+        "-o",
+        s(&tpk),
+        "--lossless-first-n",
+        "9",
+    ]);
+    assert_eq!(r["dumps"], 3);
+    let back = dir.path().join("back");
+    tenpak_ok(&["kv", "decompress", s(&tpk), "-o", s(&back), "-q"]);
+    for l in 0..3 {
+        for kv in ["k", "v"] {
+            let f = format!("layer_{l}/{kv}_t0_128.bin");
+            assert_eq!(
+                std::fs::read(back.join("chunk_0").join(&f)).unwrap(),
+                std::fs::read(fx.join(&f)).unwrap(),
+                "{f}"
+            );
+        }
+        let meta =
+            std::fs::read_to_string(back.join(format!("chunk_0/layer_{l}/meta_t0_128.json")))
+                .unwrap();
+        let m = tenpak::kv::dump::DumpMeta::parse(meta.as_bytes()).unwrap();
+        assert_eq!(
+            (m.layer_id, m.seq_len, m.kv_heads, m.head_dim),
+            (l, 128, 2, 64)
+        );
+    }
+    // Another shape is refused, naming the tensor.
+    write_st(
+        &st,
+        vec![("x", safetensors::Dtype::F16, vec![4, 8], vec![0; 64])],
+    );
+    let err = tenpak_fails(&["kv", "compress", s(&st), "-o", s(&tpk), "--force"], 1);
+    assert!(
+        err.contains("'x'") && err.contains("[layers, 2, tokens"),
+        "{err}"
+    );
+}

@@ -598,7 +598,7 @@ fn blocknorm_reference(
                 let mut v = Vec::with_capacity(2);
                 for w in [Which::K, Which::V] {
                     let (t, recon) = super::sweep::eval_tensor(d, w, m, opts.chunk_tokens)
-                        .map_err(|e| e.with_file(&d.meta_path))?;
+                        .map_err(|e| e.with_file(d.source()))?;
                     let raw = match w {
                         Which::K => d.read_k()?,
                         Which::V => d.read_v()?,

@@ -213,23 +213,58 @@ impl DumpMeta {
 pub struct Dump {
     /// The run folder's name.
     pub run: String,
-    /// The layer folder.
+    /// The layer folder (relative, `layer_<i>`, for a dump inside a safetensors file).
     pub dir: PathBuf,
     /// The meta file.
     pub meta_path: PathBuf,
     /// Its parsed contents.
     pub meta: DumpMeta,
+    /// Where the tensors are when not in `.bin` files.
+    pub slices: Option<std::sync::Arc<Slices>>,
+}
+
+/// A dump inside a safetensors file (LMCache's `[layers, 2, tokens, kv_heads, head_dim]`): the
+/// mapped file, the byte ranges of K and V, and the meta JSON tenpak wrote for it.
+#[derive(Debug)]
+pub struct Slices {
+    file: std::sync::Arc<memmap2::Mmap>,
+    path: PathBuf,
+    k: std::ops::Range<usize>,
+    v: std::ops::Range<usize>,
+    meta_json: String,
 }
 
 impl Dump {
     /// The key tensor's bytes.
     pub fn read_k(&self) -> Result<Vec<u8>> {
-        self.read_bin(&self.meta.k_file)
+        match &self.slices {
+            Some(s) => Ok(s.file[s.k.clone()].to_vec()),
+            None => self.read_bin(&self.meta.k_file),
+        }
     }
 
     /// The value tensor's bytes.
     pub fn read_v(&self) -> Result<Vec<u8>> {
-        self.read_bin(&self.meta.v_file)
+        match &self.slices {
+            Some(s) => Ok(s.file[s.v.clone()].to_vec()),
+            None => self.read_bin(&self.meta.v_file),
+        }
+    }
+
+    /// The meta JSON's text, as in the file (or as tenpak wrote it for a safetensors dump).
+    pub fn meta_text(&self) -> Result<String> {
+        if let Some(s) = &self.slices {
+            return Ok(s.meta_json.clone());
+        }
+        let b = std::fs::read(&self.meta_path)
+            .map_err(|e| Error::io("read", e).with_file(&self.meta_path))?;
+        String::from_utf8(b)
+            .map_err(|_| Error::bad_file("meta JSON is not UTF-8").with_file(&self.meta_path))
+    }
+
+    /// The file to name in errors: the meta file, or the safetensors file.
+    pub fn source(&self) -> &Path {
+        self.slices.as_ref().map_or(&self.meta_path, |s| &s.path)
     }
 
     fn read_bin(&self, name: &str) -> Result<Vec<u8>> {
@@ -264,8 +299,12 @@ impl Dump {
 }
 
 /// Every dump under `root` that `filter` keeps, sorted by (run, layer, seq_start). Run folders
-/// whose names start with `.` (a capture in progress) are skipped.
+/// whose names start with `.` (a capture in progress) are skipped. A `.safetensors` file is read
+/// as LMCache stores caches ([`scan_safetensors`]).
 pub fn scan(root: &Path, filter: &DumpFilter) -> Result<Vec<Dump>> {
+    if root.is_file() {
+        return scan_safetensors(root, filter);
+    }
     let list = |dir: &Path| -> Result<Vec<(String, PathBuf)>> {
         let mut v: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
             .map_err(|e| Error::io("read the folder", e).with_file(dir))?
@@ -307,6 +346,7 @@ pub fn scan(root: &Path, filter: &DumpFilter) -> Result<Vec<Dump>> {
                         dir: layer_dir.clone(),
                         meta_path: path,
                         meta,
+                        slices: None,
                     });
                 }
             }
@@ -324,6 +364,146 @@ pub fn scan(root: &Path, filter: &DumpFilter) -> Result<Vec<Dump>> {
             "no KV dump (run/layer_<i>/meta_t<s>_<e>.json) passes the filters",
         )
         .with_file(root));
+    }
+    Ok(dumps)
+}
+
+/// A run name from a tensor name: characters other than ASCII letters, digits, `_` and `-`
+/// become `_` (it is a folder name when the dumps are written out).
+fn run_name(tensor: &str) -> String {
+    let s: String = tensor
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        format!("r{s}")
+    } else {
+        s
+    }
+}
+
+/// One LMCache-style tensor of a safetensors file.
+#[derive(Debug, Clone)]
+pub struct LmTensor {
+    /// Its name.
+    pub name: String,
+    /// Element type.
+    pub dtype: KvDType,
+    /// The dtype's name in meta JSON.
+    pub dname: &'static str,
+    /// `[layers, 2, tokens, kv_heads, head_dim]`.
+    pub shape: [usize; 5],
+    /// Offset of its data in the file.
+    pub start: usize,
+}
+
+/// The tensors of a safetensors file's bytes, checked to be `[layers, 2, tokens, kv_heads,
+/// head_dim]` of F16, BF16 or F32 (the safetensors crate checks the header and the offsets).
+pub fn lmcache_tensors(bytes: &[u8]) -> Result<Vec<LmTensor>> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::bad_file(format!("safetensors: {e}")))?;
+    let base = bytes.as_ptr() as usize;
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let t = st
+            .tensor(&name)
+            .map_err(|e| Error::bad_file(format!("safetensors: {e}")))?;
+        let (dtype, dname) = match t.dtype() {
+            safetensors::Dtype::F16 => (KvDType::Fp16, "fp16"),
+            safetensors::Dtype::BF16 => (KvDType::Bf16, "bf16"),
+            safetensors::Dtype::F32 => (KvDType::Fp32, "fp32"),
+            d => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!("KV tensor '{name}' is {d:?} (F16, BF16 or F32)"),
+                ))
+            }
+        };
+        let shape: [usize; 5] = match t.shape() {
+            &[l, 2, t, h, d] if h > 0 && d > 0 => [l, 2, t, h, d],
+            s => return Err(Error::bad_file(format!(
+                "KV tensor '{name}' has shape {s:?}, not [layers, 2, tokens, kv_heads, head_dim]"
+            ))),
+        };
+        out.push(LmTensor {
+            name,
+            dtype,
+            dname,
+            shape,
+            start: t.data().as_ptr() as usize - base,
+        });
+    }
+    Ok(out)
+}
+
+/// The dumps of a safetensors file holding KV caches as LMCache stores them: each tensor of
+/// shape `[layers, 2, tokens, kv_heads, head_dim]` (F16, BF16 or F32; index 0 of the second axis
+/// the keys, 1 the values) is one run, named after the tensor, of one prefill dump per layer
+/// (positions 0..tokens; one token is a decode dump). Tensors of other shapes are an error.
+pub fn scan_safetensors(path: &Path, filter: &DumpFilter) -> Result<Vec<Dump>> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io("open", e).with_file(path))?;
+    // SAFETY: the map is read-only; a file changed underneath gives wrong values, never UB in
+    // safe code that only copies bytes out of it.
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io("map", e).with_file(path))?;
+    let map = std::sync::Arc::new(map);
+    let tensors = lmcache_tensors(&map[..]).map_err(|e| e.with_file(path))?;
+    let mut dumps = Vec::new();
+    for LmTensor {
+        name,
+        dtype,
+        dname,
+        shape: [layers, _, tokens, heads, dim],
+        start,
+    } in tensors
+    {
+        let run = run_name(&name);
+        let one = tokens * heads * dim * dtype.size() as usize;
+        for l in 0..layers {
+            let k = start + (2 * l) * one;
+            let v = k + one;
+            let file = |kv: &str| format!("{kv}_t0_{tokens}.bin");
+            let meta_json = serde_json::json!({
+                "layer_id": l, "seq_start": 0, "seq_len": tokens, "seq_end_exclusive": tokens,
+                "kv_heads": heads, "head_dim": dim, "bytes_per_elem": dtype.size(),
+                "dtype": dname, "add": tokens, "tensor_seq_len": tokens, "quant_key": false,
+                "quant_value": false, "flash_attention": false,
+                "stage": if tokens == 1 { "decode" } else { "prefill" },
+                "run_id": run, "k_file": file("k"), "v_file": file("v"),
+            })
+            .to_string();
+            let meta = DumpMeta::parse(meta_json.as_bytes()).map_err(|e| e.with_file(path))?;
+            if !filter.keeps(&meta) {
+                continue;
+            }
+            let dir = PathBuf::from(format!("layer_{l}"));
+            dumps.push(Dump {
+                run: run.clone(),
+                meta_path: dir.join(format!("meta_t0_{tokens}.json")),
+                dir,
+                meta,
+                slices: Some(std::sync::Arc::new(Slices {
+                    file: map.clone(),
+                    path: path.to_path_buf(),
+                    k: k..k + one,
+                    v: v..v + one,
+                    meta_json,
+                })),
+            });
+        }
+    }
+    if dumps.is_empty() {
+        return Err(Error::input(
+            "no KV tensor [layers, 2, tokens, kv_heads, head_dim] passes the filters",
+        )
+        .with_file(path));
     }
     Ok(dumps)
 }

@@ -323,7 +323,7 @@ fn compress_on_threads(
     w.set_metadata(
         "tenpak.source",
         &format!(
-            "KV dump folder {} ({} dumps)",
+            "KV dumps {} ({} dumps)",
             root.file_name().map_or_else(
                 || root.display().to_string(),
                 |n| n.to_string_lossy().into()
@@ -344,10 +344,7 @@ fn compress_on_threads(
         .to_string(),
     );
     for d in &dumps {
-        let text = std::fs::read(&d.meta_path)
-            .map_err(|e| Error::io("read", e).with_file(&d.meta_path))?;
-        let text = String::from_utf8(text)
-            .map_err(|_| Error::bad_file("meta JSON is not UTF-8").with_file(&d.meta_path))?;
+        let text = d.meta_text()?;
         let fname = d
             .meta_path
             .file_name()
@@ -384,7 +381,7 @@ fn compress_on_threads(
             .par_iter()
             .map(|(d, which)| {
                 encode_one(d, *which, run_end[d.run.as_str()], opts, cx)
-                    .map_err(|e| e.with_file(&d.dir))
+                    .map_err(|e| e.with_file(d.source()))
             })
             .collect();
         for r in done {

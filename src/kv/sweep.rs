@@ -156,10 +156,10 @@ pub fn evaluate(
             .map(|d| {
                 cx.check_cancelled()?;
                 let k = eval_tensor(d, Which::K, method, chunk_tokens)
-                    .map_err(|e| e.with_file(&d.meta_path))?
+                    .map_err(|e| e.with_file(d.source()))?
                     .0;
                 let v = eval_tensor(d, Which::V, method, chunk_tokens)
-                    .map_err(|e| e.with_file(&d.meta_path))?
+                    .map_err(|e| e.with_file(d.source()))?
                     .0;
                 Ok([k, v])
             })
