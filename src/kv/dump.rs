@@ -429,9 +429,11 @@ pub fn lmcache_tensors(bytes: &[u8]) -> Result<Vec<LmTensor>> {
         };
         let shape: [usize; 5] = match t.shape() {
             &[l, 2, t, h, d] if h > 0 && d > 0 => [l, 2, t, h, d],
-            s => return Err(Error::bad_file(format!(
+            s => {
+                return Err(Error::bad_file(format!(
                 "KV tensor '{name}' has shape {s:?}, not [layers, 2, tokens, kv_heads, head_dim]"
-            ))),
+            )))
+            }
         };
         out.push(LmTensor {
             name,
