@@ -47,6 +47,8 @@ pub enum Figure<'a> {
     Frontier {
         /// The title.
         title: &'a str,
+        /// The x axis' description (`bits per weight (file size)`).
+        x_desc: &'a str,
         /// The y axis' description.
         y_desc: &'a str,
         /// tenpak's points.

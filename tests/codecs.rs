@@ -303,3 +303,72 @@ proptest! {
         prop_assert_eq!(out, vals);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+    /// KV codecs on synthetic [T, H, D] tensors with an outlier channel and odd values (±0,
+    /// subnormals, ±inf, NaN), T from 1: the gear family decodes bit-exactly whatever the
+    /// dtype, and kvq with an error bound keeps every finite value within it in the dtype and
+    /// every non-finite value's bits.
+    #[test]
+    fn kv_codecs_roundtrip_and_bound(
+        t in 1u64..40,
+        h in 1u64..4,
+        d in prop_oneof![Just(8u64), Just(16), Just(64)],
+        seed in any::<u64>(),
+        odd in proptest::collection::vec((0usize..10_000, prop_oneof![
+            Just(0.0f32), Just(-0.0), Just(1e-40), Just(6e-8), Just(f32::INFINITY),
+            Just(f32::NEG_INFINITY), Just(f32::NAN), Just(70000.0)]), 0..6),
+    ) {
+        let n = (t * h * d) as usize;
+        let mut x = seed | 1;
+        let mut vals: Vec<f32> = (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let v = (x % 20000) as f32 / 10000.0 - 1.0;
+                if i as u64 % d == 1 { v * 25.0 + 6.0 } else { v }
+            })
+            .collect();
+        for (i, v) in odd {
+            vals[i % n] = v;
+        }
+        let dims = [t, h, d];
+        for dt in [DType::F16, DType::BF16, DType::F32] {
+            let mut b = Vec::new();
+            dtype::from_f32(dt, &vals, &mut b).unwrap();
+            let mut xs = Vec::new();
+            dtype::to_f32(dt, &b, &mut xs);
+            let amax = xs.iter().filter(|v| v.is_finite()).fold(0f32, |a, v| a.max(v.abs()));
+            let facts = tenpak::codec::TensorFacts { dims: &dims, amax: Some(amax) };
+            for spec in ["gear", "gear:delta=token", "gear:delta=auto", "gear:split=none"] {
+                let p = Pipeline::parse(spec).unwrap().bind(&facts);
+                let dec = p.decode(&p.encode(dt, &b).unwrap(), dt, n, u64::MAX).unwrap();
+                prop_assert_eq!(&dec, &b, "{} {}", spec, dt);
+            }
+            for spec in [
+                "kvq:group=channel,bits=4,size=8,eb=0.05",
+                "kvq:group=token,bits=3,size=16,eb=0.05,outliers=0.02",
+                "kvq:group=step,eb=0.01",
+                "kvq:group=tensor,bits=8,eb=0.2",
+                "kvq:group=block,bits=6,size=8,eb=0.1,rot=hadamard",
+            ] {
+                let eb: f32 = spec.split("eb=").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+                let p = Pipeline::parse(spec).unwrap().bind(&facts);
+                let enc = p.encode(dt, &b).unwrap();
+                let back = Pipeline::from_stages(&p.stages()).unwrap();
+                let dec = back.decode(&enc, dt, n, u64::MAX).unwrap();
+                let mut ys = Vec::new();
+                dtype::to_f32(dt, &dec, &mut ys);
+                for (i, (a, y)) in xs.iter().zip(&ys).enumerate() {
+                    if a.is_finite() {
+                        prop_assert!((a - y).abs() <= eb, "{} {} [{}]: {} -> {}", spec, dt, i, a, y);
+                    } else {
+                        prop_assert_eq!(a.to_bits(), y.to_bits(), "{} {}", spec, dt);
+                    }
+                }
+            }
+        }
+    }
+}

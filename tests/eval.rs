@@ -686,4 +686,45 @@ fn ppl_with_a_compressed_kv_cache() {
     // A method that is not one is refused before any work.
     let err = tenpak_fails(&["eval", "ppl", s(&g), "--kv", "kivi:bitz=4"], 2);
     assert!(err.contains("bitz"), "{err}");
+    // eval sweep --kv-policies: one row per policy (bits per cached value), kv_frontier.png.
+    let dir = tempfile::tempdir().unwrap();
+    let pol = dir.path().join("p.json");
+    std::fs::write(
+        &pol,
+        r#"{"lossy": "kivi:bits=4", "layers": {"0": "kivi:bits=8"}}"#,
+    )
+    .unwrap();
+    let list = format!("kivi:bits=2,group=32;{}", pol.display());
+    let out = dir.path().join("sweep");
+    let f: serde_json::Value = serde_json::from_str(&tenpak_ok(&[
+        "eval",
+        "sweep",
+        s(&g),
+        "--kv-policies",
+        &list,
+        "--corpus",
+        s(&c),
+        "--windows",
+        "1",
+        "--ctx",
+        "64",
+        "--kld-windows",
+        "1",
+        "-o",
+        s(&out),
+        "--json",
+    ]))
+    .unwrap();
+    let kv: Vec<&serde_json::Value> = f["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "kv")
+        .collect();
+    assert_eq!(kv.len(), 2);
+    assert_eq!(kv[0]["label"], "kv:kivi:bits=2,group=32");
+    assert!(
+        kv[1]["bits_per_weight"].as_f64().unwrap() > kv[0]["bits_per_weight"].as_f64().unwrap()
+    );
+    assert!(out.join("kv_frontier.png").is_file() && out.join("frontier.csv").is_file());
 }

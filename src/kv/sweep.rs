@@ -677,6 +677,7 @@ pub fn sweep(
         &png,
         &Figure::Frontier {
             title: "KV sweep: bits per value vs error (lossy layers)",
+            x_desc: "bits per value (payload)",
             y_desc: "max(1 - K cosine, 1 - V cosine)",
             ours: &ours,
             others: &[],

@@ -439,8 +439,11 @@ pub fn frontier(
     y_desc: &str,
     ours: &[(String, f64, f64)],
     others: &[(String, f64, f64)],
+    x_desc: &str,
 ) -> Result<()> {
-    atomic_png(path, |tmp| frontier_to(tmp, title, y_desc, ours, others))
+    atomic_png(path, |tmp| {
+        frontier_to(tmp, title, y_desc, ours, others, x_desc)
+    })
 }
 
 fn frontier_to(
@@ -449,6 +452,7 @@ fn frontier_to(
     y_desc: &str,
     ours: &[(String, f64, f64)],
     others: &[(String, f64, f64)],
+    x_desc: &str,
 ) -> Result<()> {
     fonts();
     // Exact points (KLD 0) sit on the floor of the axis.
@@ -472,7 +476,7 @@ fn frontier_to(
         .map_err(|e| plot_err(path, e))?;
     chart
         .configure_mesh()
-        .x_desc("bits per weight (file size)")
+        .x_desc(x_desc)
         .y_desc(y_desc)
         .y_label_formatter(&|v| format!("{v:.0e}"))
         .label_style(("sans-serif", 13))
@@ -529,10 +533,11 @@ impl tenpak::figure::Figures for Png {
             } => size_vs_accuracy(path, title, metric, points, cloud),
             Figure::Frontier {
                 title,
+                x_desc,
                 y_desc,
                 ours,
                 others,
-            } => frontier(path, title, y_desc, ours, others),
+            } => frontier(path, title, y_desc, ours, others, x_desc),
         }
     }
 }

@@ -19,13 +19,37 @@ pub enum Variant {
     Codec(String),
     /// A compression config file.
     Config(PathBuf),
+    /// A KV-cache policy (a method spec, `kivi:bits=4`, or a policy file, `*.json`): the
+    /// uncompressed model with its cache read through it (`eval ppl --kv`); the row's
+    /// `bits_per_weight` is then bits per cached value.
+    Kv(String),
 }
 
 impl Variant {
+    /// The KV policy of a `Kv` variant.
+    pub fn kv_policy(&self) -> Result<Option<tenpak::kv::method::Policy>> {
+        let Variant::Kv(k) = self else {
+            return Ok(None);
+        };
+        let base = |lossy: Option<&str>| tenpak::kv::method::Policy::new("raw", 0, lossy);
+        if k.ends_with(".json") {
+            let p = Path::new(k);
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| Error::io("read the KV policy", e).with_file(p))?;
+            Ok(Some(
+                tenpak::kv::method::Policy::from_json(&text, base(None)?)
+                    .map_err(|e| e.with_file(p))?,
+            ))
+        } else {
+            Ok(Some(base(Some(k))?))
+        }
+    }
+
     /// The name a row and a file get.
     pub fn label(&self) -> String {
         match self {
             Variant::Codec(c) => c.clone(),
+            Variant::Kv(k) => format!("kv:{k}"),
             Variant::Config(p) => p
                 .file_stem()
                 .map(|s| {
@@ -43,6 +67,7 @@ impl Variant {
             ..Default::default()
         };
         match self {
+            Variant::Kv(_) => {}
             Variant::Codec(c) => {
                 let mut parts = c.split(';');
                 o.codec = parts.next().unwrap_or_default().to_string();
@@ -144,6 +169,8 @@ pub struct Frontier {
     pub rows: Vec<FrontierRow>,
     /// Other tools' points.
     pub other_points: Vec<OtherPoint>,
+    /// Other tools' KV-cache points.
+    pub kv_points: Vec<OtherPoint>,
     /// Where the files are.
     pub out_dir: PathBuf,
 }
@@ -161,6 +188,8 @@ pub struct SweepOptions {
     pub out_dir: PathBuf,
     /// Keep the `.tpk` files.
     pub keep_tpk: bool,
+    /// Other tools' KV-cache points for `kv_frontier.png` (bits per cached value, KLD).
+    pub kv_points: Vec<OtherPoint>,
 }
 
 /// Read `label,bits_per_weight,kld[,delta_ppl_pct]` rows (a header line is skipped).
@@ -235,10 +264,16 @@ fn sweep_on_threads(
 ) -> Result<Frontier> {
     if variants.is_empty() {
         return Err(Error::config(
-            "nothing to sweep: give --codecs or --configs",
+            "nothing to sweep: give --codecs, --configs or --kv-policies",
         ));
     }
-    let options: Vec<(String, CompressOptions, &'static str)> = variants
+    type Planned = (
+        String,
+        CompressOptions,
+        &'static str,
+        Option<tenpak::kv::method::Policy>,
+    );
+    let options: Vec<Planned> = variants
         .iter()
         .map(|v| {
             Ok((
@@ -247,12 +282,17 @@ fn sweep_on_threads(
                 match v {
                     Variant::Codec(_) => "codec",
                     Variant::Config(_) => "config",
+                    Variant::Kv(_) => "kv",
                 },
+                v.kv_policy()?,
             ))
         })
         .collect::<Result<_>>()?;
     // Every spec is checked before the long reference run.
-    for (label, o, _) in &options {
+    for (label, o, kind, _) in &options {
+        if *kind == "kv" {
+            continue;
+        }
         for spec in std::iter::once(&o.codec).chain(o.overrides.iter().map(|(_, c)| c)) {
             tenpak::codec::Pipeline::parse(spec)
                 .map_err(|e| Error::new(e.kind, format!("variant '{label}': {e}")))?;
@@ -268,6 +308,12 @@ fn sweep_on_threads(
     let loaded = crate::model::Model::load(model, None)?;
     let family = loaded.meta.architecture()?;
     let desc = loaded.description.clone();
+    if family != "llama" && options.iter().any(|o| o.3.is_some()) {
+        return Err(Error::config(
+            "--kv-policies needs a causal LM (llama): an encoder keeps no KV cache",
+        )
+        .with_file(model));
+    }
     let (reference, first) = match family.as_str() {
         "llama" => {
             let tok = crate::tokenizer::TextTokenizer::from_meta(&loaded.meta)?;
@@ -344,9 +390,50 @@ fn sweep_on_threads(
             compress_seconds: 0.0,
         }],
         other_points,
+        kv_points: opts.kv_points.clone(),
         out_dir: out_dir.to_path_buf(),
     };
-    for (label, o, kind) in &options {
+    let mut exact: Option<crate::llama::Llama> = None;
+    for (label, o, kind, kv) in &options {
+        if let (Some(policy), Reference::Lm { run, windows }) = (kv, &reference) {
+            if exact.is_none() {
+                exact = Some(crate::load_llama(model, None)?.1);
+            }
+            let m = exact.as_ref().expect("loaded");
+            let sim = crate::kvsim::KvSim::new(policy.clone(), m.cfg.n_kv_head, m.cfg.head_dim());
+            let with = m.with_kv_filter(sim.filter());
+            let n = windows.len();
+            let r = ppl::evaluate(
+                &with,
+                Some(RefSource::Cached(run)),
+                windows,
+                &opts.ppl,
+                &mut |w, _| on_step(label, w, n),
+                cx,
+            )?;
+            let c = r.comparison.expect("a reference was given");
+            let bits = sim.bits_per_value();
+            f.rows.push(FrontierRow {
+                label: label.clone(),
+                kind,
+                file_bytes: 0,
+                bits_per_weight: bits,
+                ratio_vs_fp32: if bits > 0.0 { 32.0 / bits } else { 0.0 },
+                lm: Some(LmFigures {
+                    ppl: r.perplexity.ppl,
+                    ppl_second_half: r.perplexity.ppl_second_half,
+                    delta_ppl_pct: c.delta_ppl_pct,
+                    delta_ppl_se_pct: c.delta_ppl_se_pct,
+                    kld: c.kld,
+                    top1_agree_pct: c.top1_agree_pct,
+                }),
+                embed: None,
+                source_grid_exact: 0.0,
+                compress_seconds: 0.0,
+            });
+            write_outputs(&f, cx)?;
+            continue;
+        }
         let file = tpk_dir.join(format!("{}.tpk", sanitize(label)));
         let t0 = std::time::Instant::now();
         let report = compress(model, &file, o, &cx.quiet())
@@ -477,7 +564,7 @@ fn write_outputs(f: &Frontier, cx: &Context<'_>) -> Result<()> {
     let ours: Vec<(String, f64, f64)> = f
         .rows
         .iter()
-        .filter(|r| r.kind != "reference")
+        .filter(|r| r.kind != "reference" && r.kind != "kv")
         .map(|r| {
             let mark = if r.source_grid_exact >= 0.5 {
                 " (source grid)"
@@ -509,10 +596,40 @@ fn write_outputs(f: &Frontier, cx: &Context<'_>) -> Result<()> {
             "1 - mean cosine vs the uncompressed model (log scale)",
         )
     };
+    if f.rows.iter().any(|r| r.kind == "kv") {
+        let kv: Vec<(String, f64, f64)> = f
+            .rows
+            .iter()
+            .filter(|r| r.kind == "kv")
+            .map(|r| (r.label.clone(), r.bits_per_weight, y(r)))
+            .collect();
+        let kv_others: Vec<(String, f64, f64)> = f
+            .kv_points
+            .iter()
+            .map(|p| (p.label.clone(), p.bits_per_weight, p.kld))
+            .collect();
+        cx.figures().draw(
+            &f.out_dir.join("kv_frontier.png"),
+            &Figure::Frontier {
+                title: &format!(
+                    "{}: KV cache bits per value vs quality ({} windows, KLD over {})",
+                    f.model, f.windows, f.kld_windows
+                ),
+                x_desc: "bits per cached value (scales, outliers and kept tokens included)",
+                y_desc: "KLD vs the same model with an exact cache (log scale)",
+                ours: &kv,
+                others: &kv_others,
+            },
+        )?;
+    }
+    if ours.is_empty() {
+        return Ok(());
+    }
     cx.figures().draw(
         &f.out_dir.join("frontier.png"),
         &Figure::Frontier {
             title: &title,
+            x_desc: "bits per weight (file size)",
             y_desc: ylab,
             ours: &ours,
             others: &others,

@@ -54,6 +54,15 @@ pub(super) struct SweepArgs {
     /// `;FILTER=SPEC` (int4_g32_asym;token_embd.weight=int8). Repeatable.
     #[arg(long, value_name = "LIST")]
     codecs: Vec<String>,
+    /// KV-cache policies, ';'-separated (kivi:bits=4,group=64;quant:bits=8) or policy files
+    /// (*.json): the uncompressed model with its cache read through each (as eval ppl --kv);
+    /// their rows' bits_per_weight is bits per cached value, plotted in kv_frontier.png.
+    /// Repeatable.
+    #[arg(long, value_name = "LIST")]
+    kv_policies: Vec<String>,
+    /// Other tools' KV-cache points for kv_frontier.png: CSV label,bits_per_value,kld[,delta_ppl_pct].
+    #[arg(long, value_name = "CSV")]
+    kv_reference_points: Option<PathBuf>,
     /// A folder of compression configs (every *.json in it, in name order), or one config.
     #[arg(long, value_name = "DIR")]
     configs: Option<PathBuf>,
@@ -363,6 +372,17 @@ pub(super) fn run(
                     variants.push(Variant::Config(dir.clone()));
                 }
             }
+            variants.extend(
+                a.kv_policies
+                    .iter()
+                    .flat_map(|l| l.split(';'))
+                    .filter(|x| !x.trim().is_empty())
+                    .map(|x| Variant::Kv(x.trim().to_string())),
+            );
+            let kv_points = match &a.kv_reference_points {
+                Some(p) => tenpak_eval::sweep::read_points(p)?,
+                None => Vec::new(),
+            };
             let others = match &a.reference_points {
                 Some(p) => tenpak_eval::sweep::read_points(p)?,
                 None => Vec::new(),
@@ -388,6 +408,7 @@ pub(super) fn run(
                 lines: a.lines,
                 out_dir: a.out.clone(),
                 keep_tpk: a.keep_tpk,
+                kv_points,
             };
             let f = tenpak_eval::sweep::sweep(&a.model, &variants, &sopts, others, &on_step, cx)?;
             if let Some(b) = &bar {
@@ -397,11 +418,19 @@ pub(super) fn run(
                 json(out, &f);
             } else {
                 sweep_table(out, &f);
-                let _ = writeln!(
-                    out,
-                    "wrote frontier.csv, frontier.json, frontier.png in {}",
-                    f.out_dir.display()
-                );
+                let wrote: Vec<&str> = [
+                    "frontier.csv",
+                    "frontier.json",
+                    "frontier.png",
+                    "kv_frontier.png",
+                ]
+                .into_iter()
+                .filter(|n| f.out_dir.join(n).is_file())
+                .collect();
+                let _ = writeln!(out, "wrote {} in {}", wrote.join(", "), f.out_dir.display());
+                if f.rows.iter().any(|r| r.kind == "kv") {
+                    let _ = writeln!(out, "(kv rows: bpw is bits per cached value)");
+                }
             }
             Ok(0)
         }
