@@ -598,3 +598,45 @@ fn lmcache_safetensors_compress_to_dumps() {
         "{err}"
     );
 }
+
+/// The reference's clip modes (`analyze_lossy_compare.py`): clipping by percentile and by sigma,
+/// and clip + 8-bit quant (tenpak stores real codes, so only the error figures compare), give
+/// the reference's MAE and cosine on the golden dumps.
+#[test]
+fn clip_modes_match_the_reference() {
+    let fx = repo().join("tests/fixtures/kv-golden");
+    let dumps = fx.join("dumps");
+    let want = csv_rows(&fx.join("ref_clip/lossy_compare.csv"));
+    let dir = tempfile::tempdir().unwrap();
+    for (method, ours) in [
+        ("clip_percentile", "clip:method=percentile"),
+        ("clip_sigma", "clip:method=sigma"),
+        ("quant_only", "quant:bits=8"),
+        (
+            "clip_percentile+quant",
+            "clip-quant:method=percentile,bits=8",
+        ),
+        ("clip_sigma+quant", "clip-quant:method=sigma,bits=8"),
+    ] {
+        let w = want.iter().find(|r| r["method"] == method).unwrap();
+        let out = dir.path().join(method);
+        tenpak_ok(&[
+            "kv",
+            "analyze",
+            s(&dumps),
+            "-o",
+            s(&out),
+            "--lossy",
+            ours,
+            "-q",
+        ]);
+        let g = csv_rows(&out.join("lossy_error_metrics.csv")).remove(0);
+        for k in ["k_mae", "v_mae", "k_cosine", "v_cosine"] {
+            let (a, b): (f64, f64) = (w[k].parse().unwrap(), g[k].parse().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-6 * a.abs().max(1e-2),
+                "{method} {k}: ref {a} tenpak {b}"
+            );
+        }
+    }
+}
