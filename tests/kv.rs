@@ -640,3 +640,76 @@ fn clip_modes_match_the_reference() {
         }
     }
 }
+
+/// A hostile KV archive: names that would write outside the output folder, and token ranges
+/// past their tensor, are refused naming the tensor; nothing is left behind.
+#[test]
+fn hostile_kv_archives_are_refused() {
+    use tpk_format::{Stage, TensorEntry, TpkWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let make = |names: &[(&str, Vec<u64>)]| {
+        let p = dir.path().join("bad.tpk");
+        let mut w = TpkWriter::create(&p, true).unwrap();
+        w.set_metadata("kv.policy", "{}");
+        for (name, dims) in names {
+            let n: u64 = dims.iter().product();
+            let payload = vec![0u8; 2 * n as usize];
+            let c = w.write_chunk(&payload, 0, n).unwrap();
+            w.add_tensor(TensorEntry {
+                layout: Default::default(),
+                name: name.to_string(),
+                dtype: "F16".into(),
+                dims: dims.clone(),
+                source_bytes: 2 * n,
+                stages: vec![Stage {
+                    codec_id: 1,
+                    codec_name: "raw".into(),
+                    codec_version: 1,
+                    params: vec![],
+                }],
+                metrics: vec![],
+                chunks: vec![c],
+            })
+            .unwrap();
+        }
+        w.finish().unwrap();
+        p
+    };
+    let out = dir.path().join("out");
+    for (names, what) in [
+        (vec![("../../etc/x.bin", vec![1, 1, 4])], "not a dump path"),
+        (
+            vec![("r/layer_0/.hidden", vec![1, 1, 4])],
+            "not a dump path",
+        ),
+        (vec![("r/layer_0/k.bin#t0_1", vec![1, 1, 4])], "token range"),
+        (
+            vec![
+                ("r/layer_0/k.bin", vec![2, 1, 4]),
+                ("r/layer_0/k.bin#t5_6", vec![1, 1, 4]),
+            ],
+            "token range",
+        ),
+        (
+            vec![
+                ("r/layer_0/k.bin", vec![2, 1, 4]),
+                ("r/layer_0/k.bin#t1_2", vec![]),
+            ],
+            "token range",
+        ),
+    ] {
+        let p = make(&names);
+        let err = tenpak_fails(&["kv", "decompress", s(&p), "-o", s(&out)], 1);
+        assert!(
+            err.contains(what) && !err.contains("panicked"),
+            "{names:?}: {err}"
+        );
+        assert!(!out.exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("partial"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}

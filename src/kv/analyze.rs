@@ -301,15 +301,20 @@ pub fn analyze(
             data
         };
         if let Some((base, range)) = t.name.split_once(OVERLAY) {
-            if let Some((name, buf, _)) = pending.as_mut().filter(|p| p.0 == base) {
-                let _ = name;
+            if let Some((_, buf, _)) = pending.as_mut().filter(|p| p.0 == base) {
                 let a_tok: u64 = range
                     .split('_')
                     .next()
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
-                let row: u64 = t.dims[1..].iter().product();
+                let row: u64 = t.dims.get(1..).unwrap_or(&[]).iter().product();
                 let at = (a_tok * row) as usize * src.size();
+                if at + data.len() > buf.len() {
+                    return Err(
+                        Error::bad_file(format!("{}: token range out of bounds", t.name))
+                            .with_file(&tpk),
+                    );
+                }
                 buf[at..at + data.len()].copy_from_slice(&data);
             }
         } else {

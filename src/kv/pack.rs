@@ -541,10 +541,17 @@ fn decompress_on_threads(
     let mut bytes = 0u64;
     let mut bin_files = 0usize;
     // The dump tensor being assembled: its name, path and bytes; its overlays follow it.
-    let mut pending: Option<(String, PathBuf, Vec<u8>)> = None;
+    let mut pending: Option<(String, PathBuf, Vec<u8>, Vec<u64>)> = None;
     for (i, t) in tensors.iter().enumerate() {
         cx.check_cancelled()?;
         cx.event(Event::Tensor { name: &t.name });
+        // The name is checked before anything is decoded.
+        safe_relative(
+            t.name
+                .split_once(OVERLAY)
+                .map_or(t.name.as_str(), |(b, _)| b),
+        )
+        .map_err(|e| e.with_file(input))?;
         let (dt, data) = a
             .decode_tensor(i)
             .map_err(|e| e.with_tensor(&t.name).with_file(input))?;
@@ -562,31 +569,45 @@ fn decompress_on_threads(
                 ))
                 .with_file(input)
             };
-            let (p_name, _, buf) = pending.as_mut().filter(|p| p.0 == base).ok_or_else(bad)?;
-            let _ = p_name;
-            let (a_tok, _) = range.split_once('_').ok_or_else(bad)?;
+            let (_, _, buf, main_dims) =
+                pending.as_mut().filter(|p| p.0 == base).ok_or_else(bad)?;
+            // `#t<a>_<b>`: tokens a..b of the tensor before it, with its row shape.
+            let (a_tok, b_tok) = range.split_once('_').ok_or_else(bad)?;
             let a_tok: u64 = a_tok.parse().map_err(|_| bad())?;
-            let row_bytes = t.dims[1..].iter().product::<u64>() * src.size() as u64;
-            let at = a_tok.checked_mul(row_bytes).ok_or_else(bad)? as usize;
+            let b_tok: u64 = b_tok.parse().map_err(|_| bad())?;
+            if main_dims.is_empty()
+                || t.dims.len() != main_dims.len()
+                || t.dims[1..] != main_dims[1..]
+                || b_tok.checked_sub(a_tok) != Some(t.dims[0])
+                || b_tok > main_dims[0]
+            {
+                return Err(bad());
+            }
+            let row_bytes = t.dims[1..]
+                .iter()
+                .try_fold(src.size() as u64, |a, &d| a.checked_mul(d))
+                .ok_or_else(bad)?;
+            let at = usize::try_from(a_tok.checked_mul(row_bytes).ok_or_else(bad)?)
+                .map_err(|_| bad())?;
             let end = at.checked_add(data.len()).ok_or_else(bad)?;
             if end > buf.len() {
                 return Err(bad());
             }
             buf[at..end].copy_from_slice(&data);
         } else {
-            if let Some((_, rel, buf)) = pending.take() {
+            if let Some((_, rel, buf, _)) = pending.take() {
                 write(&rel, &buf)?;
                 bytes += buf.len() as u64;
                 bin_files += 1;
             }
             let rel = safe_relative(&t.name).map_err(|e| e.with_file(input))?;
-            pending = Some((t.name.clone(), rel, data));
+            pending = Some((t.name.clone(), rel, data, t.dims.clone()));
         }
         cx.event(Event::Advance {
             bytes: t.source_bytes,
         });
     }
-    if let Some((_, rel, buf)) = pending.take() {
+    if let Some((_, rel, buf, _)) = pending.take() {
         write(&rel, &buf)?;
         bytes += buf.len() as u64;
         bin_files += 1;
