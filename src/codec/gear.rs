@@ -107,76 +107,131 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
 
 impl GearCodec {
     /// Apply (`forward`) or undo transform `tag` on a plane of `w`-byte words: the wrapping
-    /// token-axis delta, or the xor with the word one token (`row` words) earlier.
+    /// token-axis delta, or the xor with the word one token (`row` words) earlier. Token rows
+    /// are processed whole (last to first forward, first to last back), so each row's loop is
+    /// independent of itself and vectorizes.
     fn transform(&self, plane: &mut [u8], w: usize, tag: u8, forward: bool) {
         let stride = self.row as usize * w;
         if tag == T_RAW || stride == 0 || plane.len() <= stride {
             return;
         }
-        if w == 1 {
-            let op = |a: u8, b: u8| match (tag, forward) {
-                (T_XOR, _) => a ^ b,
-                (_, true) => a.wrapping_sub(b),
-                (_, false) => a.wrapping_add(b),
-            };
-            if forward {
-                // Back to front, so every difference uses the original previous token.
-                for i in (stride..plane.len()).rev() {
-                    plane[i] = op(plane[i], plane[i - stride]);
-                }
-            } else {
-                for i in stride..plane.len() {
-                    plane[i] = op(plane[i], plane[i - stride]);
-                }
-            }
-            return;
-        }
-        let get = |p: &[u8], i: usize| u16::from_le_bytes([p[i], p[i + 1]]);
-        let op = |a: u16, b: u16| match (tag, forward) {
-            (T_XOR, _) => a ^ b,
-            (_, true) => a.wrapping_sub(b),
-            (_, false) => a.wrapping_add(b),
+        // A last, partial token row (not written by tenpak, allowed by the spec) is included.
+        let rows = plane.len().div_ceil(stride);
+        let step = |prev: &[u8], cur: &mut [u8]| match (w, tag, forward) {
+            (_, T_XOR, _) => cur.iter_mut().zip(prev).for_each(|(c, p)| *c ^= *p),
+            (1, _, true) => cur
+                .iter_mut()
+                .zip(prev)
+                .for_each(|(c, p)| *c = c.wrapping_sub(*p)),
+            (1, _, false) => cur
+                .iter_mut()
+                .zip(prev)
+                .for_each(|(c, p)| *c = c.wrapping_add(*p)),
+            (_, _, fwd) => cur
+                .chunks_exact_mut(2)
+                .zip(prev.chunks_exact(2))
+                .for_each(|(c, p)| {
+                    let (a, b) = (
+                        u16::from_le_bytes([c[0], c[1]]),
+                        u16::from_le_bytes([p[0], p[1]]),
+                    );
+                    let v = if fwd {
+                        a.wrapping_sub(b)
+                    } else {
+                        a.wrapping_add(b)
+                    };
+                    c.copy_from_slice(&v.to_le_bytes());
+                }),
         };
-        if forward {
-            for i in (stride..plane.len()).step_by(2).rev() {
-                let v = op(get(plane, i), get(plane, i - stride));
-                plane[i..i + 2].copy_from_slice(&v.to_le_bytes());
-            }
+        let order: Box<dyn Iterator<Item = usize>> = if forward {
+            Box::new((1..rows).rev())
         } else {
-            for i in (stride..plane.len()).step_by(2) {
-                let v = op(get(plane, i), get(plane, i - stride));
-                plane[i..i + 2].copy_from_slice(&v.to_le_bytes());
-            }
+            Box::new(1..rows)
+        };
+        for r in order {
+            let (head, tail) = plane.split_at_mut(r * stride);
+            let len = tail.len().min(stride);
+            step(&head[(r - 1) * stride..], &mut tail[..len]);
         }
     }
 
-    /// `gear-auto`'s choice for one plane: the transform whose output has the smallest order-0
-    /// byte entropy (raw unless another is clearly smaller), and the plane transformed by it.
-    fn choose(&self, plane: Vec<u8>, w: usize) -> (u8, Vec<u8>) {
+    /// `gear-auto`'s choice for one plane, transformed in place: the transform whose output
+    /// has the smallest order-0 byte entropy (raw unless another is clearly smaller), measured
+    /// on up to [`SAMPLE_ROWS`] evenly spaced token rows and the row before each (one pass over
+    /// a sample instead of three over the plane), and whether the transformed plane is worth a
+    /// zstd frame (`STORED` when its estimated entropy is above 7.9 bits per byte, as the low
+    /// mantissa bits are: zstd would spend its time to save under 1 %).
+    fn choose(&self, plane: &mut [u8], w: usize) -> u8 {
         let stride = self.row as usize * w;
-        if stride == 0 || plane.len() <= stride {
-            return (T_RAW, plane);
+        let rows = if stride == 0 { 0 } else { plane.len() / stride };
+        let mut hist = [[0u64; 256]; 3];
+        let mut count = 0u64;
+        if rows >= 2 {
+            let take = (rows - 1).min(SAMPLE_ROWS);
+            for i in 0..take {
+                let r = 1 + i * (rows - 1) / take;
+                let (prev, cur) = (
+                    &plane[(r - 1) * stride..r * stride],
+                    &plane[r * stride..(r + 1) * stride],
+                );
+                if w == 1 {
+                    for (c, p) in cur.iter().zip(prev) {
+                        hist[0][*c as usize] += 1;
+                        hist[1][c.wrapping_sub(*p) as usize] += 1;
+                        hist[2][(c ^ p) as usize] += 1;
+                    }
+                } else {
+                    for (c, p) in cur.chunks_exact(2).zip(prev.chunks_exact(2)) {
+                        let (a, b) = (
+                            u16::from_le_bytes([c[0], c[1]]),
+                            u16::from_le_bytes([p[0], p[1]]),
+                        );
+                        for (k, v) in [a, a.wrapping_sub(b), a ^ b].into_iter().enumerate() {
+                            hist[k][(v & 0xFF) as usize] += 1;
+                            hist[k][(v >> 8) as usize] += 1;
+                        }
+                    }
+                }
+                count += stride as u64;
+            }
+        } else {
+            for c in plane.iter() {
+                hist[0][*c as usize] += 1;
+            }
+            count = plane.len() as u64;
         }
-        let mut best = (entropy_bits(&plane), T_RAW, plane.clone());
-        for tag in [T_DELTA, T_XOR] {
-            let mut p = plane.clone();
-            self.transform(&mut p, w, tag, true);
-            let e = entropy_bits(&p);
-            if e < best.0 * 0.995 {
-                best = (e, tag, p);
+        let e: Vec<f64> = hist.iter().map(|h| entropy_of(h, count)).collect();
+        let mut tag = T_RAW;
+        if rows >= 2 {
+            for t in [T_DELTA, T_XOR] {
+                if e[t as usize] < e[0] * 0.995 && e[t as usize] < e[tag as usize] {
+                    tag = t;
+                }
             }
         }
-        (best.1, best.2)
+        self.transform(plane, w, tag, true);
+        let bits_per_byte = if count == 0 {
+            0.0
+        } else {
+            e[tag as usize] / count as f64
+        };
+        if bits_per_byte > 7.9 {
+            tag | STORED
+        } else {
+            tag
+        }
     }
 }
 
-/// Order-0 entropy of a byte stream, in bits.
-fn entropy_bits(b: &[u8]) -> f64 {
-    let mut h = [0u64; 256];
-    for &x in b {
-        h[x as usize] += 1;
-    }
-    let n = b.len() as f64;
+/// Token rows `gear-auto` samples per plane.
+const SAMPLE_ROWS: usize = 64;
+
+/// Tag bit: the plane follows as is, not as a zstd frame.
+const STORED: u8 = 0x80;
+
+/// Order-0 entropy, in bits, of `n` bytes with histogram `h`.
+fn entropy_of(h: &[u64; 256], n: u64) -> f64 {
+    let n = n as f64;
     h.iter()
         .filter(|&&c| c > 0)
         .map(|&c| {
@@ -184,6 +239,52 @@ fn entropy_bits(b: &[u8]) -> f64 {
             -c * (c / n).log2()
         })
         .sum()
+}
+
+/// The low and high planes of elements of `2 * w` bytes. Fixed-width loops (one per word
+/// size) so the compiler vectorizes them; a copy per word would cost a call each.
+fn split_planes(bytes: &[u8], w: usize) -> (Vec<u8>, Vec<u8>) {
+    let n = bytes.len() / (2 * w);
+    let (mut hi, mut lo) = (vec![0u8; n * w], vec![0u8; n * w]);
+    if w == 1 {
+        for ((e, h), l) in bytes.chunks_exact(2).zip(&mut hi).zip(&mut lo) {
+            *l = e[0];
+            *h = e[1];
+        }
+    } else {
+        for ((e, h), l) in bytes
+            .chunks_exact(4)
+            .zip(hi.chunks_exact_mut(2))
+            .zip(lo.chunks_exact_mut(2))
+        {
+            l[0] = e[0];
+            l[1] = e[1];
+            h[0] = e[2];
+            h[1] = e[3];
+        }
+    }
+    (hi, lo)
+}
+
+/// Interleave the planes back into elements of `2 * w` bytes.
+fn join_planes(hi: &[u8], lo: &[u8], w: usize, out: &mut [u8]) {
+    if w == 1 {
+        for ((o, h), l) in out.chunks_exact_mut(2).zip(hi).zip(lo) {
+            o[0] = *l;
+            o[1] = *h;
+        }
+    } else {
+        for ((o, h), l) in out
+            .chunks_exact_mut(4)
+            .zip(hi.chunks_exact(2))
+            .zip(lo.chunks_exact(2))
+        {
+            o[0] = l[0];
+            o[1] = l[1];
+            o[2] = h[0];
+            o[3] = h[1];
+        }
+    }
 }
 
 /// Bytes per plane word of elements of `size` bytes (`None`: not split).
@@ -270,12 +371,7 @@ impl TensorCodec for GearCodec {
                 "gear delta=token|auto needs the tensor's shape (encode whole tensors)",
             ));
         }
-        let n = bytes.len() / src.size();
-        let (mut hi, mut lo) = (Vec::with_capacity(n * w), Vec::with_capacity(n * w));
-        for e in bytes.chunks_exact(2 * w) {
-            lo.extend_from_slice(&e[..w]);
-            hi.extend_from_slice(&e[w..]);
-        }
+        let (mut hi, mut lo) = split_planes(bytes, w);
         let tags = match self.delta {
             Delta::None | Delta::Whole => None,
             Delta::Token => {
@@ -283,15 +379,21 @@ impl TensorCodec for GearCodec {
                 None
             }
             Delta::Auto => {
-                let (th, h) = self.choose(hi, w);
-                let (tl, l) = self.choose(lo, w);
-                (hi, lo) = (h, l);
+                let th = self.choose(&mut hi, w);
+                let tl = self.choose(&mut lo, w);
                 Some([th, tl])
             }
         };
+        let frame = |p: Vec<u8>, tag: Option<u8>| -> Result<Vec<u8>> {
+            if tag.is_some_and(|t| t & STORED != 0) {
+                Ok(p)
+            } else {
+                zstd_encode(&p, self.level as i32)
+            }
+        };
         let (zh, zl) = (
-            zstd_encode(&hi, self.level as i32)?,
-            zstd_encode(&lo, self.level as i32)?,
+            frame(hi, tags.map(|t| t[0]))?,
+            frame(lo, tags.map(|t| t[1]))?,
         );
         let head = if tags.is_some() { 7 } else { 5 };
         if head + zh.len() + zl.len() > bytes.len() {
@@ -347,9 +449,9 @@ impl TensorCodec for GearCodec {
                     let [th, tl, rest @ ..] = body else {
                         return Err(Error::bad_length("gear payload is cut short"));
                     };
-                    if *th > T_XOR || *tl > T_XOR {
+                    if *th & !STORED > T_XOR || *tl & !STORED > T_XOR {
                         return Err(Error::bad_payload(format!(
-                            "gear plane transforms {th} and {tl} (0 raw, 1 delta, 2 xor)"
+                            "gear plane tags {th} and {tl} (0 raw, 1 delta, 2 xor, +128 stored)"
                         )));
                     }
                     if self.row == 0 {
@@ -382,8 +484,15 @@ impl TensorCodec for GearCodec {
                         rest.len()
                     )));
                 }
-                let mut hi = zstd_decode(&rest[..hl], plane)?;
-                let mut lo = zstd_decode(&rest[hl..], plane)?;
+                let unframe = |b: &[u8], tag: u8| -> Result<Vec<u8>> {
+                    if tag & STORED != 0 {
+                        Ok(b.to_vec())
+                    } else {
+                        zstd_decode(b, plane)
+                    }
+                };
+                let mut hi = unframe(&rest[..hl], tags[0])?;
+                let mut lo = unframe(&rest[hl..], tags[1])?;
                 if hi.len() != plane || lo.len() != plane {
                     return Err(Error::bad_length(format!(
                         "gear planes decode to {} and {} bytes, expected {plane} each",
@@ -391,16 +500,9 @@ impl TensorCodec for GearCodec {
                         lo.len()
                     )));
                 }
-                self.transform(&mut hi, w, tags[0], false);
-                self.transform(&mut lo, w, tags[1], false);
-                for ((o, h), l) in out
-                    .chunks_exact_mut(2 * w)
-                    .zip(hi.chunks_exact(w))
-                    .zip(lo.chunks_exact(w))
-                {
-                    o[..w].copy_from_slice(l);
-                    o[w..].copy_from_slice(h);
-                }
+                self.transform(&mut hi, w, tags[0] & !STORED, false);
+                self.transform(&mut lo, w, tags[1] & !STORED, false);
+                join_planes(&hi, &lo, w, out);
                 Ok(())
             }
             m => Err(Error::bad_payload(format!("gear mode {m} is unknown"))),
@@ -493,6 +595,12 @@ mod tests {
         assert_eq!(p16, [0x02, 0x01, 0xFF, 0xFF, 0xFF, 0xFE, 0x01, 0x00]);
         g.transform(&mut p16, 2, T_DELTA, false);
         assert_eq!(p16, [0x02, 0x01, 0xFF, 0xFF, 0x01, 0x00, 0x00, 0x00]);
+        // A partial last row is transformed too (d[j] = p[j] - p[j - row] for every j >= row).
+        let mut odd = vec![10u8, 200, 12, 5, 11];
+        g.transform(&mut odd, 1, T_DELTA, true);
+        assert_eq!(odd, [10, 200, 2, 61, 255]);
+        g.transform(&mut odd, 1, T_DELTA, false);
+        assert_eq!(odd, [10, 200, 12, 5, 11]);
     }
 
     /// The fuzz seeds were written outside tenpak from formats-spec/gear.md alone (Python for
