@@ -163,7 +163,7 @@ impl GearCodec {
     /// mantissa bits are: zstd would spend its time to save under 1 %).
     fn choose(&self, plane: &mut [u8], w: usize) -> u8 {
         let stride = self.row as usize * w;
-        let rows = if stride == 0 { 0 } else { plane.len() / stride };
+        let rows = plane.len().checked_div(stride).unwrap_or(0);
         let mut hist = [[0u64; 256]; 3];
         let mut count = 0u64;
         if rows >= 2 {
