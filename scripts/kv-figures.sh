@@ -80,6 +80,7 @@ PY
 run --kv raw
 run --kv kivi:bits=8,group=128
 run --kv quant:bits=8
+run --kv kivi:bits=4,group=128
 run --kv kivi:bits=4,group=64 --kv-sink-tokens 4
 run --kv raw --kv-policy "$work/p45.json"
 run --kv kivi:bits=3,group=64,outliers=0.005 --kv-sink-tokens 4

@@ -159,8 +159,8 @@ impl GearCodec {
     /// has the smallest order-0 byte entropy (raw unless another is clearly smaller), measured
     /// on up to [`SAMPLE_ROWS`] evenly spaced token rows and the row before each (one pass over
     /// a sample instead of three over the plane), and whether the transformed plane is worth a
-    /// zstd frame (`STORED` when its estimated entropy is above 7.9 bits per byte, as the low
-    /// mantissa bits are: zstd would spend its time to save under 1 %).
+    /// zstd frame (`STORED` when its estimated entropy is above 7.97 bits per byte, as the low
+    /// mantissa bits often are: zstd would spend its time to save well under 1 %).
     fn choose(&self, plane: &mut [u8], w: usize) -> u8 {
         let stride = self.row as usize * w;
         let rows = plane.len().checked_div(stride).unwrap_or(0);
@@ -215,7 +215,7 @@ impl GearCodec {
         } else {
             e[tag as usize] / count as f64
         };
-        if bits_per_byte > 7.9 {
+        if bits_per_byte > 7.97 {
             tag | STORED
         } else {
             tag
