@@ -5,7 +5,8 @@ use crate::common::*;
 use tenpak::kv::dump::{scan, DumpFilter, KvDType, Stage};
 use tenpak::{Defect, ErrorKind};
 
-fn capture(root: &std::path::Path) {
+/// Real fp16 dumps of one window of `ctx` tokens and `decode_steps` decode steps.
+fn capture(root: &std::path::Path, ctx: &str, decode_steps: &str) {
     tenpak_ok(&[
         "kv",
         "capture",
@@ -17,9 +18,9 @@ fn capture(root: &std::path::Path) {
         "--windows",
         "1",
         "--ctx",
-        "16",
+        ctx,
         "--decode-steps",
-        "2",
+        decode_steps,
         "--dtype",
         "fp16",
         "-q",
@@ -30,7 +31,7 @@ fn capture(root: &std::path::Path) {
 fn reads_captured_dumps_and_refuses_damaged_ones() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("dumps");
-    capture(&root);
+    capture(&root, "16", "2");
     let all = scan(&root, &DumpFilter::default()).unwrap();
     // 30 layers x (one prefill of 16 tokens + two one-token decode steps).
     assert_eq!(all.len(), 30 * 3);
@@ -119,24 +120,7 @@ fn f16s(b: &[u8]) -> Vec<f32> {
 fn compress_and_decompress_real_dumps() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("dumps");
-    tenpak_ok(&[
-        "kv",
-        "capture",
-        s(&smollm2()),
-        "--corpus",
-        s(&corpus()),
-        "-o",
-        s(&root),
-        "--windows",
-        "1",
-        "--ctx",
-        "64",
-        "--decode-steps",
-        "1",
-        "--dtype",
-        "fp16",
-        "-q",
-    ]);
+    capture(&root, "64", "1");
     let before = files(&root);
     let tpk = dir.path().join("kv.tpk");
     let back = dir.path().join("back");

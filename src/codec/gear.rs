@@ -347,12 +347,7 @@ impl TensorCodec for GearCodec {
         n.saturating_mul(src.size()).saturating_add(1)
     }
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
-        let raw = || {
-            let mut out = Vec::with_capacity(bytes.len() + 1);
-            out.push(RAW);
-            out.extend_from_slice(bytes);
-            out
-        };
+        let raw = || super::stored_payload(RAW, bytes);
         if self.delta == Delta::Whole {
             let z = zstd_encode(bytes, self.level as i32)?;
             if z.len() >= bytes.len() {
@@ -417,17 +412,7 @@ impl TensorCodec for GearCodec {
             return Err(Error::bad_length("gear payload is empty"));
         };
         match mode {
-            RAW => {
-                if body.len() != out.len() {
-                    return Err(Error::bad_length(format!(
-                        "gear raw payload is {} bytes, expected {}",
-                        body.len(),
-                        out.len()
-                    )));
-                }
-                out.copy_from_slice(body);
-                Ok(())
-            }
+            RAW => super::stored_body("gear", body, out),
             WHOLE => {
                 let b = zstd_decode(body, out.len())?;
                 if b.len() != out.len() {

@@ -534,12 +534,7 @@ impl TensorCodec for KvqCodec {
     }
 
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
-        let raw = || {
-            let mut out = Vec::with_capacity(bytes.len() + 1);
-            out.push(RAW);
-            out.extend_from_slice(bytes);
-            out
-        };
+        let raw = || super::stored_payload(RAW, bytes);
         if !matches!(src, DType::F32 | DType::F16 | DType::BF16) {
             return Ok(raw());
         }
@@ -762,15 +757,7 @@ impl TensorCodec for KvqCodec {
             return Err(Error::bad_length("kvq payload is empty"));
         };
         if mode == RAW {
-            if body.len() != out.len() {
-                return Err(Error::bad_length(format!(
-                    "kvq raw payload is {} bytes, expected {}",
-                    body.len(),
-                    out.len()
-                )));
-            }
-            out.copy_from_slice(body);
-            return Ok(());
+            return super::stored_body("kvq", body, out);
         }
         if mode != CODES {
             return Err(Error::bad_payload(format!("kvq mode {mode} is unknown")));

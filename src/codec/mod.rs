@@ -321,6 +321,28 @@ pub static REGISTRY: &[CodecEntry] = &[
     kvq::ENTRY,
 ];
 
+/// A payload storing `bytes` as they are behind a one-byte `mode` (the "stored raw" mode that
+/// keeps codecs from expanding a chunk).
+pub(crate) fn stored_payload(mode: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 1);
+    out.push(mode);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Decode the body of a [`stored_payload`]: exactly `out.len()` bytes.
+pub(crate) fn stored_body(codec: &str, body: &[u8], out: &mut [u8]) -> Result<()> {
+    if body.len() != out.len() {
+        return Err(Error::bad_length(format!(
+            "{codec} raw payload is {} bytes, expected {}",
+            body.len(),
+            out.len()
+        )));
+    }
+    out.copy_from_slice(body);
+    Ok(())
+}
+
 /// Look up a registry entry by name.
 pub fn entry_by_name(name: &str) -> Option<&'static CodecEntry> {
     REGISTRY.iter().find(|e| e.name == name)

@@ -402,16 +402,7 @@ fn sweep_on_threads(
             let m = exact.as_ref().expect("loaded");
             let sim = crate::kvsim::KvSim::new(policy.clone(), m.cfg.n_kv_head, m.cfg.head_dim());
             let with = m.with_kv_filter(sim.filter());
-            let n = windows.len();
-            let r = ppl::evaluate(
-                &with,
-                Some(RefSource::Cached(run)),
-                windows,
-                &opts.ppl,
-                &mut |w, _| on_step(label, w, n),
-                cx,
-            )?;
-            let c = r.comparison.expect("a reference was given");
+            let lm = lm_figures(&with, run, windows, opts, label, on_step, cx)?;
             let bits = sim.bits_per_value();
             f.rows.push(FrontierRow {
                 label: label.clone(),
@@ -419,14 +410,7 @@ fn sweep_on_threads(
                 file_bytes: 0,
                 bits_per_weight: bits,
                 ratio_vs_fp32: if bits > 0.0 { 32.0 / bits } else { 0.0 },
-                lm: Some(LmFigures {
-                    ppl: r.perplexity.ppl,
-                    ppl_second_half: r.perplexity.ppl_second_half,
-                    delta_ppl_pct: c.delta_ppl_pct,
-                    delta_ppl_se_pct: c.delta_ppl_se_pct,
-                    kld: c.kld,
-                    top1_agree_pct: c.top1_agree_pct,
-                }),
+                lm: Some(lm),
                 embed: None,
                 source_grid_exact: 0.0,
                 compress_seconds: 0.0,
@@ -448,25 +432,8 @@ fn sweep_on_threads(
         let (lm, embed) = match &reference {
             Reference::Lm { run, windows } => {
                 let (_, m, _) = crate::load_llama(&file, None)?;
-                let n = windows.len();
-                let r = ppl::evaluate(
-                    &m,
-                    Some(RefSource::Cached(run)),
-                    windows,
-                    &opts.ppl,
-                    &mut |w, _| on_step(label, w, n),
-                    cx,
-                )?;
-                let c = r.comparison.expect("a reference was given");
                 (
-                    Some(LmFigures {
-                        ppl: r.perplexity.ppl,
-                        ppl_second_half: r.perplexity.ppl_second_half,
-                        delta_ppl_pct: c.delta_ppl_pct,
-                        delta_ppl_se_pct: c.delta_ppl_se_pct,
-                        kld: c.kld,
-                        top1_agree_pct: c.top1_agree_pct,
-                    }),
+                    Some(lm_figures(&m, run, windows, opts, label, on_step, cx)?),
                     None,
                 )
             }
@@ -501,6 +468,36 @@ fn sweep_on_threads(
         let _ = std::fs::remove_dir(&tpk_dir);
     }
     Ok(f)
+}
+
+/// Evaluate `m` against a cached reference run and keep the row's figures.
+fn lm_figures(
+    m: &crate::llama::Llama,
+    run: &ppl::ReferenceRun,
+    windows: &[Vec<u32>],
+    opts: &SweepOptions,
+    label: &str,
+    on_step: OnStep,
+    cx: &Context<'_>,
+) -> Result<LmFigures> {
+    let n = windows.len();
+    let r = ppl::evaluate(
+        m,
+        Some(RefSource::Cached(run)),
+        windows,
+        &opts.ppl,
+        &mut |w, _| on_step(label, w, n),
+        cx,
+    )?;
+    let c = r.comparison.expect("a reference was given");
+    Ok(LmFigures {
+        ppl: r.perplexity.ppl,
+        ppl_second_half: r.perplexity.ppl_second_half,
+        delta_ppl_pct: c.delta_ppl_pct,
+        delta_ppl_se_pct: c.delta_ppl_se_pct,
+        kld: c.kld,
+        top1_agree_pct: c.top1_agree_pct,
+    })
 }
 
 fn sanitize(label: &str) -> String {

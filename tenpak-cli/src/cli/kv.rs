@@ -8,9 +8,9 @@ use tenpak::kv::dump::{DumpFilter, Stage};
 use tenpak::kv::method::{Method, Policy};
 use tenpak::{Context, Error};
 
-/// The reference's shared filters and the mode flags (compress, analyze and sweep).
+/// The reference's shared dump filters.
 #[derive(Args, Clone)]
-pub(super) struct ModeArgs {
+pub(super) struct FilterArgs {
     /// Which dumps: prefill, decode or both.
     #[arg(long, default_value = "both", value_parser = ["prefill", "decode", "both"])]
     stage: String,
@@ -20,6 +20,27 @@ pub(super) struct ModeArgs {
     /// Largest seq_len kept (0: no bound).
     #[arg(long, default_value_t = 0)]
     max_seq_len: u64,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> DumpFilter {
+        DumpFilter {
+            stage: match self.stage.as_str() {
+                "prefill" => Some(Stage::Prefill),
+                "decode" => Some(Stage::Decode),
+                _ => None,
+            },
+            min_seq_len: self.min_seq_len,
+            max_seq_len: self.max_seq_len,
+        }
+    }
+}
+
+/// The filters and the mode flags (compress and analyze).
+#[derive(Args, Clone)]
+pub(super) struct ModeArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
     /// Layers with layer_id < N are stored losslessly.
     #[arg(long, default_value_t = 2, value_name = "N")]
     lossless_first_n: u32,
@@ -51,15 +72,7 @@ pub(super) struct ModeArgs {
 
 impl ModeArgs {
     pub(super) fn filter(&self) -> DumpFilter {
-        DumpFilter {
-            stage: match self.stage.as_str() {
-                "prefill" => Some(Stage::Prefill),
-                "decode" => Some(Stage::Decode),
-                _ => None,
-            },
-            min_seq_len: self.min_seq_len,
-            max_seq_len: self.max_seq_len,
-        }
+        self.filter.filter()
     }
 
     pub(super) fn policy(&self) -> Result<Policy, Error> {
@@ -289,15 +302,8 @@ pub(super) struct SweepArgs {
     /// pareto.csv, pareto.png.
     #[arg(short, long, value_name = "DIR")]
     out: PathBuf,
-    /// Which dumps: prefill, decode or both.
-    #[arg(long, default_value = "both", value_parser = ["prefill", "decode", "both"])]
-    stage: String,
-    /// Smallest seq_len kept (0: no bound).
-    #[arg(long, default_value_t = 0)]
-    min_seq_len: u64,
-    /// Largest seq_len kept (0: no bound).
-    #[arg(long, default_value_t = 0)]
-    max_seq_len: u64,
+    #[command(flatten)]
+    filter: FilterArgs,
     /// Layers with layer_id < N are lossless and left out of the sweep.
     #[arg(long, default_value_t = 2, value_name = "N")]
     lossless_first_n: u32,
@@ -346,19 +352,6 @@ pub(super) struct SweepArgs {
 }
 
 pub(super) fn sweep(a: &SweepArgs, cx: &Context<'_>, out: &mut Vec<u8>) -> Result<i32, Error> {
-    let mode = ModeArgs {
-        stage: a.stage.clone(),
-        min_seq_len: a.min_seq_len,
-        max_seq_len: a.max_seq_len,
-        lossless_first_n: a.lossless_first_n,
-        lossless: a.store.clone(),
-        lossy: None,
-        bits: None,
-        zstd_level: 3,
-        sink_tokens: 0,
-        recent_tokens: 0,
-        policy: None,
-    };
     if !Method::parse(&a.store)?.lossless() {
         return Err(Error::config(format!(
             "--store {}: not a lossless method",
@@ -366,7 +359,7 @@ pub(super) fn sweep(a: &SweepArgs, cx: &Context<'_>, out: &mut Vec<u8>) -> Resul
         )));
     }
     let opts = tenpak::kv::sweep::SweepOptions {
-        filter: mode.filter(),
+        filter: a.filter.filter(),
         lossless_first_n: a.lossless_first_n,
         store: a.store.clone(),
         block_sizes: list(&a.block_sizes, "block-sizes")?,
