@@ -117,6 +117,16 @@ fn ratio(a: u64, b: u64) -> f64 {
     crate::compress::ratio(a, b)
 }
 
+/// A tensor's cosine as the KV reports give it: 1 when it decoded exactly (the stored metric
+/// is 0 for an all-zero tensor, which would read as a failure).
+pub(crate) fn tensor_cosine(m: &crate::metrics::Metrics) -> f64 {
+    if m.max_abs == 0.0 {
+        1.0
+    } else {
+        m.cosine
+    }
+}
+
 /// Cosine with tenpak's edge cases: 1 when the vectors are equal (all-zero included), 0 when
 /// only one has zero norm.
 fn cosine(dot: f64, na: f64, nb: f64, equal: bool) -> f64 {
@@ -148,7 +158,7 @@ impl Acc {
     fn add(&mut self, m: &crate::metrics::Metrics, x: &[f32], y: &[f32], head_dim: usize) {
         let n = x.len() as u64;
         // A tensor that decodes exactly has cosine 1 by tenpak's definition.
-        let cos_t = if m.max_abs == 0.0 { 1.0 } else { m.cosine };
+        let cos_t = tensor_cosine(m);
         self.n += n;
         self.w_mae += m.mae * n as f64;
         self.w_rmse += m.rmse * n as f64;
@@ -396,13 +406,7 @@ pub fn analyze(
             crate::dtype::to_f32(dt, back, &mut y);
             acc.add(&t.metrics, &x, &y, m.head_dim as usize);
         }
-        let cosv = |t: &KvTensorReport| {
-            if t.metrics.max_abs == 0.0 {
-                1.0
-            } else {
-                t.metrics.cosine
-            }
-        };
+        let cosv = |t: &KvTensorReport| tensor_cosine(&t.metrics);
         let _ = writeln!(
             err_csv,
             "{},{},{},{},{},{},{:.9},{:.9},{:.9},{:.9},{:.9},{:.9},{:.9},{:.9}",
@@ -625,13 +629,7 @@ fn blocknorm_reference(
         let e = e?;
         let (k, v) = (&e[0], &e[1]);
         let mm = &d.meta;
-        let cos = |t: &super::sweep::TensorEval| {
-            if t.metrics.max_abs == 0.0 {
-                1.0
-            } else {
-                t.metrics.cosine
-            }
-        };
+        let cos = |t: &super::sweep::TensorEval| tensor_cosine(&t.metrics);
         let _ = writeln!(
             csv,
             "{},{},{},{},{},{},{},{},{},{:.6},{:.6},{:.9},{:.9},{:.9},{:.9}",

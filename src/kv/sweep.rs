@@ -278,7 +278,7 @@ fn summarize(
             0.0
         }
     };
-    let cos = |m: &Metrics| if m.max_abs == 0.0 { 1.0 } else { m.cosine };
+    let cos = super::analyze::tensor_cosine;
     let mae = |m: &Metrics| m.mae;
     let layers: std::collections::BTreeSet<u32> = t.iter().map(|e| e.layer_id).collect();
     let (mut wkc, mut wvc, mut wkm, mut wvm) = (1f64, 1f64, 0f64, 0f64);
