@@ -12,9 +12,8 @@
 
 use super::dump::{self, Stage};
 use super::method::Which;
-use super::pack::{self, KvCompressOptions, KvCompressReport, KvTensorReport, OVERLAY};
+use super::pack::{self, KvCompressOptions, KvCompressReport, KvTensorReport};
 use crate::context::Context;
-use crate::dtype::DType;
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -298,45 +297,15 @@ pub fn analyze(
     // Decode every tensor once (timed), keeping the lossy ones for the error pass.
     let start = std::time::Instant::now();
     let mut decoded: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut pending: Option<(String, Vec<u8>, DType)> = None;
-    for (i, t) in a.file.tensors().iter().enumerate() {
-        cx.check_cancelled()?;
-        let (dt, data) = a
-            .decode_tensor(i)
-            .map_err(|e| e.with_tensor(&t.name).with_file(&tpk))?;
-        let src = DType::from_name(&t.dtype).unwrap_or(dt);
-        let data = if dt != src {
-            crate::decompress::convert(dt, data, src)?
-        } else {
-            data
-        };
-        if let Some((base, range)) = t.name.split_once(OVERLAY) {
-            if let Some((_, buf, _)) = pending.as_mut().filter(|p| p.0 == base) {
-                let a_tok: u64 = range
-                    .split('_')
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                let row: u64 = t.dims.get(1..).unwrap_or(&[]).iter().product();
-                let at = (a_tok * row) as usize * src.size();
-                if at + data.len() > buf.len() {
-                    return Err(
-                        Error::bad_file(format!("{}: token range out of bounds", t.name))
-                            .with_file(&tpk),
-                    );
-                }
-                buf[at..at + data.len()].copy_from_slice(&data);
-            }
-        } else {
-            if let Some((name, buf, _)) = pending.take() {
-                decoded.insert(name, buf);
-            }
-            pending = Some((t.name.clone(), data, src));
-        }
-    }
-    if let Some((name, buf, _)) = pending.take() {
-        decoded.insert(name, buf);
-    }
+    cx.event(crate::progress::Event::Start {
+        total_bytes: a.file.tensors().iter().map(|t| t.source_bytes).sum(),
+        tensors: a.file.tensors().len(),
+    });
+    pack::decode_dump_tensors(&a, &tpk, cx, &mut |name, buf| {
+        decoded.insert(name.to_string(), buf);
+        Ok(())
+    })?;
+    cx.event(crate::progress::Event::Finish);
     let decode_s = start.elapsed().as_secs_f64();
     let by_name: HashMap<&str, &KvTensorReport> =
         c.tensors.iter().map(|t| (t.name.as_str(), t)).collect();

@@ -540,12 +540,42 @@ fn decompress_on_threads(
     });
     let mut bytes = 0u64;
     let mut bin_files = 0usize;
-    // The dump tensor being assembled: its name, path and bytes; its overlays follow it.
-    let mut pending: Option<(String, PathBuf, Vec<u8>, Vec<u64>)> = None;
-    for (i, t) in tensors.iter().enumerate() {
+    decode_dump_tensors(&a, input, cx, &mut |name, buf| {
+        write(&safe_relative(name)?, &buf)?;
+        bytes += buf.len() as u64;
+        bin_files += 1;
+        Ok(())
+    })?;
+    cx.event(Event::Finish);
+    if out_dir.exists() {
+        std::fs::remove_dir_all(out_dir).map_err(|e| Error::io("replace", e).with_file(out_dir))?;
+    }
+    std::fs::rename(&tmp, out_dir)
+        .map_err(|e| Error::io("rename into place", e).with_file(out_dir))?;
+    std::mem::forget(guard);
+    Ok(KvDecompressReport {
+        output: out_dir.to_path_buf(),
+        meta_files,
+        bin_files,
+        bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Decode every dump tensor of a KV archive in index order, its kept-token overlays written
+/// over it, and hand each to `f` as (name, bytes in the dump's dtype). Every name is checked
+/// before anything is decoded, and every overlay against the shape of the tensor before it.
+pub fn decode_dump_tensors(
+    a: &crate::archive::Archive,
+    input: &Path,
+    cx: &Context<'_>,
+    f: &mut dyn FnMut(&str, Vec<u8>) -> Result<()>,
+) -> Result<()> {
+    // The dump tensor being assembled: its name, bytes and shape; its overlays follow it.
+    let mut pending: Option<(String, Vec<u8>, Vec<u64>)> = None;
+    for (i, t) in a.file.tensors().iter().enumerate() {
         cx.check_cancelled()?;
         cx.event(Event::Tensor { name: &t.name });
-        // The name is checked before anything is decoded.
         safe_relative(
             t.name
                 .split_once(OVERLAY)
@@ -569,8 +599,7 @@ fn decompress_on_threads(
                 ))
                 .with_file(input)
             };
-            let (_, _, buf, main_dims) =
-                pending.as_mut().filter(|p| p.0 == base).ok_or_else(bad)?;
+            let (_, buf, main_dims) = pending.as_mut().filter(|p| p.0 == base).ok_or_else(bad)?;
             // `#t<a>_<b>`: tokens a..b of the tensor before it, with its row shape.
             let (a_tok, b_tok) = range.split_once('_').ok_or_else(bad)?;
             let a_tok: u64 = a_tok.parse().map_err(|_| bad())?;
@@ -595,37 +624,19 @@ fn decompress_on_threads(
             }
             buf[at..end].copy_from_slice(&data);
         } else {
-            if let Some((_, rel, buf, _)) = pending.take() {
-                write(&rel, &buf)?;
-                bytes += buf.len() as u64;
-                bin_files += 1;
+            if let Some((name, buf, _)) = pending.take() {
+                f(&name, buf)?;
             }
-            let rel = safe_relative(&t.name).map_err(|e| e.with_file(input))?;
-            pending = Some((t.name.clone(), rel, data, t.dims.clone()));
+            pending = Some((t.name.clone(), data, t.dims.clone()));
         }
         cx.event(Event::Advance {
             bytes: t.source_bytes,
         });
     }
-    if let Some((_, rel, buf, _)) = pending.take() {
-        write(&rel, &buf)?;
-        bytes += buf.len() as u64;
-        bin_files += 1;
+    if let Some((name, buf, _)) = pending.take() {
+        f(&name, buf)?;
     }
-    cx.event(Event::Finish);
-    if out_dir.exists() {
-        std::fs::remove_dir_all(out_dir).map_err(|e| Error::io("replace", e).with_file(out_dir))?;
-    }
-    std::fs::rename(&tmp, out_dir)
-        .map_err(|e| Error::io("rename into place", e).with_file(out_dir))?;
-    std::mem::forget(guard);
-    Ok(KvDecompressReport {
-        output: out_dir.to_path_buf(),
-        meta_files,
-        bin_files,
-        bytes,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(())
 }
 
 /// Removes a half-written folder on any early return.
