@@ -64,6 +64,7 @@ fn bench(c: &mut Criterion) {
                 let p = m.for_kind(*w).pipeline.bind(&TensorFacts {
                     dims,
                     amax: Some(amax),
+                    values: None,
                 });
                 let enc = p.encode(dtype, b).unwrap();
                 (p, b, enc)

@@ -27,6 +27,7 @@ fn bench(c: &mut Criterion) {
         let p = p.bind(&tenpak::codec::TensorFacts {
             dims: &[],
             amax: Some(amax),
+            values: None,
         });
         let enc: Vec<Vec<u8>> = chunks
             .iter()

@@ -323,6 +323,13 @@ pub fn encode_tensor_against(
     if layout != Layout::RowMajor {
         return encode_tiled(info, data, pipeline, layout, chunk_elems, cx, sink);
     }
+    let bound;
+    let pipeline = if pipeline.tensor_codec().props().binds == Binds::Data {
+        bound = bind_to_values(info, data, pipeline)?;
+        &bound
+    } else {
+        pipeline
+    };
     let ranges = chunk_ranges(info, Some(pipeline), Layout::RowMajor, chunk_elems);
     let largest = ranges.first().map_or(1, |r| r.1 as usize);
     let per_batch = (BATCH_BYTES / (largest * esize).max(1)).max(rayon::current_num_threads());
@@ -377,7 +384,10 @@ fn encode_tiled(
         pipeline.bind(&TensorFacts {
             dims: &info.dims,
             amax: Some(f32::from_bits(top)),
+            values: None,
         })
+    } else if pipeline.tensor_codec().props().binds == Binds::Data {
+        bind_to_values(info, data, pipeline)?
     } else {
         pipeline.clone()
     };
@@ -412,6 +422,32 @@ fn encode_tiled(
         metrics: acc.finish(),
         encoded_bytes,
     })
+}
+
+/// The bind step of a codec that learns from the whole tensor ([`Binds::Data`]: codebooks,
+/// low-rank factors, fitted grids): its values widened to f32, non-finite values refused.
+fn bind_to_values(info: &TensorInfo, data: &[u8], pipeline: &Pipeline) -> Result<Pipeline> {
+    let mut widened = Vec::new();
+    let vals = f32_view(info.dtype, data, &mut widened);
+    let nonfinite = vals.iter().filter(|v| !v.is_finite()).count();
+    if nonfinite > 0 {
+        return Err(Error::input(format!(
+            "{nonfinite} non-finite values (NaN or infinity); {} learns from finite weights only",
+            pipeline.tensor_codec().name()
+        )));
+    }
+    let bound = pipeline.bind(&TensorFacts {
+        dims: &info.dims,
+        amax: None,
+        values: Some(vals),
+    });
+    if bound.tensor_codec().props().binds == Binds::Data {
+        return Err(Error::internal(format!(
+            "{} did not bind to the tensor's values",
+            pipeline.tensor_codec().name()
+        )));
+    }
+    Ok(bound)
 }
 
 /// Encode one band of tiles and measure it, tile by tile, against its reconstruction.

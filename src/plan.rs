@@ -328,6 +328,7 @@ pub fn tensor_plan(p: &Pipeline, info: &TensorInfo, opts: &CompressOptions) -> (
     let p = p.bind(&TensorFacts {
         dims: &info.dims,
         amax: None,
+        values: None,
     });
     if !p.tensor_codec().tiled() {
         if info.dims.len() < 2

@@ -78,6 +78,7 @@ fn every_registered_codec_roundtrips_params() {
         let p = p.bind(&tenpak::codec::TensorFacts {
             dims: &[],
             amax: Some(1.0),
+            values: None,
         });
         let again = Pipeline::from_stages(&p.stages()).unwrap();
         assert_eq!(again.describe(), p.describe(), "{}", e.name);
@@ -168,6 +169,7 @@ fn tile_codec_reconstruction_is_the_decoder_output() {
         let p = p.bind(&tenpak::codec::TensorFacts {
             dims: &[],
             amax: Some(4.0),
+            values: None,
         });
         let mut recon = Vec::new();
         let mut seen = Vec::new();
@@ -341,7 +343,7 @@ proptest! {
             let mut xs = Vec::new();
             dtype::to_f32(dt, &b, &mut xs);
             let amax = xs.iter().filter(|v| v.is_finite()).fold(0f32, |a, v| a.max(v.abs()));
-            let facts = tenpak::codec::TensorFacts { dims: &dims, amax: Some(amax) };
+            let facts = tenpak::codec::TensorFacts { dims: &dims, amax: Some(amax), values: None };
             for spec in ["gear", "gear:delta=token", "gear:delta=auto", "gear:split=none"] {
                 let p = Pipeline::parse(spec).unwrap().bind(&facts);
                 let dec = p.decode(&p.encode(dt, &b).unwrap(), dt, n, u64::MAX).unwrap();

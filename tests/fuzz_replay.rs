@@ -203,6 +203,7 @@ fn write_seeds() {
         let p = p.bind(&tenpak::codec::TensorFacts {
             dims: &[],
             amax: Some(0.5),
+            values: None,
         });
         let stages = p.stages();
         let n = bytes.len() / dt.size();
@@ -251,6 +252,7 @@ fn write_seeds() {
             .bind(&tenpak::codec::TensorFacts {
                 dims: &[8, 64],
                 amax: None,
+                values: None,
             })
             .unwrap_or_else(|| p.tensor_codec_arc());
         let vals = &w[..512 * 4];

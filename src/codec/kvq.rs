@@ -20,6 +20,7 @@
 //! The codes are hand-packed because no bit-packing crate handles every width from 1 to 16 bits
 //! and the layout must be the spec's exactly.
 
+use super::rot::fwht;
 use super::zstd::{zstd_decode, zstd_encode};
 use super::{Binds, Codec, CodecEntry, Props, TensorCodec, TensorFacts};
 use crate::dtype::DType;
@@ -198,25 +199,6 @@ fn rot_sign(j: usize) -> f32 {
     } else {
         1.0
     }
-}
-
-/// The orthonormal Walsh-Hadamard transform of `b` (length a power of two), in place:
-/// butterflies `(u, v) -> (u + v, u - v)` over strides 1, 2, 4, ..., then `/ sqrt(len)`.
-fn fwht(b: &mut [f32]) {
-    let n = b.len();
-    let mut h = 1;
-    while h < n {
-        for i in (0..n).step_by(2 * h) {
-            for j in i..i + h {
-                let (u, v) = (b[j], b[j + h]);
-                b[j] = u + v;
-                b[j + h] = u - v;
-            }
-        }
-        h *= 2;
-    }
-    let k = 1.0 / (n as f32).sqrt();
-    b.iter_mut().for_each(|v| *v *= k);
 }
 
 /// Rotate (`forward`: signs, then the transform) or rotate back (the transform, then signs)
@@ -913,6 +895,7 @@ mod tests {
         let p = Pipeline::parse(spec).unwrap().bind(&TensorFacts {
             dims,
             amax: Some(amax),
+            values: None,
         });
         let enc = p.encode(dt, &b).unwrap();
         let back = Pipeline::from_stages(&p.stages()).unwrap();
@@ -1079,6 +1062,7 @@ mod tests {
             .bind(&TensorFacts {
                 dims: &[8, 2, 16],
                 amax: None,
+                values: None,
             });
         let enc = p.encode(DType::F16, &b).unwrap();
         assert_eq!(enc[0], CODES);

@@ -20,6 +20,7 @@ pub mod kvq;
 pub mod mixed;
 pub mod mx;
 mod raw;
+pub mod rot;
 pub mod sparse;
 pub mod tile;
 mod zstd;
@@ -115,6 +116,10 @@ pub enum Binds {
     Shape,
     /// The tensor's largest magnitude, a pass over the whole tensor first (nvfp4's global scale).
     Amax,
+    /// The tensor's values as f32 (codebooks, low-rank factors, fitted grids learned from the
+    /// whole tensor and stored in the codec's parameters). Codecs that bind to data also take
+    /// the shape step first, with `values` absent.
+    Data,
 }
 
 /// What the bind step knows of a tensor.
@@ -124,6 +129,8 @@ pub struct TensorFacts<'a> {
     pub dims: &'a [u64],
     /// Its largest finite magnitude, when the codec [`Binds::Amax`].
     pub amax: Option<f32>,
+    /// Its values, row-major, when the codec [`Binds::Data`].
+    pub values: Option<&'a [f32]>,
 }
 
 /// Elements of one dtype -> bytes, lossy or lossless. Adding a codec family is one file with
@@ -271,6 +278,21 @@ impl Options {
         }
     }
 
+    /// Options of codec `codec` from `k=v,k=v`.
+    fn parse(codec: &'static str, opts: &str) -> Result<Options> {
+        let mut o = Options {
+            codec,
+            map: BTreeMap::new(),
+        };
+        for kv in opts.split(',').filter(|s| !s.trim().is_empty()) {
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                Error::config(format!("codec {codec}: option '{kv}' is not key=value"))
+            })?;
+            o.map.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        Ok(o)
+    }
+
     fn finish(self) -> Result<()> {
         match self.map.keys().next() {
             None => Ok(()),
@@ -319,6 +341,7 @@ pub static REGISTRY: &[CodecEntry] = &[
     delta::ENTRY,
     gear::ENTRY,
     kvq::ENTRY,
+    rot::ENTRY,
 ];
 
 /// A payload storing `bytes` as they are behind a one-byte `mode` (the "stored raw" mode that
@@ -363,6 +386,24 @@ pub struct Pipeline {
 impl Pipeline {
     /// Parse `NAME[:k=v,...][+NAME...]`.
     pub fn parse(spec: &str) -> Result<Pipeline> {
+        // `rot[:opts]+REST`: the rotation wraps the tensor codec of the rest.
+        let (head, rest) = spec.split_once('+').unwrap_or((spec, ""));
+        let (hname, hopts) = head.split_once(':').unwrap_or((head, ""));
+        if hname.trim() == "rot" {
+            if rest.trim().is_empty() {
+                return Err(Error::config(
+                    "rot wraps the codec after it: write rot+CODEC (rot:block=64+int4_g32, rot+nvfp4)",
+                ));
+            }
+            let inner = Pipeline::parse(rest)?;
+            let mut o = Options::parse("rot", hopts)?;
+            let r = rot::wrap(&mut o, inner.tensor)?;
+            o.finish()?;
+            return Ok(Pipeline {
+                tensor: Arc::new(r),
+                bytes: inner.bytes,
+            });
+        }
         let mut tensor: Option<Arc<dyn TensorCodec>> = None;
         let mut bytes = Vec::new();
         for (i, part) in spec.split('+').enumerate() {
@@ -383,16 +424,7 @@ impl Pipeline {
                     names.join(", ")
                 ))
             })?;
-            let mut o = Options {
-                codec: entry.name,
-                map: BTreeMap::new(),
-            };
-            for kv in opts.split(',').filter(|s| !s.trim().is_empty()) {
-                let (k, v) = kv.split_once('=').ok_or_else(|| {
-                    Error::config(format!("codec {name}: option '{kv}' is not key=value"))
-                })?;
-                o.map.insert(k.trim().to_string(), v.trim().to_string());
-            }
+            let mut o = Options::parse(entry.name, &opts)?;
             let codec = (entry.from_options)(&mut o)?;
             o.finish()?;
             match codec {
@@ -616,6 +648,51 @@ impl From<Arc<dyn TensorCodec>> for Pipeline {
             tensor,
             bytes: Vec::new(),
         }
+    }
+}
+
+/// An inner codec inside a wrapper's parameters (`sparse`, `rot`): its id, version, the
+/// length of its parameters (u32) and the parameters.
+pub(crate) fn inner_params(inner: &dyn TensorCodec) -> Vec<u8> {
+    let ip = inner.params();
+    let mut p = inner.id().to_le_bytes().to_vec();
+    p.extend_from_slice(&inner.version().to_le_bytes());
+    p.extend_from_slice(&(ip.len() as u32).to_le_bytes());
+    p.extend(ip);
+    p
+}
+
+/// Read what [`inner_params`] wrote at the end of `p` (nothing may follow).
+pub(crate) fn inner_from_params(wrapper: &str, p: &[u8]) -> Result<Arc<dyn TensorCodec>> {
+    let bad = |m: &str| Error::bad_params(format!("{wrapper} parameters: {m}"));
+    if p.len() < 8 {
+        return Err(bad("cut short"));
+    }
+    let id = u16::from_le_bytes([p[0], p[1]]);
+    let version = u16::from_le_bytes([p[2], p[3]]);
+    let len = u32::from_le_bytes(p[4..8].try_into().expect("4 bytes")) as usize;
+    if p.len() - 8 != len {
+        return Err(bad("the inner codec's parameters have the wrong length"));
+    }
+    let entry = entry_by_id(id).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!("{wrapper}: inner codec id {id} is not known to this tenpak"),
+        )
+    })?;
+    if version == 0 || version > entry.version {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "{wrapper}: inner codec {} version {version} is newer than this tenpak reads",
+                entry.name
+            ),
+        ));
+    }
+    match (entry.from_params)(&p[8..])? {
+        Codec::Tensor(t) if t.version() == version => Ok(t),
+        Codec::Tensor(_) => Err(bad("the inner codec's version does not match its parameters")),
+        Codec::Bytes(_) => Err(bad("the inner codec is a byte codec")),
     }
 }
 

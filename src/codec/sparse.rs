@@ -9,9 +9,9 @@
 //!
 //! Made by `--prune` (compress) around `--codec`'s tensor codec; `sparse` is not a `--codec`.
 
-use super::{entry_by_id, Binds, Codec, CodecEntry, Props, TensorCodec};
+use super::{Binds, Codec, CodecEntry, Props, TensorCodec};
 use crate::dtype::DType;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use std::sync::Arc;
 
 /// Registry id of `sparse`.
@@ -161,35 +161,8 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
         ))
     },
     from_params: |p| {
-        let bad = |m: &str| Error::bad_params(format!("sparse parameters: {m}"));
-        if p.len() < 8 {
-            return Err(bad("cut short"));
-        }
-        let id = u16::from_le_bytes([p[0], p[1]]);
-        let version = u16::from_le_bytes([p[2], p[3]]);
-        let len = u32::from_le_bytes(p[4..8].try_into().expect("4 bytes")) as usize;
-        if p.len() != 8 + len {
-            return Err(bad("the inner codec's parameters have the wrong length"));
-        }
-        let entry = entry_by_id(id).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unsupported,
-                format!("sparse: value codec id {id} is not known to this tenpak"),
-            )
-        })?;
-        if version == 0 || version > entry.version {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("sparse: value codec {} version {version} is newer than this tenpak reads", entry.name),
-            ));
-        }
-        match (entry.from_params)(&p[8..])? {
-            Codec::Tensor(t) if t.version() == version => {
-                Ok(Codec::Tensor(Arc::new(SparseCodec::new(t)?)))
-            }
-            Codec::Tensor(_) => Err(bad("the inner codec's version does not match its parameters")),
-            Codec::Bytes(_) => Err(bad("the inner codec is a byte codec")),
-        }
+        let inner = super::inner_from_params("sparse", p)?;
+        Ok(Codec::Tensor(Arc::new(SparseCodec::new(inner)?)))
     },
 };
 
@@ -206,12 +179,7 @@ impl TensorCodec for SparseCodec {
         }
     }
     fn params(&self) -> Vec<u8> {
-        let ip = self.inner.params();
-        let mut p = self.inner.id().to_le_bytes().to_vec();
-        p.extend_from_slice(&self.inner.version().to_le_bytes());
-        p.extend_from_slice(&(ip.len() as u32).to_le_bytes());
-        p.extend(ip);
-        p
+        super::inner_params(&*self.inner)
     }
     fn spec(&self) -> String {
         format!("sparse[{}]", self.inner.spec())

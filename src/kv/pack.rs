@@ -231,6 +231,7 @@ fn encode_one(
     let pipeline = method.pipeline.bind(&crate::codec::TensorFacts {
         dims: &dims,
         amax: Some(amax),
+        values: None,
     });
     // 0: the whole tensor in one chunk (as the reference compresses it).
     let chunk_elems = if opts.chunk_tokens == 0 {
@@ -257,6 +258,7 @@ fn encode_one(
             let p = exact.pipeline.bind(&crate::codec::TensorFacts {
                 dims: &odims,
                 amax: None,
+                values: None,
             });
             let part = encode_part(oinfo, span, span, &p, chunk_elems, cx)?;
             payload_bytes += part.encoded.encoded_bytes;

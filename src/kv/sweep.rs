@@ -83,6 +83,7 @@ pub fn eval_tensor(
         let p = r.pipeline.bind(&TensorFacts {
             dims: &dims,
             amax: None,
+            values: None,
         });
         payload += p.encode(dtype, &b.stored)?.len() as u64;
         payload += b.blocks as u64 * scale_bytes as u64
@@ -102,6 +103,7 @@ pub fn eval_tensor(
         let p = r.pipeline.bind(&TensorFacts {
             dims: &dims,
             amax: Some(amax),
+            values: None,
         });
         let mult = p.tensor_codec().chunk_multiple().max(1);
         let chunk = if chunk_tokens == 0 {

@@ -67,6 +67,7 @@ fn through_tile(p: &Pipeline, vals: &[f32]) -> Result<Vec<f32>> {
     let p = p.bind(&tenpak::codec::TensorFacts {
         dims: &[],
         amax: Some(amax),
+        values: None,
     });
     let bytes: Vec<u8> = tile.iter().flat_map(|v| v.to_le_bytes()).collect();
     let dec = p.decode(&p.encode(DType::F32, &bytes)?, DType::F32, 1024, u64::MAX)?;

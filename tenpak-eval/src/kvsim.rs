@@ -77,6 +77,7 @@ impl KvSim {
                     .bind(&tenpak::codec::TensorFacts {
                         dims: &dims,
                         amax: None,
+                        values: None,
                     });
             kept_payload += lp.encode(DType::F16, &hb)?.len() as u64;
             x[r.clone()].fill(0.0);
@@ -97,6 +98,7 @@ impl KvSim {
         let p = m.pipeline.bind(&tenpak::codec::TensorFacts {
             dims: &dims,
             amax: Some(amax),
+            values: None,
         });
         let mult = p.tensor_codec().chunk_multiple().max(1);
         let chunk = (CHUNK_TOKENS * row as u64).div_ceil(mult) * mult;
