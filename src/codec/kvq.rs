@@ -1046,7 +1046,7 @@ mod tests {
     fn packing_round_trips_every_width() {
         for bits in 1..=16u8 {
             let codes: Vec<u32> = (0..77u32)
-                .map(|i| (i * 2654435761) & ((1 << bits) - 1))
+                .map(|i| i.wrapping_mul(2654435761) & ((1 << bits) - 1))
                 .collect();
             assert_eq!(unpack(&pack(&codes, bits), bits, codes.len()), codes);
         }
