@@ -9,7 +9,7 @@
 //! the stored (rounded) scale and offset. `fit=als` (the `int4_opt` recipe) refines each
 //! group's scale and offset by alternating least squares; the payload is the same.
 //!
-//! Options: `bits=8|4|3|2`, `zero=sym|asym`, `group=N|row|tensor` (`row`: one group per row of
+//! Options: `bits=2..8`, `zero=sym|asym`, `group=N|row|tensor` (`row`: one group per row of
 //! the tensor's `[prod(leading), last]` view, i.e. per output channel of a Linear weight;
 //! `tensor`: one group), `scale=f16|f32`, `fit=minmax|als`, `iters=N` (ALS steps).
 //! Names: `int8`, `int4_g32`, `int4_row_asym`, `int2_tensor_f32`, `int4_opt` (= int:bits=4,
@@ -64,7 +64,7 @@ pub enum Group {
 /// A uniform quantizer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IntCodec {
-    /// Bits per code: 8, 4, 3 or 2.
+    /// Bits per code, 2 to 8.
     pub bits: u8,
     /// Asymmetric (offset per group) rather than symmetric.
     pub asym: bool,
@@ -349,7 +349,7 @@ impl IntCodec {
             return Err(bad(format!("{} bytes", p.len())));
         }
         let (bits, flags) = (p[0], p[1]);
-        if ![2, 3, 4, 8].contains(&bits) {
+        if !(2..=8).contains(&bits) {
             return Err(bad(format!("{bits} bits")));
         }
         if flags & !0b1111 != 0 {
@@ -596,9 +596,9 @@ fn put_f32(vals: &[f32], out: &mut [u8]) {
 
 fn int_options(o: &mut Options, bits_default: i64) -> Result<IntCodec> {
     let bits = o.int("bits", bits_default, 2, 8)? as u8;
-    if ![2, 3, 4, 8].contains(&bits) {
+    if !(2..=8).contains(&bits) {
         return Err(Error::config(format!(
-            "codec int: bits={bits}: expected 8, 4, 3 or 2"
+            "codec int: bits={bits}: expected 2 to 8"
         )));
     }
     let asym = o.choice("zero", &["sym", "asym"])? == "asym";
@@ -652,7 +652,7 @@ pub(super) const INT_ENTRY: CodecEntry = CodecEntry {
     id: INT_ID,
     name: "int",
     version: 1,
-    summary: "uniform integer quantization: bits=8|4|3|2, zero=sym|asym, group=N|row|tensor, scale=f16|f32 (int8, int4_g32, int4_opt, ...)",
+    summary: "uniform integer quantization: bits=2..8, zero=sym|asym, group=N|row|tensor, scale=f16|f32 (int8, int4_g32, int4_opt, ...)",
     from_options: |o| Ok(Codec::Tensor(Arc::new(int_options(o, 8)?))),
     from_params: |p| Ok(Codec::Tensor(Arc::new(IntCodec::from_params_bytes("int", p)?))),
 };
@@ -809,7 +809,7 @@ pub fn expand_alias(name: &str) -> Option<(&'static str, String)> {
     let rest = name.strip_prefix("int")?;
     let mut parts = rest.split('_');
     let bits: u8 = parts.next()?.parse().ok()?;
-    if ![2, 3, 4, 8].contains(&bits) {
+    if !(2..=8).contains(&bits) {
         return None;
     }
     let mut opts = format!("bits={bits}");
@@ -866,7 +866,7 @@ mod tests {
 
     #[test]
     fn packing_roundtrips_every_width() {
-        for bits in [2u32, 3, 4, 8] {
+        for bits in 2u32..=8 {
             let codes: Vec<u8> = (0..1001u32).map(|i| (i * 7 % (1 << bits)) as u8).collect();
             let mut out = Vec::new();
             pack(&codes, bits, &mut out);
