@@ -1030,7 +1030,7 @@ mod tests {
             expand_alias("int4_opt"),
             Some(("int", "bits=4,zero=asym,fit=als,group=8".to_string()))
         );
-        assert_eq!(expand_alias("int5"), None);
+        assert_eq!(expand_alias("int9"), None);
         assert_eq!(expand_alias("int4_gx"), None);
         assert_eq!(expand_alias("int4_residual"), None);
     }
