@@ -489,7 +489,7 @@ fn als(x: &[f32], s0: f32, m0: f32, levels: f32, iters: u8) -> (f32, f32) {
 }
 
 /// Pack `bits`-bit codes densely, least significant bit first.
-fn pack(codes: &[u8], bits: u32, out: &mut Vec<u8>) {
+pub(super) fn pack(codes: &[u8], bits: u32, out: &mut Vec<u8>) {
     match bits {
         8 => out.extend_from_slice(codes),
         4 | 2 => {
@@ -521,7 +521,7 @@ fn pack(codes: &[u8], bits: u32, out: &mut Vec<u8>) {
 
 /// `n` codes of `bits` bits from a stream written by [`pack`] (the caller has checked its
 /// length).
-fn unpack(data: &[u8], bits: u32, n: usize) -> Vec<u8> {
+pub(super) fn unpack(data: &[u8], bits: u32, n: usize) -> Vec<u8> {
     match bits {
         8 => data[..n].to_vec(),
         4 | 2 => {

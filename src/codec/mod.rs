@@ -14,6 +14,7 @@ mod byteplane;
 pub mod delta;
 mod float;
 pub mod gear;
+pub mod grid;
 mod huffman;
 pub mod int;
 pub mod kvq;
@@ -342,6 +343,7 @@ pub static REGISTRY: &[CodecEntry] = &[
     gear::ENTRY,
     kvq::ENTRY,
     rot::ENTRY,
+    grid::ENTRY,
 ];
 
 /// A payload storing `bytes` as they are behind a one-byte `mode` (the "stored raw" mode that
@@ -412,7 +414,7 @@ impl Pipeline {
                 None => (part.trim(), String::new()),
             };
             // Short names of the integer codecs (`int4_g32`) are `int` with options.
-            let (name, opts) = match int::expand_alias(name) {
+            let (name, opts) = match int::expand_alias(name).or_else(|| grid::expand_alias(name)) {
                 Some((n, extra)) if opts.is_empty() => (n, extra),
                 Some((n, extra)) => (n, format!("{extra},{opts}")),
                 None => (name, opts),
