@@ -356,7 +356,7 @@ fn get_varint(b: &[u8], at: &mut usize) -> Result<u64> {
 }
 
 /// Pack `codes` of `bits` each, LSB first.
-fn pack(codes: &[u32], bits: u8) -> Vec<u8> {
+pub(super) fn pack(codes: &[u32], bits: u8) -> Vec<u8> {
     let mut out = Vec::with_capacity((codes.len() * bits as usize).div_ceil(8));
     let (mut acc, mut have) = (0u64, 0u32);
     for &c in codes {
@@ -374,7 +374,7 @@ fn pack(codes: &[u32], bits: u8) -> Vec<u8> {
     out
 }
 
-fn unpack(b: &[u8], bits: u8, n: usize) -> Vec<u32> {
+pub(super) fn unpack(b: &[u8], bits: u8, n: usize) -> Vec<u32> {
     let mask = (1u64 << bits) - 1;
     let mut out = Vec::with_capacity(n);
     let (mut acc, mut have, mut at) = (0u64, 0u32, 0usize);

@@ -24,6 +24,7 @@ mod raw;
 pub mod rot;
 pub mod sparse;
 pub mod tile;
+pub mod vq;
 mod zstd;
 
 use crate::dtype::DType;
@@ -344,6 +345,7 @@ pub static REGISTRY: &[CodecEntry] = &[
     kvq::ENTRY,
     rot::ENTRY,
     grid::ENTRY,
+    vq::ENTRY,
 ];
 
 /// A payload storing `bytes` as they are behind a one-byte `mode` (the "stored raw" mode that

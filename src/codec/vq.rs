@@ -1,0 +1,537 @@
+//! `vq` (id 28): vector quantization with a k-means codebook (PocketLLM-style). Spec:
+//! formats-spec/vq.md.
+//!
+//! Runs of `d` consecutive elements (2, 4 or 8) are replaced by the index of their nearest
+//! codebook entry (Euclidean); indices are packed at log2(k) bits. The codebook (k entries of
+//! d f16 values, k a power of two from 16 to 65536) is learned per tensor by the bind step and
+//! stored in the parameters (`scope=tensor`), or learned per chunk and stored at the head of
+//! each chunk's payload (`scope=chunk`: a block of rows).
+//!
+//! Training is k-means with k-means++ initialisation on a deterministic sample of the vectors
+//! (every `m / sample`-th one), seeded; the assignment step runs in parallel over fixed blocks
+//! whose partial sums are added in block order, so the codebook is the same bytes whatever the
+//! thread count. k-means is hand-written: the crates that offer it (linfa-clustering) bring an
+//! ndarray stack and no control over the summation order that determinism needs.
+
+use super::{Binds, Codec, CodecEntry, Options, Props, TensorCodec, TensorFacts};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use half::f16;
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Registry id of `vq`.
+pub const VQ_ID: u16 = 28;
+
+const SCOPES: [&str; 2] = ["tensor", "chunk"];
+
+/// Training settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Train {
+    /// Lloyd iterations after the k-means++ start.
+    pub iters: u32,
+    /// Most vectors trained on.
+    pub sample: u32,
+    /// Seed of the k-means++ draws.
+    pub seed: u64,
+}
+
+/// A trained codebook: `k` entries of `d` values, already rounded to f16.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Codebook {
+    /// Vector length.
+    pub d: usize,
+    /// Entries, row-major (`k * d`).
+    pub entries: Vec<f32>,
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Codebook {
+    /// Entries.
+    pub fn k(&self) -> usize {
+        self.entries.len() / self.d.max(1)
+    }
+
+    /// The f16 bytes of the entries.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.entries
+            .iter()
+            .flat_map(|&x| f16::from_f32(x).to_le_bytes())
+            .collect()
+    }
+
+    /// Entries from f16 bytes (`k * d * 2` of them; non-finite entries are an error).
+    pub fn from_bytes(b: &[u8], d: usize) -> Result<Codebook> {
+        let entries: Vec<f32> = b
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect();
+        if entries.iter().any(|x| !x.is_finite()) {
+            return Err(Error::bad_payload("vq codebook entry is not finite"));
+        }
+        Ok(Codebook { d, entries })
+    }
+
+    /// k-means over the `d`-vectors of `v` (a trailing partial vector is left out).
+    pub fn train(v: &[f32], d: usize, k: usize, t: Train) -> Codebook {
+        let m = v.len() / d;
+        let s = (t.sample as usize).clamp(1, m.max(1));
+        let sample: Vec<f32> = if m == 0 {
+            vec![0.0; d]
+        } else {
+            (0..s)
+                .flat_map(|i| {
+                    let j = i * m / s;
+                    v[j * d..(j + 1) * d].iter().copied()
+                })
+                .collect()
+        };
+        let ns = sample.len() / d;
+        let at = |i: usize| &sample[i * d..(i + 1) * d];
+        let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+        // k-means++: each next centre drawn with probability proportional to the squared
+        // distance to the nearest centre so far.
+        let mut rng = t.seed ^ 0x5650_5143;
+        let mut c: Vec<f32> = at((splitmix(&mut rng) % ns as u64) as usize).to_vec();
+        let mut near: Vec<f32> = (0..ns).map(|i| dist(at(i), &c[..d])).collect();
+        while c.len() < k * d {
+            let total: f64 = near.iter().map(|&x| x as f64).sum();
+            let pick = if total > 0.0 {
+                let u = (splitmix(&mut rng) >> 11) as f64 / (1u64 << 53) as f64 * total;
+                let mut acc = 0f64;
+                near.iter()
+                    .position(|&x| {
+                        acc += x as f64;
+                        acc > u
+                    })
+                    .unwrap_or(ns - 1)
+            } else {
+                (splitmix(&mut rng) % ns as u64) as usize
+            };
+            let start = c.len();
+            c.extend_from_slice(at(pick));
+            for (i, n) in near.iter_mut().enumerate() {
+                *n = n.min(dist(at(i), &c[start..start + d]));
+            }
+        }
+        let mut book = Codebook { d, entries: c };
+        const BLOCK: usize = 1024;
+        for _ in 0..t.iters {
+            let parts: Vec<(Vec<f64>, Vec<u32>, (f32, usize))> = (0..ns.div_ceil(BLOCK))
+                .into_par_iter()
+                .map(|b| {
+                    let lo = b * BLOCK;
+                    let hi = (lo + BLOCK).min(ns);
+                    let mut sum = vec![0f64; k * d];
+                    let mut cnt = vec![0u32; k];
+                    let mut far = (-1f32, 0usize);
+                    let mut scratch = Scratch::new(&book);
+                    for i in lo..hi {
+                        let (j, e) = scratch.nearest(&book, at(i));
+                        cnt[j] += 1;
+                        for (s, &x) in sum[j * d..(j + 1) * d].iter_mut().zip(at(i)) {
+                            *s += x as f64;
+                        }
+                        if e > far.0 {
+                            far = (e, i);
+                        }
+                    }
+                    (sum, cnt, far)
+                })
+                .collect();
+            let mut sum = vec![0f64; k * d];
+            let mut cnt = vec![0u64; k];
+            let mut far = (-1f32, 0usize);
+            for (s, n, f) in parts {
+                sum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
+                cnt.iter_mut().zip(&n).for_each(|(a, &b)| *a += b as u64);
+                if f.0 > far.0 {
+                    far = f;
+                }
+            }
+            for j in 0..k {
+                let e = &mut book.entries[j * d..(j + 1) * d];
+                if cnt[j] > 0 {
+                    for (x, s) in e.iter_mut().zip(&sum[j * d..(j + 1) * d]) {
+                        *x = (s / cnt[j] as f64) as f32;
+                    }
+                } else {
+                    // An empty cluster restarts at the worst-served vector.
+                    e.copy_from_slice(at(far.1));
+                }
+            }
+        }
+        for x in &mut book.entries {
+            *x = f16::from_f32(*x).to_f32();
+        }
+        book
+    }
+
+    /// Indices of the nearest entries of the `d`-vectors of `v` (a trailing partial vector is
+    /// padded with zeros).
+    pub fn assign(&self, v: &[f32]) -> Vec<u32> {
+        let d = self.d;
+        let mut scratch = Scratch::new(self);
+        let mut pad = vec![0f32; d];
+        v.chunks(d)
+            .map(|x| {
+                let x = if x.len() == d {
+                    x
+                } else {
+                    pad[..x.len()].copy_from_slice(x);
+                    &pad
+                };
+                scratch.nearest(self, x).0 as u32
+            })
+            .collect()
+    }
+
+    /// Write entry `idx` over `out` (a trailing partial vector takes its first values).
+    pub fn expand(&self, idx: &[u32], out: &mut [f32]) {
+        let d = self.d;
+        for (o, &j) in out.chunks_mut(d).zip(idx) {
+            let j = j as usize;
+            o.copy_from_slice(&self.entries[j * d..j * d + o.len()]);
+        }
+    }
+}
+
+/// Nearest-entry search: entries stored by dimension (`cols[j][i]` = value j of entry i) with
+/// their squared norms, so that `|c|^2 - 2 x.c` runs as a loop the compiler vectorizes.
+struct Scratch {
+    cols: Vec<Vec<f32>>,
+    norms: Vec<f32>,
+    dist: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(book: &Codebook) -> Scratch {
+        let k = book.k();
+        let d = book.d;
+        let cols: Vec<Vec<f32>> = (0..d)
+            .map(|j| (0..k).map(|i| book.entries[i * d + j]).collect())
+            .collect();
+        let norms = (0..k)
+            .map(|i| book.entries[i * d..(i + 1) * d].iter().map(|x| x * x).sum())
+            .collect();
+        Scratch {
+            cols,
+            norms,
+            dist: vec![0.0; k],
+        }
+    }
+
+    /// `(index, squared distance)` of the nearest entry; ties go to the lowest index.
+    fn nearest(&mut self, book: &Codebook, x: &[f32]) -> (usize, f32) {
+        if self.norms.len() != book.k() {
+            *self = Scratch::new(book);
+        }
+        self.dist.copy_from_slice(&self.norms);
+        for (col, &xj) in self.cols.iter().zip(x) {
+            let t = -2.0 * xj;
+            for (dd, &c) in self.dist.iter_mut().zip(col) {
+                *dd += t * c;
+            }
+        }
+        let mut best = (0usize, f32::INFINITY);
+        for (i, &dd) in self.dist.iter().enumerate() {
+            if dd < best.1 {
+                best = (i, dd);
+            }
+        }
+        let xx: f32 = x.iter().map(|v| v * v).sum();
+        (best.0, (best.1 + xx).max(0.0))
+    }
+}
+
+/// The vq codec; see the module docs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VqCodec {
+    d: u8,
+    /// log2 of the codebook size.
+    kbits: u8,
+    /// 0 tensor, 1 chunk.
+    scope: u8,
+    train: Train,
+    /// The tensor's codebook (`scope=tensor`, once bound).
+    book: Option<Codebook>,
+}
+
+impl VqCodec {
+    fn k(&self) -> usize {
+        1 << self.kbits
+    }
+    fn book_bytes(&self) -> usize {
+        self.k() * self.d as usize * 2
+    }
+    fn index_bytes(&self, n: usize) -> usize {
+        n.div_ceil(self.d as usize)
+            .saturating_mul(self.kbits as usize)
+            .div_ceil(8)
+    }
+}
+
+/// Parse the vq options shared with `tenpakx`: `d`, `k`, `iters`, `sample`, `seed`.
+pub(super) fn vq_options(o: &mut Options, d: i64, k: i64) -> Result<(u8, u8, Train)> {
+    let d = o.int("d", d, 2, 8)? as u8;
+    if ![2, 4, 8].contains(&d) {
+        return Err(Error::config(format!("vq: d={d}: expected 2, 4 or 8")));
+    }
+    let k = o.int("k", k, 16, 65536)? as u32;
+    if !k.is_power_of_two() {
+        return Err(Error::config(format!(
+            "vq: k={k} is not a power of two (16..=65536)"
+        )));
+    }
+    let iters = o.int("iters", 10, 0, 1000)? as u32;
+    let sample = o.int("sample", (32 * k as i64).clamp(8192, 1 << 17), 1, 1 << 24)? as u32;
+    let seed = o.int("seed", 0, 0, i64::MAX)? as u64;
+    Ok((
+        d,
+        k.trailing_zeros() as u8,
+        Train {
+            iters,
+            sample,
+            seed,
+        },
+    ))
+}
+
+/// The `k=... iters=... sample=... seed=...` options that differ from their defaults.
+pub(super) fn train_spec(d: u8, kbits: u8, t: &Train) -> String {
+    let k = 1u32 << kbits;
+    let mut s = format!("d={d},k={k}");
+    if t.iters != 10 {
+        s.push_str(&format!(",iters={}", t.iters));
+    }
+    if t.sample as i64 != (32 * k as i64).clamp(8192, 1 << 17) {
+        s.push_str(&format!(",sample={}", t.sample));
+    }
+    if t.seed != 0 {
+        s.push_str(&format!(",seed={}", t.seed));
+    }
+    s
+}
+
+pub(super) const ENTRY: CodecEntry = CodecEntry {
+    id: VQ_ID,
+    name: "vq",
+    version: 1,
+    summary: "vector quantization, k-means codebook: d=2|4|8, k=16..65536, scope=tensor|chunk, iters, sample, seed",
+    from_options: |o| {
+        let (d, kbits, train) = vq_options(o, 4, 256)?;
+        let scope = o.choice("scope", &SCOPES)?;
+        Ok(Codec::Tensor(Arc::new(VqCodec {
+            d,
+            kbits,
+            scope: SCOPES.iter().position(|s| *s == scope).expect("a scope") as u8,
+            train,
+            book: None,
+        })))
+    },
+    from_params: |p| {
+        let bad = |m: String| Error::bad_params(format!("vq parameters: {m}"));
+        if p.len() < 3 {
+            return Err(bad(format!("{} bytes", p.len())));
+        }
+        let (d, kbits, scope) = (p[0], p[1], p[2]);
+        if ![2, 4, 8].contains(&d) || !(4..=16).contains(&kbits) || scope > 1 {
+            return Err(bad(format!("d {d}, log2 k {kbits}, scope {scope}")));
+        }
+        let mut c = VqCodec {
+            d,
+            kbits,
+            scope,
+            train: Train {
+                iters: 0,
+                sample: 1,
+                seed: 0,
+            },
+            book: None,
+        };
+        let want = 3 + if scope == 0 { c.book_bytes() } else { 0 };
+        if p.len() != want {
+            return Err(bad(format!("{} bytes, expected {want}", p.len())));
+        }
+        if scope == 0 {
+            c.book = Some(Codebook::from_bytes(&p[3..], d as usize)?);
+        }
+        Ok(Codec::Tensor(Arc::new(c)))
+    },
+};
+
+impl TensorCodec for VqCodec {
+    fn props(&self) -> Props {
+        Props {
+            chunk_multiple: self.d as u64,
+            binds: if self.scope == 0 && self.book.is_none() {
+                Binds::Data
+            } else {
+                Binds::Nothing
+            },
+            ..Props::lossy(VQ_ID, "vq")
+        }
+    }
+    fn params(&self) -> Vec<u8> {
+        let mut p = vec![self.d, self.kbits, self.scope];
+        if let Some(b) = &self.book {
+            p.extend(b.to_bytes());
+        }
+        p
+    }
+    fn spec(&self) -> String {
+        let mut s = format!("vq:{}", train_spec(self.d, self.kbits, &self.train));
+        if self.scope == 1 {
+            s.push_str(",scope=chunk");
+        }
+        s
+    }
+    fn max_encoded_len(&self, _src: DType, n: usize) -> usize {
+        let book = if self.scope == 1 { self.book_bytes() } else { 0 };
+        book.saturating_add(self.index_bytes(n))
+    }
+    fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        crate::dtype::to_f32(src, bytes, &mut v);
+        if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+            return Err(Error::input(format!("vq cannot encode the non-finite value {x}")));
+        }
+        let mut out = Vec::with_capacity(self.max_encoded_len(src, v.len()));
+        let local;
+        let book = match (&self.book, self.scope) {
+            (_, 1) => {
+                local = Codebook::train(&v, self.d as usize, self.k(), self.train);
+                out.extend(local.to_bytes());
+                &local
+            }
+            (Some(b), _) => b,
+            (None, _) => {
+                return Err(Error::internal(
+                    "vq scope=tensor learns its codebook in the bind step first",
+                ))
+            }
+        };
+        out.extend(super::kvq::pack(&book.assign(&v), self.kbits));
+        Ok(out)
+    }
+    fn decode(&self, payload: &[u8], _src: DType, n: usize, out: &mut [u8]) -> Result<()> {
+        super::expect_len("vq", payload, self.max_encoded_len(DType::F32, n))?;
+        let (book, idx) = match (&self.book, self.scope) {
+            (_, 1) => {
+                let (b, i) = payload.split_at(self.book_bytes());
+                (&Codebook::from_bytes(b, self.d as usize)?, i)
+            }
+            (Some(b), _) => (b, payload),
+            (None, _) => return Err(Error::bad_params("vq: no codebook")),
+        };
+        let idx = super::kvq::unpack(idx, self.kbits, n.div_ceil(self.d as usize));
+        let mut v = vec![0f32; n];
+        book.expand(&idx, &mut v);
+        for (o, x) in out.chunks_exact_mut(4).zip(&v) {
+            o.copy_from_slice(&x.to_le_bytes());
+        }
+        Ok(())
+    }
+    fn bind(&self, t: &TensorFacts<'_>) -> Option<Arc<dyn TensorCodec>> {
+        if self.scope != 0 || self.book.is_some() {
+            return None;
+        }
+        let v = t.values?;
+        Some(Arc::new(VqCodec {
+            book: Some(Codebook::train(v, self.d as usize, self.k(), self.train)),
+            ..self.clone()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Pipeline;
+
+    fn data(n: usize) -> Vec<f32> {
+        let mut s = 99u64;
+        (0..n)
+            .map(|_| ((splitmix(&mut s) >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1)
+            .collect()
+    }
+
+    fn run(p: &Pipeline, x: &[f32]) -> (Vec<f32>, Vec<u8>) {
+        let b: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let e = p.encode(DType::F32, &b).unwrap();
+        let d = p.decode(&e, DType::F32, x.len(), u64::MAX).unwrap();
+        let y = d
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        (y, e)
+    }
+
+    #[test]
+    fn kmeans_is_deterministic_across_thread_counts() {
+        let x = data(40_000);
+        let t = Train {
+            iters: 5,
+            sample: 8192,
+            seed: 1,
+        };
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| Codebook::train(&x, 4, 64, t));
+        let three = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap()
+            .install(|| Codebook::train(&x, 4, 64, t));
+        assert_eq!(one, three);
+    }
+
+    #[test]
+    fn vq_round_trips_with_tensor_and_chunk_codebooks() {
+        let x = data(4098);
+        let p = Pipeline::parse("vq:d=4,k=64,iters=4").unwrap();
+        assert_eq!(p.tensor_codec().props().binds, Binds::Data);
+        let b = p.bind(&TensorFacts {
+            dims: &[2, 2049],
+            amax: None,
+            values: Some(&x),
+        });
+        let (y, e) = run(&b, &x);
+        assert_eq!(e.len(), (4098usize.div_ceil(4) * 6).div_ceil(8));
+        let mse = |y: &[f32]| x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>();
+        let zero = mse(&vec![0.0; x.len()]);
+        assert!(mse(&y) < 0.5 * zero, "{} vs {zero}", mse(&y));
+        let again = Pipeline::from_stages(&b.stages()).unwrap();
+        let d = again
+            .decode(&e, DType::F32, x.len(), u64::MAX)
+            .unwrap();
+        assert_eq!(d.len(), 4 * x.len());
+        let c = Pipeline::parse("vq:d=2,k=16,scope=chunk").unwrap();
+        let (yc, ec) = run(&c, &x);
+        assert_eq!(ec.len(), 16 * 2 * 2 + (2049 * 4usize).div_ceil(8));
+        assert!(mse(&yc) < zero);
+        assert!(c.decode(&ec[..ec.len() - 1], DType::F32, x.len(), u64::MAX).is_err());
+    }
+
+    #[test]
+    fn bad_options_and_params_are_errors() {
+        assert!(Pipeline::parse("vq:d=3").is_err());
+        assert!(Pipeline::parse("vq:k=100").is_err());
+        assert!((ENTRY.from_params)(&[4, 8, 0]).is_err());
+        assert!((ENTRY.from_params)(&[4, 8, 2]).is_err());
+        let mut p = vec![2, 4, 0];
+        p.extend(std::iter::repeat_n(0u8, 16 * 2 * 2));
+        assert!((ENTRY.from_params)(&p).is_ok());
+        p[3..5].copy_from_slice(&f16::NAN.to_le_bytes());
+        assert!((ENTRY.from_params)(&p).is_err());
+    }
+}
