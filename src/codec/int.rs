@@ -343,6 +343,13 @@ impl IntCodec {
         }
     }
 
+    /// The `int` codec behind a stored stage (`tenpakx`'s residual), if it is one.
+    pub(super) fn from_stage(c: &dyn TensorCodec) -> Option<IntCodec> {
+        (c.id() == INT_ENTRY.id)
+            .then(|| IntCodec::from_params_bytes("int", &c.params()).ok())
+            .flatten()
+    }
+
     fn from_params_bytes(name: &str, p: &[u8]) -> Result<IntCodec> {
         let bad = |m: String| Error::bad_params(format!("{name} parameters: {m}"));
         if p.len() < 2 {

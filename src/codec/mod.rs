@@ -18,6 +18,7 @@ pub mod grid;
 mod huffman;
 pub mod int;
 pub mod kvq;
+pub mod lowrank;
 pub mod mixed;
 pub mod mx;
 mod raw;
@@ -346,6 +347,8 @@ pub static REGISTRY: &[CodecEntry] = &[
     rot::ENTRY,
     grid::ENTRY,
     vq::ENTRY,
+    lowrank::LOWRANK_ENTRY,
+    lowrank::TENPAKX_ENTRY,
 ];
 
 /// A payload storing `bytes` as they are behind a one-byte `mode` (the "stored raw" mode that
@@ -416,7 +419,9 @@ impl Pipeline {
                 None => (part.trim(), String::new()),
             };
             // Short names of the integer codecs (`int4_g32`) are `int` with options.
-            let (name, opts) = match int::expand_alias(name).or_else(|| grid::expand_alias(name)) {
+            let (name, opts) = match int::expand_alias(name).or_else(|| grid::expand_alias(name))
+                .or_else(|| lowrank::expand_alias(name))
+            {
                 Some((n, extra)) if opts.is_empty() => (n, extra),
                 Some((n, extra)) => (n, format!("{extra},{opts}")),
                 None => (name, opts),
