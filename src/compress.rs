@@ -9,6 +9,7 @@ use crate::plan::{Plan, PlanReport};
 use crate::progress::Event;
 use crate::Context;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tpk_format::{Layout, TensorEntry, TpkWriter};
 
@@ -103,6 +104,21 @@ pub struct TensorReport {
     /// Tensors stored against the base model: `xor` or `sub`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<&'static str>,
+    /// Multi-stage codecs (`tenpakx`, `vq`): bytes per stage, the parameters' per-tensor parts
+    /// (low-rank factor R, codebook) included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<BTreeMap<String, u64>>,
+}
+
+/// [`TensorCodec::stage_bytes`](crate::codec::TensorCodec::stage_bytes) of a stored tensor.
+pub fn stage_bytes(
+    p: &crate::codec::Pipeline,
+    chunks: &[tpk_format::ChunkEntry],
+) -> Option<BTreeMap<String, u64>> {
+    let counts: Vec<u64> = chunks.iter().map(|c| c.elem_count).collect();
+    p.tensor_codec()
+        .stage_bytes(&counts)
+        .map(|v| v.into_iter().map(|(k, b)| (k.to_string(), b)).collect())
 }
 
 /// The whole report; sizes come from the written file.
@@ -304,6 +320,7 @@ fn record(
     chunks: Vec<tpk_format::ChunkEntry>,
     layout: Layout,
 ) -> Result<TensorReport> {
+    let stages = stage_bytes(&e.pipeline, &chunks);
     w.add_tensor(TensorEntry {
         name: info.name.clone(),
         dtype: e.dtype.name().to_string(),
@@ -326,5 +343,6 @@ fn record(
         mixed: None,
         pruned: None,
         delta: None,
+        stages,
     })
 }

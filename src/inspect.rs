@@ -40,6 +40,10 @@ pub struct TensorSummary {
     /// Sparse (pruned) tensors: how many elements are stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sparsity: Option<Sparsity>,
+    /// Multi-stage codecs (`tenpakx`, `vq`): bytes per stage, the parameters' per-tensor parts
+    /// included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<BTreeMap<String, u64>>,
 }
 
 /// What a sparse tensor stores.
@@ -121,6 +125,10 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
                         (total - kept.min(total)) as f64 / total as f64
                     },
                 }),
+            stages: ar
+                .pipeline(i)
+                .ok()
+                .and_then(|p| crate::compress::stage_bytes(&p.1, &t.chunks)),
         })
         .collect();
     let source_bytes = tensors.iter().map(|t| t.source_bytes).sum();

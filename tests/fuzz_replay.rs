@@ -35,6 +35,14 @@ const TARGETS: &[(&str, Target)] = &[
     ("decode_delta", |d| f::decode_codec("delta", d)),
     ("decode_gear", |d| f::decode_codec("gear", d)),
     ("decode_kvq", |d| f::decode_codec("kvq", d)),
+    ("decode_rot", |d| f::decode_codec("rot", d)),
+    ("decode_grid", |d| f::decode_codec("grid", d)),
+    ("decode_vq", |d| f::decode_codec("vq", d)),
+    ("decode_lowrank", |d| {
+        for c in ["lowrank", "tenpakx"] {
+            f::decode_codec(c, d)
+        }
+    }),
     ("decode_int", |d| {
         for c in ["int", "int4_residual"] {
             f::decode_codec(c, d)
@@ -258,6 +266,61 @@ fn write_seeds() {
         let vals = &w[..512 * 4];
         let seed = f32_seed(&*t, vals, 512, idx(tenpak::dtype::DType::F32));
         put("decode_int", &format!("{name}.bin"), &seed);
+    }
+    for (target, name, spec, dims) in [
+        (
+            "decode_rot",
+            "rot_int4_g32",
+            "rot:block=32+int4_g32",
+            [8u64, 64],
+        ),
+        ("decode_grid", "grid_gauss", "grid:group=32", [8, 64]),
+        ("decode_grid", "grid_nf4", "nf4", [8, 64]),
+        (
+            "decode_grid",
+            "grid_fit3",
+            "grid:levels=fit,n=3,group=16",
+            [8, 64],
+        ),
+        ("decode_vq", "vq_tensor", "vq:d=2,k=16,iters=2", [8, 64]),
+        (
+            "decode_vq",
+            "vq_chunk",
+            "vq:d=2,k=16,iters=2,scope=chunk",
+            [8, 64],
+        ),
+        ("decode_lowrank", "lowrank", "lowrank:rank=1", [64, 8]),
+        (
+            "decode_lowrank",
+            "lowrank_int8",
+            "lowrank:rank=2,factors=int8",
+            [64, 8],
+        ),
+        (
+            "decode_lowrank",
+            "tenpakx",
+            "tenpakx:rank=1,d=2,k=16,iters=2,group=8",
+            [64, 8],
+        ),
+    ] {
+        let vals = &w[..512 * 4];
+        let floats: Vec<f32> = vals
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let p = tenpak::codec::Pipeline::parse(spec).unwrap();
+        let p = p.bind(&tenpak::codec::TensorFacts {
+            dims: &dims,
+            amax: None,
+            values: None,
+        });
+        let p = p.bind(&tenpak::codec::TensorFacts {
+            dims: &dims,
+            amax: None,
+            values: Some(&floats),
+        });
+        let seed = f32_seed(p.tensor_codec(), vals, 512, idx(tenpak::dtype::DType::F32));
+        put(target, &format!("{name}.bin"), &seed);
     }
     for (name, inner, keep) in [("f16_bitmap", "f16", 2usize), ("int8_gaps", "int8_g64", 40)] {
         let inner = tenpak::codec::Pipeline::parse(inner)

@@ -501,9 +501,11 @@ mod tests {
     use crate::codec::Pipeline;
 
     fn roundtrip(spec: &str, dtype: DType, dims: &[u64], bytes: &[u8]) -> Vec<u8> {
-        let p = Pipeline::parse(spec)
-            .unwrap()
-            .bind(&TensorFacts { dims, amax: None, values: None });
+        let p = Pipeline::parse(spec).unwrap().bind(&TensorFacts {
+            dims,
+            amax: None,
+            values: None,
+        });
         let n = bytes.len() / dtype.size();
         let enc = p.encode(dtype, bytes).unwrap();
         let back = Pipeline::from_stages(&p.stages()).unwrap();

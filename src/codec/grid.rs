@@ -152,7 +152,10 @@ impl GridCodec {
 
     /// Midpoints between levels: the code of `t` is the number of midpoints below it.
     fn thresholds(&self) -> Vec<f32> {
-        self.levels.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect()
+        self.levels
+            .windows(2)
+            .map(|w| 0.5 * (w[0] + w[1]))
+            .collect()
     }
 
     /// Codes of one group under scale `s` and their squared error.
@@ -288,7 +291,9 @@ impl TensorCodec for GridCodec {
     }
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
         if self.levels.is_empty() {
-            return Err(Error::internal("grid levels=fit is fitted by the bind step first"));
+            return Err(Error::internal(
+                "grid levels=fit is fitted by the bind step first",
+            ));
         }
         let mut v = Vec::new();
         crate::dtype::to_f32(src, bytes, &mut v);
@@ -382,7 +387,9 @@ mod tests {
         (0..n)
             .map(|_| {
                 let mut u = || {
-                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
                 };
                 ((-2.0 * u().ln()).sqrt() * (2.0 * std::f64::consts::PI * u()).cos()) as f32

@@ -61,7 +61,8 @@ impl Factor {
         for row in v.chunks_mut(len) {
             match self {
                 Factor::F16 => row.iter_mut().for_each(|x| {
-                    let h = f16::from_f32(*x);
+                    // Out of f16's range: the largest finite value (the later stages absorb it).
+                    let h = f16::from_f32(x.clamp(-65504.0, 65504.0));
                     out.extend_from_slice(&h.to_le_bytes());
                     *x = h.to_f32();
                 }),
@@ -227,27 +228,12 @@ impl LowRankCodec {
 
     /// Bytes of each stage of a chunk of `n` elements: low-rank factor, codebook indices,
     /// residual.
-    pub fn stage_bytes(&self, n: usize) -> [(&'static str, usize); 3] {
+    fn chunk_stages(&self, n: usize) -> [usize; 3] {
         let res = self
             .residual
             .as_ref()
             .map_or(0, |c| c.max_encoded_len(DType::F32, n));
-        [
-            ("lowrank", self.lbytes(n)),
-            ("vq", self.ibytes(n)),
-            ("residual", res),
-        ]
-    }
-
-    /// Bytes of the per-tensor parts in the parameters: `R` and the codebook.
-    pub fn param_stage_bytes(&self) -> [(&'static str, usize); 2] {
-        [
-            ("lowrank", self.factor.bytes(self.used_rank(), self.cols as usize)),
-            (
-                "vq",
-                self.book.as_ref().map_or(0, |b| b.entries.len() * 2),
-            ),
-        ]
+        [self.lbytes(n), self.ibytes(n), res]
     }
 
     /// `A - L R` for rows of `a`, with the factors as stored: returns the stored `L` bytes.
@@ -281,7 +267,8 @@ impl LowRankCodec {
 
 fn factor_options(o: &mut Options, rank: i64) -> Result<(Factor, u16, f32, bool)> {
     let f = o.choice("factors", &FACTORS)?;
-    let factor = [Factor::F16, Factor::Bf16, Factor::Int8][FACTORS.iter().position(|x| *x == f).expect("a factor")];
+    let factor = [Factor::F16, Factor::Bf16, Factor::Int8]
+        [FACTORS.iter().position(|x| *x == f).expect("a factor")];
     let rank = o.int("rank", rank, 0, 4096)? as u16;
     let energy = match o.take("energy") {
         None => 0.0,
@@ -307,7 +294,11 @@ fn build(
     LowRankCodec {
         id,
         factor,
-        rank: if energy > 0.0 && rank == 32 { 128 } else { rank },
+        rank: if energy > 0.0 && rank == 32 {
+            128
+        } else {
+            rank
+        },
         energy,
         importance,
         vq,
@@ -337,7 +328,12 @@ fn tenpakx_options(o: &mut Options, rank: i64, d: i64, k: i64, group: i64) -> Re
         group: Group::Elems(group),
         fit,
     };
-    Ok(build(TENPAKX_ID, f, Some((d, kbits, train)), Some(residual)))
+    Ok(build(
+        TENPAKX_ID,
+        f,
+        Some((d, kbits, train)),
+        Some(residual),
+    ))
 }
 
 pub(super) const LOWRANK_ENTRY: CodecEntry = CodecEntry {
@@ -380,7 +376,15 @@ fn from_params(id: u16, p: &[u8]) -> Result<Codec> {
     let rank = u16::from_le_bytes([p[1], p[2]]) as usize;
     let cols = u64::from_le_bytes(p[3..11].try_into().expect("8 bytes"));
     let (d, kbits, has_res) = (p[11], p[12], p[13]);
-    if cols == 0 || cols > 1 << 32 || (rank > 0 && cols.checked_mul(rank as u64).is_none_or(|x| x > 1 << 28)) {
+    let tb = if d > 0 { super::vq::TRAIN_BYTES } else { 0 };
+    if p.len() < 14 + tb {
+        return Err(bad(format!("{} bytes", p.len())));
+    }
+    let train = Train::from_bytes(if d > 0 { &p[14..14 + tb] } else { &[0; 16] });
+    if cols == 0
+        || cols > 1 << 32
+        || (rank > 0 && cols.checked_mul(rank as u64).is_none_or(|x| x > 1 << 28))
+    {
         return Err(bad(format!("rank {rank} of rows of {cols}")));
     }
     let vq = match (d, kbits) {
@@ -393,7 +397,7 @@ fn from_params(id: u16, p: &[u8]) -> Result<Codec> {
     }
     let rb = factor.bytes(rank, cols as usize);
     let bb = vq.map_or(0, |(d, kb)| (1usize << kb) * d as usize * 2);
-    let body = &p[14..];
+    let body = &p[14 + tb..];
     if body.len() < rb + bb || (has_res == 0 && body.len() != rb + bb) {
         return Err(bad(format!("{} bytes after the header", body.len())));
     }
@@ -405,7 +409,10 @@ fn from_params(id: u16, p: &[u8]) -> Result<Codec> {
     let residual = if has_res == 1 {
         let inner = super::inner_from_params("tenpakx", &body[rb + bb..])?;
         // The residual stage is an `int` codec by construction; rebuild it from its params.
-        Some(IntCodec::from_stage(&*inner).ok_or_else(|| bad("the residual is not an int codec".into()))?)
+        Some(
+            IntCodec::from_stage(&*inner)
+                .ok_or_else(|| bad("the residual is not an int codec".into()))?,
+        )
     } else {
         None
     };
@@ -415,17 +422,7 @@ fn from_params(id: u16, p: &[u8]) -> Result<Codec> {
         rank: rank as u16,
         energy: 0.0,
         importance: true,
-        vq: vq.map(|(d, kb)| {
-            (
-                d,
-                kb,
-                Train {
-                    iters: 0,
-                    sample: 1,
-                    seed: 0,
-                },
-            )
-        }),
+        vq: vq.map(|(d, kb)| (d, kb, train)),
         residual,
         cols,
         r,
@@ -453,7 +450,11 @@ impl TensorCodec for LowRankCodec {
         }
         Props {
             chunk_multiple: m,
-            binds: if self.bound { Binds::Nothing } else { Binds::Data },
+            binds: if self.bound {
+                Binds::Nothing
+            } else {
+                Binds::Data
+            },
             ..Props::lossy(self.id, self.name())
         }
     }
@@ -464,6 +465,9 @@ impl TensorCodec for LowRankCodec {
         p.extend_from_slice(&self.cols.to_le_bytes());
         let (d, kb) = self.vq.map_or((0, 0), |(d, kb, _)| (d, kb));
         p.extend_from_slice(&[d, kb, self.residual.is_some() as u8]);
+        if let Some((_, _, t)) = &self.vq {
+            p.extend(t.to_bytes());
+        }
         let mut r = self.r.clone();
         self.factor.store(&mut r, self.cols as usize, &mut p);
         if let Some(b) = &self.book {
@@ -510,14 +514,14 @@ impl TensorCodec for LowRankCodec {
         format!("{}:{}", self.name(), o.join(","))
     }
     fn max_encoded_len(&self, _src: DType, n: usize) -> usize {
-        let [a, b, c] = self.stage_bytes(n);
+        let [a, b, c] = self.chunk_stages(n);
         // Unbound (planning), the rank is at most the one asked for.
         let l = if self.bound {
-            a.1
+            a
         } else {
             self.factor.bytes(self.rows(n).max(1), self.rank as usize)
         };
-        l.saturating_add(b.1).saturating_add(c.1)
+        l.saturating_add(b).saturating_add(c)
     }
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
         if !self.bound {
@@ -553,13 +557,13 @@ impl TensorCodec for LowRankCodec {
     fn decode(&self, payload: &[u8], _src: DType, n: usize, out: &mut [u8]) -> Result<()> {
         let name = self.name();
         super::expect_len(name, payload, self.max_encoded_len(DType::F32, n))?;
-        if n % self.cols.max(1) as usize != 0 {
+        if !n.is_multiple_of(self.cols.max(1) as usize) {
             return Err(Error::bad_length(format!(
                 "{name}: a chunk of {n} elements is not whole rows of {}",
                 self.cols
             )));
         }
-        let [(_, lb), (_, ib), _] = self.stage_bytes(n);
+        let [lb, ib, _] = self.chunk_stages(n);
         let mut v = vec![0f32; n];
         let rank = self.used_rank();
         if rank > 0 {
@@ -584,6 +588,26 @@ impl TensorCodec for LowRankCodec {
         }
         Ok(())
     }
+    fn stage_bytes(&self, chunks: &[u64]) -> Option<Vec<(&'static str, u64)>> {
+        let mut t = [
+            self.factor.bytes(self.used_rank(), self.cols as usize),
+            self.book.as_ref().map_or(0, |b| b.entries.len() * 2),
+            0,
+        ];
+        for &n in chunks {
+            let c = self.chunk_stages(n as usize);
+            t.iter_mut().zip(c).for_each(|(a, b)| *a += b);
+        }
+        let names = ["lowrank", "vq", "residual"];
+        Some(
+            names
+                .iter()
+                .zip(t)
+                .filter(|(n, b)| *b > 0 || **n == "lowrank")
+                .map(|(n, b)| (*n, b as u64))
+                .collect(),
+        )
+    }
     fn bind(&self, t: &TensorFacts<'_>) -> Option<Arc<dyn TensorCodec>> {
         if self.bound {
             return None;
@@ -605,21 +629,35 @@ impl TensorCodec for LowRankCodec {
             ..self.clone()
         };
         let want = (self.rank as usize).min(rows).min(c);
+        me.rank = 0;
+        me.energy = 0.0;
         if want > 0 {
             let s: Vec<f32> = if self.importance {
                 let mut s = vec![0f64; c];
                 for row in a.chunks_exact(c) {
-                    s.iter_mut().zip(row).for_each(|(m, x)| *m += x.abs() as f64);
+                    s.iter_mut()
+                        .zip(row)
+                        .for_each(|(m, x)| *m += x.abs() as f64);
                 }
+                // Scaled to a mean of 1 and kept within 1e-3 of it, so that 1 / s stays in
+                // the factor formats' range.
+                let mean = s.iter().sum::<f64>() / c as f64;
                 s.iter()
-                    .map(|&m| if m > 0.0 { (m / rows as f64) as f32 } else { 1.0 })
+                    .map(|&m| {
+                        if mean > 0.0 {
+                            (m / mean).max(1e-3) as f32
+                        } else {
+                            1.0
+                        }
+                    })
                     .collect()
             } else {
                 vec![1.0; c]
             };
             let aw: Vec<f32> = a.iter().enumerate().map(|(i, x)| x * s[i % c]).collect();
             let (sv, v) = top_singular(&aw, rows, c, want);
-            let mut rank = sv.len();
+            // Components with no energy carry nothing (and would divide by zero below).
+            let mut rank = sv.iter().take_while(|&&x| x > sv[0] * 1e-6).count();
             if self.energy > 0.0 {
                 let total: f64 = aw.iter().map(|x| (*x as f64).powi(2)).sum();
                 let mut acc = 0f64;
@@ -629,18 +667,25 @@ impl TensorCodec for LowRankCodec {
                         acc += (x as f64).powi(2);
                         acc >= self.energy as f64 * total
                     })
-                    .map_or(sv.len(), |i| i + 1);
+                    .map_or(sv.len(), |i| i + 1)
+                    .min(rank);
             }
+            // The singular values split evenly between the factors (L = U sqrt(S),
+            // R = sqrt(S) V^T diag(1/s)) so that both have the weights' square-root scale.
             let mut r = vec![0f32; rank * c];
             let mut p = vec![0f32; c * rank];
             for j in 0..c {
                 for k in 0..rank {
-                    r[k * c + j] = v[(j, k)] / s[j];
-                    p[j * rank + k] = v[(j, k)] * s[j];
+                    let h = sv[k].sqrt();
+                    r[k * c + j] = v[(j, k)] * h / s[j];
+                    p[j * rank + k] = v[(j, k)] * s[j] / h;
                 }
             }
             let mut stored = Vec::new();
             me.factor.store(&mut r, c, &mut stored);
+            // What is stored: the rank picked (a file does not keep the rule that picked it).
+            me.rank = rank as u16;
+            me.energy = 0.0;
             me.r = r;
             me.proj = Some(Arc::new(p));
         }
@@ -718,7 +763,14 @@ mod tests {
         assert!(m3 < 0.01 * var, "{m3} vs {var}");
         let (me, _, p) = run("lowrank:energy=0.9,importance=none", &[96, 64], &x);
         assert!(me < 0.1 * var);
-        assert!(p.describe().starts_with("lowrank:energy=0.9"));
+        let d = p.describe();
+        let rank: usize = d["lowrank:rank=".len()..]
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=64).contains(&rank), "{}", p.describe());
         let (mi, leni, _) = run("lowrank:rank=3,factors=int8", &[96, 64], &x);
         assert_eq!(leni, 96 * (3 + 2));
         assert!(mi < 0.02 * var);
@@ -731,11 +783,16 @@ mod tests {
         let c = p.tensor_codec();
         assert_eq!(c.name(), "tenpakx");
         let n = x.len();
-        assert_eq!(lt, 64 * 4 * 2 + (n / 4 * 4).div_ceil(8) + n / 2 + n / 32 * 4);
+        assert_eq!(
+            lt,
+            64 * 4 * 2 + (n / 4 * 4).div_ceil(8) + n / 2 + n / 32 * 4
+        );
         let (mi, _, _) = run("int4_g32_asym", &[64, 128], &x);
         assert!(mt < mi, "tenpakx {mt} vs int4 {mi}");
         let (mp, _, pp) = run("pocketllm:k=16,iters=3", &[64, 128], &x);
-        assert!(pp.describe().starts_with("tenpakx:rank=0,d=4,k=16,iters=3,group=16,fit=als"));
+        assert!(pp
+            .describe()
+            .starts_with("tenpakx:rank=0,d=4,k=16,iters=3,group=16,fit=als"));
         assert!(mp < mi);
     }
 
@@ -765,7 +822,10 @@ mod tests {
         let (_, _, p) = run("tenpakx:rank=2,k=16,iters=1", &[32, 64], &x);
         let params = p.stages()[0].params.clone();
         for cut in [0, 5, 13, 20, params.len() - 1] {
-            assert!(from_params(TENPAKX_ID, &params[..cut]).is_err(), "cut {cut}");
+            assert!(
+                from_params(TENPAKX_ID, &params[..cut]).is_err(),
+                "cut {cut}"
+            );
         }
         let mut bad = params.clone();
         bad[3..11].copy_from_slice(&u64::MAX.to_le_bytes());

@@ -162,6 +162,12 @@ pub trait TensorCodec: Send + Sync + Debug {
     fn bind(&self, _t: &TensorFacts<'_>) -> Option<Arc<dyn TensorCodec>> {
         None
     }
+    /// Bytes of each stage of a multi-stage codec (`tenpakx`: lowrank, vq, residual; `vq`:
+    /// codebook, indices), over chunks of these element counts, the per-tensor parts in the
+    /// parameters included; `None` for single-stage codecs.
+    fn stage_bytes(&self, _chunks: &[u64]) -> Option<Vec<(&'static str, u64)>> {
+        None
+    }
     /// The tile fast path, for tile codecs that have one.
     fn as_tile(&self) -> Option<&dyn tile::TileCodec> {
         None
@@ -419,7 +425,8 @@ impl Pipeline {
                 None => (part.trim(), String::new()),
             };
             // Short names of the integer codecs (`int4_g32`) are `int` with options.
-            let (name, opts) = match int::expand_alias(name).or_else(|| grid::expand_alias(name))
+            let (name, opts) = match int::expand_alias(name)
+                .or_else(|| grid::expand_alias(name))
                 .or_else(|| lowrank::expand_alias(name))
             {
                 Some((n, extra)) if opts.is_empty() => (n, extra),
@@ -700,7 +707,9 @@ pub(crate) fn inner_from_params(wrapper: &str, p: &[u8]) -> Result<Arc<dyn Tenso
     }
     match (entry.from_params)(&p[8..])? {
         Codec::Tensor(t) if t.version() == version => Ok(t),
-        Codec::Tensor(_) => Err(bad("the inner codec's version does not match its parameters")),
+        Codec::Tensor(_) => Err(bad(
+            "the inner codec's version does not match its parameters",
+        )),
         Codec::Bytes(_) => Err(bad("the inner codec is a byte codec")),
     }
 }

@@ -141,7 +141,9 @@ impl RotCodec {
 
     fn signs(&self) -> Result<Vec<f32>> {
         if self.block == 0 {
-            return Err(Error::internal("rot: the block is fixed by the bind step first"));
+            return Err(Error::internal(
+                "rot: the block is fixed by the bind step first",
+            ));
         }
         Ok(signs(self.seed, self.block as usize))
     }
@@ -347,8 +349,13 @@ impl TensorCodec for RotCodec {
         };
         Some(self.with_inner(block, inner, bound))
     }
+    fn stage_bytes(&self, chunks: &[u64]) -> Option<Vec<(&'static str, u64)>> {
+        self.inner.stage_bytes(chunks)
+    }
     fn as_tile(&self) -> Option<&dyn super::tile::TileCodec> {
-        self.inner.as_tile().map(|_| self as &dyn super::tile::TileCodec)
+        self.inner
+            .as_tile()
+            .map(|_| self as &dyn super::tile::TileCodec)
     }
 }
 
@@ -390,8 +397,10 @@ mod tests {
     #[test]
     fn rotation_is_orthonormal_and_undone() {
         let s = signs(7, 64);
-        assert_eq!(s.iter().filter(|&&x| x < 0.0).count() > 16, true);
-        let x: Vec<f32> = (0..200).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        assert!(s.iter().filter(|&&x| x < 0.0).count() > 16);
+        let x: Vec<f32> = (0..200)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         let mut y = x.clone();
         rotate(&mut y, &s, true);
         let e = |v: &[f32]| v[..192].iter().map(|a| a * a).sum::<f32>();
@@ -406,7 +415,9 @@ mod tests {
     #[test]
     fn rot_spreads_an_outlier_and_round_trips() {
         let dims = [4u64, 128];
-        let mut x: Vec<f32> = (0..512).map(|i| ((i * 29 % 61) as f32 - 30.0) / 300.0).collect();
+        let mut x: Vec<f32> = (0..512)
+            .map(|i| ((i * 29 % 61) as f32 - 30.0) / 300.0)
+            .collect();
         x[70] = 6.0;
         let plain = Pipeline::parse("int4_g32").unwrap();
         let rot = Pipeline::parse("rot:seed=3+int4_g32").unwrap();
@@ -423,7 +434,13 @@ mod tests {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
                 .collect();
-            (x.iter().zip(&d).map(|(a, b)| (a - b) * (a - b)).sum::<f32>(), enc.len())
+            (
+                x.iter()
+                    .zip(&d)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f32>(),
+                enc.len(),
+            )
         };
         let (ep, lp) = err(&plain);
         let (er, lr) = err(&rot);

@@ -36,6 +36,33 @@ pub struct Train {
     pub seed: u64,
 }
 
+/// One block's share of a Lloyd step: sums and counts per entry, and its worst-served vector
+/// (squared distance, index).
+type Partial = (Vec<f64>, Vec<u32>, (f32, usize));
+
+/// Bytes of [`Train`] in parameters.
+pub const TRAIN_BYTES: usize = 16;
+
+impl Train {
+    /// `iters` u32, `sample` u32, `seed` u64, little-endian (stored so that a file says how its
+    /// codebook was trained; decoding does not use them).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = self.iters.to_le_bytes().to_vec();
+        b.extend_from_slice(&self.sample.to_le_bytes());
+        b.extend_from_slice(&self.seed.to_le_bytes());
+        b
+    }
+
+    /// Read [`Train::to_bytes`] (exactly [`TRAIN_BYTES`] bytes).
+    pub fn from_bytes(b: &[u8]) -> Train {
+        Train {
+            iters: u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")),
+            sample: u32::from_le_bytes(b[4..8].try_into().expect("4 bytes")),
+            seed: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
+        }
+    }
+}
+
 /// A trained codebook: `k` entries of `d` values, already rounded to f16.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Codebook {
@@ -124,7 +151,7 @@ impl Codebook {
         let mut book = Codebook { d, entries: c };
         const BLOCK: usize = 1024;
         for _ in 0..t.iters {
-            let parts: Vec<(Vec<f64>, Vec<u32>, (f32, usize))> = (0..ns.div_ceil(BLOCK))
+            let parts: Vec<Partial> = (0..ns.div_ceil(BLOCK))
                 .into_par_iter()
                 .map(|b| {
                     let lo = b * BLOCK;
@@ -338,7 +365,7 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
     },
     from_params: |p| {
         let bad = |m: String| Error::bad_params(format!("vq parameters: {m}"));
-        if p.len() < 3 {
+        if p.len() < 3 + TRAIN_BYTES {
             return Err(bad(format!("{} bytes", p.len())));
         }
         let (d, kbits, scope) = (p[0], p[1], p[2]);
@@ -349,19 +376,16 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
             d,
             kbits,
             scope,
-            train: Train {
-                iters: 0,
-                sample: 1,
-                seed: 0,
-            },
+            train: Train::from_bytes(&p[3..3 + TRAIN_BYTES]),
             book: None,
         };
-        let want = 3 + if scope == 0 { c.book_bytes() } else { 0 };
+        let head = 3 + TRAIN_BYTES;
+        let want = head + if scope == 0 { c.book_bytes() } else { 0 };
         if p.len() != want {
             return Err(bad(format!("{} bytes, expected {want}", p.len())));
         }
         if scope == 0 {
-            c.book = Some(Codebook::from_bytes(&p[3..], d as usize)?);
+            c.book = Some(Codebook::from_bytes(&p[head..], d as usize)?);
         }
         Ok(Codec::Tensor(Arc::new(c)))
     },
@@ -381,6 +405,7 @@ impl TensorCodec for VqCodec {
     }
     fn params(&self) -> Vec<u8> {
         let mut p = vec![self.d, self.kbits, self.scope];
+        p.extend(self.train.to_bytes());
         if let Some(b) = &self.book {
             p.extend(b.to_bytes());
         }
@@ -394,14 +419,20 @@ impl TensorCodec for VqCodec {
         s
     }
     fn max_encoded_len(&self, _src: DType, n: usize) -> usize {
-        let book = if self.scope == 1 { self.book_bytes() } else { 0 };
+        let book = if self.scope == 1 {
+            self.book_bytes()
+        } else {
+            0
+        };
         book.saturating_add(self.index_bytes(n))
     }
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
         let mut v = Vec::new();
         crate::dtype::to_f32(src, bytes, &mut v);
         if let Some(x) = v.iter().find(|x| !x.is_finite()) {
-            return Err(Error::input(format!("vq cannot encode the non-finite value {x}")));
+            return Err(Error::input(format!(
+                "vq cannot encode the non-finite value {x}"
+            )));
         }
         let mut out = Vec::with_capacity(self.max_encoded_len(src, v.len()));
         let local;
@@ -438,6 +469,14 @@ impl TensorCodec for VqCodec {
             o.copy_from_slice(&x.to_le_bytes());
         }
         Ok(())
+    }
+    fn stage_bytes(&self, chunks: &[u64]) -> Option<Vec<(&'static str, u64)>> {
+        let books = if self.scope == 1 { chunks.len() } else { 1 };
+        let idx: usize = chunks.iter().map(|&n| self.index_bytes(n as usize)).sum();
+        Some(vec![
+            ("codebook", (books * self.book_bytes()) as u64),
+            ("indices", idx as u64),
+        ])
     }
     fn bind(&self, t: &TensorFacts<'_>) -> Option<Arc<dyn TensorCodec>> {
         if self.scope != 0 || self.book.is_some() {
@@ -511,15 +550,15 @@ mod tests {
         let zero = mse(&vec![0.0; x.len()]);
         assert!(mse(&y) < 0.5 * zero, "{} vs {zero}", mse(&y));
         let again = Pipeline::from_stages(&b.stages()).unwrap();
-        let d = again
-            .decode(&e, DType::F32, x.len(), u64::MAX)
-            .unwrap();
+        let d = again.decode(&e, DType::F32, x.len(), u64::MAX).unwrap();
         assert_eq!(d.len(), 4 * x.len());
         let c = Pipeline::parse("vq:d=2,k=16,scope=chunk").unwrap();
         let (yc, ec) = run(&c, &x);
         assert_eq!(ec.len(), 16 * 2 * 2 + (2049 * 4usize).div_ceil(8));
         assert!(mse(&yc) < zero);
-        assert!(c.decode(&ec[..ec.len() - 1], DType::F32, x.len(), u64::MAX).is_err());
+        assert!(c
+            .decode(&ec[..ec.len() - 1], DType::F32, x.len(), u64::MAX)
+            .is_err());
     }
 
     #[test]
@@ -527,11 +566,13 @@ mod tests {
         assert!(Pipeline::parse("vq:d=3").is_err());
         assert!(Pipeline::parse("vq:k=100").is_err());
         assert!((ENTRY.from_params)(&[4, 8, 0]).is_err());
-        assert!((ENTRY.from_params)(&[4, 8, 2]).is_err());
-        let mut p = vec![2, 4, 0];
+        let mut p = vec![2, 4, 2];
+        p.extend([0u8; TRAIN_BYTES]);
+        assert!((ENTRY.from_params)(&p).is_err());
+        p[2] = 0;
         p.extend(std::iter::repeat_n(0u8, 16 * 2 * 2));
         assert!((ENTRY.from_params)(&p).is_ok());
-        p[3..5].copy_from_slice(&f16::NAN.to_le_bytes());
+        p[3 + TRAIN_BYTES..5 + TRAIN_BYTES].copy_from_slice(&f16::NAN.to_le_bytes());
         assert!((ENTRY.from_params)(&p).is_err());
     }
 }

@@ -238,6 +238,10 @@ pub fn inspect(out: &mut Vec<u8>, r: &InspectReport, tensors: bool) {
                 "", sp.sparsity, sp.zero_count, sp.total
             );
         }
+        if let Some(s) = &t.stages {
+            let parts: Vec<String> = s.iter().map(|(k, b)| format!("{k} {b} B")).collect();
+            let _ = writeln!(out, "{:<w$}   stages: {}", "", parts.join(", "));
+        }
         if let Some(m) = &t.mixed {
             let parts: Vec<String> = m
                 .iter()
