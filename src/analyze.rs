@@ -682,7 +682,9 @@ pub fn csv(r: &AnalyzeReport) -> String {
     s
 }
 
-fn csv_field(v: &str) -> String {
+/// A CSV field, quoted (RFC 4180) when it holds a comma, a quote or a newline: codec specs
+/// such as `tenpakx:rank=16,group=64` do.
+pub fn csv_field(v: &str) -> String {
     if v.contains([',', '"', '\n']) {
         format!("\"{}\"", v.replace('"', "\"\""))
     } else {

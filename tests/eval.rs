@@ -727,4 +727,7 @@ fn ppl_with_a_compressed_kv_cache() {
         kv[1]["bits_per_weight"].as_f64().unwrap() > kv[0]["bits_per_weight"].as_f64().unwrap()
     );
     assert!(out.join("kv_frontier.png").is_file() && out.join("frontier.csv").is_file());
+    // A label with a comma is one quoted CSV field.
+    let csv = std::fs::read_to_string(out.join("frontier.csv")).unwrap();
+    assert!(csv.contains("\n\"kv:kivi:bits=2,group=32\",kv,"), "{csv}");
 }

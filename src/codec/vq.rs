@@ -286,6 +286,8 @@ pub struct VqCodec {
     kbits: u8,
     /// 0 tensor, 1 chunk.
     scope: u8,
+    /// Elements per f16 scale (a multiple of `d`); 0: no scales.
+    group: u32,
     train: Train,
     /// The tensor's codebook (`scope=tensor`, once bound).
     book: Option<Codebook>,
@@ -298,6 +300,34 @@ impl VqCodec {
     fn book_bytes(&self) -> usize {
         self.k() * self.d as usize * 2
     }
+    fn scale_bytes(&self, n: usize) -> usize {
+        if self.group == 0 {
+            0
+        } else {
+            n.div_ceil(self.group as usize) * 2
+        }
+    }
+
+    /// Each group divided by its largest magnitude (as stored, f16); the stored scales.
+    fn normalize(&self, v: &mut [f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.group == 0 {
+            return out;
+        }
+        for g in v.chunks_mut(self.group as usize) {
+            let a = f16::from_f32(g.iter().fold(0f32, |m, x| m.max(x.abs())));
+            out.extend_from_slice(&a.to_le_bytes());
+            let a = a.to_f32();
+            let inv = if a > 0.0 && a.is_finite() {
+                1.0 / a
+            } else {
+                0.0
+            };
+            g.iter_mut().for_each(|x| *x *= inv);
+        }
+        out
+    }
+
     fn index_bytes(&self, n: usize) -> usize {
         n.div_ceil(self.d as usize)
             .saturating_mul(self.kbits as usize)
@@ -355,9 +385,16 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
     from_options: |o| {
         let (d, kbits, train) = vq_options(o, 4, 256)?;
         let scope = o.choice("scope", &SCOPES)?;
+        let group = o.int("group", 0, 0, 1 << 24)? as u32;
+        if group % d as u32 != 0 {
+            return Err(Error::config(format!(
+                "vq: group={group} is not a multiple of d={d}"
+            )));
+        }
         Ok(Codec::Tensor(Arc::new(VqCodec {
             d,
             kbits,
+            group,
             scope: SCOPES.iter().position(|s| *s == scope).expect("a scope") as u8,
             train,
             book: None,
@@ -365,21 +402,29 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
     },
     from_params: |p| {
         let bad = |m: String| Error::bad_params(format!("vq parameters: {m}"));
-        if p.len() < 3 + TRAIN_BYTES {
+        if p.len() < 7 + TRAIN_BYTES {
             return Err(bad(format!("{} bytes", p.len())));
         }
         let (d, kbits, scope) = (p[0], p[1], p[2]);
-        if ![2, 4, 8].contains(&d) || !(4..=16).contains(&kbits) || scope > 1 {
-            return Err(bad(format!("d {d}, log2 k {kbits}, scope {scope}")));
+        let group = u32::from_le_bytes(p[3..7].try_into().expect("4 bytes"));
+        if ![2, 4, 8].contains(&d)
+            || !(4..=16).contains(&kbits)
+            || scope > 1
+            || group % d as u32 != 0
+        {
+            return Err(bad(format!(
+                "d {d}, log2 k {kbits}, scope {scope}, group {group}"
+            )));
         }
         let mut c = VqCodec {
             d,
             kbits,
             scope,
-            train: Train::from_bytes(&p[3..3 + TRAIN_BYTES]),
+            group,
+            train: Train::from_bytes(&p[7..7 + TRAIN_BYTES]),
             book: None,
         };
-        let head = 3 + TRAIN_BYTES;
+        let head = 7 + TRAIN_BYTES;
         let want = head + if scope == 0 { c.book_bytes() } else { 0 };
         if p.len() != want {
             return Err(bad(format!("{} bytes, expected {want}", p.len())));
@@ -394,7 +439,11 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
 impl TensorCodec for VqCodec {
     fn props(&self) -> Props {
         Props {
-            chunk_multiple: self.d as u64,
+            chunk_multiple: if self.group > 0 {
+                self.group as u64
+            } else {
+                self.d as u64
+            },
             binds: if self.scope == 0 && self.book.is_none() {
                 Binds::Data
             } else {
@@ -405,6 +454,7 @@ impl TensorCodec for VqCodec {
     }
     fn params(&self) -> Vec<u8> {
         let mut p = vec![self.d, self.kbits, self.scope];
+        p.extend_from_slice(&self.group.to_le_bytes());
         p.extend(self.train.to_bytes());
         if let Some(b) = &self.book {
             p.extend(b.to_bytes());
@@ -413,6 +463,9 @@ impl TensorCodec for VqCodec {
     }
     fn spec(&self) -> String {
         let mut s = format!("vq:{}", train_spec(self.d, self.kbits, &self.train));
+        if self.group != 0 {
+            s.push_str(&format!(",group={}", self.group));
+        }
         if self.scope == 1 {
             s.push_str(",scope=chunk");
         }
@@ -424,7 +477,8 @@ impl TensorCodec for VqCodec {
         } else {
             0
         };
-        book.saturating_add(self.index_bytes(n))
+        book.saturating_add(self.scale_bytes(n))
+            .saturating_add(self.index_bytes(n))
     }
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
         let mut v = Vec::new();
@@ -435,6 +489,7 @@ impl TensorCodec for VqCodec {
             )));
         }
         let mut out = Vec::with_capacity(self.max_encoded_len(src, v.len()));
+        let scales = self.normalize(&mut v);
         let local;
         let book = match (&self.book, self.scope) {
             (_, 1) => {
@@ -449,6 +504,7 @@ impl TensorCodec for VqCodec {
                 ))
             }
         };
+        out.extend(scales);
         out.extend(super::kvq::pack(&book.assign(&v), self.kbits));
         Ok(out)
     }
@@ -462,9 +518,19 @@ impl TensorCodec for VqCodec {
             (Some(b), _) => (b, payload),
             (None, _) => return Err(Error::bad_params("vq: no codebook")),
         };
+        let (scales, idx) = idx.split_at(self.scale_bytes(n));
         let idx = super::kvq::unpack(idx, self.kbits, n.div_ceil(self.d as usize));
         let mut v = vec![0f32; n];
         book.expand(&idx, &mut v);
+        if self.group > 0 {
+            for (g, s) in v
+                .chunks_mut(self.group as usize)
+                .zip(scales.chunks_exact(2))
+            {
+                let s = f16::from_le_bytes([s[0], s[1]]).to_f32();
+                g.iter_mut().for_each(|x| *x *= s);
+            }
+        }
         for (o, x) in out.chunks_exact_mut(4).zip(&v) {
             o.copy_from_slice(&x.to_le_bytes());
         }
@@ -473,8 +539,10 @@ impl TensorCodec for VqCodec {
     fn stage_bytes(&self, chunks: &[u64]) -> Option<Vec<(&'static str, u64)>> {
         let books = if self.scope == 1 { chunks.len() } else { 1 };
         let idx: usize = chunks.iter().map(|&n| self.index_bytes(n as usize)).sum();
+        let scales: usize = chunks.iter().map(|&n| self.scale_bytes(n as usize)).sum();
         Some(vec![
             ("codebook", (books * self.book_bytes()) as u64),
+            ("scales", scales as u64),
             ("indices", idx as u64),
         ])
     }
@@ -482,9 +550,10 @@ impl TensorCodec for VqCodec {
         if self.scope != 0 || self.book.is_some() {
             return None;
         }
-        let v = t.values?;
+        let mut v = t.values?.to_vec();
+        self.normalize(&mut v);
         Some(Arc::new(VqCodec {
-            book: Some(Codebook::train(v, self.d as usize, self.k(), self.train)),
+            book: Some(Codebook::train(&v, self.d as usize, self.k(), self.train)),
             ..self.clone()
         }))
     }
@@ -566,13 +635,20 @@ mod tests {
         assert!(Pipeline::parse("vq:d=3").is_err());
         assert!(Pipeline::parse("vq:k=100").is_err());
         assert!((ENTRY.from_params)(&[4, 8, 0]).is_err());
-        let mut p = vec![2, 4, 2];
+        assert!(Pipeline::parse("vq:d=4,group=6").is_err());
+        let mut p = vec![2, 4, 2, 0, 0, 0, 0];
         p.extend([0u8; TRAIN_BYTES]);
         assert!((ENTRY.from_params)(&p).is_err());
         p[2] = 0;
         p.extend(std::iter::repeat_n(0u8, 16 * 2 * 2));
         assert!((ENTRY.from_params)(&p).is_ok());
-        p[3 + TRAIN_BYTES..5 + TRAIN_BYTES].copy_from_slice(&f16::NAN.to_le_bytes());
+        p[3] = 3;
+        assert!(
+            (ENTRY.from_params)(&p).is_err(),
+            "group not a multiple of d"
+        );
+        p[3] = 0;
+        p[7 + TRAIN_BYTES..9 + TRAIN_BYTES].copy_from_slice(&f16::NAN.to_le_bytes());
         assert!((ENTRY.from_params)(&p).is_err());
     }
 }

@@ -525,7 +525,11 @@ fn write_outputs(f: &Frontier, cx: &Context<'_>) -> Result<()> {
     for r in &f.rows {
         csv.push_str(&format!(
             "{},{},{},{:.4},{:.4},",
-            r.label, r.kind, r.file_bytes, r.bits_per_weight, r.ratio_vs_fp32
+            tenpak::analyze::csv_field(&r.label),
+            r.kind,
+            r.file_bytes,
+            r.bits_per_weight,
+            r.ratio_vs_fp32
         ));
         if let Some(l) = &r.lm {
             csv.push_str(&format!(

@@ -615,7 +615,10 @@ fn sweep_table(out: &mut Vec<u8>, f: &tenpak_eval::sweep::Frontier) {
 fn split_specs(list: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for piece in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let option = piece.contains('=') && !piece.contains(':') && !piece.contains(';');
+        // What comes before a `;` (the overrides) decides: `group=64;token_embd.weight=bfp8`
+        // continues the spec before it.
+        let head = piece.split(';').next().unwrap_or(piece);
+        let option = head.contains('=') && !head.contains(':');
         match out.last_mut() {
             Some(prev) if option => {
                 prev.push(',');
@@ -639,6 +642,13 @@ mod tests {
                 "bf16",
                 "int:bits=4,group=64,zero=asym",
                 "int4_g32;token_embd.weight=int8"
+            ]
+        );
+        assert_eq!(
+            super::split_specs("tenpakx:rank=16,group=64;token_embd.weight=bfp8,rot+nvfp4"),
+            vec![
+                "tenpakx:rank=16,group=64;token_embd.weight=bfp8",
+                "rot+nvfp4"
             ]
         );
     }
