@@ -386,7 +386,7 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
         let (d, kbits, train) = vq_options(o, 4, 256)?;
         let scope = o.choice("scope", &SCOPES)?;
         let group = o.int("group", 0, 0, 1 << 24)? as u32;
-        if group % d as u32 != 0 {
+        if !group.is_multiple_of(d as u32) {
             return Err(Error::config(format!(
                 "vq: group={group} is not a multiple of d={d}"
             )));
@@ -410,7 +410,7 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
         if ![2, 4, 8].contains(&d)
             || !(4..=16).contains(&kbits)
             || scope > 1
-            || group % d as u32 != 0
+            || !group.is_multiple_of(d as u32)
         {
             return Err(bad(format!(
                 "d {d}, log2 k {kbits}, scope {scope}, group {group}"
