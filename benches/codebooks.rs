@@ -33,6 +33,9 @@ fn smollm2_matrices() -> Vec<(Vec<u64>, Vec<f32>)> {
     out
 }
 
+/// A matrix's bound codec and its encoded chunks (start, length, payload).
+type Prepared = (Pipeline, Vec<(usize, usize, Vec<u8>)>);
+
 /// The codec bound to one matrix and its chunks, as `compress` cuts them.
 fn bind(spec: &str, dims: &[u64], v: &[f32]) -> (Pipeline, Vec<(usize, usize)>) {
     let p = Pipeline::parse(spec).unwrap();
@@ -92,7 +95,7 @@ fn bench(c: &mut Criterion) {
                 n
             })
         });
-        let prepared: Vec<(Pipeline, Vec<(usize, usize, Vec<u8>)>)> = mats
+        let prepared: Vec<Prepared> = mats
             .iter()
             .zip(&bytes)
             .map(|((dims, v), raw)| {
