@@ -91,7 +91,10 @@ pub struct TensorReport {
     pub source_bytes: u64,
     /// Payload bytes written (chunks only).
     pub encoded_bytes: u64,
-    /// source_bytes / encoded_bytes (0 when nothing was written).
+    /// Bytes of the codec parameters in the index (a few for most codecs; low-rank factors,
+    /// codebooks and level tables for the codecs that learn them).
+    pub param_bytes: u64,
+    /// source_bytes / (encoded_bytes + param_bytes) (0 when nothing was written).
     pub ratio: f64,
     /// Metrics against the source.
     pub metrics: Metrics,
@@ -108,6 +111,11 @@ pub struct TensorReport {
     /// (low-rank factor R, codebook) included.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stages: Option<BTreeMap<String, u64>>,
+}
+
+/// Bytes of a pipeline's stored parameters.
+pub fn param_bytes(stages: &[tpk_format::Stage]) -> u64 {
+    stages.iter().map(|s| s.params.len() as u64).sum()
 }
 
 /// [`TensorCodec::stage_bytes`](crate::codec::TensorCodec::stage_bytes) of a stored tensor.
@@ -321,6 +329,7 @@ fn record(
     layout: Layout,
 ) -> Result<TensorReport> {
     let stages = stage_bytes(&e.pipeline, &chunks);
+    let param_bytes = param_bytes(&e.pipeline.stages());
     w.add_tensor(TensorEntry {
         name: info.name.clone(),
         dtype: e.dtype.name().to_string(),
@@ -338,7 +347,8 @@ fn record(
         codec: e.pipeline.describe(),
         source_bytes: info.source_bytes,
         encoded_bytes: e.encoded_bytes,
-        ratio: ratio(info.source_bytes, e.encoded_bytes),
+        param_bytes,
+        ratio: ratio(info.source_bytes, e.encoded_bytes + param_bytes),
         metrics: e.metrics,
         mixed: None,
         pruned: None,

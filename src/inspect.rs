@@ -28,7 +28,9 @@ pub struct TensorSummary {
     pub source_bytes: u64,
     /// Payload bytes.
     pub encoded_bytes: u64,
-    /// source / encoded.
+    /// Bytes of the codec parameters in the index.
+    pub param_bytes: u64,
+    /// source / (encoded + param).
     pub ratio: f64,
     /// Chunk count.
     pub chunks: usize,
@@ -104,7 +106,11 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
             supported: ar.pipeline(i).is_ok(),
             source_bytes: t.source_bytes,
             encoded_bytes: t.payload_bytes(),
-            ratio: ratio(t.source_bytes, t.payload_bytes()),
+            param_bytes: crate::compress::param_bytes(&t.stages),
+            ratio: ratio(
+                t.source_bytes,
+                t.payload_bytes() + crate::compress::param_bytes(&t.stages),
+            ),
             chunks: t.chunks.len(),
             metrics: Metrics::from_entry(t),
             mixed: ar

@@ -399,6 +399,7 @@ proptest! {
         spec in prop::sample::select(vec![
             "grid:group=8",
             "grid:n=5,group=16",
+            "grid:n=40,group=16",
             "nf4_g16",
             "grid:levels=fit,n=8,group=8",
             "vq:d=2,k=16,iters=3",

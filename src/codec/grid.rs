@@ -2,7 +2,7 @@
 //! Spec: formats-spec/grid.md.
 //!
 //! Each group of `group` consecutive elements stores one f16 scale `s`; each element stores
-//! the index of its nearest level in a table of 2 to 16 levels in [-1, 1]: `x ≈ s * level[c]`.
+//! the index of its nearest level in a table of 2 to 128 levels in [-1, 1]: `x ≈ s * level[c]`.
 //! The table is in the parameters, so a reader needs no formula. Tables:
 //! - `nf4`: bitsandbytes' NormalFloat4 levels (QLoRA), with `nf4` / `nf4_gN` short names
 //!   (`group=64`, scale = the group's largest magnitude, as bitsandbytes does);
@@ -50,7 +50,7 @@ const KINDS: [&str; 3] = ["nf4", "gauss", "fit"];
 pub struct GridCodec {
     /// 0 nf4, 1 gauss, 2 fit (where the levels came from; decoding reads only the table).
     kind: u8,
-    /// Level count (2..=16).
+    /// Level count (2..=128).
     n: u8,
     group: u32,
     /// Scale search at encode time.
@@ -164,7 +164,11 @@ impl GridCodec {
         let mut err = 0f32;
         for (o, &x) in out.iter_mut().zip(g) {
             let t = x * inv;
-            let c = th.iter().filter(|&&m| t > m).count();
+            let c = if th.len() < 16 {
+                th.iter().filter(|&&m| t > m).count()
+            } else {
+                th.partition_point(|&m| m < t)
+            };
             *o = c as u8;
             let d = x - s * self.levels[c];
             err += d * d;
@@ -177,7 +181,7 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
     id: GRID_ID,
     name: "grid",
     version: 1,
-    summary: "non-uniform scalar grid, f16 scale per group: levels=nf4|gauss|fit, n=2..16, group=N, fit=search|absmax (nf4, nf4_g32)",
+    summary: "non-uniform scalar grid, f16 scale per group: levels=nf4|gauss|fit, n=2..128, group=N, fit=search|absmax (nf4, nf4_g32)",
     from_options: |o| Ok(Codec::Tensor(Arc::new(grid_options(o)?))),
     from_params: |p| {
         let bad = |m: String| Error::bad_params(format!("grid parameters: {m}"));
@@ -186,7 +190,7 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
         }
         let (kind, n, flags) = (p[0], p[1], p[2]);
         let group = u32::from_le_bytes(p[3..7].try_into().expect("4 bytes"));
-        if kind > 2 || !(2..=16).contains(&n) || group == 0 || flags > 1 {
+        if kind > 2 || !(2..=128).contains(&n) || group == 0 || flags > 1 {
             return Err(bad(format!(
                 "kind {kind}, {n} levels, group {group}, flags {flags}"
             )));
@@ -214,7 +218,7 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
 fn grid_options(o: &mut Options) -> Result<GridCodec> {
     let kind = o.choice("levels", &["gauss", "nf4", "fit"])?;
     let kind = KINDS.iter().position(|k| *k == kind).expect("a kind") as u8;
-    let n = o.int("n", 16, 2, 16)? as u8;
+    let n = o.int("n", 16, 2, 128)? as u8;
     let group = o.int("group", if kind == 0 { 64 } else { 32 }, 1, 1 << 24)? as u32;
     let search = o.choice(
         "fit",
@@ -462,6 +466,7 @@ mod tests {
         assert!((ENTRY.from_params)(&params).is_err());
         assert!((ENTRY.from_params)(&params[..9]).is_err());
         assert!(Pipeline::parse("grid:levels=nf4,n=8").is_err());
-        assert!(Pipeline::parse("grid:n=17").is_err());
+        assert!(Pipeline::parse("grid:n=129").is_err());
+        assert!(Pipeline::parse("grid:n=17").is_ok());
     }
 }
