@@ -22,7 +22,7 @@ smol=models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 refs=compression_configs/frontier/llama_cpp_smollm2.csv
 main="int6_g32_asym,int5_g32_asym,grid:group=32,rot+grid:group=32,nf4,tenpakx,pocketllm,tenpakx:rank=16,group=64,rot+vq:d=2,k=256"
 H=";token_embd.weight=bfp8"
-heads="int6_g32_asym$H,int5_g32_asym$H,rot+grid:group=32$H,grid:group=32$H,nf4$H,pocketllm$H,tenpakx:rank=16,group=64$H,nvfp4$H,int5_g32$H,int:bits=5,zero=asym,fit=als,group=32$H,int6_g32$H,rot+int5_g32_asym$H,rot+grid:n=32,group=32$H,grid:n=32,group=32$H,rot+int5_g32$H,rot+grid:n=64,group=32$H"
+heads="int6_g32_asym$H,int5_g32_asym$H,rot+grid:group=32$H,grid:group=32$H,nf4$H,pocketllm$H,tenpakx:rank=16,group=64$H,nvfp4$H,int5_g32$H,int:bits=5,zero=asym,fit=als,group=32$H,int6_g32$H,rot+int5_g32_asym$H,rot+grid:n=32,group=32$H,grid:n=32,group=32$H,rot+int5_g32$H,rot+grid:n=64,group=32$H,grid:n=64,group=32$H,rot+int:bits=6,zero=asym,fit=als,group=64$H"
 low="int4_opt,nvfp4,rot+nvfp4,rot+int4_g32,rot+int4_g64_asym,rot+int3_g32_asym,rot+grid:group=64,rot+grid:group=40,grid:n=8,group=32,rot+grid:n=8,group=32,rot+vq:d=2,k=256,group=32,rot+vq:d=4,k=256,group=32,vq:d=4,k=256,group=32,tenpakx:rank=0,d=8,k=256,bits=2,group=32,tenpakx:rank=16,d=4,k=256,bits=2,group=32,lowrank:rank=64"
 budgets=$(mktemp -d)
 trap 'rm -rf "$budgets"' EXIT

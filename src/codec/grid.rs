@@ -454,6 +454,26 @@ mod tests {
         assert_eq!(roundtrip(&again, &x).0, yf);
     }
 
+    /// formats-spec/grid.md's test vector.
+    #[test]
+    fn spec_test_vector() {
+        let mut params = vec![2u8, 4, 0, 2, 0, 0, 0];
+        for l in [-1f32, -0.3, 0.3, 1.0] {
+            params.extend_from_slice(&l.to_le_bytes());
+        }
+        let Ok(Codec::Tensor(c)) = (ENTRY.from_params)(&params) else {
+            panic!("valid params")
+        };
+        let mut out = vec![0u8; 16];
+        c.decode(&[0x00, 0x40, 0x00, 0x38, 0x93], DType::F32, 4, &mut out)
+            .unwrap();
+        let y: Vec<f32> = out
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(y, [2.0, -2.0, 0.5 * -0.3f32, 0.5 * 0.3f32]);
+    }
+
     #[test]
     fn bad_params_and_payloads_are_errors() {
         let p = Pipeline::parse("grid:n=8,group=8").unwrap();

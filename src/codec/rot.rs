@@ -412,6 +412,20 @@ mod tests {
         }
     }
 
+    /// formats-spec/rot.md's test vector, computed from the spec alone.
+    #[test]
+    fn spec_test_vector() {
+        assert_eq!(signs(0, 8), [-1.0, -1.0, -1.0, -1.0, 1.0, -1.0, 1.0, -1.0]);
+        let mut x = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        rotate(&mut x, &signs(0, 8), true);
+        let want = [
+            -4.2426405, 9.899495, 1.4142135, -1.4142135, -2.828427, -8.485281, 1.4142135, 1.4142135,
+        ];
+        for (a, b) in x.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{x:?}");
+        }
+    }
+
     #[test]
     fn rot_spreads_an_outlier_and_round_trips() {
         let dims = [4u64, 128];
