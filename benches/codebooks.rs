@@ -8,7 +8,7 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tenpak::codec::{Pipeline, TensorFacts};
+use tenpak::codec::Pipeline;
 use tenpak::compress::DEFAULT_CHUNK_ELEMS;
 use tenpak::dtype::DType;
 
@@ -38,17 +38,7 @@ type Prepared = (Pipeline, Vec<(usize, usize, Vec<u8>)>);
 
 /// The codec bound to one matrix and its chunks, as `compress` cuts them.
 fn bind(spec: &str, dims: &[u64], v: &[f32]) -> (Pipeline, Vec<(usize, usize)>) {
-    let p = Pipeline::parse(spec).unwrap();
-    let p = p.bind(&TensorFacts {
-        dims,
-        amax: None,
-        values: None,
-    });
-    let p = p.bind(&TensorFacts {
-        dims,
-        amax: None,
-        values: Some(v),
-    });
+    let p = Pipeline::parse(spec).unwrap().bind_values(dims, v);
     let m = p.tensor_codec().chunk_multiple() as usize;
     let per = (DEFAULT_CHUNK_ELEMS as usize).div_ceil(m) * m;
     let chunks = (0..v.len())

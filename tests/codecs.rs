@@ -5,6 +5,19 @@ use proptest::prelude::*;
 use tenpak::codec::{Pipeline, REGISTRY};
 use tenpak::dtype::{self, DType};
 
+/// `n` values in `[-scale, scale)` from a xorshift64 stream seeded by `seed`.
+fn uniform(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
 fn dtype_strategy() -> impl Strategy<Value = DType> {
     (0..DType::ALL.len()).prop_map(|i| DType::ALL[i])
 }
@@ -86,11 +99,7 @@ fn every_registered_codec_roundtrips_params() {
             amax: Some(1.0),
             values: None,
         });
-        let p = p.bind(&tenpak::codec::TensorFacts {
-            dims: &[4, 64],
-            amax: Some(1.0),
-            values: Some(&vals),
-        });
+        let p = p.bind_values(&[4, 64], &vals);
         let again = Pipeline::from_stages(&p.stages()).unwrap();
         assert_eq!(again.describe(), p.describe(), "{}", e.name);
     }
@@ -117,16 +126,7 @@ proptest! {
         use tenpak::codec::bfp::{self, Bfp};
         use tenpak::codec::tile::TILE_ELEMS;
         use tenpak::codec::mx;
-        let mut x = seed | 1;
-        let scale = (k as f32).exp();
-        let tile: Vec<f32> = (0..TILE_ELEMS)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ((x >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect();
+        let tile = uniform(seed, TILE_ELEMS, (k as f32).exp());
         for kind in [Bfp::B8, Bfp::B4, Bfp::B2] {
             let mut a = vec![0u8; kind.tile_bytes()];
             bfp::encode_tile(&tile, kind, &mut a);
@@ -224,16 +224,7 @@ proptest! {
         f32_scale in any::<bool>(),
         k in -8i32..=8,
     ) {
-        let mut x = seed | 1;
-        let scale = (k as f32).exp();
-        let vals: Vec<f32> = (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ((x >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect();
+        let vals = uniform(seed, n, (k as f32).exp());
         let spec = format!(
             "int:bits={bits},group={group}{}{}",
             if asym { ",zero=asym" } else { "" },
@@ -416,21 +407,10 @@ proptest! {
         k in -6i32..=6,
     ) {
         let n = rows * cols;
-        let mut x = seed | 1;
-        let scale = (k as f32).exp();
-        let vals: Vec<f32> = (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let u = (x >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0;
-                u * u * u * scale
-            })
-            .collect();
+        // Cubed: heavy tails.
+        let vals: Vec<f32> = uniform(seed, n, 1.0).iter().map(|u| u * u * u * (k as f32).exp()).collect();
         let dims = [rows as u64, cols as u64];
-        let p = Pipeline::parse(spec).unwrap();
-        let p = p.bind(&tenpak::codec::TensorFacts { dims: &dims, amax: None, values: None });
-        let p = p.bind(&tenpak::codec::TensorFacts { dims: &dims, amax: None, values: Some(&vals) });
+        let p = Pipeline::parse(spec).unwrap().bind_values(&dims, &vals);
         let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
         let enc = p.encode(DType::F32, &bytes).unwrap();
         prop_assert_eq!(&p.encode(DType::F32, &bytes).unwrap(), &enc);

@@ -308,17 +308,9 @@ fn write_seeds() {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        let p = tenpak::codec::Pipeline::parse(spec).unwrap();
-        let p = p.bind(&tenpak::codec::TensorFacts {
-            dims: &dims,
-            amax: None,
-            values: None,
-        });
-        let p = p.bind(&tenpak::codec::TensorFacts {
-            dims: &dims,
-            amax: None,
-            values: Some(&floats),
-        });
+        let p = tenpak::codec::Pipeline::parse(spec)
+            .unwrap()
+            .bind_values(&dims, &floats);
         let seed = f32_seed(p.tensor_codec(), vals, 512, idx(tenpak::dtype::DType::F32));
         put(target, &format!("{name}.bin"), &seed);
     }

@@ -729,17 +729,7 @@ mod tests {
     }
 
     fn run(spec: &str, dims: &[u64], x: &[f32]) -> (f32, usize, Pipeline) {
-        let p = Pipeline::parse(spec).unwrap();
-        let p = p.bind(&TensorFacts {
-            dims,
-            amax: None,
-            values: None,
-        });
-        let p = p.bind(&TensorFacts {
-            dims,
-            amax: None,
-            values: Some(x),
-        });
+        let p = Pipeline::parse(spec).unwrap().bind_values(dims, x);
         assert_eq!(p.tensor_codec().props().binds, Binds::Nothing);
         let b: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
         let e = p.encode(DType::F32, &b).unwrap();

@@ -608,6 +608,21 @@ impl Pipeline {
         }
     }
 
+    /// The bind steps of a codec that learns from a tensor ([`Binds::Data`]): its shape, then
+    /// its values (row-major f32); other codecs take the shape step only.
+    pub fn bind_values(&self, dims: &[u64], values: &[f32]) -> Pipeline {
+        let shaped = self.bind(&TensorFacts {
+            dims,
+            amax: None,
+            values: None,
+        });
+        shaped.bind(&TensorFacts {
+            dims,
+            amax: None,
+            values: Some(values),
+        })
+    }
+
     /// Decode one chunk of `n` elements; returns bytes of `decoded_dtype(src)`.
     /// `max_bytes` caps what the chunk may decode to (checked before any allocation).
     pub fn decode(&self, payload: &[u8], src: DType, n: usize, max_bytes: u64) -> Result<Vec<u8>> {
