@@ -59,12 +59,9 @@ fn bench(c: &mut Criterion) {
         "tenpakx",
         "pocketllm",
         "vq:d=4,k=256",
-        "rot+vq:d=2,k=256",
         "lowrank:rank=32",
-        "grid:group=32",
-        "nf4",
+        "grid:levels=fit,n=64,group=32",
         "rot+grid:group=32",
-        "rot:block=64+int4_g32",
         "int6_g32_asym",
     ] {
         let mut g = c.benchmark_group(format!("smollm2/{spec}"));
