@@ -349,11 +349,18 @@ impl TensorCodec for GridCodec {
         let p = self.groups(n);
         let codes = super::int::unpack(&payload[2 * p..], self.bits(), n);
         let g = self.group as usize;
-        for (i, (o, &c)) in out.chunks_exact_mut(4).zip(&codes).enumerate() {
-            let s = f16::from_le_bytes([payload[2 * (i / g)], payload[2 * (i / g) + 1]]).to_f32();
-            // A code past the table (possible with 3 levels in 2 bits) takes the last level.
-            let l = self.levels[(c as usize).min(self.levels.len() - 1)];
-            o.copy_from_slice(&(s * l).to_le_bytes());
+        // A code past the table (possible with 3 levels in 2 bits) takes the last level.
+        let mut table = self.levels.clone();
+        table.resize(1 << self.bits(), *self.levels.last().expect("levels"));
+        for ((og, cg), sb) in out
+            .chunks_mut(4 * g)
+            .zip(codes.chunks(g))
+            .zip(payload.chunks_exact(2))
+        {
+            let s = f16::from_le_bytes([sb[0], sb[1]]).to_f32();
+            for (o, &c) in og.chunks_exact_mut(4).zip(cg) {
+                o.copy_from_slice(&(s * table[c as usize]).to_le_bytes());
+            }
         }
         Ok(())
     }

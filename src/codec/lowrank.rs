@@ -161,6 +161,25 @@ fn add_lr(l: &[f32], r: &[f32], rank: usize, cols: usize, out: &mut [f32]) {
     if rank == 0 {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        unsafe { add_lr_avx2(l, r, rank, cols, out) };
+        return;
+    }
+    add_lr_body(l, r, rank, cols, out);
+}
+
+/// [`add_lr_body`] compiled for AVX2: the same multiplications and additions in the same
+/// order (Rust never fuses them), eight lanes at a time, so the bits are the same.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn add_lr_avx2(l: &[f32], r: &[f32], rank: usize, cols: usize, out: &mut [f32]) {
+    add_lr_body(l, r, rank, cols, out);
+}
+
+#[inline(always)]
+fn add_lr_body(l: &[f32], r: &[f32], rank: usize, cols: usize, out: &mut [f32]) {
     for (li, oi) in l.chunks_exact(rank).zip(out.chunks_exact_mut(cols)) {
         for (t, &lv) in li.iter().enumerate() {
             for (o, &rv) in oi.iter_mut().zip(&r[t * cols..(t + 1) * cols]) {
@@ -564,6 +583,8 @@ impl TensorCodec for LowRankCodec {
             )));
         }
         let [lb, ib, _] = self.chunk_stages(n);
+        // The stages are added in the spec's order: L R, then the codebook entries, then the
+        // residual (f32 additions in that order, as the encoder subtracted them).
         let mut v = vec![0f32; n];
         let rank = self.used_rank();
         if rank > 0 {
@@ -572,19 +593,21 @@ impl TensorCodec for LowRankCodec {
         }
         if let (Some(book), Some((d, kb, _))) = (&self.book, self.vq) {
             let idx = super::kvq::unpack(&payload[lb..lb + ib], kb, n.div_ceil(d as usize));
-            let mut c = vec![0f32; n];
-            book.expand(&idx, &mut c);
-            v.iter_mut().zip(&c).for_each(|(x, y)| *x += y);
+            book.add_to(&idx, &mut v);
         }
-        if let Some(c) = &self.residual {
-            let mut r = vec![0u8; 4 * n];
-            c.decode(&payload[lb + ib..], DType::F32, n, &mut r)?;
-            for (x, b) in v.iter_mut().zip(r.chunks_exact(4)) {
-                *x += f32::from_le_bytes(b.try_into().expect("4 bytes"));
+        match &self.residual {
+            Some(c) => {
+                c.decode(&payload[lb + ib..], DType::F32, n, out)?;
+                for (o, x) in out.chunks_exact_mut(4).zip(&v) {
+                    let r = f32::from_le_bytes(o[..4].try_into().expect("4 bytes"));
+                    o.copy_from_slice(&(x + r).to_le_bytes());
+                }
             }
-        }
-        for (o, x) in out.chunks_exact_mut(4).zip(&v) {
-            o.copy_from_slice(&x.to_le_bytes());
+            None => {
+                for (o, x) in out.chunks_exact_mut(4).zip(&v) {
+                    o.copy_from_slice(&x.to_le_bytes());
+                }
+            }
         }
         Ok(())
     }

@@ -230,6 +230,19 @@ impl Codebook {
     }
 }
 
+impl Codebook {
+    /// Add entry `idx` to each `d`-run of `out` (a trailing partial run takes its first values).
+    pub fn add_to(&self, idx: &[u32], out: &mut [f32]) {
+        let d = self.d;
+        for (o, &j) in out.chunks_mut(d).zip(idx) {
+            let (j, len) = (j as usize, o.len());
+            o.iter_mut()
+                .zip(&self.entries[j * d..j * d + len])
+                .for_each(|(x, e)| *x += e);
+        }
+    }
+}
+
 /// Nearest-entry search: entries stored by dimension (`cols[j][i]` = value j of entry i) with
 /// their squared norms, so that `|c|^2 - 2 x.c` runs as a loop the compiler vectorizes.
 struct Scratch {
