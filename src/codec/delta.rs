@@ -10,9 +10,9 @@
 //! The codec's own decode gives the stored difference (what `verify` checks); putting the
 //! base back is the archive's job (`Archive::with_base`). Made by `compress --base`.
 
-use super::{entry_by_id, Codec, CodecEntry, Props, TensorCodec};
+use super::{Codec, CodecEntry, Props, TensorCodec};
 use crate::dtype::DType;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -82,34 +82,7 @@ impl DeltaCodec {
             m => return Err(bad(&format!("unknown mode {m}"))),
         };
         let base: [u8; 32] = p[1..33].try_into().expect("32 bytes");
-        let id = u16::from_le_bytes([p[33], p[34]]);
-        let version = u16::from_le_bytes([p[35], p[36]]);
-        let len = u32::from_le_bytes(p[37..41].try_into().expect("4 bytes")) as usize;
-        if p.len() != 41 + len {
-            return Err(bad("the value codec's parameters have the wrong length"));
-        }
-        let entry = entry_by_id(id).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unsupported,
-                format!("delta: value codec id {id} is not known to this tenpak"),
-            )
-        })?;
-        if version == 0 || version > entry.version {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "delta: value codec {} version {version} is newer than this tenpak reads",
-                    entry.name
-                ),
-            ));
-        }
-        match (entry.from_params)(&p[41..])? {
-            Codec::Tensor(t) if t.version() == version => DeltaCodec::new(mode, base, t),
-            Codec::Tensor(_) => Err(bad(
-                "the value codec's version does not match its parameters",
-            )),
-            Codec::Bytes(_) => Err(bad("the value codec is a byte codec")),
-        }
+        DeltaCodec::new(mode, base, super::inner_from_params("delta", &p[33..])?)
     }
 
     /// The value codec.
