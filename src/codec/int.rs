@@ -531,14 +531,23 @@ pub(super) fn pack(codes: &[u8], bits: u32, out: &mut Vec<u8>) {
 pub(super) fn unpack(data: &[u8], bits: u32, n: usize) -> Vec<u8> {
     match bits {
         8 => data[..n].to_vec(),
-        4 | 2 => {
-            let per = (8 / bits) as usize;
-            let mask = (1u8 << bits) - 1;
-            let mut out = Vec::with_capacity(n + per);
-            for &b in &data[..n.div_ceil(per)] {
-                for i in 0..per {
-                    out.push(b >> (i as u32 * bits) & mask);
-                }
+        // Fixed-width unpacking into a sized buffer: a loop the compiler vectorizes.
+        4 => {
+            let mut out = vec![0u8; n.div_ceil(2) * 2];
+            for (o, &b) in out.chunks_exact_mut(2).zip(&data[..n.div_ceil(2)]) {
+                o[0] = b & 15;
+                o[1] = b >> 4;
+            }
+            out.truncate(n);
+            out
+        }
+        2 => {
+            let mut out = vec![0u8; n.div_ceil(4) * 4];
+            for (o, &b) in out.chunks_exact_mut(4).zip(&data[..n.div_ceil(4)]) {
+                o[0] = b & 3;
+                o[1] = b >> 2 & 3;
+                o[2] = b >> 4 & 3;
+                o[3] = b >> 6;
             }
             out.truncate(n);
             out
