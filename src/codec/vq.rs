@@ -394,7 +394,7 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
     id: VQ_ID,
     name: "vq",
     version: 1,
-    summary: "vector quantization, k-means codebook: d=2|4|8, k=16..65536, scope=tensor|chunk, iters, sample, seed",
+    summary: "vector quantization, k-means codebook: d=2|4|8, k=16..65536, group=N (f16 scales), scope=tensor|chunk, iters, sample, seed",
     from_options: |o| {
         let (d, kbits, train) = vq_options(o, 4, 256)?;
         let scope = o.choice("scope", &SCOPES)?;
