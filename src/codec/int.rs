@@ -604,7 +604,8 @@ fn f32_vals(codec: &str, src: DType, bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(v)
 }
 
-fn put_f32(vals: &[f32], out: &mut [u8]) {
+/// Write f32 values as little-endian bytes over `out`.
+pub(super) fn put_f32(vals: &[f32], out: &mut [u8]) {
     for (o, v) in out.chunks_exact_mut(4).zip(vals) {
         o.copy_from_slice(&v.to_le_bytes());
     }

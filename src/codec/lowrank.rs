@@ -117,25 +117,17 @@ impl Factor {
     }
 }
 
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Top right singular vectors of `a` (rows x cols, row-major), at most `k` of them, with the
 /// singular values: randomized range finder (oversampling 8, two power iterations) and the
 /// SVD of the projected matrix, in faer.
 pub fn top_singular(a: &[f32], rows: usize, cols: usize, k: usize) -> (Vec<f32>, Mat<f32>) {
     let l = (k + 8).min(rows).min(cols);
     let am = Mat::<f32>::from_fn(rows, cols, |i, j| a[i * cols + j]);
-    let mut s = 0x4C4F_5752u64;
+    let mut s = crate::assign::Rng::new(0x4C4F_5752);
     let omega = Mat::<f32>::from_fn(cols, l, |_, _| {
         // Box-Muller from two uniforms in (0, 1).
-        let u = ((splitmix(&mut s) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let w = ((splitmix(&mut s) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let u = ((s.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let w = ((s.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
         ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * w).cos()) as f32
     });
     let mut q = (&am * &omega).qr().compute_thin_Q();
@@ -471,18 +463,11 @@ fn from_params(id: u16, p: &[u8]) -> Result<Codec> {
 impl TensorCodec for LowRankCodec {
     fn props(&self) -> Props {
         let mut m = self.cols.max(1);
-        let lcm = |a: u64, b: u64| {
-            let (mut x, mut y) = (a, b);
-            while y != 0 {
-                (x, y) = (y, x % y);
-            }
-            a / x.max(1) * b
-        };
         if let Some((d, _, _)) = self.vq {
-            m = lcm(m, d as u64);
+            m = super::lcm(m, d as u64);
         }
         if let Some(Group::Elems(g)) = self.residual.as_ref().map(|c| c.group) {
-            m = lcm(m, g);
+            m = super::lcm(m, g);
         }
         Props {
             chunk_multiple: m,
@@ -620,11 +605,7 @@ impl TensorCodec for LowRankCodec {
                     o.copy_from_slice(&(x + r).to_le_bytes());
                 }
             }
-            None => {
-                for (o, x) in out.chunks_exact_mut(4).zip(&v) {
-                    o.copy_from_slice(&x.to_le_bytes());
-                }
-            }
+            None => super::int::put_f32(&v, out),
         }
         Ok(())
     }
@@ -754,8 +735,8 @@ mod tests {
 
     /// A low-rank matrix plus noise, with a few heavy columns.
     fn matrix(rows: usize, cols: usize) -> Vec<f32> {
-        let mut s = 5u64;
-        let mut g = || ((splitmix(&mut s) >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02;
+        let mut s = crate::assign::Rng::new(5);
+        let mut g = || ((s.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02;
         let u: Vec<f32> = (0..rows * 3).map(|_| g() * 20.0).collect();
         let v: Vec<f32> = (0..3 * cols).map(|_| g() * 20.0).collect();
         (0..rows * cols)
@@ -787,8 +768,8 @@ mod tests {
     #[test]
     fn blocked_product_has_the_plain_loops_bits() {
         let (rank, cols, rows) = (7, 37, 5);
-        let mut s = 3u64;
-        let mut g = || ((splitmix(&mut s) >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0;
+        let mut s = crate::assign::Rng::new(3);
+        let mut g = || ((s.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0;
         let l: Vec<f32> = (0..rows * rank).map(|_| g()).collect();
         let r: Vec<f32> = (0..rank * cols).map(|_| g()).collect();
         let start: Vec<f32> = (0..rows * cols).map(|_| g()).collect();

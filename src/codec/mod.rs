@@ -729,6 +729,15 @@ pub(crate) fn inner_from_params(wrapper: &str, p: &[u8]) -> Result<Arc<dyn Tenso
     }
 }
 
+/// Least common multiple (chunk multiples of stacked stages).
+pub(crate) fn lcm(a: u64, b: u64) -> u64 {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    a / x.max(1) * b
+}
+
 /// Shared check for fixed-size payloads: the length must be exactly what `n` elements take.
 pub(crate) fn expect_len(codec: &str, payload: &[u8], want: usize) -> Result<()> {
     if payload.len() != want {

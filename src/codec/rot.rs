@@ -38,24 +38,16 @@ pub struct RotCodec {
     bound: bool,
 }
 
-/// splitmix64: the sign generator (formats-spec/rot.md gives it).
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// The `block` signs of `seed`: sign j is negative when bit (j mod 64) of the (j / 64)-th
 /// splitmix64 output is set.
 pub fn signs(seed: u64, block: usize) -> Vec<f32> {
-    let mut state = seed;
+    // splitmix64, as formats-spec/rot.md gives it.
+    let mut state = crate::assign::Rng::new(seed);
     let mut word = 0;
     (0..block)
         .map(|j| {
             if j % 64 == 0 {
-                word = splitmix64(&mut state);
+                word = state.next_u64();
             }
             if word >> (j % 64) & 1 == 1 {
                 -1.0
@@ -197,14 +189,6 @@ impl RotCodec {
     }
 }
 
-fn lcm(a: u64, b: u64) -> u64 {
-    let (mut x, mut y) = (a, b);
-    while y != 0 {
-        (x, y) = (y, x % y);
-    }
-    a / x.max(1) * b
-}
-
 pub(super) const ENTRY: CodecEntry = CodecEntry {
     id: ROT_ID,
     name: "rot",
@@ -260,7 +244,7 @@ impl TensorCodec for RotCodec {
             exact_for: &[],
             floats_only: true,
             decodes_to: Some(DType::F32),
-            chunk_multiple: lcm(ip.chunk_multiple.max(1), self.block.max(1) as u64),
+            chunk_multiple: super::lcm(ip.chunk_multiple.max(1), self.block.max(1) as u64),
             binds,
             ..ip
         }
@@ -304,9 +288,7 @@ impl TensorCodec for RotCodec {
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect();
         rotate(&mut v, &s, false);
-        for (o, x) in out.chunks_exact_mut(4).zip(&v) {
-            o.copy_from_slice(&x.to_le_bytes());
-        }
+        super::int::put_f32(&v, out);
         Ok(())
     }
     fn bind(&self, t: &TensorFacts<'_>) -> Option<Arc<dyn TensorCodec>> {

@@ -72,14 +72,6 @@ pub struct Codebook {
     pub entries: Vec<f32>,
 }
 
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 impl Codebook {
     /// Entries.
     pub fn k(&self) -> usize {
@@ -125,13 +117,13 @@ impl Codebook {
         let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
         // k-means++: each next centre drawn with probability proportional to the squared
         // distance to the nearest centre so far.
-        let mut rng = t.seed ^ 0x5650_5143;
-        let mut c: Vec<f32> = at((splitmix(&mut rng) % ns as u64) as usize).to_vec();
+        let mut rng = crate::assign::Rng::new(t.seed ^ 0x5650_5143);
+        let mut c: Vec<f32> = at((rng.next_u64() % ns as u64) as usize).to_vec();
         let mut near: Vec<f32> = (0..ns).map(|i| dist(at(i), &c[..d])).collect();
         while c.len() < k * d {
             let total: f64 = near.iter().map(|&x| x as f64).sum();
             let pick = if total > 0.0 {
-                let u = (splitmix(&mut rng) >> 11) as f64 / (1u64 << 53) as f64 * total;
+                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
                 let mut acc = 0f64;
                 near.iter()
                     .position(|&x| {
@@ -140,7 +132,7 @@ impl Codebook {
                     })
                     .unwrap_or(ns - 1)
             } else {
-                (splitmix(&mut rng) % ns as u64) as usize
+                (rng.next_u64() % ns as u64) as usize
             };
             let start = c.len();
             c.extend_from_slice(at(pick));
@@ -544,9 +536,7 @@ impl TensorCodec for VqCodec {
                 g.iter_mut().for_each(|x| *x *= s);
             }
         }
-        for (o, x) in out.chunks_exact_mut(4).zip(&v) {
-            o.copy_from_slice(&x.to_le_bytes());
-        }
+        super::int::put_f32(&v, out);
         Ok(())
     }
     fn stage_bytes(&self, chunks: &[u64]) -> Option<Vec<(&'static str, u64)>> {
@@ -578,9 +568,9 @@ mod tests {
     use crate::codec::Pipeline;
 
     fn data(n: usize) -> Vec<f32> {
-        let mut s = 99u64;
+        let mut s = crate::assign::Rng::new(99);
         (0..n)
-            .map(|_| ((splitmix(&mut s) >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1)
+            .map(|_| ((s.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1)
             .collect()
     }
 
