@@ -20,7 +20,6 @@
 //! The codes are hand-packed because no bit-packing crate handles every width from 1 to 16 bits
 //! and the layout must be the spec's exactly.
 
-use super::rot::fwht;
 use super::zstd::{zstd_decode, zstd_encode};
 use super::{Binds, Codec, CodecEntry, Props, TensorCodec, TensorFacts};
 use crate::dtype::DType;
@@ -204,19 +203,8 @@ fn rot_sign(j: usize) -> f32 {
 /// Rotate (`forward`: signs, then the transform) or rotate back (the transform, then signs)
 /// every block of `rot` elements.
 fn rotate(x: &mut [f32], rot: usize, forward: bool) {
-    for b in x.chunks_exact_mut(rot) {
-        if forward {
-            b.iter_mut()
-                .enumerate()
-                .for_each(|(j, v)| *v *= rot_sign(j));
-            fwht(b);
-        } else {
-            fwht(b);
-            b.iter_mut()
-                .enumerate()
-                .for_each(|(j, v)| *v *= rot_sign(j));
-        }
-    }
+    let signs: Vec<f32> = (0..rot).map(rot_sign).collect();
+    super::rot::rotate(x, &signs, forward);
 }
 
 /// The step of the bound mode: 1.8 times the bound, so that the rounding error (half a step)
