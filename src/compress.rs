@@ -54,6 +54,11 @@ pub struct CompressOptions {
     /// it (`input::name_matches`), the others `codec`. Like llama.cpp's separate types for the
     /// token embedding and the output head.
     pub overrides: Vec<(String, String)>,
+    /// Calibration statistics (`tenpak calibrate`): codecs with a calibrated encoder (`int`
+    /// with `group=N`, `grid`) use them for the tensors they cover.
+    pub calibration: Option<PathBuf>,
+    /// How: GPTQ or weighted fits; by default GPTQ when the file has second moments.
+    pub calib_mode: Option<crate::codec::calibrated::Mode>,
 }
 
 impl Default for CompressOptions {
@@ -72,6 +77,8 @@ impl Default for CompressOptions {
             base: None,
             mixed: None,
             overrides: Vec::new(),
+            calibration: None,
+            calib_mode: None,
         }
     }
 }
@@ -107,6 +114,9 @@ pub struct TensorReport {
     /// Tensors stored against the base model: `xor` or `sub`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<&'static str>,
+    /// Tensors encoded with calibration statistics: `gptq` or `weighted`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibrated: Option<&'static str>,
     /// Multi-stage codecs (`tenpakx`, `vq`): bytes per stage, the parameters' per-tensor parts
     /// (low-rank factor R, codebook) included.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -234,6 +244,7 @@ fn compress_source_on_threads(
                 mixed: e.mixed,
                 pruned: e.pruned,
                 delta: e.delta,
+                calibrated: e.calibrated,
                 ..report
             })
         })
@@ -305,6 +316,16 @@ fn metadata(
         options["base"] = serde_json::json!(b.file_name().map(|n| n.to_string_lossy()));
     }
     m.push(("tenpak.options".into(), options.to_string()));
+    if let Some(c) = &plan.calibration {
+        // Calibrated files say so, and from which tokens (never the evaluation slice).
+        let v = serde_json::json!({
+            "mode": plan.calib_mode.name(),
+            "model": c.info.model,
+            "slice": c.info.slice,
+            "rows": c.info.rows,
+        });
+        m.push(("tenpak.calibration".into(), v.to_string()));
+    }
     if let Some(c) = &opts.config {
         m.push(("tenpak.config".into(), c.to_string()));
     }
@@ -353,6 +374,7 @@ fn record(
         mixed: None,
         pruned: None,
         delta: None,
+        calibrated: None,
         stages,
     })
 }

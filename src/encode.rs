@@ -34,6 +34,8 @@ pub struct EncodedTensor {
     pub pruned: Option<u64>,
     /// Tensors stored against the base: `xor` or `sub`.
     pub delta: Option<&'static str>,
+    /// Tensors encoded with calibration statistics: `gptq` or `weighted`.
+    pub calibrated: Option<&'static str>,
 }
 
 /// Encode planned tensor `t` of `source`, handing its chunks to `sink` in order. `ahead` is its
@@ -68,9 +70,26 @@ pub fn encode_loaded(
         mixed: None,
         pruned: None,
         delta: None,
+        calibrated: None,
     };
     match &t.storage {
         Storage::Codec { pipeline, layout } => {
+            if let (Some(c), Layout::RowMajor) = (plan.calibration_for(&info.name), layout) {
+                // The codec learns from the tensor first (fitted levels), then takes its
+                // calibrated encoder.
+                let bound = if pipeline.tensor_codec().props().binds == Binds::Data {
+                    bind_to_values(info, data, pipeline)?
+                } else {
+                    pipeline.clone()
+                };
+                if let Some(p) = bound.calibrated(&info.dims, &c, plan.calib_mode) {
+                    let e = encode_tensor(info, data, &p?, *layout, plan.chunk_elems, cx, sink)?;
+                    return Ok(EncodedTensor {
+                        calibrated: Some(plan.calib_mode.name()),
+                        ..plain(e, *layout)
+                    });
+                }
+            }
             let e = encode_tensor(info, data, pipeline, *layout, plan.chunk_elems, cx, sink)?;
             Ok(plain(e, *layout))
         }
@@ -208,6 +227,7 @@ fn encode_delta(
             Mode::Xor => "xor",
             Mode::Sub => "sub",
         }),
+        calibrated: None,
     })
 }
 

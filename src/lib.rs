@@ -67,6 +67,7 @@ pub mod archive;
 pub mod assign;
 pub mod atomic;
 pub mod base;
+pub mod calib;
 pub mod codec;
 pub mod compress;
 pub mod config;

@@ -75,6 +75,10 @@ pub struct Plan {
     pub tile_vectors: bool,
     /// The base model of [`Storage::Delta`] tensors, opened.
     pub base: Option<Base>,
+    /// Calibration statistics, opened: codecs with a calibrated encoder use them.
+    pub calibration: Option<Arc<crate::calib::Calibration>>,
+    /// How calibrated encoders use them.
+    pub calib_mode: crate::codec::calibrated::Mode,
 }
 
 impl std::fmt::Debug for Plan {
@@ -130,6 +134,28 @@ impl Plan {
             ));
         }
         let base = opts.base.as_deref().map(Base::open).transpose()?;
+        let calibration = opts
+            .calibration
+            .as_deref()
+            .map(crate::calib::Calibration::open)
+            .transpose()?
+            .map(Arc::new);
+        let calib_mode = match (opts.calib_mode, &calibration) {
+            (Some(m), _) => m,
+            (None, Some(c)) if c.info.hessian => crate::codec::calibrated::Mode::Gptq,
+            _ => crate::codec::calibrated::Mode::Weighted,
+        };
+        if calibration.is_none() && opts.calib_mode.is_some() {
+            return Err(Error::config("--gptq and --weighted need --calibration"));
+        }
+        if calib_mode == crate::codec::calibrated::Mode::Gptq
+            && calibration.as_ref().is_some_and(|c| !c.info.hessian)
+        {
+            return Err(Error::config(
+                "GPTQ needs the second moments: the calibration file was made with --no-hessian",
+            )
+            .with_file(opts.calibration.as_deref().unwrap_or(input)));
+        }
         let infos = source.tensors();
         let mut tensors = Vec::with_capacity(selected.len());
         for &i in selected {
@@ -153,7 +179,15 @@ impl Plan {
             mixed: opts.mixed.clone(),
             tile_vectors: opts.tile_vectors,
             base,
+            calibration,
+            calib_mode,
         })
+    }
+
+    /// The calibration statistics of tensor `name`'s input, when the plan has a calibration
+    /// file that covers it.
+    pub fn calibration_for(&self, name: &str) -> Option<crate::calib::TensorCalib> {
+        self.calibration.as_ref()?.get(name)
     }
 
     /// What the plan predicts for each tensor, for `compress --dry-run`.

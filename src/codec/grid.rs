@@ -175,6 +175,82 @@ impl GridCodec {
         }
         err
     }
+
+    /// The `grid` codec behind a stored stage, if it is one with its levels.
+    pub(super) fn from_stage(c: &dyn TensorCodec) -> Option<GridCodec> {
+        if c.id() != GRID_ID {
+            return None;
+        }
+        from_params_bytes(&c.params()).ok()
+    }
+
+    /// Elements per scale.
+    pub(super) fn group_size(&self) -> usize {
+        self.group as usize
+    }
+
+    fn code_of(&self, x: f32, s: f32) -> usize {
+        let t = if s > 0.0 { x / s } else { 0.0 };
+        // The nearest level: the first whose midpoint with the next is not below t.
+        let mut c = self.levels.partition_point(|&l| l < t);
+        if c == self.levels.len() {
+            c -= 1;
+        } else if c > 0 && t - self.levels[c - 1] <= self.levels[c] - t {
+            c -= 1;
+        }
+        c
+    }
+
+    /// A value's reconstruction under a group's stored scale.
+    pub(super) fn dequant(&self, x: f32, s: f32) -> f32 {
+        s * self.levels[self.code_of(x, s)]
+    }
+
+    /// Codes of a group under its stored scale.
+    pub(super) fn codes_of(&self, x: &[f32], s: f32, out: &mut [u8]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = self.code_of(v, s) as u8;
+        }
+    }
+
+    /// A group's stored scale minimising `sum w_i (x_i - x^_i)^2` over 21 candidates from
+    /// the absmax scale down to half of it.
+    pub(super) fn fit_scale_weighted(&self, x: &[f32], w: &[f32]) -> Result<f32> {
+        let top = self.levels.iter().fold(0f32, |m, l| m.max(l.abs()));
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let mut best = (f64::INFINITY, 0f32);
+        for k in 0..21 {
+            let s = f16::from_f32(amax * (1.0 - 0.025 * k as f32) / top).to_f32();
+            if !s.is_finite() {
+                return Err(Error::input(format!(
+                    "a group scale of {} overflows f16",
+                    amax / top
+                )));
+            }
+            let e: f64 = x
+                .iter()
+                .zip(w)
+                .map(|(&v, &wi)| {
+                    let d = (v - self.dequant(v, s)) as f64;
+                    wi as f64 * d * d
+                })
+                .sum();
+            if e < best.0 {
+                best = (e, s);
+            }
+        }
+        Ok(best.1)
+    }
+
+    /// The payload of a chunk: its groups' f16 scales, then the codes.
+    pub(super) fn payload(&self, params: &[(f32, f32)], codes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 * params.len() + codes.len());
+        for &(s, _) in params {
+            out.extend_from_slice(&f16::from_f32(s).to_le_bytes());
+        }
+        super::int::pack(codes, self.bits(), &mut out);
+        out
+    }
 }
 
 pub(super) const ENTRY: CodecEntry = CodecEntry {
@@ -183,37 +259,39 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
     version: 1,
     summary: "non-uniform scalar grid, f16 scale per group: levels=nf4|gauss|fit, n=2..128, group=N, fit=search|absmax (nf4, nf4_g32)",
     from_options: |o| Ok(Codec::Tensor(Arc::new(grid_options(o)?))),
-    from_params: |p| {
-        let bad = |m: String| Error::bad_params(format!("grid parameters: {m}"));
-        if p.len() < 7 {
-            return Err(bad(format!("{} bytes", p.len())));
-        }
-        let (kind, n, flags) = (p[0], p[1], p[2]);
-        let group = u32::from_le_bytes(p[3..7].try_into().expect("4 bytes"));
-        if kind > 2 || !(2..=128).contains(&n) || group == 0 || flags > 1 {
-            return Err(bad(format!(
-                "kind {kind}, {n} levels, group {group}, flags {flags}"
-            )));
-        }
-        if p.len() != 7 + 4 * n as usize {
-            return Err(bad(format!("{} bytes for {n} levels", p.len())));
-        }
-        let levels: Vec<f32> = p[7..]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
-        if levels.iter().any(|l| !l.is_finite()) || levels.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(bad("levels are not finite and increasing".into()));
-        }
-        Ok(Codec::Tensor(Arc::new(GridCodec {
-            kind,
-            n,
-            group,
-            search: flags & 1 != 0,
-            levels,
-        })))
-    },
+    from_params: |p| Ok(Codec::Tensor(Arc::new(from_params_bytes(p)?))),
 };
+
+fn from_params_bytes(p: &[u8]) -> Result<GridCodec> {
+    let bad = |m: String| Error::bad_params(format!("grid parameters: {m}"));
+    if p.len() < 7 {
+        return Err(bad(format!("{} bytes", p.len())));
+    }
+    let (kind, n, flags) = (p[0], p[1], p[2]);
+    let group = u32::from_le_bytes(p[3..7].try_into().expect("4 bytes"));
+    if kind > 2 || !(2..=128).contains(&n) || group == 0 || flags > 1 {
+        return Err(bad(format!(
+            "kind {kind}, {n} levels, group {group}, flags {flags}"
+        )));
+    }
+    if p.len() != 7 + 4 * n as usize {
+        return Err(bad(format!("{} bytes for {n} levels", p.len())));
+    }
+    let levels: Vec<f32> = p[7..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    if levels.iter().any(|l| !l.is_finite()) || levels.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(bad("levels are not finite and increasing".into()));
+    }
+    Ok(GridCodec {
+        kind,
+        n,
+        group,
+        search: flags & 1 != 0,
+        levels,
+    })
+}
 
 fn grid_options(o: &mut Options) -> Result<GridCodec> {
     let kind = o.choice("levels", &["gauss", "nf4", "fit"])?;

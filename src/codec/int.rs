@@ -245,7 +245,12 @@ impl IntCodec {
                 }
             }
         }
-        let mut out = Vec::with_capacity(self.payload_len(vals.len())?);
+        self.payload(&params, &codes)
+    }
+
+    /// The payload of a chunk: its groups' stored scales and offsets, then the codes.
+    pub(super) fn payload(&self, params: &[(f32, f32)], codes: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.payload_len(codes.len())?);
         let put = |out: &mut Vec<u8>, v: f32| {
             if self.f32_scale {
                 out.extend_from_slice(&v.to_le_bytes());
@@ -253,16 +258,107 @@ impl IntCodec {
                 out.extend_from_slice(&f16::from_f32(v).to_le_bytes());
             }
         };
-        for &(s, _) in &params {
+        for &(s, _) in params {
             put(&mut out, s);
         }
         if self.asym {
-            for &(_, m) in &params {
+            for &(_, m) in params {
                 put(&mut out, m);
             }
         }
-        pack(&codes, self.bits as u32, &mut out);
+        pack(codes, self.bits as u32, &mut out);
         Ok(out)
+    }
+
+    /// The group size of `group=N` codecs.
+    pub(super) fn group_elems(&self) -> Option<usize> {
+        match self.group {
+            Group::Elems(g) => usize::try_from(g).ok(),
+            _ => None,
+        }
+    }
+
+    /// A value's reconstruction under a group's stored scale and offset.
+    #[inline]
+    pub(super) fn dequant(&self, v: f32, s: f32, m: f32) -> f32 {
+        let c = self.code(v, s, m) as f32;
+        if self.asym {
+            m + c * s
+        } else {
+            (c - (1u32 << (self.bits - 1)) as f32) * s
+        }
+    }
+
+    /// Codes of values under a group's stored scale and offset.
+    pub(super) fn codes_of(&self, vals: &[f32], s: f32, m: f32, out: &mut [u8]) {
+        self.codes_into(vals, s, m, out);
+    }
+
+    /// A group's stored scale and offset minimising `sum w_i (x_i - x^_i)^2`: the min/max
+    /// start shrunk by 16 factors (clipping the range), each refined by one weighted
+    /// least-squares fit of scale and offset (asymmetric), the best kept.
+    pub(super) fn fit_group_weighted(&self, x: &[f32], w: &[f32]) -> Result<(f32, f32)> {
+        let base = self.fit_group(x)?;
+        let sse = |s: f32, m: f32| -> f64 {
+            x.iter()
+                .zip(w)
+                .map(|(&v, &wi)| {
+                    let e = (v - self.dequant(v, s, m)) as f64;
+                    wi as f64 * e * e
+                })
+                .sum()
+        };
+        let mut best = (sse(base.0, base.1), base);
+        if base.0 <= 0.0 {
+            return Ok(base);
+        }
+        let (lo, hi) = x
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                (l.min(v), h.max(v))
+            });
+        let b = self.bits as u32;
+        for k in 1..16 {
+            let f = 1.0 - 0.025 * k as f32;
+            let cand = if self.asym {
+                let levels = ((1u32 << b) - 1) as f32;
+                let mid = 0.5 * (lo + hi);
+                let (l2, h2) = (mid + (lo - mid) * f, mid + (hi - mid) * f);
+                let (s, m) = ((h2 - l2) / levels, l2);
+                // One weighted least-squares refit of x ~ m + s q over these codes.
+                let (mut sw, mut sq, mut sx, mut sqq, mut sqx) = (0f64, 0f64, 0f64, 0f64, 0f64);
+                for (&v, &wi) in x.iter().zip(w) {
+                    let q = ((v - m) / s).round_ties_even().clamp(0.0, levels) as f64;
+                    let (wi, v) = (wi as f64, v as f64);
+                    sw += wi;
+                    sq += wi * q;
+                    sx += wi * v;
+                    sqq += wi * q * q;
+                    sqx += wi * q * v;
+                }
+                let den = sw * sqq - sq * sq;
+                let (s, m) = if den > 0.0 {
+                    let ns = (sw * sqx - sq * sx) / den;
+                    ((ns as f32), ((sx - ns * sq) / sw) as f32)
+                } else {
+                    (s, m)
+                };
+                if !(s > 0.0 && s.is_finite() && m.is_finite()) {
+                    continue;
+                }
+                (self.store(s), self.store(m))
+            } else {
+                (self.store(base.0 * f), 0.0)
+            };
+            if !(cand.0.is_finite() && cand.1.is_finite()) {
+                continue;
+            }
+            let e = sse(cand.0, cand.1);
+            if e < best.0 {
+                best = (e, cand);
+            }
+        }
+        Ok(best.1)
     }
 
     /// Decode `n` values (the payload length must be exact).

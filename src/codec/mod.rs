@@ -11,6 +11,7 @@
 
 pub mod bfp;
 mod byteplane;
+pub mod calibrated;
 pub mod delta;
 mod float;
 pub mod gear;
@@ -606,6 +607,19 @@ impl Pipeline {
             Some(c) => self.with_tensor_codec(c),
             None => self.clone(),
         }
+    }
+
+    /// The same pipeline with its tensor codec's calibrated encoder for a tensor of shape
+    /// `dims` ([`calibrated`]: GPTQ or importance-weighted fits, the codec's own payload);
+    /// `None` when the codec has none (`int` with `group=N` and `grid` have one).
+    pub fn calibrated(
+        &self,
+        dims: &[u64],
+        calib: &crate::calib::TensorCalib,
+        mode: calibrated::Mode,
+    ) -> Option<Result<Pipeline>> {
+        calibrated::calibrated(self.tensor.clone(), dims, calib, mode)
+            .map(|r| r.map(|c| self.with_tensor_codec(c)))
     }
 
     /// The bind steps of a codec that learns from a tensor ([`Binds::Data`]): its shape, then

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod bert;
+pub mod calibrate;
 pub mod capture;
 pub mod embed;
 pub mod kernels;

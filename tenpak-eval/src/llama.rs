@@ -114,9 +114,13 @@ pub struct Llama {
     head: std::sync::Arc<Vec<f32>>,
     dev: Device,
     kv_filter: Option<std::sync::Arc<KvFilter>>,
+    names: Names,
+    /// No output matrix: the embedding is the head.
+    tied: bool,
 }
 
 /// Tensor names in GGUF and Hugging Face spelling.
+#[derive(Debug, Clone, Copy)]
 struct Names {
     gguf: bool,
 }
@@ -236,7 +240,8 @@ impl Llama {
         }
         let norm = vec1(&mut model, n.norm(), e)?;
         // Tied embeddings: no output matrix means the embedding is the head.
-        let head = if model.has(n.head()) {
+        let tied = !model.has(n.head());
+        let head = if !tied {
             take(&mut model, n.head(), cfg.vocab, e)?
         } else {
             embed_v.clone()
@@ -251,6 +256,8 @@ impl Llama {
             head: std::sync::Arc::new(head),
             dev,
             kv_filter: None,
+            names: n,
+            tied,
         })
     }
 
@@ -299,6 +306,189 @@ impl Llama {
         logits: &mut Vec<f32>,
         kv: Option<KvSink>,
     ) -> Result<()> {
+        self.check_tokens(seqs)?;
+        let x = self.hidden(seqs, 0, None, kv, None, None)?;
+        self.head_logits(&x, logits);
+        Ok(())
+    }
+
+    /// Run `seqs` through the model showing `probe` every matrix product's input (the head's
+    /// included); logits only when asked for.
+    pub fn forward_probed(
+        &self,
+        seqs: &[&[u32]],
+        logits: Option<&mut Vec<f32>>,
+        probe: Probe,
+    ) -> Result<()> {
+        self.check_tokens(seqs)?;
+        let x = self.hidden(seqs, 0, None, None, Some(probe), None)?;
+        if let Some(l) = logits {
+            self.head_logits(&x, l);
+        }
+        Ok(())
+    }
+
+    /// [`Llama::forward_many`], also keeping the residual stream entering each layer, so that
+    /// a model differing from layer `k` on can start there ([`Llama::forward_from`]).
+    pub fn forward_traced(&self, seqs: &[&[u32]], logits: &mut Vec<f32>) -> Result<Trace> {
+        self.check_tokens(seqs)?;
+        let mut keep = Vec::with_capacity(self.cfg.n_layer + 1);
+        let x = self.hidden(seqs, 0, None, None, None, Some(&mut keep))?;
+        self.head_logits(&x, logits);
+        Ok(Trace(keep))
+    }
+
+    /// Logits of `seqs` computed from layer `from` on, starting from the residual stream a
+    /// [`Trace`] of the same sequences kept there (`from` = `n_layer`: the head only).
+    pub fn forward_from(
+        &self,
+        seqs: &[&[u32]],
+        trace: &Trace,
+        from: usize,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        let x0 = trace.0.get(from).ok_or_else(|| {
+            Error::internal(format!(
+                "a trace of {} states has no layer {from}",
+                trace.0.len()
+            ))
+        })?;
+        let x = if from == self.cfg.n_layer {
+            let x =
+                candle_nn::ops::rms_norm(x0, &self.norm, self.cfg.rms_eps as f32).map_err(cerr)?;
+            x.flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(cerr)?
+        } else {
+            self.hidden(seqs, from, Some(x0), None, None, None)?
+        };
+        self.head_logits(&x, logits);
+        Ok(())
+    }
+
+    /// The weight matrices the forward pass reads, with the first layer each acts in
+    /// (`n_layer`: the head).
+    pub fn matrices(&self) -> Vec<(String, usize)> {
+        let n = &self.names;
+        let mut out = vec![(n.embed().to_string(), 0)];
+        for li in 0..self.cfg.n_layer {
+            for p in PARTS {
+                out.push((n.layer(li, p), li));
+            }
+        }
+        if !self.tied {
+            out.push((n.head().to_string(), self.cfg.n_layer));
+        }
+        out
+    }
+
+    /// Shape `[rows, cols]` of matrix `name` as the model file stores it.
+    pub fn matrix_dims(&self, name: &str) -> Option<[usize; 2]> {
+        let c = &self.cfg;
+        let (e, f, kv) = (c.n_embd, c.n_ff, c.n_kv_head * c.head_dim());
+        if name == self.names.embed() || (!self.tied && name == self.names.head()) {
+            return Some([c.vocab, e]);
+        }
+        let (_, part) = self.locate(name)?;
+        Some(match part {
+            "attn_q" | "attn_output" => [e, e],
+            "attn_k" | "attn_v" => [kv, e],
+            "ffn_gate" | "ffn_up" => [f, e],
+            _ => [e, f],
+        })
+    }
+
+    /// The matrices that read input `site` of layer `li` (the head: `li` = `n_layer`), in the
+    /// file's names; the first names the input in calibration files.
+    pub fn readers(&self, li: usize, site: Site) -> Vec<String> {
+        let n = &self.names;
+        let parts: &[&str] = match site {
+            Site::Attn => &PARTS[..3],
+            Site::AttnOut => &PARTS[3..4],
+            Site::Ffn => &PARTS[4..6],
+            Site::Down => &PARTS[6..],
+            Site::Head => {
+                return vec![if self.tied { n.embed() } else { n.head() }.to_string()];
+            }
+        };
+        parts.iter().map(|p| n.layer(li, p)).collect()
+    }
+
+    fn locate(&self, name: &str) -> Option<(usize, &'static str)> {
+        (0..self.cfg.n_layer)
+            .flat_map(|li| PARTS.iter().map(move |&p| (li, p)))
+            .find(|&(li, p)| self.names.layer(li, p) == name)
+    }
+
+    /// This model with matrix `name` replaced by `values` (the file's layout and shape, as
+    /// [`Llama::matrix_dims`] gives it); the other weights are shared, not copied. A tied
+    /// embedding changes the head too.
+    pub fn with_matrix(&self, name: &str, values: Vec<f32>) -> Result<Llama> {
+        let dims = self
+            .matrix_dims(name)
+            .ok_or_else(|| Error::input(format!("the model reads no matrix '{name}'")))?;
+        if values.len() != dims[0] * dims[1] {
+            return Err(Error::input(format!(
+                "{} values for matrix '{name}' of shape {dims:?}",
+                values.len()
+            )));
+        }
+        let mut m = self.clone();
+        let (gguf, c) = (self.names.gguf, &self.cfg);
+        if name == self.names.embed() {
+            if self.tied {
+                m.head = std::sync::Arc::new(values.clone());
+            }
+            m.embed = Tensor::from_vec(values, (dims[0], dims[1]), &self.dev).map_err(cerr)?;
+            return Ok(m);
+        }
+        if !self.tied && name == self.names.head() {
+            m.head = std::sync::Arc::new(values);
+            return Ok(m);
+        }
+        let (li, part) = self.locate(name).expect("matrix_dims found it");
+        let values = match part {
+            "attn_q" if gguf => unpermute(&values, c.n_head, dims[1]),
+            "attn_k" if gguf => unpermute(&values, c.n_kv_head, dims[1]),
+            _ => values,
+        };
+        // Stored transposed, [in, out], stacked along the output columns.
+        let t = Tensor::from_vec(values, (dims[0], dims[1]), &self.dev)
+            .and_then(|t| t.t()?.contiguous())
+            .map_err(cerr)?;
+        let l = &mut m.layers[li];
+        let (e, kv) = (c.n_embd, c.n_kv_head * c.head_dim());
+        let splice = |whole: &Tensor, at: usize, width: usize| -> Result<Tensor> {
+            let total = whole.dim(1).map_err(cerr)?;
+            let mut parts = Vec::new();
+            if at > 0 {
+                parts.push(whole.narrow(1, 0, at).map_err(cerr)?);
+            }
+            parts.push(t.clone());
+            if at + width < total {
+                parts.push(
+                    whole
+                        .narrow(1, at + width, total - at - width)
+                        .map_err(cerr)?,
+                );
+            }
+            Tensor::cat(&parts, 1)
+                .and_then(|t| t.contiguous())
+                .map_err(cerr)
+        };
+        match part {
+            "attn_q" => l.wqkv = splice(&l.wqkv, 0, e)?,
+            "attn_k" => l.wqkv = splice(&l.wqkv, e, kv)?,
+            "attn_v" => l.wqkv = splice(&l.wqkv, e + kv, kv)?,
+            "attn_output" => l.wo = t,
+            "ffn_gate" => l.w_gate_up = splice(&l.w_gate_up, 0, c.n_ff)?,
+            "ffn_up" => l.w_gate_up = splice(&l.w_gate_up, c.n_ff, c.n_ff)?,
+            _ => l.w_down = t,
+        }
+        Ok(m)
+    }
+
+    fn check_tokens(&self, seqs: &[&[u32]]) -> Result<()> {
         for tokens in seqs {
             if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
                 return Err(Error::input(format!(
@@ -310,7 +500,11 @@ impl Llama {
                 return Err(Error::input("nothing to evaluate: no tokens"));
             }
         }
-        let x = self.hidden(seqs, kv)?;
+        Ok(())
+    }
+
+    /// Logits `[rows, vocab]` of final normed hidden states `x` `[rows, n_embd]`.
+    fn head_logits(&self, x: &[f32], logits: &mut Vec<f32>) {
         let (t, e, v) = (x.len() / self.cfg.n_embd, self.cfg.n_embd, self.cfg.vocab);
         // Every element is written by the product (no read of the old contents): reusing the
         // buffer spares a page-faulted 100 MB allocation per window.
@@ -340,11 +534,21 @@ impl Llama {
                 gemm::Parallelism::Rayon(rayon::current_num_threads()),
             );
         }
-        Ok(())
     }
 
-    /// The final normed hidden states `[rows of all sequences, n_embd]`.
-    fn hidden(&self, seqs: &[&[u32]], mut kv: Option<KvSink>) -> Result<Vec<f32>> {
+    /// The final normed hidden states `[rows of all sequences, n_embd]`, running layers
+    /// `from..` on `x0` (the residual stream entering layer `from`; the embeddings when
+    /// `from` is 0 and `x0` is absent). `probe` sees every matrix product's input; `keep`
+    /// receives the residual stream entering each layer run and, last, leaving the last one.
+    fn hidden(
+        &self,
+        seqs: &[&[u32]],
+        from: usize,
+        x0: Option<&Tensor>,
+        mut kv: Option<KvSink>,
+        mut probe: Option<Probe>,
+        mut keep: Option<&mut Vec<Tensor>>,
+    ) -> Result<Vec<f32>> {
         use crate::kernels;
         use rayon::prelude::*;
         let c = &self.cfg;
@@ -357,11 +561,26 @@ impl Llama {
         let w = (h + 2 * kvh) * hd;
         let eps = c.rms_eps as f32;
         let (cos, sin) = self.rope_tables(longest);
-        let ids = Tensor::new(tokens.as_slice(), &self.dev).map_err(cerr)?;
-        let mut x = self.embed.index_select(&ids, 0).map_err(cerr)?;
+        let mut x = match x0 {
+            Some(x) => x.clone(),
+            None => {
+                let ids = Tensor::new(tokens.as_slice(), &self.dev).map_err(cerr)?;
+                self.embed.index_select(&ids, 0).map_err(cerr)?
+            }
+        };
         let vec = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>());
-        for (li, l) in self.layers.iter().enumerate() {
+        let mut look = |li: usize, site: Site, t: &Tensor| -> Result<()> {
+            match probe.as_mut() {
+                Some(p) => p(li, site, &vec(t).map_err(cerr)?),
+                None => Ok(()),
+            }
+        };
+        for (li, l) in self.layers.iter().enumerate().skip(from) {
+            if let Some(k) = keep.as_mut() {
+                k.push(x.clone());
+            }
             let a = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps).map_err(cerr)?;
+            look(li, Site::Attn, &a)?;
             let mut qkv = a.matmul(&l.wqkv).and_then(|q| vec(&q)).map_err(cerr)?;
             let hd2 = hd / 2;
             qkv.par_chunks_mut(w).zip(&pos).for_each(|(row, &p)| {
@@ -409,20 +628,62 @@ impl Llama {
                 at += sq.len();
             }
             let o = Tensor::from_vec(o, (t, h * hd), &self.dev).map_err(cerr)?;
+            look(li, Site::AttnOut, &o)?;
             x = (x + o.matmul(&l.wo).map_err(cerr)?).map_err(cerr)?;
             let a = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps).map_err(cerr)?;
+            look(li, Site::Ffn, &a)?;
             let gu = a.matmul(&l.w_gate_up).and_then(|g| vec(&g)).map_err(cerr)?;
             let mut act = vec![0f32; t * f];
             act.par_chunks_mut(f)
                 .zip(gu.par_chunks(2 * f))
                 .for_each(|(o, g)| kernels::silu_mul_row(g, o));
             let act = Tensor::from_vec(act, (t, f), &self.dev).map_err(cerr)?;
+            look(li, Site::Down, &act)?;
             x = (x + act.matmul(&l.w_down).map_err(cerr)?).map_err(cerr)?;
         }
+        if let Some(k) = keep.as_mut() {
+            k.push(x.clone());
+        }
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps).map_err(cerr)?;
-        vec(&x).map_err(cerr)
+        let x = vec(&x).map_err(cerr)?;
+        if let Some(p) = probe.as_mut() {
+            p(self.cfg.n_layer, Site::Head, &x)?;
+        }
+        Ok(x)
     }
 }
 
 /// Receives one layer's keys and values: `(layer, k, v)`, each `[T, kv_heads, head_dim]`.
 pub type KvSink<'a> = &'a mut dyn FnMut(usize, &[f32], &[f32]) -> Result<()>;
+
+/// The matrices of a layer, in the names' GGUF spelling.
+const PARTS: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
+/// The residual stream entering each layer of one forward pass (and leaving the last).
+pub struct Trace(Vec<Tensor>);
+
+/// The input of a matrix product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// The normed residual stream the query, key and value projections read.
+    Attn,
+    /// The attention output the output projection reads.
+    AttnOut,
+    /// The normed residual stream the gate and up projections read.
+    Ffn,
+    /// The gated activation the down projection reads.
+    Down,
+    /// The final normed hidden state the output head reads (layer = `n_layer`).
+    Head,
+}
+
+/// Receives each matrix product's input: `(layer, site, rows)`, rows of the input width.
+pub type Probe<'a> = &'a mut dyn FnMut(usize, Site, &[f32]) -> Result<()>;

@@ -169,6 +169,83 @@ pub(super) struct CaptureArgs {
 }
 
 #[derive(Args)]
+pub(super) struct CalibrateArgs {
+    /// The model: a GGUF file, a Hugging Face folder, or a .tpk made from either.
+    model: PathBuf,
+    /// Output statistics file (safetensors).
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Corpus text (built by scripts/fetch-corpus.sh); calibration reads the tokens after the
+    /// evaluation slice's 64 x 511.
+    #[arg(long, value_name = "FILE", default_value = tenpak_eval::DEFAULT_CORPUS)]
+    corpus: PathBuf,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 64)]
+    windows: usize,
+    /// Window length, BOS included.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Keep only the per-channel mean squares, not the second moments (a far smaller file;
+    /// GPTQ needs the second moments).
+    #[arg(long)]
+    no_hessian: bool,
+    /// Replace the output if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn calibrate(
+    a: &CalibrateArgs,
+    quiet: bool,
+    cx: &Context<'_>,
+    out: &mut Vec<u8>,
+) -> Result<i32, Error> {
+    let req = tenpak_eval::calibrate::CalibrateRequest {
+        model: a.model.clone(),
+        corpus: a.corpus.clone(),
+        windows: a.windows,
+        ctx: a.ctx,
+        hessian: !a.no_hessian,
+        output: a.output.clone(),
+        force: a.force,
+    };
+    let bar = window_bar(quiet, a.windows);
+    let mut on_window = |done: usize| {
+        if let Some(b) = &bar {
+            b.set_position(done as u64);
+        }
+    };
+    let r = tenpak_eval::calibrate::calibrate(&req, &mut on_window, cx)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if a.json {
+        json(out, &r);
+    } else {
+        let s = &r.info.slice;
+        let _ = writeln!(
+            out,
+            "{}: {} inputs ({} weights) from {} windows of {} tokens (corpus tokens {}.., disjoint from {}), {}; {} bytes in {} ({:.1} s)",
+            r.info.model,
+            r.inputs,
+            r.info.inputs.len(),
+            s.windows,
+            s.ctx,
+            s.first_token,
+            s.disjoint_from,
+            if r.info.hessian { "E[x²] and E[x xᵀ]" } else { "E[x²] only" },
+            r.file_bytes,
+            r.output.display(),
+            r.seconds
+        );
+    }
+    Ok(0)
+}
+
+#[derive(Args)]
 pub(super) struct PplArgs {
     /// The model: a GGUF file, a Hugging Face folder, or a .tpk made from either.
     model: PathBuf,

@@ -59,6 +59,10 @@ enum Command {
     /// KV-cache work: capture real caches from a model.
     #[command(subcommand)]
     Kv(eval::KvCommand),
+    /// Run calibration text (the corpus tokens after the evaluation slice) through a llama model
+    /// and write each matrix input's statistics: per-channel E[x²] (an importance matrix) and
+    /// E[x xᵀ] (GPTQ's Hessian), for `compress --calibration`.
+    Calibrate(eval::CalibrateArgs),
 }
 
 #[derive(Args)]
@@ -202,6 +206,18 @@ struct CompressArgs {
     /// are stored raw.
     #[arg(long, visible_alias = "vectors")]
     tile_vectors: bool,
+    /// Calibration statistics from `tenpak calibrate`: `int` (group=N) and `grid` tensors the
+    /// file covers are encoded with them (GPTQ when the file has second moments, else
+    /// importance-weighted scale searches); the payload format is the codec's own. The
+    /// result is calibrated: the file's metadata says so, and which tokens.
+    #[arg(long, value_name = "FILE")]
+    calibration: Option<PathBuf>,
+    /// With --calibration: GPTQ (error feedback through the inverse Hessian).
+    #[arg(long, requires = "calibration", conflicts_with = "weighted")]
+    gptq: bool,
+    /// With --calibration: importance-weighted scale searches only, no GPTQ.
+    #[arg(long, requires = "calibration")]
+    weighted: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -418,6 +434,14 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
                     .iter()
                     .map(|o| tenpak::plan::parse_override(o))
                     .collect::<Result<_, _>>()?,
+                calibration: a.calibration.clone(),
+                calib_mode: if a.gptq {
+                    Some(tenpak::codec::calibrated::Mode::Gptq)
+                } else if a.weighted {
+                    Some(tenpak::codec::calibrated::Mode::Weighted)
+                } else {
+                    None
+                },
             };
             if a.dry_run {
                 let r = tenpak::compress::dry_run(&a.model, &opts)?;
@@ -555,6 +579,7 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
         }
         Command::Eval(c) => eval::run(c, cli.quiet, cx, out),
         Command::Kv(c) => eval::run_kv(c, cli.quiet, cx, out),
+        Command::Calibrate(a) => eval::calibrate(a, cli.quiet, cx, out),
         Command::Inspect(a) => {
             let r = tenpak::inspect::inspect(&a.file)?;
             if a.json {

@@ -1,0 +1,219 @@
+//! Calibrated encoders of the group-wise scalar codecs (`int` with `group=N`, `grid`): they
+//! write the codec's own payload, so decoding is unchanged and the stored stage is the codec's
+//! (same id, same parameters); only how the payload is chosen differs. Encoder-only: this
+//! codec never comes from the registry or from a file.
+//!
+//! With a weight's calibration statistics ([`crate::calib::TensorCalib`]):
+//! - **weighted**: every group's scale (and offset) search minimises
+//!   `sum_j E[x_j^2] (w_j - w^_j)^2`, the error the layer's output sees for uncorrelated input
+//!   channels (AWQ's and llama.cpp's imatrix objective), instead of the plain squared error;
+//! - **gptq**: the columns of each row are rounded in order and each rounding error is spread
+//!   over the columns not yet rounded through the inverse Hessian `E[x x^T]^-1`
+//!   ([`crate::calib::Gptq`]); each group's parameters are fitted, weighted, when the rounding
+//!   reaches the group, from the values as the earlier errors left them.
+//!
+//! Chunks hold whole rows (the codec's `chunk_multiple` becomes a multiple of the row), and the
+//! group must divide the row, so that a group is always `g` consecutive columns of one row.
+
+use super::grid::GridCodec;
+use super::int::IntCodec;
+use super::{Props, TensorCodec};
+use crate::calib::{Gptq, TensorCalib};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// How a calibrated encoder uses the statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Importance-weighted scale searches.
+    Weighted,
+    /// GPTQ (needs the second moments), with weighted group fits.
+    Gptq,
+}
+
+impl Mode {
+    /// As reports name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Weighted => "weighted",
+            Mode::Gptq => "gptq",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Quant {
+    Int(IntCodec),
+    Grid(GridCodec),
+}
+
+/// A calibrated encoder over a bound `int` or `grid` codec.
+#[derive(Debug)]
+pub struct Calibrated {
+    inner: Arc<dyn TensorCodec>,
+    quant: Quant,
+    group: usize,
+    cols: usize,
+    /// Column weights, mean 1.
+    weights: Arc<[f32]>,
+    gptq: Option<Arc<Gptq>>,
+}
+
+/// The calibrated encoder of `inner` for a tensor of shape `dims`; `None` when this codec or
+/// shape has none (the codec is then used as it is, data-free).
+pub(super) fn calibrated(
+    inner: Arc<dyn TensorCodec>,
+    dims: &[u64],
+    calib: &TensorCalib,
+    mode: Mode,
+) -> Option<Result<Arc<dyn TensorCodec>>> {
+    let cols = usize::try_from(*dims.last()?).ok()?;
+    if dims.len() < 2 || cols == 0 {
+        return None;
+    }
+    let (quant, group) = if let Some(i) = IntCodec::from_stage(&*inner) {
+        let g = i.group_elems()?;
+        (Quant::Int(i), g)
+    } else if let Some(g) = GridCodec::from_stage(&*inner) {
+        let n = g.group_size();
+        (Quant::Grid(g), n)
+    } else {
+        return None;
+    };
+    if group == 0 || cols % group != 0 {
+        return None;
+    }
+    if calib.cols() != cols {
+        return Some(Err(Error::input(format!(
+            "the calibration statistics have {} input channels, the tensor {cols} columns",
+            calib.cols()
+        ))));
+    }
+    let gptq = match (mode, &calib.hessian) {
+        (Mode::Gptq, Some(h)) => match Gptq::new(h, cols) {
+            Ok(g) => Some(Arc::new(g)),
+            Err(e) => return Some(Err(e)),
+        },
+        (Mode::Gptq, None) => {
+            return Some(Err(Error::config(
+                "GPTQ needs the second moments: run tenpak calibrate without --no-hessian",
+            )))
+        }
+        (Mode::Weighted, _) => None,
+    };
+    Some(Ok(Arc::new(Calibrated {
+        inner,
+        quant,
+        group,
+        cols,
+        weights: calib.column_weights().into(),
+        gptq,
+    })))
+}
+
+impl Calibrated {
+    /// Fit one group (its values and column weights): parameters as stored.
+    fn fit(&self, x: &[f32], w: &[f32]) -> Result<(f32, f32)> {
+        match &self.quant {
+            Quant::Int(i) => i.fit_group_weighted(x, w),
+            Quant::Grid(g) => Ok((g.fit_scale_weighted(x, w)?, 0.0)),
+        }
+    }
+
+    fn round(&self, v: f32, p: (f32, f32)) -> f32 {
+        match &self.quant {
+            Quant::Int(i) => i.dequant(v, p.0, p.1),
+            Quant::Grid(g) => g.dequant(v, p.0),
+        }
+    }
+
+    fn payload(&self, q: &[f32], params: &[(f32, f32)]) -> Result<Vec<u8>> {
+        let mut codes = vec![0u8; q.len()];
+        for ((c, x), p) in codes
+            .chunks_mut(self.group)
+            .zip(q.chunks(self.group))
+            .zip(params)
+        {
+            match &self.quant {
+                Quant::Int(i) => i.codes_of(x, p.0, p.1, c),
+                Quant::Grid(g) => g.codes_of(x, p.0, c),
+            }
+        }
+        match &self.quant {
+            Quant::Int(i) => i.payload(params, &codes),
+            Quant::Grid(g) => Ok(g.payload(params, &codes)),
+        }
+    }
+}
+
+impl TensorCodec for Calibrated {
+    fn props(&self) -> Props {
+        let p = self.inner.props();
+        Props {
+            chunk_multiple: super::lcm(p.chunk_multiple, self.cols as u64),
+            ..p
+        }
+    }
+    fn params(&self) -> Vec<u8> {
+        self.inner.params()
+    }
+    fn spec(&self) -> String {
+        self.inner.spec()
+    }
+    fn max_encoded_len(&self, src: DType, n: usize) -> usize {
+        self.inner.max_encoded_len(src, n)
+    }
+    fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        crate::dtype::to_f32(src, bytes, &mut v);
+        if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+            return Err(Error::input(format!(
+                "calibrated encoding takes finite weights, found {x}"
+            )));
+        }
+        if v.len() % self.cols != 0 {
+            return Err(Error::internal(format!(
+                "a calibrated chunk of {} values is not whole rows of {}",
+                v.len(),
+                self.cols
+            )));
+        }
+        let g = self.group;
+        let params = match &self.gptq {
+            Some(gp) => {
+                // The group's column weights: which group of the row the fit is called for
+                // follows from the call order (groups in order, rows in order).
+                let mut k = 0usize;
+                let per_row = self.cols / g;
+                let r = gp.quantize_rows(
+                    &mut v,
+                    g,
+                    |x| {
+                        let j = (k % per_row) * g;
+                        k += 1;
+                        self.fit(x, &self.weights[j..j + x.len()])
+                    },
+                    |x, p| self.round(x, *p),
+                )?;
+                r
+            }
+            None => {
+                let mut params = Vec::with_capacity(v.len() / g);
+                for (j, x) in v.chunks_mut(g).enumerate() {
+                    let c = (j * g) % self.cols;
+                    let p = self.fit(x, &self.weights[c..c + x.len()])?;
+                    for e in x.iter_mut() {
+                        *e = self.round(*e, p);
+                    }
+                    params.push(p);
+                }
+                params
+            }
+        };
+        self.payload(&v, &params)
+    }
+    fn decode(&self, payload: &[u8], src: DType, n: usize, out: &mut [u8]) -> Result<()> {
+        self.inner.decode(payload, src, n, out)
+    }
+}

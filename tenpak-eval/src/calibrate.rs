@@ -1,0 +1,275 @@
+//! `tenpak calibrate`: run calibration text through a llama model and keep, for every input of a
+//! matrix product, the mean square of each channel and (by default) the whole second moment
+//! (the file of [`tenpak::calib`]).
+//!
+//! The calibration text is never the evaluation text: windows are cut from the corpus tokens
+//! after the evaluation slice (the first 64 x 511 tokens, formats-spec/eval.md), so calibrated
+//! figures measured on that slice are not fitted to it.
+
+use crate::llama::{Llama, Site};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use tenpak::calib::{CalibInfo, InputStats, TokenSlice};
+use tenpak::error::{Error, Result};
+use tenpak::Context;
+
+/// Corpus tokens the evaluation windows cover (64 windows of 511, formats-spec/eval.md):
+/// calibration starts after them.
+pub const EVAL_SLICE_TOKENS: usize = 64 * 511;
+
+/// Calibration windows: `[bos] + ctx - 1` corpus tokens each, starting at
+/// [`EVAL_SLICE_TOKENS`]. Returns the windows and the slice's description.
+pub fn calibration_windows(
+    ids: &[u32],
+    bos: u32,
+    windows: usize,
+    ctx: usize,
+    corpus: &Path,
+) -> Result<(Vec<Vec<u32>>, TokenSlice)> {
+    if ctx < 2 || windows == 0 {
+        return Err(Error::config(
+            "calibration needs at least one window of two tokens",
+        ));
+    }
+    let step = ctx - 1;
+    let first = EVAL_SLICE_TOKENS;
+    let have = ids.len().saturating_sub(first) / step;
+    if windows > have {
+        return Err(Error::config(format!(
+            "{windows} calibration windows of {ctx} tokens need {} corpus tokens after the \
+             {first} of the evaluation slice; the corpus has {} ({have} windows)",
+            windows * step,
+            ids.len()
+        )));
+    }
+    let slice = &ids[first..first + windows * step];
+    let w = slice
+        .chunks_exact(step)
+        .map(|c| {
+            let mut v = Vec::with_capacity(ctx);
+            v.push(bos);
+            v.extend_from_slice(c);
+            v
+        })
+        .collect();
+    Ok((
+        w,
+        TokenSlice {
+            corpus: corpus
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            first_token: first as u64,
+            windows: windows as u64,
+            ctx: ctx as u64,
+            sha256: crate::tokens_sha256(slice),
+            disjoint_from: format!(
+                "the evaluation windows (corpus tokens 0..{first}, 64 windows of 511)"
+            ),
+        },
+    ))
+}
+
+/// What `calibrate` asks for.
+#[derive(Debug, Clone)]
+pub struct CalibrateRequest {
+    /// The model.
+    pub model: PathBuf,
+    /// Corpus text file.
+    pub corpus: PathBuf,
+    /// Calibration windows.
+    pub windows: usize,
+    /// Tokens per window.
+    pub ctx: usize,
+    /// Keep the second moments (GPTQ needs them).
+    pub hessian: bool,
+    /// Output file.
+    pub output: PathBuf,
+    /// Replace an existing output.
+    pub force: bool,
+}
+
+/// What `calibrate` wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrateReport {
+    /// The output file.
+    pub output: PathBuf,
+    /// Its size.
+    pub file_bytes: u64,
+    /// Provenance as stored.
+    pub info: CalibInfo,
+    /// Distinct inputs measured.
+    pub inputs: usize,
+    /// Seconds of the forward passes and accumulation.
+    pub seconds: f64,
+}
+
+/// Running sums of one input.
+struct Acc {
+    cols: usize,
+    sq: Vec<f64>,
+    xtx: Option<Vec<f64>>,
+    rows: u64,
+    scratch: Vec<f32>,
+}
+
+impl Acc {
+    fn add(&mut self, x: &[f32]) {
+        let c = self.cols;
+        let n = x.len() / c;
+        for row in x.chunks_exact(c) {
+            for (s, &v) in self.sq.iter_mut().zip(row) {
+                *s += (v as f64) * (v as f64);
+            }
+        }
+        self.rows += n as u64;
+        if let Some(h) = self.xtx.as_mut() {
+            // X^T X of this batch in f32 by the matrix kernel, summed into f64 totals.
+            self.scratch.resize(c * c, 0.0);
+            // SAFETY: x is [n, c] row-major, read transposed as [c, n]; scratch is [c, c].
+            unsafe {
+                gemm::gemm(
+                    c,
+                    c,
+                    n,
+                    self.scratch.as_mut_ptr(),
+                    1,
+                    c as isize,
+                    false,
+                    x.as_ptr(),
+                    c as isize,
+                    1,
+                    x.as_ptr(),
+                    1,
+                    c as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                );
+            }
+            for (t, &v) in h.iter_mut().zip(&self.scratch) {
+                *t += v as f64;
+            }
+        }
+    }
+}
+
+/// Windows per forward pass (as `eval ppl`).
+const BATCH: usize = 2;
+
+/// Run the calibration windows through `model` and return each input's statistics, keyed by
+/// the first weight reading it, with the weight -> key map.
+pub fn collect(
+    model: &Llama,
+    windows: &[Vec<u32>],
+    hessian: bool,
+    on_window: &mut (dyn FnMut(usize) + Send),
+    cx: &Context<'_>,
+) -> Result<(
+    Vec<InputStats>,
+    std::collections::BTreeMap<String, String>,
+    u64,
+)> {
+    let c = &model.cfg;
+    let sites = [Site::Attn, Site::AttnOut, Site::Ffn, Site::Down];
+    let width = |s: Site| if s == Site::Down { c.n_ff } else { c.n_embd };
+    let mut accs: Vec<Acc> = (0..c.n_layer)
+        .flat_map(|_| sites)
+        .chain([Site::Head])
+        .map(|s| Acc {
+            cols: width(s),
+            sq: vec![0.0; width(s)],
+            xtx: hessian.then(|| vec![0.0; width(s) * width(s)]),
+            rows: 0,
+            scratch: Vec::new(),
+        })
+        .collect();
+    let slot = |li: usize, s: Site| -> usize {
+        match s {
+            Site::Head => c.n_layer * 4,
+            s => li * 4 + sites.iter().position(|&t| t == s).expect("a layer site"),
+        }
+    };
+    let mut done = 0;
+    for pair in windows.chunks(BATCH) {
+        cx.check_cancelled()?;
+        let seqs: Vec<&[u32]> = pair.iter().map(|w| w.as_slice()).collect();
+        model.forward_probed(&seqs, None, &mut |li, s, x| {
+            accs[slot(li, s)].add(x);
+            Ok(())
+        })?;
+        done += pair.len();
+        on_window(done);
+    }
+    let mut inputs = std::collections::BTreeMap::new();
+    let mut stats = Vec::with_capacity(accs.len());
+    let mut rows = 0;
+    for li in 0..=c.n_layer {
+        let here: &[Site] = if li == c.n_layer {
+            &[Site::Head]
+        } else {
+            &sites
+        };
+        for &s in here {
+            let a = &accs[slot(li, s)];
+            let readers = model.readers(li, s);
+            let key = readers[0].clone();
+            for r in readers {
+                inputs.insert(r, key.clone());
+            }
+            let n = a.rows.max(1) as f64;
+            rows = a.rows;
+            stats.push(InputStats {
+                key,
+                importance: a.sq.iter().map(|&v| (v / n) as f32).collect(),
+                hessian: a
+                    .xtx
+                    .as_ref()
+                    .map(|h| h.iter().map(|&v| (v / n) as f32).collect()),
+            });
+        }
+    }
+    Ok((stats, inputs, rows))
+}
+
+/// `tenpak calibrate`.
+pub fn calibrate(
+    req: &CalibrateRequest,
+    on_window: &mut (dyn FnMut(usize) + Send),
+    cx: &Context<'_>,
+) -> Result<CalibrateReport> {
+    if req.output.exists() && !req.force {
+        return Err(
+            Error::config("the output exists (use --force to replace it)").with_file(&req.output),
+        );
+    }
+    cx.install(|| {
+        let (desc, model, tok) = crate::load_llama(&req.model, None)?;
+        let text = crate::read_corpus(&req.corpus)?;
+        let ids = tok.encode(&text)?;
+        let (windows, slice) =
+            calibration_windows(&ids, model.cfg.bos, req.windows, req.ctx, &req.corpus)?;
+        let start = std::time::Instant::now();
+        let (stats, inputs, rows) = collect(&model, &windows, req.hessian, on_window, cx)?;
+        let seconds = start.elapsed().as_secs_f64();
+        let info = CalibInfo {
+            format: 1,
+            model: desc,
+            slice,
+            rows,
+            inputs,
+            hessian: req.hessian,
+        };
+        tenpak::calib::write(&req.output, &info, &stats, req.force)?;
+        Ok(CalibrateReport {
+            output: req.output.clone(),
+            file_bytes: std::fs::metadata(&req.output).map(|m| m.len()).unwrap_or(0),
+            inputs: stats.len(),
+            info,
+            seconds,
+        })
+    })
+}
