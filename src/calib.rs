@@ -93,7 +93,7 @@ impl TensorCalib {
     pub fn column_weights(&self) -> Vec<f32> {
         let n = self.importance.len().max(1) as f64;
         let mean = self.importance.iter().map(|&v| v as f64).sum::<f64>() / n;
-        if !(mean > 0.0) {
+        if mean.is_nan() || mean <= 0.0 {
             return vec![1.0; self.importance.len()];
         }
         // A floor keeps a channel that never fired from being ignored outright.
@@ -146,11 +146,27 @@ pub fn write(path: &Path, info: &CalibInfo, stats: &[InputStats], force: bool) -
     crate::atomic::write(path, &bytes)
 }
 
+/// The bytes of an opened calibration file.
+enum Backing {
+    Map(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Map(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
+}
+
 /// An opened calibration file.
 pub struct Calibration {
     /// Provenance and layout.
     pub info: CalibInfo,
-    map: memmap2::Mmap,
+    map: Backing,
     /// Tensor name -> (shape, byte range).
     entries: HashMap<String, (Vec<usize>, std::ops::Range<usize>)>,
 }
@@ -173,10 +189,15 @@ impl Calibration {
         // code that only copies bytes out of it.
         let map = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| Error::io("map", e).with_file(path))?;
-        Self::parse(map).map_err(|e| e.with_file(path))
+        Self::parse(Backing::Map(map)).map_err(|e| e.with_file(path))
     }
 
-    fn parse(map: memmap2::Mmap) -> Result<Calibration> {
+    /// [`Calibration::open`] of a file's bytes.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Calibration> {
+        Self::parse(Backing::Owned(bytes))
+    }
+
+    fn parse(map: Backing) -> Result<Calibration> {
         let bad = |m: String| Error::input(format!("not a tenpak calibration file: {m}"));
         let (n, meta) = safetensors::SafeTensors::read_metadata(&map)
             .map_err(|e| bad(format!("safetensors header: {e}")))?;
@@ -199,8 +220,24 @@ impl Calibration {
                 return Err(bad(format!("tensor {name} is {:?}, not F32", t.dtype)));
             }
             let (s, e) = t.data_offsets;
-            let range = data_start + s..data_start + e;
-            entries.insert(name, (t.shape.clone(), range));
+            let want = t
+                .shape
+                .iter()
+                .try_fold(4usize, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| bad(format!("tensor {name}: shape {:?} overflows", t.shape)))?;
+            let range = data_start.checked_add(s).zip(data_start.checked_add(e));
+            match range {
+                Some((a, b)) if a <= b && b <= map.len() && b - a == want => {
+                    entries.insert(name, (t.shape.clone(), a..b));
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "tensor {name}: bytes {s}..{e} do not hold shape {:?} in a {}-byte file",
+                        t.shape,
+                        map.len()
+                    )))
+                }
+            }
         }
         for (w, key) in &info.inputs {
             let c = match entries.get(key) {
@@ -271,7 +308,12 @@ impl Gptq {
                 hessian.len()
             )));
         }
-        let dead: Vec<bool> = (0..cols).map(|i| !(hessian[i * cols + i] > 0.0)).collect();
+        let dead: Vec<bool> = (0..cols)
+            .map(|i| {
+                let d = hessian[i * cols + i];
+                d.is_nan() || d <= 0.0
+            })
+            .collect();
         let mean_diag = (0..cols)
             .filter(|&i| !dead[i])
             .map(|i| hessian[i * cols + i] as f64)
@@ -320,7 +362,7 @@ impl Gptq {
         mut round: impl FnMut(f32, &P) -> f32,
     ) -> Result<Vec<P>> {
         let c = self.cols;
-        if c == 0 || w.len() % c != 0 || group == 0 {
+        if c == 0 || !w.len().is_multiple_of(c) || group == 0 {
             return Err(Error::internal(format!(
                 "GPTQ of {} values in rows of {c}, groups of {group}",
                 w.len()

@@ -59,6 +59,9 @@ pub struct CompressOptions {
     pub calibration: Option<PathBuf>,
     /// How: GPTQ or weighted fits; by default GPTQ when the file has second moments.
     pub calib_mode: Option<crate::codec::calibrated::Mode>,
+    /// The allocation that chose `overrides` (`--target-bpw`), stored as metadata
+    /// `tenpak.allocation`.
+    pub allocation: Option<serde_json::Value>,
 }
 
 impl Default for CompressOptions {
@@ -79,6 +82,7 @@ impl Default for CompressOptions {
             overrides: Vec::new(),
             calibration: None,
             calib_mode: None,
+            allocation: None,
         }
     }
 }
@@ -328,6 +332,9 @@ fn metadata(
     }
     if let Some(c) = &opts.config {
         m.push(("tenpak.config".into(), c.to_string()));
+    }
+    if let Some(a) = &opts.allocation {
+        m.push(("tenpak.allocation".into(), a.to_string()));
     }
     // A whole model keeps what evaluation needs (architecture, tokenizer); a filtered subset
     // is not a runnable model, so it does not carry them.

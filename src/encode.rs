@@ -650,6 +650,57 @@ pub(crate) fn chunk_stats(
     Accumulator::from_pairs(&x, &y)
 }
 
+/// Encode one tensor as [`encode_tensor`] does and decode it again: what a file would give
+/// back, as f32 row-major, with the encoding's size and metrics (the evaluation's "inject a
+/// codec's real error" step).
+pub fn reconstruct(
+    info: &TensorInfo,
+    data: &[u8],
+    pipeline: &Pipeline,
+    layout: Layout,
+    chunk_elems: u64,
+    cx: &Context<'_>,
+) -> Result<(Encoded, Vec<f32>)> {
+    let mut chunks: Vec<(Vec<u8>, u64, u64)> = Vec::new();
+    let e = encode_tensor(
+        info,
+        data,
+        pipeline,
+        layout,
+        chunk_elems,
+        cx,
+        &mut |p, s, c| {
+            chunks.push((p.to_vec(), s, c));
+            Ok(())
+        },
+    )?;
+    let out_dtype = e.pipeline.tensor_codec().decoded_dtype(e.dtype);
+    let esize = out_dtype.size();
+    let geom = TileGeom::new(layout, &info.dims, u64::MAX)?;
+    let total: u64 = chunks.iter().map(|c| c.2).sum();
+    let mut buf = vec![0u8; total as usize * esize];
+    for (payload, s, c) in &chunks {
+        let at = *s as usize * esize;
+        e.pipeline.decode_into(
+            payload,
+            e.dtype,
+            *c as usize,
+            &mut buf[at..at + *c as usize * esize],
+        )?;
+    }
+    let bytes = match geom {
+        Some(g) => {
+            let mut out = vec![0u8; info.numel() as usize * esize];
+            g.scatter(&buf, esize, &mut out);
+            out
+        }
+        None => buf,
+    };
+    let mut vals = Vec::new();
+    dtype::to_f32(out_dtype, &bytes, &mut vals);
+    Ok((e, vals))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

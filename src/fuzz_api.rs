@@ -134,6 +134,31 @@ pub fn kv_policy(data: &[u8]) {
     }
 }
 
+/// Open a calibration statistics file from bytes, read every weight's statistics, and run
+/// GPTQ's factorisation on the small second moments.
+pub fn calibration(data: &[u8]) {
+    let Ok(c) = crate::calib::Calibration::from_bytes(data.to_vec()) else {
+        return;
+    };
+    for w in c.info.inputs.keys() {
+        if let Some(t) = c.get(w) {
+            let _ = t.column_weights();
+            if let Some(h) = &t.hessian {
+                if t.cols() <= 64 {
+                    let _ = crate::calib::Gptq::new(h, t.cols());
+                }
+            }
+        }
+    }
+}
+
+/// Parse a sensitivity file.
+pub fn sensitivity_json(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::allocate::Sensitivity::parse(text);
+    }
+}
+
 /// Names of the registered codecs, for seed generation.
 pub fn codec_names() -> Vec<&'static str> {
     REGISTRY.iter().map(|e| e.name).collect()

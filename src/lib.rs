@@ -62,6 +62,7 @@
 
 #![warn(missing_docs)]
 
+pub mod allocate;
 pub mod analyze;
 pub mod archive;
 pub mod assign;

@@ -59,6 +59,8 @@ const TARGETS: &[(&str, Target)] = &[
     ("input_kv_meta", f::kv_meta),
     ("kv_policy", f::kv_policy),
     ("input_kv_safetensors", f::kv_safetensors),
+    ("input_calibration", f::calibration),
+    ("sensitivity_json", f::sensitivity_json),
 ];
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -119,6 +121,74 @@ fn write_seeds() {
         std::fs::create_dir_all(root.join(t)).unwrap();
         std::fs::write(root.join(t).join(name), b).unwrap();
     };
+    // A calibration file of one 4-channel input read by two weights, and a sensitivity file.
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let slice = tenpak::calib::TokenSlice {
+            corpus: "cfi-en.txt".into(),
+            first_token: 32704,
+            windows: 1,
+            ctx: 8,
+            sha256: "00".into(),
+            disjoint_from: "the evaluation windows".into(),
+        };
+        let info = tenpak::calib::CalibInfo {
+            format: 1,
+            model: "seed".into(),
+            slice: slice.clone(),
+            rows: 7,
+            inputs: [
+                ("blk.0.attn_q.weight", "blk.0.attn_q.weight"),
+                ("blk.0.attn_k.weight", "blk.0.attn_q.weight"),
+            ]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+            hessian: true,
+        };
+        let stats = [tenpak::calib::InputStats {
+            key: "blk.0.attn_q.weight".into(),
+            importance: vec![1.0, 0.5, 2.0, 0.25],
+            hessian: Some(vec![
+                1.0, 0.1, 0.0, 0.0, 0.1, 0.5, 0.0, 0.0, 0.0, 0.0, 2.0, 0.2, 0.0, 0.0, 0.2, 0.25,
+            ]),
+        }];
+        let p = dir.path().join("c.safetensors");
+        tenpak::calib::write(&p, &info, &stats, true).unwrap();
+        put(
+            "input_calibration",
+            "small.safetensors",
+            &std::fs::read(&p).unwrap(),
+        );
+        let sens = tenpak::allocate::Sensitivity {
+            format: 1,
+            model: "seed".into(),
+            slice,
+            method: "noise".into(),
+            seed: 1,
+            reference_nll: 3.2,
+            seconds: 1.0,
+            tensors: vec![tenpak::allocate::TensorSensitivity {
+                name: "blk.0.attn_q.weight".into(),
+                numel: 16,
+                alpha: 0.5,
+                rel_sq: 2e-3,
+                kld: 1e-3,
+                delta_nll: 5e-4,
+                codecs: vec![tenpak::allocate::CodecSensitivity {
+                    codec: "int8".into(),
+                    rel_sq: 1e-5,
+                    kld: 5e-6,
+                    delta_nll: 1e-6,
+                }],
+            }],
+        };
+        put(
+            "sensitivity_json",
+            "small.json",
+            serde_json::to_string_pretty(&sens).unwrap().as_bytes(),
+        );
+    }
     for cfg in files(&crate::common::repo().join("compression_configs")) {
         if cfg.extension().is_some_and(|e| e == "json") {
             let name = cfg.file_name().unwrap().to_string_lossy().into_owned();

@@ -4,6 +4,7 @@ mod common;
 
 mod analyze;
 mod blockfloat;
+mod calib;
 mod cli;
 mod codecs;
 mod container;

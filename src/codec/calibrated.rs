@@ -186,7 +186,7 @@ impl TensorCodec for Calibrated {
                 // follows from the call order (groups in order, rows in order).
                 let mut k = 0usize;
                 let per_row = self.cols / g;
-                let r = gp.quantize_rows(
+                gp.quantize_rows(
                     &mut v,
                     g,
                     |x| {
@@ -195,8 +195,7 @@ impl TensorCodec for Calibrated {
                         self.fit(x, &self.weights[j..j + x.len()])
                     },
                     |x, p| self.round(x, *p),
-                )?;
-                r
+                )?
             }
             None => {
                 let mut params = Vec::with_capacity(v.len() / g);

@@ -193,9 +193,7 @@ impl GridCodec {
         let t = if s > 0.0 { x / s } else { 0.0 };
         // The nearest level: the first whose midpoint with the next is not below t.
         let mut c = self.levels.partition_point(|&l| l < t);
-        if c == self.levels.len() {
-            c -= 1;
-        } else if c > 0 && t - self.levels[c - 1] <= self.levels[c] - t {
+        if c == self.levels.len() || (c > 0 && t - self.levels[c - 1] <= self.levels[c] - t) {
             c -= 1;
         }
         c

@@ -17,6 +17,7 @@ pub mod kvsim;
 pub mod llama;
 pub mod model;
 pub mod ppl;
+pub mod sensitivity;
 pub mod sweep;
 pub mod tokenizer;
 

@@ -246,6 +246,127 @@ pub(super) fn calibrate(
 }
 
 #[derive(Args)]
+pub(super) struct SensitivityArgs {
+    /// The model: a GGUF file or a Hugging Face folder.
+    model: PathBuf,
+    /// Output JSON file.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Corpus text; the windows are the tokens after the evaluation slice's 64 x 511.
+    #[arg(long, value_name = "FILE", default_value = tenpak_eval::DEFAULT_CORPUS)]
+    corpus: PathBuf,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 4)]
+    windows: usize,
+    /// Window length, BOS included.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Relative squared error of the injected noise.
+    #[arg(long, default_value_t = tenpak_eval::sensitivity::DEFAULT_NOISE)]
+    noise: f64,
+    /// Seed of the noise.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Only matrices matching (a query with a dot is a module prefix, otherwise a substring).
+    #[arg(long)]
+    filter: Option<String>,
+    /// Also inject these codecs' real errors, one tensor at a time (comma-separated; key=value
+    /// pieces continue the spec before them). Repeatable.
+    #[arg(long, value_name = "LIST")]
+    codecs: Vec<String>,
+    /// Replace the output if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Print the result as JSON (it is written to --output either way).
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn sensitivity(
+    a: &SensitivityArgs,
+    quiet: bool,
+    cx: &Context<'_>,
+    out: &mut Vec<u8>,
+) -> Result<i32, Error> {
+    if a.output.exists() && !a.force {
+        return Err(
+            Error::config("the output exists (use --force to replace it)").with_file(&a.output),
+        );
+    }
+    let req = tenpak_eval::sensitivity::SensitivityRequest {
+        model: a.model.clone(),
+        corpus: a.corpus.clone(),
+        windows: a.windows,
+        ctx: a.ctx,
+        noise: a.noise,
+        seed: a.seed,
+        filter: a.filter.clone(),
+        codecs: a.codecs.iter().flat_map(|l| split_specs(l)).collect(),
+    };
+    let bar = window_bar(quiet, 0).inspect(|b| {
+        b.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} tensors, eta {eta} {wide_msg}")
+                .unwrap(),
+        )
+    });
+    let mut on_tensor = |done: usize, total: usize, name: &str| {
+        if let Some(b) = &bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+            b.set_message(name.to_string());
+        }
+    };
+    let r = tenpak_eval::sensitivity::sensitivity(&req, &mut on_tensor, cx)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    tenpak::atomic::write(
+        &a.output,
+        (serde_json::to_string_pretty(&r).expect("plain data") + "\n").as_bytes(),
+    )?;
+    if a.json {
+        json(out, &r);
+    } else {
+        let mut by: Vec<&tenpak::allocate::TensorSensitivity> = r.tensors.iter().collect();
+        by.sort_by(|x, y| y.alpha.total_cmp(&x.alpha));
+        let w = by.iter().map(|t| t.name.len()).max().unwrap_or(4).max(6);
+        let _ = writeln!(
+            out,
+            "{:<w$} {:>10} {:>10} {:>10} {:>10}",
+            "tensor", "alpha", "rel err²", "KLD", "ΔNLL"
+        );
+        for t in &by {
+            let _ = writeln!(
+                out,
+                "{:<w$} {:>10.4e} {:>10.3e} {:>10.3e} {:>10.3e}",
+                t.name, t.alpha, t.rel_sq, t.kld, t.delta_nll
+            );
+            for c in &t.codecs {
+                let _ = writeln!(
+                    out,
+                    "  {:<w$} {:>10} {:>10.3e} {:>10.3e} {:>10.3e}",
+                    c.codec, "", c.rel_sq, c.kld, c.delta_nll
+                );
+            }
+        }
+        let s = &r.slice;
+        let _ = writeln!(
+            out,
+            "{} matrices of {} in {:.1} s; {} windows of {} tokens from corpus token {} (disjoint from {}); wrote {}",
+            r.tensors.len(),
+            r.model,
+            r.seconds,
+            s.windows,
+            s.ctx,
+            s.first_token,
+            s.disjoint_from,
+            a.output.display()
+        );
+    }
+    Ok(0)
+}
+
+#[derive(Args)]
 pub(super) struct PplArgs {
     /// The model: a GGUF file, a Hugging Face folder, or a .tpk made from either.
     model: PathBuf,
@@ -689,7 +810,7 @@ fn sweep_table(out: &mut Vec<u8>, f: &tenpak_eval::sweep::Frontier) {
 
 /// Split a comma-separated list of codec specs; `key=value` pieces (no `:` or `;`) are options
 /// of the spec before them.
-fn split_specs(list: &str) -> Vec<String> {
+pub(super) fn split_specs(list: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for piece in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         // What comes before a `;` (the overrides) decides: `group=64;token_embd.weight=bfp8`

@@ -63,6 +63,10 @@ enum Command {
     /// and write each matrix input's statistics: per-channel E[x²] (an importance matrix) and
     /// E[x xᵀ] (GPTQ's Hessian), for `compress --calibration`.
     Calibrate(eval::CalibrateArgs),
+    /// Measure how a llama model's output (KLD against the exact model, ΔNLL) grows with each
+    /// matrix's relative error, on calibration text after the evaluation slice: the αₜ of
+    /// `compress --target-bpw --allocate sensitivity`.
+    Sensitivity(eval::SensitivityArgs),
 }
 
 #[derive(Args)]
@@ -218,6 +222,26 @@ struct CompressArgs {
     /// With --calibration: importance-weighted scale searches only, no GPTQ.
     #[arg(long, requires = "calibration")]
     weighted: bool,
+    /// Choose a codec per tensor (floats of two or more dimensions) among --candidates so that
+    /// the whole file is at most this many bits per weight, minimising the predicted output
+    /// error (see --allocate). The others use --codec.
+    #[arg(long, value_name = "BPW", conflicts_with = "target_bytes")]
+    target_bpw: Option<f64>,
+    /// As --target-bpw, with the file's size in bytes (e.g. 80MB, 64MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    target_bytes: Option<u64>,
+    /// How a budget is spent: `sensitivity` (the measured αₜ of --sensitivity) or `proxy`
+    /// (data-free: every matrix's relative error counts the same). Default: sensitivity when
+    /// --sensitivity is given, else proxy.
+    #[arg(long, value_name = "HOW", value_parser = ["sensitivity", "proxy"])]
+    allocate: Option<String>,
+    /// A sensitivity file from `tenpak sensitivity`.
+    #[arg(long, value_name = "FILE")]
+    sensitivity: Option<PathBuf>,
+    /// Candidate codecs of the allocation, comma-separated (key=value pieces continue the
+    /// spec before them). Repeatable.
+    #[arg(long, value_name = "LIST", default_value = DEFAULT_CANDIDATES)]
+    candidates: Vec<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -294,6 +318,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
     }
     Ok((v * mult as f64) as u64)
 }
+
+/// The allocation's default candidates: the fitted-scale Gaussian grids from 3 to 7 bits
+/// (groups of 32, f16 scales) and int8.
+const DEFAULT_CANDIDATES: &str = "grid:n=8,group=32,grid:n=16,group=32,grid:n=32,group=32,grid:n=64,group=32,grid:n=128,group=32,int8";
 
 /// Set by the Ctrl-C handler; long operations stop at the next tensor or batch.
 pub(crate) static CANCELLED: AtomicBool = AtomicBool::new(false);
@@ -399,6 +427,66 @@ fn json(out: &mut Vec<u8>, v: &impl serde::Serialize) {
     out.push(b'\n');
 }
 
+/// `compress --target-bpw/--target-bytes`: allocate, print the plan, then compress with it
+/// (unless `--dry-run`).
+fn compress_allocated(
+    a: &CompressArgs,
+    mut opts: CompressOptions,
+    target: tenpak::allocate::Target,
+    cx: &tenpak::Context<'_>,
+    out: &mut Vec<u8>,
+) -> Result<i32, Error> {
+    let sensitivity = match (a.allocate.as_deref(), &a.sensitivity) {
+        (Some("proxy"), _) => None,
+        (_, Some(p)) => Some(tenpak::allocate::Sensitivity::read(p)?),
+        (Some(_), None) => {
+            return Err(Error::config(
+                "--allocate sensitivity needs --sensitivity FILE (from tenpak sensitivity)",
+            ))
+        }
+        (None, None) => None,
+    };
+    let candidates: Vec<String> = a
+        .candidates
+        .iter()
+        .flat_map(|l| eval::split_specs(l))
+        .collect();
+    let source = tenpak::input::open(&a.model)?;
+    let alloc = tenpak::allocate::allocate(
+        &*source,
+        &a.model,
+        &opts,
+        &tenpak::allocate::AllocOptions {
+            target,
+            candidates,
+            sensitivity,
+        },
+        cx,
+    )?;
+    if a.dry_run {
+        if a.json {
+            json(out, &alloc);
+        } else {
+            table::allocation(out, &alloc);
+        }
+        return Ok(0);
+    }
+    opts.overrides = alloc.overrides();
+    opts.allocation = Some(serde_json::to_value(&alloc).expect("plain data"));
+    let output = a.output.as_deref().expect("clap requires --output");
+    let r = tenpak::compress::compress_source(&*source, &a.model, output, &opts, cx)?;
+    if a.json {
+        json(
+            out,
+            &serde_json::json!({"allocation": alloc, "compress": r}),
+        );
+    } else {
+        table::allocation(out, &alloc);
+        table::compress(out, &r);
+    }
+    Ok(0)
+}
+
 fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i32, Error> {
     match &cli.cmd {
         Command::Compress(a) => {
@@ -442,7 +530,21 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
                 } else {
                     None
                 },
+                allocation: None,
             };
+            let target = match (a.target_bpw, a.target_bytes) {
+                (Some(b), _) => Some(tenpak::allocate::Target::Bpw(b)),
+                (None, Some(n)) => Some(tenpak::allocate::Target::Bytes(n)),
+                (None, None) => None,
+            };
+            if let Some(target) = target {
+                return compress_allocated(a, opts, target, cx, out);
+            }
+            if a.allocate.is_some() || a.sensitivity.is_some() {
+                return Err(Error::config(
+                    "--allocate and --sensitivity need a budget: --target-bpw or --target-bytes",
+                ));
+            }
             if a.dry_run {
                 let r = tenpak::compress::dry_run(&a.model, &opts)?;
                 if a.json {
@@ -580,6 +682,7 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
         Command::Eval(c) => eval::run(c, cli.quiet, cx, out),
         Command::Kv(c) => eval::run_kv(c, cli.quiet, cx, out),
         Command::Calibrate(a) => eval::calibrate(a, cli.quiet, cx, out),
+        Command::Sensitivity(a) => eval::sensitivity(a, cli.quiet, cx, out),
         Command::Inspect(a) => {
             let r = tenpak::inspect::inspect(&a.file)?;
             if a.json {

@@ -299,3 +299,54 @@ pub fn decompress(out: &mut Vec<u8>, r: &DecompressReport) {
         r.data_bytes
     );
 }
+
+/// An allocation: one line per tensor, then the totals and the codecs' shares.
+pub fn allocation(out: &mut Vec<u8>, a: &tenpak::allocate::Allocation) {
+    let w = name_width(a.choices.iter().map(|c| c.tensor.as_str()));
+    let _ = writeln!(
+        out,
+        "{:<w$} {:<24} {:>12} {:>10} {:>10} {:>10}",
+        "tensor", "codec", "bytes", "rel err²", "alpha", "pred KLD"
+    );
+    for c in &a.choices {
+        let _ = writeln!(
+            out,
+            "{:<w$} {:<24} {:>12} {:>10} {:>10} {:>10}",
+            c.tensor,
+            c.codec,
+            c.bytes,
+            sci(c.rel_sq),
+            sci(c.alpha),
+            sci(c.predicted_kld)
+        );
+    }
+    let mut shares: Vec<(&str, usize, u64)> = Vec::new();
+    for cand in &a.candidates {
+        let (n, b) = a
+            .choices
+            .iter()
+            .filter(|c| &c.codec == cand)
+            .fold((0, 0), |(n, b), c| (n + 1, b + c.bytes));
+        shares.push((cand, n, b));
+    }
+    let _ = writeln!(
+        out,
+        "allocation ({}): {} of {} budget, {:.3} bpw predicted ({} allocated + {} other tensors, index and metadata), predicted KLD {}",
+        a.method,
+        human(a.allocated_bytes + a.fixed_bytes),
+        human(a.target_bytes),
+        a.predicted_bpw,
+        human(a.allocated_bytes),
+        human(a.fixed_bytes),
+        sci(a.predicted_kld)
+    );
+    if let Some(s) = &a.sensitivity_source {
+        let _ = writeln!(out, "  sensitivities: {s}");
+    }
+    for (c, n, b) in shares {
+        let _ = writeln!(out, "  {c:<24} {n:>4} tensors {:>12}", human(b));
+    }
+    for (t, c, why) in &a.refused {
+        let _ = writeln!(out, "  refused: {c} on {t}: {why}");
+    }
+}
