@@ -34,29 +34,38 @@ def read_calibration(path):
     return meta, out
 
 
-def main():
-    src, cal, dst, ftype = sys.argv[1:5]
-    nthread = int(sys.argv[5]) if len(sys.argv) > 5 else 2
-    meta, imat = read_calibration(cal)
-    ftype_id = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
-    entries = (llama_cpp.llama_model_imatrix_data * (len(imat) + 1))()
-    keep = []
-    for i, (name, v) in enumerate(sorted(imat.items())):
-        arr = np.ascontiguousarray(v, dtype=np.float32)
-        keep.append(arr)
-        entries[i].name = name.encode()
-        entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        entries[i].size = arr.size
-    entries[len(imat)].name = None  # the list ends with a null name
+def quantize(src, cal, dst, ftype, nthread=2):
+    """Quantize src to dst as llama.cpp type `ftype`, with the importance matrix of the
+    calibration file `cal` (None: without one); returns the quantizer's seconds."""
     p = llama_cpp.llama_model_quantize_default_params()
     p.nthread = nthread
-    p.ftype = ftype_id
-    p.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    p.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+    keep = []
+    if cal is not None:
+        _, imat = read_calibration(cal)
+        entries = (llama_cpp.llama_model_imatrix_data * (len(imat) + 1))()
+        for i, (name, v) in enumerate(sorted(imat.items())):
+            arr = np.ascontiguousarray(v, dtype=np.float32)
+            keep.append(arr)
+            entries[i].name = name.encode()
+            entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = arr.size
+        entries[len(imat)].name = None  # the list ends with a null name
+        keep.append(entries)
+        p.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     t = time.time()
     rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(p))
     assert rc == 0, f"llama_model_quantize returned {rc}"
+    return time.time() - t
+
+
+def main():
+    src, cal, dst, ftype = sys.argv[1:5]
+    nthread = int(sys.argv[5]) if len(sys.argv) > 5 else 2
+    meta, _ = read_calibration(cal)
+    secs = quantize(src, cal, dst, ftype, nthread)
     print(f"{ftype} with imatrix from corpus token {meta['slice']['first_token']} "
-          f"({meta['slice']['windows']} windows): {time.time() - t:.2f} s")
+          f"({meta['slice']['windows']} windows): {secs:.2f} s")
 
 
 if __name__ == "__main__":

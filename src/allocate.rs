@@ -41,10 +41,12 @@ pub struct TensorSensitivity {
     pub alpha: f64,
     /// The relative squared error injected.
     pub rel_sq: f64,
-    /// Mean KL(P_exact || P_perturbed) per token it caused.
+    /// The output divergence it caused (the file's `measure`): mean KL(P_exact || P_perturbed)
+    /// per token, or mean 1 − cosine of sentence embeddings.
     pub kld: f64,
-    /// Mean ΔNLL per token it caused (nats).
-    pub delta_nll: f64,
+    /// Mean ΔNLL per token it caused (nats); causal LMs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_nll: Option<f64>,
     /// The same measured with candidate codecs' real errors (`--codecs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub codecs: Vec<CodecSensitivity>,
@@ -57,10 +59,15 @@ pub struct CodecSensitivity {
     pub codec: String,
     /// Its relative squared error on this tensor.
     pub rel_sq: f64,
-    /// Mean KLD per token.
+    /// The output divergence (the file's `measure`).
     pub kld: f64,
-    /// Mean ΔNLL per token.
-    pub delta_nll: f64,
+    /// Mean ΔNLL per token (causal LMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_nll: Option<f64>,
+}
+
+fn kld_measure() -> String {
+    "kld".into()
 }
 
 /// A sensitivity file (`tenpak sensitivity -o sens.json`).
@@ -72,6 +79,9 @@ pub struct Sensitivity {
     pub model: String,
     /// The calibration tokens (disjoint from the evaluation windows).
     pub slice: TokenSlice,
+    /// What `kld` measures: `kld` (causal LMs) or `embedding_drift` (encoders: 1 − cosine).
+    #[serde(default = "kld_measure")]
+    pub measure: String,
     /// How `alpha` was measured, in words.
     pub method: String,
     /// Seed of the injected noise.
@@ -191,6 +201,9 @@ pub struct Allocation {
     /// Candidates that could not encode a tensor: (tensor, codec, why).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<(String, String, String)>,
+    /// Allocated tensors the sensitivity file does not list (they take its median alpha).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unmeasured: Vec<String>,
 }
 
 impl Allocation {
@@ -428,9 +441,23 @@ fn allocate_on_threads(
         .copied()
         .zip(proxy_alpha(&all_names))
         .collect();
+    // A tensor the sensitivity file does not cover counts as a typical one: the median.
+    let median = {
+        let mut v: Vec<f64> = alphas.values().copied().collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(1.0)
+    };
+    let unmeasured: Vec<String> = match &alloc.sensitivity {
+        Some(_) => names
+            .iter()
+            .filter(|n| !alphas.contains_key(*n))
+            .map(|n| n.to_string())
+            .collect(),
+        None => Vec::new(),
+    };
     let alpha = |k: usize| -> f64 {
         match &alloc.sensitivity {
-            Some(_) => alphas.get(names[k]).copied().unwrap_or(0.0),
+            Some(_) => alphas.get(names[k]).copied().unwrap_or(median),
             None => proxy[names[k]],
         }
     };
@@ -487,6 +514,7 @@ fn allocate_on_threads(
         candidates: alloc.candidates.clone(),
         choices,
         refused,
+        unmeasured,
     })
 }
 

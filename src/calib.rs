@@ -28,21 +28,29 @@ pub const META_KEY: &str = "tenpak.calibration";
 /// Suffix of a Hessian's tensor name (after the input's key).
 pub const HESSIAN_SUFFIX: &str = ".hessian";
 
-/// Which tokens calibrated: always a slice disjoint from the evaluation windows.
+/// Which text calibrated: always a slice disjoint from the evaluation text.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenSlice {
     /// The corpus file's name.
     pub corpus: String,
-    /// First corpus token used (the evaluation windows end before it).
+    /// `tokens` (causal LMs: windows of corpus tokens) or `sentences` (encoders: corpus
+    /// sentences, `first_token` and `windows` counting sentences, `ctx` the truncation).
+    #[serde(default = "tokens_unit")]
+    pub unit: String,
+    /// First corpus token (or sentence) used (the evaluation text ends before it).
     pub first_token: u64,
-    /// Windows of `ctx` tokens (a BOS, then `ctx - 1` corpus tokens each).
+    /// Windows of `ctx` tokens (a BOS, then `ctx - 1` corpus tokens each), or sentences.
     pub windows: u64,
-    /// Tokens per window.
+    /// Tokens per window (most word pieces per sentence).
     pub ctx: u64,
     /// SHA-256 of the slice's corpus token ids (little-endian i32).
     pub sha256: String,
     /// What the slice is disjoint from, in words.
     pub disjoint_from: String,
+}
+
+fn tokens_unit() -> String {
+    "tokens".into()
 }
 
 /// A calibration file's provenance and layout.
@@ -465,6 +473,7 @@ mod tests {
             model: "m".into(),
             slice: TokenSlice {
                 corpus: "c.txt".into(),
+                unit: "tokens".into(),
                 first_token: 100,
                 windows: 2,
                 ctx: 8,

@@ -527,3 +527,83 @@ fn allocation_keeps_the_budget_and_follows_the_sensitivities() {
     );
     assert!(e.contains("sens.json"), "{e}");
 }
+
+/// The encoder path: MiniLM's statistics come from the sentences after the 2,000 `eval embed`
+/// reads, its sensitivity is the sentence embeddings' drift, and GPTQ takes its matrices.
+#[test]
+fn encoder_calibration_and_sensitivity() {
+    let dir = tempfile::tempdir().unwrap();
+    let cal = dir.path().join("cal.safetensors");
+    let r = tenpak_json(&[
+        "calibrate",
+        s(&minilm()),
+        "-o",
+        s(&cal),
+        "--windows",
+        "8",
+        "--corpus",
+        s(&corpus()),
+        "-q",
+    ]);
+    assert_eq!(r["info"]["slice"]["unit"], "sentences", "{r}");
+    assert_eq!(r["info"]["slice"]["first_token"], 2000);
+    assert_eq!(r["inputs"], 24, "6 layers x 4 inputs");
+    let c = Calibration::open(&cal).unwrap();
+    assert_eq!(c.info.inputs.len(), 36);
+    assert_eq!(
+        c.info.inputs["encoder.layer.2.attention.self.value.weight"],
+        "encoder.layer.2.attention.self.query.weight"
+    );
+    assert_eq!(
+        c.get("encoder.layer.2.output.dense.weight").unwrap().cols(),
+        1536
+    );
+    assert!(
+        c.get("embeddings.word_embeddings.weight").is_none(),
+        "a lookup has no input"
+    );
+    let sens = dir.path().join("sens.json");
+    let r = tenpak_json(&[
+        "sensitivity",
+        s(&minilm()),
+        "-o",
+        s(&sens),
+        "--filter",
+        "encoder.layer.5.",
+        "--windows",
+        "8",
+        "--corpus",
+        s(&corpus()),
+        "-q",
+    ]);
+    assert_eq!(r["measure"], "embedding_drift");
+    let ts = r["tensors"].as_array().unwrap();
+    assert_eq!(ts.len(), 6);
+    for t in ts {
+        assert!(
+            t["kld"].as_f64().unwrap() > 0.0 && t.get("delta_nll").is_none(),
+            "{t}"
+        );
+    }
+    let out = dir.path().join("m.tpk");
+    let r = tenpak_json(&[
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&out),
+        "--filter",
+        "encoder.layer.5.",
+        "--codec",
+        "int4_g32",
+        "--calibration",
+        s(&cal),
+        "-q",
+    ]);
+    let t = r["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "encoder.layer.5.output.dense.weight")
+        .unwrap();
+    assert_eq!(t["calibrated"], "gptq");
+}

@@ -126,6 +126,7 @@ fn write_seeds() {
         let dir = tempfile::tempdir().unwrap();
         let slice = tenpak::calib::TokenSlice {
             corpus: "cfi-en.txt".into(),
+            unit: "tokens".into(),
             first_token: 32704,
             windows: 1,
             ctx: 8,
@@ -164,6 +165,7 @@ fn write_seeds() {
             format: 1,
             model: "seed".into(),
             slice,
+            measure: "kld".into(),
             method: "noise".into(),
             seed: 1,
             reference_nll: 3.2,
@@ -174,12 +176,12 @@ fn write_seeds() {
                 alpha: 0.5,
                 rel_sq: 2e-3,
                 kld: 1e-3,
-                delta_nll: 5e-4,
+                delta_nll: Some(5e-4),
                 codecs: vec![tenpak::allocate::CodecSensitivity {
                     codec: "int8".into(),
                     rel_sq: 1e-5,
                     kld: 5e-6,
-                    delta_nll: 1e-6,
+                    delta_nll: Some(1e-6),
                 }],
             }],
         };

@@ -76,6 +76,7 @@ impl BertConfig {
     }
 }
 
+#[derive(Clone)]
 struct Layer {
     wqkv: Tensor,
     bqkv: Tensor,
@@ -90,6 +91,7 @@ struct Layer {
 }
 
 /// A BERT encoder with its tokenizer, ready to embed text.
+#[derive(Clone)]
 pub struct Bert {
     /// Hyperparameters.
     pub cfg: BertConfig,
@@ -100,7 +102,19 @@ pub struct Bert {
     layers: Vec<Layer>,
     tok: tokenizers::Tokenizer,
     dev: Device,
+    /// Name prefix of the export (`""` or `"bert."`).
+    pre: &'static str,
 }
+
+/// A layer's matrices, in the names' Hugging Face spelling.
+const PARTS: [&str; 6] = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
 
 fn cerr(e: candle_core::Error) -> Error {
     Error::new(tenpak::ErrorKind::Io, format!("forward pass: {e}"))
@@ -129,7 +143,7 @@ impl Bert {
         let dev = Device::Cpu;
         let (e, f) = (cfg.hidden, cfg.intermediate);
         // Some exports prefix every name with "bert.".
-        let pre = if model.has("bert.embeddings.word_embeddings.weight") {
+        let pre: &'static str = if model.has("bert.embeddings.word_embeddings.weight") {
             "bert."
         } else {
             ""
@@ -191,7 +205,101 @@ impl Bert {
             layers,
             tok,
             dev,
+            pre,
         })
+    }
+
+    /// The weight matrices of two or more dimensions the encoder reads, in the file's names:
+    /// the three embedding tables, then each layer's six.
+    pub fn matrices(&self) -> Vec<String> {
+        let p = self.pre;
+        let mut v: Vec<String> = [
+            "word_embeddings",
+            "position_embeddings",
+            "token_type_embeddings",
+        ]
+        .iter()
+        .map(|n| format!("{p}embeddings.{n}.weight"))
+        .collect();
+        for i in 0..self.cfg.n_layer {
+            for part in PARTS {
+                v.push(format!("{p}encoder.layer.{i}.{part}.weight"));
+            }
+        }
+        v
+    }
+
+    /// The matrices reading input `site` of layer `li`; the first names it.
+    pub fn readers(&self, li: usize, site: crate::llama::Site) -> Vec<String> {
+        use crate::llama::Site;
+        let parts: &[&str] = match site {
+            Site::Attn => &PARTS[..3],
+            Site::AttnOut => &PARTS[3..4],
+            Site::Ffn => &PARTS[4..5],
+            Site::Down => &PARTS[5..],
+            Site::Head => &[],
+        };
+        parts
+            .iter()
+            .map(|part| format!("{}encoder.layer.{li}.{part}.weight", self.pre))
+            .collect()
+    }
+
+    /// This encoder with matrix `name` replaced by `values` (the file's layout, `[out, in]`).
+    pub fn with_matrix(&self, name: &str, values: Vec<f32>) -> Result<Bert> {
+        let (e, f) = (self.cfg.hidden, self.cfg.intermediate);
+        let mut m = self.clone();
+        let p = self.pre;
+        let tensor = |v: Vec<f32>, r: usize, c: usize| -> Result<Tensor> {
+            if v.len() != r * c {
+                return Err(Error::input(format!(
+                    "{} values for matrix '{name}' of shape [{r}, {c}]",
+                    v.len()
+                )));
+            }
+            Tensor::from_vec(v, (r, c), &self.dev).map_err(cerr)
+        };
+        let emb = |n: &str| format!("{p}embeddings.{n}.weight");
+        if name == emb("word_embeddings") {
+            m.word = tensor(values, self.cfg.vocab, e)?;
+            return Ok(m);
+        }
+        if name == emb("position_embeddings") {
+            m.pos = tensor(values, self.cfg.max_positions, e)?;
+            return Ok(m);
+        }
+        if name == emb("token_type_embeddings") {
+            m.type0 = tensor(values, 2, e)?.get(0).map_err(cerr)?;
+            return Ok(m);
+        }
+        let found = (0..self.cfg.n_layer)
+            .flat_map(|li| {
+                PARTS
+                    .iter()
+                    .enumerate()
+                    .map(move |(k, part)| (li, k, *part))
+            })
+            .find(|(li, _, part)| format!("{p}encoder.layer.{li}.{part}.weight") == name);
+        let Some((li, k, _)) = found else {
+            return Err(Error::input(format!(
+                "the encoder reads no matrix '{name}'"
+            )));
+        };
+        let l = &mut m.layers[li];
+        match k {
+            0..=2 => {
+                let t = tensor(values, e, e)?;
+                let mut parts: Vec<Tensor> = (0..3)
+                    .map(|j| l.wqkv.narrow(0, j * e, e).map_err(cerr))
+                    .collect::<Result<_>>()?;
+                parts[k] = t;
+                l.wqkv = Tensor::cat(&parts, 0).map_err(cerr)?;
+            }
+            3 => l.wo = tensor(values, e, e)?,
+            4 => l.wi = tensor(values, f, e)?,
+            _ => l.wout = tensor(values, e, f)?,
+        }
+        Ok(m)
     }
 
     /// Word-piece ids of `text` (`[CLS] ... [SEP]`, truncated).
@@ -223,39 +331,83 @@ impl Bert {
                 "word piece {bad} is outside the vocabulary"
             )));
         }
-        self.forward(ids).map_err(cerr)
+        self.forward(ids, None)
     }
 
-    fn forward(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
+    /// As [`Bert::embed_ids`], showing `probe` every matrix product's input.
+    pub fn embed_ids_probed(&self, ids: &[u32], probe: crate::llama::Probe) -> Result<Vec<f32>> {
+        if ids.is_empty() || ids.len() > self.cfg.max_positions {
+            return Err(Error::input(format!(
+                "{} word pieces: 1 to {} fit",
+                ids.len(),
+                self.cfg.max_positions
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab) {
+            return Err(Error::input(format!(
+                "word piece {bad} is outside the vocabulary"
+            )));
+        }
+        self.forward(ids, Some(probe))
+    }
+
+    fn forward(&self, ids: &[u32], mut probe: Option<crate::llama::Probe>) -> Result<Vec<f32>> {
+        use crate::llama::Site;
+        let mut look = |li: usize, site: Site, t: &Tensor| -> Result<()> {
+            match probe.as_mut() {
+                Some(p) => p(
+                    li,
+                    site,
+                    &t.flatten_all()
+                        .and_then(|t| t.to_vec1::<f32>())
+                        .map_err(cerr)?,
+                ),
+                None => Ok(()),
+            }
+        };
+        self.forward_inner(ids, &mut look)
+    }
+
+    fn forward_inner(
+        &self,
+        ids: &[u32],
+        look: &mut dyn FnMut(usize, crate::llama::Site, &Tensor) -> Result<()>,
+    ) -> Result<Vec<f32>> {
+        use crate::llama::Site;
         let (t, e, h) = (ids.len(), self.cfg.hidden, self.cfg.heads);
         let eps = self.cfg.eps as f32;
-        let lin = |x: &Tensor, w: &Tensor, b: &Tensor| x.matmul(&w.t()?)?.broadcast_add(b);
-        let ids_t = Tensor::new(ids, &self.dev)?;
+        let lin = |x: &Tensor, w: &Tensor, b: &Tensor| -> Result<Tensor> {
+            x.matmul(&w.t().map_err(cerr)?)
+                .and_then(|y| y.broadcast_add(b))
+                .map_err(cerr)
+        };
+        let ln = |x: &Tensor, g: &(Tensor, Tensor)| -> Result<Tensor> {
+            candle_nn::ops::layer_norm(x, &g.0, &g.1, eps).map_err(cerr)
+        };
+        let ids_t = Tensor::new(ids, &self.dev).map_err(cerr)?;
         let x = self
             .word
-            .index_select(&ids_t, 0)?
-            .add(&self.pos.narrow(0, 0, t)?)?
-            .broadcast_add(&self.type0)?;
-        let mut x = candle_nn::ops::layer_norm(&x, &self.ln.0, &self.ln.1, eps)?;
-        for l in &self.layers {
-            let qkv = lin(&x, &l.wqkv, &l.bqkv)?.flatten_all()?.to_vec1::<f32>()?;
+            .index_select(&ids_t, 0)
+            .and_then(|x| x.add(&self.pos.narrow(0, 0, t)?))
+            .and_then(|x| x.broadcast_add(&self.type0))
+            .map_err(cerr)?;
+        let mut x = ln(&x, &self.ln)?;
+        for (li, l) in self.layers.iter().enumerate() {
+            look(li, Site::Attn, &x)?;
+            let qkv = lin(&x, &l.wqkv, &l.bqkv)?
+                .flatten_all()
+                .and_then(|q| q.to_vec1::<f32>())
+                .map_err(cerr)?;
             let o = crate::kernels::full_attention(&qkv, t, h, h, e / h);
-            let o = Tensor::from_vec(o, (t, e), &self.dev)?;
-            x = candle_nn::ops::layer_norm(
-                &(lin(&o, &l.wo, &l.bo)? + &x)?,
-                &l.ln1.0,
-                &l.ln1.1,
-                eps,
-            )?;
-            let i = lin(&x, &l.wi, &l.bi)?.gelu_erf()?;
-            x = candle_nn::ops::layer_norm(
-                &(lin(&i, &l.wout, &l.bout)? + &x)?,
-                &l.ln2.0,
-                &l.ln2.1,
-                eps,
-            )?;
+            let o = Tensor::from_vec(o, (t, e), &self.dev).map_err(cerr)?;
+            look(li, Site::AttnOut, &o)?;
+            x = ln(&(lin(&o, &l.wo, &l.bo)? + &x).map_err(cerr)?, &l.ln1)?;
+            look(li, Site::Ffn, &x)?;
+            let i = lin(&x, &l.wi, &l.bi)?.gelu_erf().map_err(cerr)?;
+            look(li, Site::Down, &i)?;
+            x = ln(&(lin(&i, &l.wout, &l.bout)? + &x).map_err(cerr)?, &l.ln2)?;
         }
-        let mut v = x.mean(0)?.to_vec1::<f32>()?;
+        let mut v = x.mean(0).and_then(|m| m.to_vec1::<f32>()).map_err(cerr)?;
         let n = v
             .iter()
             .map(|&a| (a as f64).powi(2))

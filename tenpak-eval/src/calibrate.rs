@@ -59,12 +59,57 @@ pub fn calibration_windows(
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
+            unit: "tokens".into(),
             first_token: first as u64,
             windows: windows as u64,
             ctx: ctx as u64,
             sha256: crate::tokens_sha256(slice),
             disjoint_from: format!(
                 "the evaluation windows (corpus tokens 0..{first}, 64 windows of 511)"
+            ),
+        },
+    ))
+}
+
+/// Sentences `eval embed` reads by default (the first of the corpus): encoder calibration
+/// starts after them.
+pub const EVAL_EMBED_SENTENCES: usize = 2000;
+
+/// Calibration sentences for an encoder: word-piece ids of `n` corpus sentences after the
+/// first [`EVAL_EMBED_SENTENCES`], with the slice's description.
+pub fn calibration_sentences(
+    model: &crate::bert::Bert,
+    corpus: &Path,
+    n: usize,
+) -> Result<(Vec<Vec<u32>>, TokenSlice)> {
+    let text = crate::read_corpus(corpus)?;
+    let all = crate::embed::sentences(&text);
+    let first = EVAL_EMBED_SENTENCES;
+    let have = all.len().saturating_sub(first);
+    if n == 0 || n > have {
+        return Err(Error::config(format!(
+            "{n} calibration sentences after the {first} of the evaluation: the corpus has {have}"
+        )));
+    }
+    let ids = all[first..first + n]
+        .iter()
+        .map(|s| model.tokenize(s))
+        .collect::<Result<Vec<_>>>()?;
+    let flat: Vec<u32> = ids.concat();
+    Ok((
+        ids,
+        TokenSlice {
+            corpus: corpus
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            unit: "sentences".into(),
+            first_token: first as u64,
+            windows: n as u64,
+            ctx: model.cfg.max_positions.min(256) as u64,
+            sha256: crate::tokens_sha256(&flat),
+            disjoint_from: format!(
+                "the embedding evaluation's sentences (corpus sentences 0..{first})"
             ),
         },
     ))
@@ -160,6 +205,87 @@ impl Acc {
 /// Windows per forward pass (as `eval ppl`).
 const BATCH: usize = 2;
 
+fn new_acc(cols: usize, hessian: bool) -> Acc {
+    Acc {
+        cols,
+        sq: vec![0.0; cols],
+        xtx: hessian.then(|| vec![0.0; cols * cols]),
+        rows: 0,
+        scratch: Vec::new(),
+    }
+}
+
+/// Statistics of each accumulated input, keyed by its first reader.
+fn finish(
+    accs: &[Acc],
+    readers: impl Fn(usize) -> Vec<String>,
+) -> (
+    Vec<InputStats>,
+    std::collections::BTreeMap<String, String>,
+    u64,
+) {
+    let mut inputs = std::collections::BTreeMap::new();
+    let mut stats = Vec::with_capacity(accs.len());
+    let mut rows = 0;
+    for (k, a) in accs.iter().enumerate() {
+        let readers = readers(k);
+        let Some(key) = readers.first().cloned() else {
+            continue;
+        };
+        for r in readers {
+            inputs.insert(r, key.clone());
+        }
+        let n = a.rows.max(1) as f64;
+        rows = rows.max(a.rows);
+        stats.push(InputStats {
+            key,
+            importance: a.sq.iter().map(|&v| (v / n) as f32).collect(),
+            hessian: a
+                .xtx
+                .as_ref()
+                .map(|h| h.iter().map(|&v| (v / n) as f32).collect()),
+        });
+    }
+    (stats, inputs, rows)
+}
+
+/// [`collect`] for a BERT encoder over word-piece sequences (one sentence at a time).
+pub fn collect_bert(
+    model: &crate::bert::Bert,
+    sentences: &[Vec<u32>],
+    hessian: bool,
+    on_window: &mut (dyn FnMut(usize) + Send),
+    cx: &Context<'_>,
+) -> Result<(
+    Vec<InputStats>,
+    std::collections::BTreeMap<String, String>,
+    u64,
+)> {
+    let c = &model.cfg;
+    let sites = [Site::Attn, Site::AttnOut, Site::Ffn, Site::Down];
+    let width = |s: Site| {
+        if s == Site::Down {
+            c.intermediate
+        } else {
+            c.hidden
+        }
+    };
+    let mut accs: Vec<Acc> = (0..c.n_layer)
+        .flat_map(|_| sites)
+        .map(|s| new_acc(width(s), hessian))
+        .collect();
+    for (done, ids) in sentences.iter().enumerate() {
+        cx.check_cancelled()?;
+        model.embed_ids_probed(ids, &mut |li, s, x| {
+            let k = li * 4 + sites.iter().position(|&t| t == s).unwrap_or(0);
+            accs[k].add(x);
+            Ok(())
+        })?;
+        on_window(done + 1);
+    }
+    Ok(finish(&accs, |k| model.readers(k / 4, sites[k % 4])))
+}
+
 /// Run the calibration windows through `model` and return each input's statistics, keyed by
 /// the first weight reading it, with the weight -> key map.
 pub fn collect(
@@ -179,13 +305,7 @@ pub fn collect(
     let mut accs: Vec<Acc> = (0..c.n_layer)
         .flat_map(|_| sites)
         .chain([Site::Head])
-        .map(|s| Acc {
-            cols: width(s),
-            sq: vec![0.0; width(s)],
-            xtx: hessian.then(|| vec![0.0; width(s) * width(s)]),
-            rows: 0,
-            scratch: Vec::new(),
-        })
+        .map(|s| new_acc(width(s), hessian))
         .collect();
     let slot = |li: usize, s: Site| -> usize {
         match s {
@@ -204,35 +324,13 @@ pub fn collect(
         done += pair.len();
         on_window(done);
     }
-    let mut inputs = std::collections::BTreeMap::new();
-    let mut stats = Vec::with_capacity(accs.len());
-    let mut rows = 0;
-    for li in 0..=c.n_layer {
-        let here: &[Site] = if li == c.n_layer {
-            &[Site::Head]
+    Ok(finish(&accs, |k| {
+        if k == c.n_layer * 4 {
+            model.readers(c.n_layer, Site::Head)
         } else {
-            &sites
-        };
-        for &s in here {
-            let a = &accs[slot(li, s)];
-            let readers = model.readers(li, s);
-            let key = readers[0].clone();
-            for r in readers {
-                inputs.insert(r, key.clone());
-            }
-            let n = a.rows.max(1) as f64;
-            rows = a.rows;
-            stats.push(InputStats {
-                key,
-                importance: a.sq.iter().map(|&v| (v / n) as f32).collect(),
-                hessian: a
-                    .xtx
-                    .as_ref()
-                    .map(|h| h.iter().map(|&v| (v / n) as f32).collect()),
-            });
+            model.readers(k / 4, sites[k % 4])
         }
-    }
-    Ok((stats, inputs, rows))
+    }))
 }
 
 /// `tenpak calibrate`.
@@ -247,13 +345,44 @@ pub fn calibrate(
         );
     }
     cx.install(|| {
-        let (desc, model, tok) = crate::load_llama(&req.model, None)?;
-        let text = crate::read_corpus(&req.corpus)?;
-        let ids = tok.encode(&text)?;
-        let (windows, slice) =
-            calibration_windows(&ids, model.cfg.bos, req.windows, req.ctx, &req.corpus)?;
+        let loaded = crate::model::Model::load(&req.model, None)?;
+        let desc = loaded.description.clone();
+        let arch = loaded
+            .meta
+            .architecture()
+            .map_err(|e| e.with_file(&req.model))?;
         let start = std::time::Instant::now();
-        let (stats, inputs, rows) = collect(&model, &windows, req.hessian, on_window, cx)?;
+        let (slice, (stats, inputs, rows)) = match arch.as_str() {
+            "llama" => {
+                let tok = crate::tokenizer::TextTokenizer::from_meta(&loaded.meta)
+                    .map_err(|e| e.with_file(&req.model))?;
+                let model = Llama::new(loaded).map_err(|e| e.with_file(&req.model))?;
+                let text = crate::read_corpus(&req.corpus)?;
+                let ids = tok.encode(&text)?;
+                let (windows, slice) =
+                    calibration_windows(&ids, model.cfg.bos, req.windows, req.ctx, &req.corpus)?;
+                (
+                    slice,
+                    collect(&model, &windows, req.hessian, on_window, cx)?,
+                )
+            }
+            "bert" => {
+                let model =
+                    crate::bert::Bert::new(loaded, req.ctx).map_err(|e| e.with_file(&req.model))?;
+                let (sentences, slice) = calibration_sentences(&model, &req.corpus, req.windows)?;
+                (
+                    slice,
+                    collect_bert(&model, &sentences, req.hessian, on_window, cx)?,
+                )
+            }
+            a => {
+                return Err(Error::new(
+                    tenpak::ErrorKind::Unsupported,
+                    format!("architecture '{a}': calibrate runs llama and bert models"),
+                )
+                .with_file(&req.model))
+            }
+        };
         let seconds = start.elapsed().as_secs_f64();
         let info = CalibInfo {
             format: 1,

@@ -163,14 +163,127 @@ fn run(
             req.noise
         )));
     }
+    let start = std::time::Instant::now();
+    let loaded = crate::model::Model::load(&req.model, None)?;
+    let desc = loaded.description.clone();
+    let arch = loaded
+        .meta
+        .architecture()
+        .map_err(|e| e.with_file(&req.model))?;
+    let source = tenpak::input::open(&req.model)?;
+    let mut s = match arch.as_str() {
+        "llama" => run_llama(req, loaded, &*source, on_tensor, cx)?,
+        "bert" => run_bert(req, loaded, &*source, on_tensor, cx)?,
+        a => {
+            return Err(Error::new(
+                tenpak::ErrorKind::Unsupported,
+                format!("architecture '{a}': sensitivity runs llama and bert models"),
+            )
+            .with_file(&req.model))
+        }
+    };
+    s.model = desc;
+    s.seconds = start.elapsed().as_secs_f64();
+    Ok(s)
+}
+
+/// What one perturbed model gives: the divergence and, for causal LMs, ΔNLL.
+type Respond<'a> = dyn FnMut(&str, usize, Vec<f32>) -> Result<(f64, Option<f64>)> + 'a;
+
+/// Perturb every matrix (noise, then each codec) and measure through `respond`.
+fn measure_all(
+    req: &SensitivityRequest,
+    matrices: &[(usize, (String, usize))],
+    source: &dyn tenpak::input::TensorSource,
+    on_tensor: &mut (dyn FnMut(usize, usize, &str) + Send),
+    respond: &mut Respond<'_>,
+    cx: &Context<'_>,
+) -> Result<Vec<TensorSensitivity>> {
+    if matrices.is_empty() {
+        return Err(Error::input("no matrix of the model matches the filter").with_file(&req.model));
+    }
     let pipelines = req
         .codecs
         .iter()
         .map(|c| tenpak::codec::Pipeline::parse(c))
         .collect::<Result<Vec<_>>>()?;
-    let start = std::time::Instant::now();
-    let (desc, model, tok) = crate::load_llama(&req.model, None)?;
-    let source = tenpak::input::open(&req.model)?;
+    let infos = source.tensors();
+    let mut out = Vec::with_capacity(matrices.len());
+    for (done, (k, (name, from))) in matrices.iter().enumerate() {
+        on_tensor(done, matrices.len(), name);
+        cx.check_cancelled()?;
+        let i = infos
+            .iter()
+            .position(|t| &t.name == name)
+            .ok_or_else(|| Error::input("the model file has no such tensor").with_tensor(name))?;
+        let info = &infos[i];
+        let data = source.data(i)?;
+        let mut w = Vec::new();
+        tenpak::dtype::to_f32(info.dtype, &data, &mut w);
+        let cols = info.dims.last().copied().unwrap_or(1).max(1) as usize;
+        let seed = req.seed ^ (*k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let wn = noisy(&w, cols, req.noise, seed);
+        let rel = rel_sq(&w, &wn);
+        let (kld, delta_nll) = respond(name, *from, wn).map_err(|e| e.with_tensor(name))?;
+        let mut codecs = Vec::new();
+        for (spec, p) in req.codecs.iter().zip(&pipelines) {
+            let f32_info = tenpak::input::TensorInfo {
+                dtype: tenpak::dtype::DType::F32,
+                ..info.clone()
+            };
+            let (pl, layout) = tenpak::plan::tensor_plan(p, &f32_info, &Default::default());
+            let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let (_, rec) = tenpak::encode::reconstruct(
+                &f32_info,
+                &bytes,
+                &pl,
+                layout,
+                tenpak::compress::DEFAULT_CHUNK_ELEMS,
+                cx,
+            )
+            .map_err(|e| e.with_tensor(name))?;
+            let rel = rel_sq(&w, &rec);
+            let (kld, delta_nll) = respond(name, *from, rec).map_err(|e| e.with_tensor(name))?;
+            codecs.push(CodecSensitivity {
+                codec: spec.clone(),
+                rel_sq: rel,
+                kld,
+                delta_nll,
+            });
+        }
+        out.push(TensorSensitivity {
+            name: name.clone(),
+            numel: w.len() as u64,
+            alpha: if rel > 0.0 { kld / rel } else { 0.0 },
+            rel_sq: rel,
+            kld,
+            delta_nll,
+            codecs,
+        });
+    }
+    on_tensor(matrices.len(), matrices.len(), "");
+    Ok(out)
+}
+
+/// Number matrices in the model's order before filtering, so that a matrix gets the same noise
+/// whatever the filter.
+fn select(all: Vec<(String, usize)>, filter: Option<&str>) -> Vec<(usize, (String, usize))> {
+    all.into_iter()
+        .enumerate()
+        .filter(|(_, (n, _))| filter.is_none_or(|f| tenpak::input::name_matches(n, f)))
+        .collect()
+}
+
+fn run_llama(
+    req: &SensitivityRequest,
+    loaded: crate::model::Model,
+    source: &dyn tenpak::input::TensorSource,
+    on_tensor: &mut (dyn FnMut(usize, usize, &str) + Send),
+    cx: &Context<'_>,
+) -> Result<Sensitivity> {
+    let tok = crate::tokenizer::TextTokenizer::from_meta(&loaded.meta)
+        .map_err(|e| e.with_file(&req.model))?;
+    let model = Llama::new(loaded).map_err(|e| e.with_file(&req.model))?;
     let text = crate::read_corpus(&req.corpus)?;
     let ids = tok.encode(&text)?;
     let (windows, slice) =
@@ -195,90 +308,82 @@ fn run(
         nll_n += rn.len();
         reference.batches.push((pair.to_vec(), trace, logits, rn));
     }
-    // Numbered in the model's order before filtering: a matrix gets the same noise whatever
-    // the filter.
-    let matrices: Vec<(usize, (String, usize))> = model
-        .matrices()
-        .into_iter()
-        .enumerate()
-        .filter(|(_, (n, _))| {
-            req.filter
-                .as_deref()
-                .is_none_or(|f| tenpak::input::name_matches(n, f))
-        })
-        .collect();
-    if matrices.is_empty() {
-        return Err(Error::input("no matrix of the model matches the filter").with_file(&req.model));
-    }
-    let infos = source.tensors();
-    let mut out = Vec::with_capacity(matrices.len());
-    for (done, (k, (name, from))) in matrices.iter().enumerate() {
-        on_tensor(done, matrices.len(), name);
-        let i = infos
-            .iter()
-            .position(|t| &t.name == name)
-            .ok_or_else(|| Error::input("the model file has no such tensor").with_tensor(name))?;
-        let info = &infos[i];
-        let data = source.data(i)?;
-        let mut w = Vec::new();
-        tenpak::dtype::to_f32(info.dtype, &data, &mut w);
-        let dims = model.matrix_dims(name).expect("a matrix the model reads");
-        let seed = req.seed ^ (*k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let wn = noisy(&w, dims[1], req.noise, seed);
-        let rel = rel_sq(&w, &wn);
-        let m = model.with_matrix(name, wn)?;
-        let (kld, delta_nll) =
-            response(&m, *from, &reference, cx).map_err(|e| e.with_tensor(name))?;
-        drop(m);
-        let mut codecs = Vec::new();
-        for (spec, p) in req.codecs.iter().zip(&pipelines) {
-            let f32_info = tenpak::input::TensorInfo {
-                dtype: tenpak::dtype::DType::F32,
-                ..info.clone()
-            };
-            let (pl, layout) = tenpak::plan::tensor_plan(p, &f32_info, &Default::default());
-            let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let (_, rec) = tenpak::encode::reconstruct(
-                &f32_info,
-                &bytes,
-                &pl,
-                layout,
-                tenpak::compress::DEFAULT_CHUNK_ELEMS,
-                cx,
-            )
-            .map_err(|e| e.with_tensor(name))?;
-            let rel = rel_sq(&w, &rec);
-            let m = model.with_matrix(name, rec)?;
-            let (kld, delta_nll) = response(&m, *from, &reference, cx)?;
-            codecs.push(CodecSensitivity {
-                codec: spec.clone(),
-                rel_sq: rel,
-                kld,
-                delta_nll,
-            });
-        }
-        out.push(TensorSensitivity {
-            name: name.clone(),
-            numel: w.len() as u64,
-            alpha: if rel > 0.0 { kld / rel } else { 0.0 },
-            rel_sq: rel,
-            kld,
-            delta_nll,
-            codecs,
-        });
-    }
-    on_tensor(matrices.len(), matrices.len(), "");
+    let matrices = select(model.matrices(), req.filter.as_deref());
+    let tensors = measure_all(
+        req,
+        &matrices,
+        source,
+        on_tensor,
+        &mut |name, from, values| {
+            let m = model.with_matrix(name, values)?;
+            let (k, d) = response(&m, from, &reference, cx)?;
+            Ok((k, Some(d)))
+        },
+        cx,
+    )?;
     Ok(Sensitivity {
         format: 1,
-        model: desc,
+        model: String::new(),
         slice,
+        measure: "kld".into(),
         method: format!(
             "seeded Gaussian noise of relative squared error {} per group of 32 along each row, one matrix at a time; alpha = mean KLD per token / relative squared error",
             req.noise
         ),
         seed: req.seed,
         reference_nll: nll_sum / nll_n.max(1) as f64,
-        seconds: start.elapsed().as_secs_f64(),
-        tensors: out,
+        seconds: 0.0,
+        tensors,
+    })
+}
+
+fn run_bert(
+    req: &SensitivityRequest,
+    loaded: crate::model::Model,
+    source: &dyn tenpak::input::TensorSource,
+    on_tensor: &mut (dyn FnMut(usize, usize, &str) + Send),
+    cx: &Context<'_>,
+) -> Result<Sensitivity> {
+    let model = crate::bert::Bert::new(loaded, req.ctx).map_err(|e| e.with_file(&req.model))?;
+    let (sentences, slice) =
+        crate::calibrate::calibration_sentences(&model, &req.corpus, req.windows)?;
+    let embed = |m: &crate::bert::Bert| -> Result<Vec<Vec<f32>>> {
+        sentences.par_iter().map(|ids| m.embed_ids(ids)).collect()
+    };
+    let reference = embed(&model)?;
+    let all: Vec<(String, usize)> = model.matrices().into_iter().map(|n| (n, 0)).collect();
+    let matrices = select(all, req.filter.as_deref());
+    let tensors = measure_all(
+        req,
+        &matrices,
+        source,
+        on_tensor,
+        &mut |name, _, values| {
+            cx.check_cancelled()?;
+            let m = model.with_matrix(name, values)?;
+            let got = embed(&m)?;
+            let drift = got
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| 1.0 - a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum::<f64>())
+                .sum::<f64>()
+                / got.len().max(1) as f64;
+            Ok((drift, None))
+        },
+        cx,
+    )?;
+    Ok(Sensitivity {
+        format: 1,
+        model: String::new(),
+        slice,
+        measure: "embedding_drift".into(),
+        method: format!(
+            "seeded Gaussian noise of relative squared error {} per group of 32 along each row, one matrix at a time; alpha = mean (1 - cosine) of the sentence embeddings / relative squared error",
+            req.noise
+        ),
+        seed: req.seed,
+        reference_nll: 0.0,
+        seconds: 0.0,
+        tensors,
     })
 }

@@ -179,7 +179,7 @@ pub(super) struct CalibrateArgs {
     /// evaluation slice's 64 x 511.
     #[arg(long, value_name = "FILE", default_value = tenpak_eval::DEFAULT_CORPUS)]
     corpus: PathBuf,
-    /// Calibration windows.
+    /// Calibration windows (encoders: sentences, after the 2000 `eval embed` reads).
     #[arg(long, default_value_t = 64)]
     windows: usize,
     /// Window length, BOS included.
@@ -228,12 +228,17 @@ pub(super) fn calibrate(
         let s = &r.info.slice;
         let _ = writeln!(
             out,
-            "{}: {} inputs ({} weights) from {} windows of {} tokens (corpus tokens {}.., disjoint from {}), {}; {} bytes in {} ({:.1} s)",
+            "{}: {} inputs ({} weights) from {} {} (corpus {} {}.., disjoint from {}), {}; {} bytes in {} ({:.1} s)",
             r.info.model,
             r.inputs,
             r.info.inputs.len(),
             s.windows,
-            s.ctx,
+            if s.unit == "tokens" {
+                format!("windows of {} tokens", s.ctx)
+            } else {
+                "sentences".to_string()
+            },
+            s.unit,
             s.first_token,
             s.disjoint_from,
             if r.info.hessian { "E[x²] and E[x xᵀ]" } else { "E[x²] only" },
@@ -255,7 +260,7 @@ pub(super) struct SensitivityArgs {
     /// Corpus text; the windows are the tokens after the evaluation slice's 64 x 511.
     #[arg(long, value_name = "FILE", default_value = tenpak_eval::DEFAULT_CORPUS)]
     corpus: PathBuf,
-    /// Calibration windows.
+    /// Calibration windows (encoders: sentences).
     #[arg(long, default_value_t = 4)]
     windows: usize,
     /// Window length, BOS included.
@@ -330,34 +335,49 @@ pub(super) fn sensitivity(
         let mut by: Vec<&tenpak::allocate::TensorSensitivity> = r.tensors.iter().collect();
         by.sort_by(|x, y| y.alpha.total_cmp(&x.alpha));
         let w = by.iter().map(|t| t.name.len()).max().unwrap_or(4).max(6);
+        let nll = |d: Option<f64>| d.map_or("-".to_string(), |v| format!("{v:.3e}"));
+        let measure = if r.measure == "kld" { "KLD" } else { "1-cos" };
         let _ = writeln!(
             out,
             "{:<w$} {:>10} {:>10} {:>10} {:>10}",
-            "tensor", "alpha", "rel err²", "KLD", "ΔNLL"
+            "tensor", "alpha", "rel err²", measure, "ΔNLL"
         );
         for t in &by {
             let _ = writeln!(
                 out,
-                "{:<w$} {:>10.4e} {:>10.3e} {:>10.3e} {:>10.3e}",
-                t.name, t.alpha, t.rel_sq, t.kld, t.delta_nll
+                "{:<w$} {:>10.4e} {:>10.3e} {:>10.3e} {:>10}",
+                t.name,
+                t.alpha,
+                t.rel_sq,
+                t.kld,
+                nll(t.delta_nll)
             );
             for c in &t.codecs {
                 let _ = writeln!(
                     out,
-                    "  {:<w$} {:>10} {:>10.3e} {:>10.3e} {:>10.3e}",
-                    c.codec, "", c.rel_sq, c.kld, c.delta_nll
+                    "  {:<w$} {:>10} {:>10.3e} {:>10.3e} {:>10}",
+                    c.codec,
+                    "",
+                    c.rel_sq,
+                    c.kld,
+                    nll(c.delta_nll)
                 );
             }
         }
         let s = &r.slice;
         let _ = writeln!(
             out,
-            "{} matrices of {} in {:.1} s; {} windows of {} tokens from corpus token {} (disjoint from {}); wrote {}",
+            "{} matrices of {} in {:.1} s; {} {} from corpus {} {} (disjoint from {}); wrote {}",
             r.tensors.len(),
             r.model,
             r.seconds,
             s.windows,
-            s.ctx,
+            if s.unit == "tokens" {
+                format!("windows of {} tokens", s.ctx)
+            } else {
+                "sentences".to_string()
+            },
+            s.unit,
             s.first_token,
             s.disjoint_from,
             a.output.display()

@@ -346,6 +346,13 @@ pub fn allocation(out: &mut Vec<u8>, a: &tenpak::allocate::Allocation) {
     for (c, n, b) in shares {
         let _ = writeln!(out, "  {c:<24} {n:>4} tensors {:>12}", human(b));
     }
+    if !a.unmeasured.is_empty() {
+        let _ = writeln!(
+            out,
+            "  not in the sensitivity file (median alpha): {}",
+            a.unmeasured.join(", ")
+        );
+    }
     for (t, c, why) in &a.refused {
         let _ = writeln!(out, "  refused: {c} on {t}: {why}");
     }
