@@ -642,17 +642,64 @@ fn ladder(table: &Table, tile: usize, proxy: Metric, beta: f64, weight: f64) -> 
 /// the element-weighted mean of their metrics (atol: the largest). Returns each tensor's
 /// assignment.
 pub fn optimal(tables: &[&Table], goal: Goal) -> Result<Vec<Vec<u8>>> {
+    optimal_weighted(tables, goal, None)
+}
+
+/// The predicted output divergence of an assignment: `sum_t alpha_t * SSE_t / Cxx_t` (the
+/// sensitivity model of [`crate::allocate`], each tensor's squared error relative to its
+/// centered sum of squares).
+pub fn predicted_kld(tables: &[&Table], a: &[Vec<u8>], alpha: &[f64]) -> f64 {
+    tables
+        .iter()
+        .zip(a)
+        .zip(alpha)
+        .map(|((t, a), &al)| {
+            let sse: f64 = a
+                .iter()
+                .enumerate()
+                .map(|(tile, &f)| Sums::of(t.at(tile, f as usize)).sdd)
+                .sum();
+            if t.cxx > 0.0 {
+                al * sse / t.cxx
+            } else {
+                0.0
+            }
+        })
+        .sum()
+}
+
+/// [`optimal`] with output-aware weights: with `alpha` (one sensitivity per table, as
+/// `tenpak sensitivity` measures them), a tile's squared error costs `alpha_t / Cxx_t` per unit
+/// instead of `n_t / Cxx_t`, so the search spends bytes where the model's output feels them;
+/// under a budget the candidates are then compared by [`predicted_kld`].
+pub fn optimal_weighted(
+    tables: &[&Table],
+    goal: Goal,
+    alpha: Option<&[f64]>,
+) -> Result<Vec<Vec<u8>>> {
     let proxy = match goal {
         Goal::Threshold(m, _) => m,
         Goal::Bytes(_) => Metric::Pcc,
     };
     let weights: Vec<f64> = tables
         .iter()
-        .map(|t| if t.cxx > 0.0 { t.n as f64 / t.cxx } else { 1.0 })
+        .enumerate()
+        .map(|(k, t)| {
+            let num = alpha.map_or(t.n as f64, |a| a[k]);
+            if t.cxx > 0.0 {
+                num / t.cxx
+            } else {
+                1.0
+            }
+        })
         .collect();
     let first = optimal_pass(tables, goal, proxy, &vec![0.0; tables.len()], &weights)?;
+    if let (Some(al), Goal::Bytes(_)) = (alpha, goal) {
+        // The predicted divergence prices every error (scale included): one pass.
+        return Ok(best_of(tables, goal, vec![first], Some(al)));
+    }
     if proxy != Metric::Pcc {
-        return Ok(best_of(tables, goal, vec![first]));
+        return Ok(best_of(tables, goal, vec![first], None));
     }
     // PCC forgives error along x (a scale): a second pass prices it with each tensor's
     // `beta = Cxd / Cxx` from the first, and the better of the two is kept.
@@ -662,13 +709,19 @@ pub fn optimal(tables: &[&Table], goal: Goal) -> Result<Vec<Vec<u8>>> {
         .map(|(t, a)| State::new(t, a).beta())
         .collect();
     let second = optimal_pass(tables, goal, proxy, &betas, &weights)?;
-    Ok(best_of(tables, goal, vec![first, second]))
+    Ok(best_of(tables, goal, vec![first, second], None))
 }
 
 /// The best of several candidate results, and of every single format used everywhere (a
 /// mixed search should never lose to a plain format): under a threshold the fewest bytes among
-/// those that pass, under a budget the best metric among those that fit.
-fn best_of(tables: &[&Table], goal: Goal, mut candidates: Vec<Vec<Vec<u8>>>) -> Vec<Vec<u8>> {
+/// those that pass, under a budget the best metric among those that fit (with `alpha`, the
+/// least predicted divergence).
+fn best_of(
+    tables: &[&Table],
+    goal: Goal,
+    mut candidates: Vec<Vec<Vec<u8>>>,
+    alpha: Option<&[f64]>,
+) -> Vec<Vec<u8>> {
     let nf = tables[0].formats.len();
     let own = candidates.len();
     for f in 0..nf as u8 {
@@ -684,7 +737,14 @@ fn best_of(tables: &[&Table], goal: Goal, mut candidates: Vec<Vec<Vec<u8>>>) -> 
                 let v = value(&c, m);
                 (i < own || m.passes(v, t), v)
             }
-            Goal::Bytes(b) => (bytes <= b, value(&c, Metric::Pcc)),
+            Goal::Bytes(b) => (
+                bytes <= b,
+                match alpha {
+                    // Higher is better below: the negated divergence.
+                    Some(al) => -predicted_kld(tables, &c, al),
+                    None => value(&c, Metric::Pcc),
+                },
+            ),
         };
         if !ok {
             continue;
@@ -904,6 +964,28 @@ mod tests {
             .collect();
         let t = Table::build(&vals, &geom, &formats, 4).unwrap();
         (vals, t)
+    }
+
+    /// Output-aware weights: the sensitive tensor keeps more bytes, the whole fits the budget,
+    /// and the predicted divergence is no worse than the element-weighted search's.
+    #[test]
+    fn output_aware_weights_move_bytes_to_the_sensitive_tensor() {
+        let (_, a) = table(96, 128);
+        let (_, b) = table(96, 128);
+        let budget = (a.uniform_bytes(2) + b.uniform_bytes(2)) as u64;
+        let plain = optimal(&[&a, &b], Goal::Bytes(budget)).unwrap();
+        let alpha = [100.0, 1.0];
+        let w = optimal_weighted(&[&a, &b], Goal::Bytes(budget), Some(&alpha)).unwrap();
+        assert!(a.bytes(&w[0]) + b.bytes(&w[1]) <= budget);
+        assert!(
+            a.bytes(&w[0]) > b.bytes(&w[1]),
+            "the sensitive tensor keeps more"
+        );
+        let (pw, pp) = (
+            predicted_kld(&[&a, &b], &w, &alpha),
+            predicted_kld(&[&a, &b], &plain, &alpha),
+        );
+        assert!(pw <= pp, "{pw} > {pp}");
     }
 
     #[test]

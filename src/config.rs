@@ -155,6 +155,10 @@ pub struct MixedSpec {
     pub budget: Option<Budget>,
     /// Per tensor or whole model (`mixed-tile-optimal`).
     pub scope: Scope,
+    /// Output-aware weights of the whole-model search: each tensor's sensitivity
+    /// (`compress --sensitivity`); not part of the config file.
+    #[serde(skip)]
+    pub alphas: Option<std::sync::Arc<std::collections::BTreeMap<String, f64>>>,
 }
 
 fn metric_name<S: serde::Serializer>(
@@ -610,6 +614,7 @@ fn mixed_spec(
         seed,
         budget,
         scope: p.scope.unwrap_or(Scope::Tensor),
+        alphas: None,
     })
 }
 

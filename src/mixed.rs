@@ -243,7 +243,18 @@ pub fn plan_model(
         Some(b) => Goal::Bytes(budget_bytes(b, numel)),
         None => Goal::Threshold(spec.metric, spec.threshold),
     };
-    let assignments = assign::optimal(&refs, goal)?;
+    // Output-aware weights when the spec carries sensitivities; a tensor they do not list takes
+    // their median (as the allocation does).
+    let alphas: Option<Vec<f64>> = spec.alphas.as_ref().map(|m| {
+        let mut v: Vec<f64> = m.values().copied().collect();
+        v.sort_by(f64::total_cmp);
+        let median = v.get(v.len() / 2).copied().unwrap_or(1.0);
+        indices
+            .iter()
+            .map(|&i| m.get(&infos[i].name).copied().unwrap_or(median))
+            .collect()
+    });
+    let assignments = assign::optimal_weighted(&refs, goal, alphas.as_deref())?;
     Ok(tables
         .iter()
         .zip(assignments)

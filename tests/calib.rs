@@ -607,3 +607,85 @@ fn encoder_calibration_and_sensitivity() {
         .unwrap();
     assert_eq!(t["calibrated"], "gptq");
 }
+
+/// The whole-model mixed-tile search takes the sensitivities as weights: the sensitive
+/// matrix keeps more bytes per element than with element weights.
+#[test]
+fn mixed_tile_model_search_is_output_aware() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = smollm2();
+    let names: Vec<String> = tenpak::input::open(&model)
+        .unwrap()
+        .tensors()
+        .iter()
+        .filter(|t| t.name.starts_with("blk.1.") && t.dims.len() == 2)
+        .map(|t| t.name.clone())
+        .collect();
+    let tensors: Vec<serde_json::Value> = names
+        .iter()
+        .map(|n| {
+            let a = if n.contains("attn_k") { 1000.0 } else { 0.01 };
+            serde_json::json!({"name": n, "numel": 1, "alpha": a, "rel_sq": 2e-3, "kld": a * 2e-3})
+        })
+        .collect();
+    let sens = dir.path().join("sens.json");
+    std::fs::write(
+        &sens,
+        serde_json::json!({"format": 1, "model": "test", "method": "hand-made", "seed": 1,
+            "reference_nll": 3.0, "seconds": 0.0, "tensors": tensors,
+            "slice": {"corpus": "c", "first_token": 32704, "windows": 1, "ctx": 64,
+                      "sha256": "0", "disjoint_from": "evaluation"}})
+        .to_string(),
+    )
+    .unwrap();
+    let cfg = repo().join("compression_configs/compression_config.mixed_tile_model_budget.json");
+    let out = dir.path().join("m.tpk");
+    let k_bytes = |extra: &[&str]| -> u64 {
+        let mut args = vec![
+            "compress",
+            s(&model),
+            "-o",
+            s(&out),
+            "--filter",
+            "blk.1.",
+            "--config",
+            s(&cfg),
+            "--force",
+            "-q",
+        ];
+        args.extend(extra);
+        let r = tenpak_json(&args);
+        r["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "blk.1.attn_k.weight")
+            .unwrap()["encoded_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let plain = k_bytes(&[]);
+    let aware = k_bytes(&["--sensitivity", s(&sens)]);
+    assert!(
+        aware > plain,
+        "attn_k: {aware} bytes with its sensitivity, {plain} without"
+    );
+    let per_tensor = repo().join("compression_configs/compression_config.mixed_tile_optimal.json");
+    let e = tenpak_fails(
+        &[
+            "compress",
+            s(&model),
+            "-o",
+            s(&out),
+            "--filter",
+            "blk.1.",
+            "--config",
+            s(&per_tensor),
+            "--sensitivity",
+            s(&sens),
+            "--force",
+        ],
+        2,
+    );
+    assert!(e.contains("whole-model"), "{e}");
+}

@@ -235,7 +235,8 @@ struct CompressArgs {
     /// --sensitivity is given, else proxy.
     #[arg(long, value_name = "HOW", value_parser = ["sensitivity", "proxy"])]
     allocate: Option<String>,
-    /// A sensitivity file from `tenpak sensitivity`.
+    /// A sensitivity file from `tenpak sensitivity`: the αₜ of --target-bpw, or the
+    /// output-aware weights of a whole-model mixed-tile-optimal config.
     #[arg(long, value_name = "FILE")]
     sensitivity: Option<PathBuf>,
     /// Candidate codecs of the allocation, comma-separated (key=value pieces continue the
@@ -532,6 +533,7 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
                 },
                 allocation: None,
             };
+            let mut opts = opts;
             let target = match (a.target_bpw, a.target_bytes) {
                 (Some(b), _) => Some(tenpak::allocate::Target::Bpw(b)),
                 (None, Some(n)) => Some(tenpak::allocate::Target::Bytes(n)),
@@ -540,9 +542,23 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
             if let Some(target) = target {
                 return compress_allocated(a, opts, target, cx, out);
             }
-            if a.allocate.is_some() || a.sensitivity.is_some() {
+            if let (Some(path), Some(m)) = (&a.sensitivity, opts.mixed.as_mut()) {
+                // A whole-model mixed-tile search takes the sensitivities as its weights.
+                if !tenpak::mixed::whole_model(m) {
+                    return Err(Error::config(
+                        "--sensitivity weighs the whole-model mixed-tile search (\"scope\": \"model\"); this config plans each tensor alone",
+                    ));
+                }
+                let sens = tenpak::allocate::Sensitivity::read(path)?;
+                m.alphas = Some(std::sync::Arc::new(
+                    sens.tensors
+                        .iter()
+                        .map(|t| (t.name.clone(), t.alpha))
+                        .collect(),
+                ));
+            } else if a.allocate.is_some() || a.sensitivity.is_some() {
                 return Err(Error::config(
-                    "--allocate and --sensitivity need a budget: --target-bpw or --target-bytes",
+                    "--allocate and --sensitivity need a budget (--target-bpw or --target-bytes) or a whole-model mixed-tile config",
                 ));
             }
             if a.dry_run {
