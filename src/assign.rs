@@ -972,7 +972,7 @@ mod tests {
     fn output_aware_weights_move_bytes_to_the_sensitive_tensor() {
         let (_, a) = table(96, 128);
         let (_, b) = table(96, 128);
-        let budget = (a.uniform_bytes(2) + b.uniform_bytes(2)) as u64;
+        let budget = a.uniform_bytes(2) + b.uniform_bytes(2);
         let plain = optimal(&[&a, &b], Goal::Bytes(budget)).unwrap();
         let alpha = [100.0, 1.0];
         let w = optimal_weighted(&[&a, &b], Goal::Bytes(budget), Some(&alpha)).unwrap();
