@@ -25,6 +25,7 @@ fn spec(algorithm: Algorithm) -> MixedSpec {
         seed: 1,
         budget: None,
         scope: Scope::Tensor,
+        alphas: None,
     }
 }
 
