@@ -25,6 +25,7 @@ fn main() -> tenpak::Result<()> {
         seed: 1,
         budget: None,
         scope: Scope::Tensor,
+        alphas: None,
     };
     let mut tables = Vec::new();
     for (i, info) in src.tensors().iter().enumerate() {
