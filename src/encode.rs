@@ -74,18 +74,28 @@ pub fn encode_loaded(
     };
     match &t.storage {
         Storage::Codec { pipeline, layout } => {
-            if let (Some(c), Layout::RowMajor) = (plan.calibration_for(&info.name), layout) {
-                // The codec learns from the tensor first (fitted levels), then takes its
-                // calibrated encoder.
-                let bound = if pipeline.tensor_codec().props().binds == Binds::Data {
-                    bind_to_values(info, data, pipeline)?
-                } else {
-                    pipeline.clone()
+            if let Some(c) = plan.calibration_for(&info.name) {
+                // The codec learns from the tensor first (fitted levels, nvfp4's global scale),
+                // then takes its calibrated encoder.
+                let bound = match pipeline.tensor_codec().props().binds {
+                    Binds::Data => bind_to_values(info, data, pipeline)?,
+                    Binds::Amax => {
+                        let mut widened = Vec::new();
+                        let vals = f32_view(info.dtype, data, &mut widened);
+                        let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        pipeline.bind(&TensorFacts {
+                            dims: &info.dims,
+                            amax: amax.is_finite().then_some(amax),
+                            values: None,
+                        })
+                    }
+                    _ => pipeline.clone(),
                 };
-                if let Some(p) = bound.calibrated(&info.dims, &c, plan.calib_mode) {
-                    let e = encode_tensor(info, data, &p?, *layout, plan.chunk_elems, cx, sink)?;
+                if let Some(p) = bound.calibrated(&info.dims, *layout, &c, plan.calib_mode) {
+                    let (p, mode) = p?;
+                    let e = encode_tensor(info, data, &p, *layout, plan.chunk_elems, cx, sink)?;
                     return Ok(EncodedTensor {
-                        calibrated: Some(plan.calib_mode.name()),
+                        calibrated: Some(mode.name()),
                         ..plain(e, *layout)
                     });
                 }

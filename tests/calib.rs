@@ -257,7 +257,8 @@ fn gptq_lowers_the_output_error_and_keeps_the_payload_format() {
         std::fs::read(&runs[2].0).unwrap(),
         "GPTQ output depends on the thread count"
     );
-    // grid takes GPTQ too; a tile codec is encoded as without calibration.
+    // grid takes GPTQ too; nvfp4 weighted block scales (GPTQ does not apply to its tiles), which
+    // lower the importance-weighted error.
     let r = tenpak_json(&[
         "compress",
         s(&smollm2()),
@@ -273,13 +274,25 @@ fn gptq_lowers_the_output_error_and_keeps_the_payload_format() {
         "-q",
     ]);
     assert_eq!(r["tensors"][0]["calibrated"], "gptq");
+    let plain_nv = dir.path().join("nv.tpk");
+    tenpak_ok(&[
+        "compress",
+        s(&smollm2()),
+        "-o",
+        s(&plain_nv),
+        "--filter",
+        "blk.2.ffn_up",
+        "--codec",
+        "nvfp4",
+        "-q",
+    ]);
     let r = tenpak_json(&[
         "compress",
         s(&smollm2()),
         "-o",
         s(&one),
         "--filter",
-        "blk.2.attn_v",
+        "blk.2.ffn_up",
         "--codec",
         "nvfp4",
         "--calibration",
@@ -287,7 +300,22 @@ fn gptq_lowers_the_output_error_and_keeps_the_payload_format() {
         "--force",
         "-q",
     ]);
-    assert!(r["tensors"][0].get("calibrated").is_none());
+    assert_eq!(r["tensors"][0]["calibrated"], "weighted");
+    tenpak_ok(&["verify", s(&one)]);
+    let w = "blk.2.ffn_up.weight";
+    let i = src.tensors().iter().position(|x| x.name == w).unwrap();
+    let mut orig = Vec::new();
+    tenpak::dtype::to_f32(src.tensors()[i].dtype, &src.data(i).unwrap(), &mut orig);
+    let imp = c.get(w).unwrap().importance;
+    let werr = |q: &[f32]| -> f64 {
+        orig.iter()
+            .zip(q)
+            .enumerate()
+            .map(|(k, (a, b))| imp[k % 576] as f64 * ((a - b) as f64).powi(2))
+            .sum()
+    };
+    let (ep, ew) = (werr(&decode(&plain_nv, w)), werr(&decode(&one, w)));
+    assert!(ew < ep, "weighted nvfp4 {ew} vs plain {ep}");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Calibrated encoders of the group-wise scalar codecs (`int` with `group=N`, `grid`): they
-//! write the codec's own payload, so decoding is unchanged and the stored stage is the codec's
+//! Calibrated encoders of the group-wise scalar codecs (`int` with `group=N`, `grid`) and of
+//! `nvfp4` (weighted block scales; GPTQ does not apply to its tiles): they write the codec's
+//! own payload, so decoding is unchanged and the stored stage is the codec's
 //! (same id, same parameters); only how the payload is chosen differs. Encoder-only: this
 //! codec never comes from the registry or from a file.
 //!
@@ -60,16 +61,41 @@ pub struct Calibrated {
     gptq: Option<Arc<Gptq>>,
 }
 
-/// The calibrated encoder of `inner` for a tensor of shape `dims`; `None` when this codec or
-/// shape has none (the codec is then used as it is, data-free).
+/// The calibrated encoder of `inner` for a tensor of shape `dims` stored in `layout`; `None`
+/// when this codec, shape or layout has none (the codec is then used as it is, data-free).
 pub(super) fn calibrated(
     inner: Arc<dyn TensorCodec>,
     dims: &[u64],
+    layout: tpk_format::Layout,
     calib: &TensorCalib,
     mode: Mode,
-) -> Option<Result<Arc<dyn TensorCodec>>> {
+) -> Option<Result<(Arc<dyn TensorCodec>, Mode)>> {
     let cols = usize::try_from(*dims.last()?).ok()?;
-    if dims.len() < 2 || cols == 0 {
+    if dims.len() != 2 || cols == 0 {
+        return None;
+    }
+    if calib.cols() != cols {
+        return Some(Err(Error::input(format!(
+            "the calibration statistics have {} input channels, the tensor {cols} columns",
+            calib.cols()
+        ))));
+    }
+    if let Some(g) = super::mx::nvfp4_global_of(&*inner) {
+        // Tiles of the [out, in] view: a tile's columns are input channels.
+        if layout != tpk_format::Layout::Tiles32 {
+            return None;
+        }
+        let mut weights = calib.column_weights();
+        weights.resize(cols.next_multiple_of(32), 1.0);
+        let c: Arc<dyn TensorCodec> = Arc::new(CalibratedNvfp4 {
+            inner,
+            g,
+            tiles_wide: cols.div_ceil(32),
+            weights: weights.into(),
+        });
+        return Some(Ok((c, Mode::Weighted)));
+    }
+    if layout != tpk_format::Layout::RowMajor {
         return None;
     }
     let (quant, group) = if let Some(i) = IntCodec::from_stage(&*inner) {
@@ -84,12 +110,6 @@ pub(super) fn calibrated(
     if group == 0 || cols % group != 0 {
         return None;
     }
-    if calib.cols() != cols {
-        return Some(Err(Error::input(format!(
-            "the calibration statistics have {} input channels, the tensor {cols} columns",
-            calib.cols()
-        ))));
-    }
     let gptq = match (mode, &calib.hessian) {
         (Mode::Gptq, Some(h)) => match Gptq::new(h, cols) {
             Ok(g) => Some(Arc::new(g)),
@@ -102,14 +122,15 @@ pub(super) fn calibrated(
         }
         (Mode::Weighted, _) => None,
     };
-    Some(Ok(Arc::new(Calibrated {
+    let c: Arc<dyn TensorCodec> = Arc::new(Calibrated {
         inner,
         quant,
         group,
         cols,
         weights: calib.column_weights().into(),
         gptq,
-    })))
+    });
+    Some(Ok((c, mode)))
 }
 
 impl Calibrated {
@@ -214,5 +235,78 @@ impl TensorCodec for Calibrated {
     }
     fn decode(&self, payload: &[u8], src: DType, n: usize, out: &mut [u8]) -> Result<()> {
         self.inner.decode(payload, src, n, out)
+    }
+}
+
+/// nvfp4 with each block's E4M3 scale chosen under the column weights (the global scale and
+/// the payload are nvfp4's own). Tile layout `Tiles32` of a 2-D `[out, in]` tensor only.
+#[derive(Debug)]
+pub struct CalibratedNvfp4 {
+    inner: Arc<dyn TensorCodec>,
+    g: f32,
+    tiles_wide: usize,
+    /// Column weights, mean 1, padded to whole tiles.
+    weights: Arc<[f32]>,
+}
+
+impl TensorCodec for CalibratedNvfp4 {
+    fn props(&self) -> Props {
+        self.inner.props()
+    }
+    fn params(&self) -> Vec<u8> {
+        self.inner.params()
+    }
+    fn spec(&self) -> String {
+        self.inner.spec()
+    }
+    fn max_encoded_len(&self, src: DType, n: usize) -> usize {
+        self.inner.max_encoded_len(src, n)
+    }
+    fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
+        // Without the tiles' positions only the plain encoder applies.
+        self.inner.encode(src, bytes)
+    }
+    fn decode(&self, payload: &[u8], src: DType, n: usize, out: &mut [u8]) -> Result<()> {
+        self.inner.decode(payload, src, n, out)
+    }
+    fn as_tile(&self) -> Option<&dyn super::tile::TileCodec> {
+        Some(self)
+    }
+}
+
+impl super::tile::TileCodec for CalibratedNvfp4 {
+    fn encode_f32_tiles_at(
+        &self,
+        first_tile: usize,
+        tiles: &[f32],
+        visit: &mut super::tile::TileVisitor<'_>,
+    ) -> Result<Vec<u8>> {
+        const TILE: usize = 1024;
+        const BYTES: usize = 576;
+        if tiles.len() % TILE != 0 {
+            return Err(Error::internal(format!(
+                "{} values are not whole tiles",
+                tiles.len()
+            )));
+        }
+        if let Some(x) = tiles.iter().find(|x| !x.is_finite()) {
+            return Err(Error::input(format!(
+                "nvfp4 encodes finite weights only, found {x}"
+            )));
+        }
+        let mut out = vec![0u8; tiles.len() / TILE * BYTES];
+        let mut recon = [0f32; TILE];
+        for (i, (t, o)) in tiles
+            .chunks_exact(TILE)
+            .zip(out.chunks_exact_mut(BYTES))
+            .enumerate()
+        {
+            let tc = (first_tile + i) % self.tiles_wide;
+            let w = &self.weights[tc * 32..tc * 32 + 32];
+            super::mx::nvfp4_encode_tile_weighted(t, w, self.g, o);
+            super::mx::nvfp4_decode_tile(o, self.g, &mut recon);
+            visit(t, &recon);
+        }
+        Ok(out)
     }
 }

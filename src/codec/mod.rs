@@ -610,16 +610,18 @@ impl Pipeline {
     }
 
     /// The same pipeline with its tensor codec's calibrated encoder for a tensor of shape
-    /// `dims` ([`calibrated`]: GPTQ or importance-weighted fits, the codec's own payload);
-    /// `None` when the codec has none (`int` with `group=N` and `grid` have one).
+    /// `dims` in `layout` ([`calibrated`]: GPTQ or importance-weighted fits, the codec's own
+    /// payload), with the mode it applies; `None` when the codec has none (`int` with
+    /// `group=N`, `grid` and `nvfp4` have one).
     pub fn calibrated(
         &self,
         dims: &[u64],
+        layout: tpk_format::Layout,
         calib: &crate::calib::TensorCalib,
         mode: calibrated::Mode,
-    ) -> Option<Result<Pipeline>> {
-        calibrated::calibrated(self.tensor.clone(), dims, calib, mode)
-            .map(|r| r.map(|c| self.with_tensor_codec(c)))
+    ) -> Option<Result<(Pipeline, calibrated::Mode)>> {
+        calibrated::calibrated(self.tensor.clone(), dims, layout, calib, mode)
+            .map(|r| r.map(|(c, m)| (self.with_tensor_codec(c), m)))
     }
 
     /// The bind steps of a codec that learns from a tensor ([`Binds::Data`]): its shape, then

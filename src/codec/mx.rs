@@ -189,6 +189,63 @@ pub fn nvfp4_block(v: &[f32], g: f32, codes: &mut [u8]) -> u8 {
     s
 }
 
+/// [`nvfp4_block`] whose E4M3 scale minimises `sum w_i (v_i - v^_i)^2`: the absmax scale and
+/// 12 shrunk ones (factors `1 - 0.025k`), each rounded to E4M3; ties keep the larger.
+pub fn nvfp4_block_weighted(v: &[f32], w: &[f32], g: f32, codes: &mut [u8]) -> u8 {
+    let base = nvfp4_block(v, g, codes);
+    let amax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    if amax == 0.0 {
+        return base;
+    }
+    let err = |s: u8, out: &mut [u8]| -> f64 {
+        let den = e4m3_value(s) * g;
+        let mut e = 0f64;
+        for ((c, &x), &wi) in out.iter_mut().zip(v).zip(w) {
+            *c = e2m1(x / den);
+            let d = (x - E2M1_SIGNED[*c as usize] * den) as f64;
+            e += wi as f64 * d * d;
+        }
+        e
+    };
+    let mut trial = [0u8; 16];
+    let mut best = (err(base, &mut trial), base);
+    for k in 1..13 {
+        let sb = (amax / (6.0 * g) * (1.0 - 0.025 * k as f32)).max(pow2(-9) as f32);
+        let s = e4m3(sb);
+        if s == best.1 {
+            continue;
+        }
+        let e = err(s, &mut trial);
+        if e < best.0 {
+            best = (e, s);
+        }
+    }
+    err(best.1, &mut codes[..v.len()]);
+    best.1
+}
+
+/// Pack one row-major 32x32 tile as nvfp4 with global decode scale `g`, each 16-element block's
+/// scale chosen by [`nvfp4_block_weighted`] under the tile's column weights `w` (32 of them).
+pub fn nvfp4_encode_tile_weighted(tile: &[f32], w: &[f32], g: f32, out: &mut [u8]) {
+    let mut codes = [0u8; 16];
+    for b in 0..64 {
+        let half = &w[16 * (b % 2)..16 * (b % 2) + 16];
+        out[b] = nvfp4_block_weighted(&tile[16 * b..16 * (b + 1)], half, g, &mut codes);
+        pack_nibbles(&codes, &mut out[64 + 8 * b..64 + 8 * (b + 1)]);
+    }
+}
+
+/// The global decode scale of a bound nvfp4 stage (its parameters).
+pub(super) fn nvfp4_global_of(c: &dyn TensorCodec) -> Option<f32> {
+    (c.id() == NVFP4_ENTRY.id)
+        .then(|| {
+            <[u8; 4]>::try_from(c.params().as_slice())
+                .ok()
+                .map(f32::from_le_bytes)
+        })
+        .flatten()
+}
+
 /// Pack one row-major 32x32 tile as nvfp4 with global decode scale `g`.
 #[inline]
 pub fn nvfp4_encode_tile(tile: &[f32], g: f32, out: &mut [u8]) {
