@@ -283,7 +283,7 @@ impl super::tile::TileCodec for CalibratedNvfp4 {
     ) -> Result<Vec<u8>> {
         const TILE: usize = 1024;
         const BYTES: usize = 576;
-        if tiles.len() % TILE != 0 {
+        if !tiles.len().is_multiple_of(TILE) {
             return Err(Error::internal(format!(
                 "{} values are not whole tiles",
                 tiles.len()
