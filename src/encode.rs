@@ -77,11 +77,11 @@ pub fn encode_loaded(
             if let Some(c) = plan.calibration_for(&info.name) {
                 // The codec learns from the tensor first (fitted levels, nvfp4's global scale),
                 // then takes its calibrated encoder.
+                let mut widened = Vec::new();
+                let vals = f32_view(info.dtype, data, &mut widened);
                 let bound = match pipeline.tensor_codec().props().binds {
                     Binds::Data => bind_to_values(info, data, pipeline)?,
                     Binds::Amax => {
-                        let mut widened = Vec::new();
-                        let vals = f32_view(info.dtype, data, &mut widened);
                         let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
                         pipeline.bind(&TensorFacts {
                             dims: &info.dims,
@@ -91,7 +91,7 @@ pub fn encode_loaded(
                     }
                     _ => pipeline.clone(),
                 };
-                if let Some(p) = bound.calibrated(&info.dims, *layout, &c, plan.calib_mode) {
+                if let Some(p) = bound.calibrated(&info.dims, *layout, &c, plan.calib_mode, vals) {
                     let (p, mode) = p?;
                     let e = encode_tensor(info, data, &p, *layout, plan.chunk_elems, cx, sink)?;
                     return Ok(EncodedTensor {

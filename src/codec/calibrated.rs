@@ -18,6 +18,7 @@
 
 use super::grid::GridCodec;
 use super::int::IntCodec;
+use super::vq::VqCodec;
 use super::{Props, TensorCodec};
 use crate::calib::{Gptq, TensorCalib};
 use crate::dtype::DType;
@@ -69,6 +70,7 @@ pub(super) fn calibrated(
     layout: tpk_format::Layout,
     calib: &TensorCalib,
     mode: Mode,
+    values: &[f32],
 ) -> Option<Result<(Arc<dyn TensorCodec>, Mode)>> {
     let cols = usize::try_from(*dims.last()?).ok()?;
     if dims.len() != 2 || cols == 0 {
@@ -97,6 +99,20 @@ pub(super) fn calibrated(
     }
     if layout != tpk_format::Layout::RowMajor {
         return None;
+    }
+    if let Some(vq) = VqCodec::from_stage(&*inner) {
+        // The codebook is learnt again under the column weights, and vectors take the nearest
+        // entry under them (a vector's d elements are d consecutive input channels).
+        let weights: Arc<[f32]> = calib.column_weights().into();
+        let w: Vec<f32> = (0..values.len()).map(|k| weights[k % cols]).collect();
+        let vq = vq.bound_weighted(values, &w);
+        let c: Arc<dyn TensorCodec> = Arc::new(CalibratedVq {
+            inner: Arc::new(vq.clone()),
+            vq,
+            cols,
+            weights,
+        });
+        return Some(Ok((c, Mode::Weighted)));
     }
     let (quant, group) = if let Some(i) = IntCodec::from_stage(&*inner) {
         let g = i.group_elems()?;
@@ -308,5 +324,53 @@ impl super::tile::TileCodec for CalibratedNvfp4 {
             visit(t, &recon);
         }
         Ok(out)
+    }
+}
+
+/// vq with its codebook learnt, and its vectors assigned, under the column weights (the
+/// payload and parameters are vq's own). Row-major chunks of whole rows.
+#[derive(Debug)]
+pub struct CalibratedVq {
+    inner: Arc<dyn TensorCodec>,
+    vq: VqCodec,
+    cols: usize,
+    weights: Arc<[f32]>,
+}
+
+impl TensorCodec for CalibratedVq {
+    fn props(&self) -> Props {
+        let p = self.inner.props();
+        Props {
+            chunk_multiple: super::lcm(self.vq.multiple(), self.cols as u64),
+            ..p
+        }
+    }
+    fn params(&self) -> Vec<u8> {
+        self.inner.params()
+    }
+    fn spec(&self) -> String {
+        self.inner.spec()
+    }
+    fn max_encoded_len(&self, src: DType, n: usize) -> usize {
+        self.inner.max_encoded_len(src, n)
+    }
+    fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        crate::dtype::to_f32(src, bytes, &mut v);
+        if v.len() % self.cols != 0 {
+            return Err(Error::internal(format!(
+                "a calibrated chunk of {} values is not whole rows of {}",
+                v.len(),
+                self.cols
+            )));
+        }
+        let w: Vec<f32> = (0..v.len()).map(|k| self.weights[k % self.cols]).collect();
+        self.vq.encode_weighted(v, &w)
+    }
+    fn decode(&self, payload: &[u8], src: DType, n: usize, out: &mut [u8]) -> Result<()> {
+        self.inner.decode(payload, src, n, out)
+    }
+    fn stage_bytes(&self, chunks: &[u64]) -> Option<Vec<(&'static str, u64)>> {
+        self.inner.stage_bytes(chunks)
     }
 }

@@ -611,16 +611,17 @@ impl Pipeline {
 
     /// The same pipeline with its tensor codec's calibrated encoder for a tensor of shape
     /// `dims` in `layout` ([`calibrated`]: GPTQ or importance-weighted fits, the codec's own
-    /// payload), with the mode it applies; `None` when the codec has none (`int` with
-    /// `group=N`, `grid` and `nvfp4` have one).
+    /// payload), with the mode it applies; `values` are the tensor's (row-major f32); `None`
+    /// when the codec has none (`int` with `group=N`, `grid`, `nvfp4` and `vq` have one).
     pub fn calibrated(
         &self,
         dims: &[u64],
         layout: tpk_format::Layout,
         calib: &crate::calib::TensorCalib,
         mode: calibrated::Mode,
+        values: &[f32],
     ) -> Option<Result<(Pipeline, calibrated::Mode)>> {
-        calibrated::calibrated(self.tensor.clone(), dims, layout, calib, mode)
+        calibrated::calibrated(self.tensor.clone(), dims, layout, calib, mode, values)
             .map(|r| r.map(|(c, m)| (self.with_tensor_codec(c), m)))
     }
 

@@ -193,6 +193,137 @@ impl Codebook {
         book
     }
 
+    /// [`Codebook::train`] minimising `sum w_i (x_i - c_i)^2`: `w` weighs each element of `v`
+    /// (k-means++ draws, assignments and centroid means all weighted); the same sample of
+    /// vectors, the same seed. Single-threaded (it runs on calibrated tensors only).
+    pub fn train_weighted(v: &[f32], w: &[f32], d: usize, k: usize, t: Train) -> Codebook {
+        let m = v.len() / d;
+        let s = (t.sample as usize).clamp(1, m.max(1));
+        let pick_rows: Vec<usize> = if m == 0 {
+            Vec::new()
+        } else {
+            (0..s).map(|i| i * m / s).collect()
+        };
+        let (sample, sw): (Vec<f32>, Vec<f32>) = if m == 0 {
+            (vec![0.0; d], vec![1.0; d])
+        } else {
+            (
+                pick_rows
+                    .iter()
+                    .flat_map(|&j| v[j * d..(j + 1) * d].iter().copied())
+                    .collect(),
+                pick_rows
+                    .iter()
+                    .flat_map(|&j| w[j * d..(j + 1) * d].iter().copied())
+                    .collect(),
+            )
+        };
+        let ns = sample.len() / d;
+        let at = |i: usize| (&sample[i * d..(i + 1) * d], &sw[i * d..(i + 1) * d]);
+        let dist = |(a, wa): (&[f32], &[f32]), b: &[f32]| -> f32 {
+            a.iter()
+                .zip(b)
+                .zip(wa)
+                .map(|((x, y), wi)| wi * (x - y) * (x - y))
+                .sum()
+        };
+        let mut rng = crate::assign::Rng::new(t.seed ^ 0x5650_5143);
+        let mut c: Vec<f32> = at((rng.next_u64() % ns as u64) as usize).0.to_vec();
+        let mut near: Vec<f32> = (0..ns).map(|i| dist(at(i), &c[..d])).collect();
+        while c.len() < k * d {
+            let total: f64 = near.iter().map(|&x| x as f64).sum();
+            let pick = if total > 0.0 {
+                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+                let mut acc = 0f64;
+                near.iter()
+                    .position(|&x| {
+                        acc += x as f64;
+                        acc > u
+                    })
+                    .unwrap_or(ns - 1)
+            } else {
+                (rng.next_u64() % ns as u64) as usize
+            };
+            let start = c.len();
+            c.extend_from_slice(at(pick).0);
+            for (i, n) in near.iter_mut().enumerate() {
+                *n = n.min(dist(at(i), &c[start..start + d]));
+            }
+        }
+        let mut book = Codebook { d, entries: c };
+        for _ in 0..t.iters {
+            let mut sum = vec![0f64; k * d];
+            let mut wsum = vec![0f64; k * d];
+            let mut far = (-1f32, 0usize);
+            for i in 0..ns {
+                let (x, wx) = at(i);
+                let (j, e) = book.nearest_weighted(x, wx);
+                for q in 0..d {
+                    sum[j * d + q] += (wx[q] * x[q]) as f64;
+                    wsum[j * d + q] += wx[q] as f64;
+                }
+                if e > far.0 {
+                    far = (e, i);
+                }
+            }
+            for j in 0..k {
+                if wsum[j * d..(j + 1) * d].iter().all(|&x| x == 0.0) {
+                    // An empty cluster restarts at the worst-served vector.
+                    let e = at(far.1).0.to_vec();
+                    book.entries[j * d..(j + 1) * d].copy_from_slice(&e);
+                    continue;
+                }
+                for q in 0..d {
+                    if wsum[j * d + q] > 0.0 {
+                        book.entries[j * d + q] = (sum[j * d + q] / wsum[j * d + q]) as f32;
+                    }
+                }
+            }
+        }
+        for x in &mut book.entries {
+            *x = f16::from_f32(*x).to_f32();
+        }
+        book
+    }
+
+    /// `(index, weighted squared distance)` of the nearest entry; ties to the lowest index.
+    fn nearest_weighted(&self, x: &[f32], w: &[f32]) -> (usize, f32) {
+        let d = self.d;
+        let mut best = (0usize, f32::INFINITY);
+        for (i, e) in self.entries.chunks_exact(d).enumerate() {
+            let dd: f32 = x
+                .iter()
+                .zip(e)
+                .zip(w)
+                .map(|((a, b), wi)| wi * (a - b) * (a - b))
+                .sum();
+            if dd < best.1 {
+                best = (i, dd);
+            }
+        }
+        best
+    }
+
+    /// [`Codebook::assign`] under element weights `w` (same length as `v`).
+    pub fn assign_weighted(&self, v: &[f32], w: &[f32]) -> Vec<u32> {
+        let d = self.d;
+        let (mut pad, mut padw) = (vec![0f32; d], vec![0f32; d]);
+        v.chunks(d)
+            .zip(w.chunks(d))
+            .map(|(x, wx)| {
+                if x.len() == d {
+                    self.nearest_weighted(x, wx).0 as u32
+                } else {
+                    pad.fill(0.0);
+                    padw.fill(0.0);
+                    pad[..x.len()].copy_from_slice(x);
+                    padw[..x.len()].copy_from_slice(wx);
+                    self.nearest_weighted(&pad, &padw).0 as u32
+                }
+            })
+            .collect()
+    }
+
     /// Indices of the nearest entries of the `d`-vectors of `v` (a trailing partial vector is
     /// padded with zeros).
     pub fn assign(&self, v: &[f32]) -> Vec<u32> {
@@ -338,6 +469,67 @@ impl VqCodec {
             .saturating_mul(self.kbits as usize)
             .div_ceil(8)
     }
+
+    /// The `vq` codec behind a stored stage, if it is one.
+    pub(super) fn from_stage(c: &dyn TensorCodec) -> Option<VqCodec> {
+        (c.id() == VQ_ID)
+            .then(|| from_params_bytes(&c.params()).ok())
+            .flatten()
+    }
+
+    /// Elements a chunk holds a multiple of.
+    pub(super) fn multiple(&self) -> u64 {
+        self.props().chunk_multiple
+    }
+
+    /// This codec with its tensor codebook (`scope=tensor`) learnt from `values` under element
+    /// weights `w` (the calibrated bind step); `scope=chunk` codecs are returned as they are.
+    pub(super) fn bound_weighted(&self, values: &[f32], w: &[f32]) -> VqCodec {
+        if self.scope != 0 {
+            return self.clone();
+        }
+        let mut v = values.to_vec();
+        self.normalize(&mut v);
+        VqCodec {
+            book: Some(Codebook::train_weighted(
+                &v,
+                w,
+                self.d as usize,
+                self.k(),
+                self.train,
+            )),
+            ..self.clone()
+        }
+    }
+
+    /// [`TensorCodec::encode`] of f32 values with nearest entries under element weights `w`
+    /// (`scope=chunk` codebooks learnt weighted too); the payload is the plain encoder's format.
+    pub(super) fn encode_weighted(&self, mut v: Vec<f32>, w: &[f32]) -> Result<Vec<u8>> {
+        if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+            return Err(Error::input(format!(
+                "vq cannot encode the non-finite value {x}"
+            )));
+        }
+        let mut out = Vec::with_capacity(self.max_encoded_len(DType::F32, v.len()));
+        let scales = self.normalize(&mut v);
+        let local;
+        let book = match (&self.book, self.scope) {
+            (_, 1) => {
+                local = Codebook::train_weighted(&v, w, self.d as usize, self.k(), self.train);
+                out.extend(local.to_bytes());
+                &local
+            }
+            (Some(b), _) => b,
+            (None, _) => {
+                return Err(Error::internal(
+                    "vq scope=tensor learns its codebook in the bind step first",
+                ))
+            }
+        };
+        out.extend(scales);
+        out.extend(super::kvq::pack(&book.assign_weighted(&v, w), self.kbits));
+        Ok(out)
+    }
 }
 
 /// Parse the vq options shared with `tenpakx`: `d`, `k`, `iters`, `sample`, `seed`.
@@ -405,41 +597,43 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
             book: None,
         })))
     },
-    from_params: |p| {
-        let bad = |m: String| Error::bad_params(format!("vq parameters: {m}"));
-        if p.len() < 7 + TRAIN_BYTES {
-            return Err(bad(format!("{} bytes", p.len())));
-        }
-        let (d, kbits, scope) = (p[0], p[1], p[2]);
-        let group = u32::from_le_bytes(p[3..7].try_into().expect("4 bytes"));
-        if ![2, 4, 8].contains(&d)
-            || !(4..=16).contains(&kbits)
-            || scope > 1
-            || !group.is_multiple_of(d as u32)
-        {
-            return Err(bad(format!(
-                "d {d}, log2 k {kbits}, scope {scope}, group {group}"
-            )));
-        }
-        let mut c = VqCodec {
-            d,
-            kbits,
-            scope,
-            group,
-            train: Train::from_bytes(&p[7..7 + TRAIN_BYTES]),
-            book: None,
-        };
-        let head = 7 + TRAIN_BYTES;
-        let want = head + if scope == 0 { c.book_bytes() } else { 0 };
-        if p.len() != want {
-            return Err(bad(format!("{} bytes, expected {want}", p.len())));
-        }
-        if scope == 0 {
-            c.book = Some(Codebook::from_bytes(&p[head..], d as usize)?);
-        }
-        Ok(Codec::Tensor(Arc::new(c)))
-    },
+    from_params: |p| Ok(Codec::Tensor(Arc::new(from_params_bytes(p)?))),
 };
+
+fn from_params_bytes(p: &[u8]) -> Result<VqCodec> {
+    let bad = |m: String| Error::bad_params(format!("vq parameters: {m}"));
+    if p.len() < 7 + TRAIN_BYTES {
+        return Err(bad(format!("{} bytes", p.len())));
+    }
+    let (d, kbits, scope) = (p[0], p[1], p[2]);
+    let group = u32::from_le_bytes(p[3..7].try_into().expect("4 bytes"));
+    if ![2, 4, 8].contains(&d)
+        || !(4..=16).contains(&kbits)
+        || scope > 1
+        || !group.is_multiple_of(d as u32)
+    {
+        return Err(bad(format!(
+            "d {d}, log2 k {kbits}, scope {scope}, group {group}"
+        )));
+    }
+    let mut c = VqCodec {
+        d,
+        kbits,
+        scope,
+        group,
+        train: Train::from_bytes(&p[7..7 + TRAIN_BYTES]),
+        book: None,
+    };
+    let head = 7 + TRAIN_BYTES;
+    let want = head + if scope == 0 { c.book_bytes() } else { 0 };
+    if p.len() != want {
+        return Err(bad(format!("{} bytes, expected {want}", p.len())));
+    }
+    if scope == 0 {
+        c.book = Some(Codebook::from_bytes(&p[head..], d as usize)?);
+    }
+    Ok(c)
+}
 
 impl TensorCodec for VqCodec {
     fn props(&self) -> Props {
