@@ -21,6 +21,7 @@ what=${1:-smollm2}
 S=$work/stats
 mkdir -p "$S"
 SMOL=$M/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+LOW="grid:n=4,group=32,grid:n=4,group=64,grid:n=8,group=64,grid:n=8,group=32,grid:n=16,group=64,grid:n=16,group=32,grid:n=32,group=32"
 stats() {
   [ -f "$S/cal.safetensors" ] || $T --threads 2 -q calibrate "$SMOL" -o "$S/cal.safetensors" >&2
   [ -f "$S/sens.json" ] || $T --threads 2 -q sensitivity "$SMOL" -o "$S/sens.json" >&2
@@ -66,9 +67,18 @@ case $what in
     row "calibrated GPTQ int4_g32;H" --codec int4_g32 --override token_embd.weight=bfp8 "${C[@]}"
     row "calibrated weighted int3_g32_asym;H" --codec int3_g32_asym --override token_embd.weight=bfp8 "${C[@]}" --weighted
     row "calibrated GPTQ int3_g32_asym;H" --codec int3_g32_asym --override token_embd.weight=bfp8 "${C[@]}"
-    for b in 6.2 5.0 4.25 3.2; do
+    for b in 6.2 5.0 4.25; do
       row "calibrated sens allocation $b" --target-bpw $b --sensitivity "$S/sens.json" "${C[@]}"
     done
+    # The moonshot (3.2 bpw): the default candidates' smallest (3-bit grids) do not fit, so the
+    # list reaches down to 2 bits.
+    row "calibrated sens allocation 3.2 (2-5 bit candidates)" --target-bpw 3.2 \
+      --sensitivity "$S/sens.json" "${C[@]}" --candidates "$LOW"
+    row "calibrated GPTQ nvfp4;H (weighted scales)" --codec nvfp4 --override token_embd.weight=bfp8 "${C[@]}"
+    row "nvfp4;H (data-free)" --codec nvfp4 --override token_embd.weight=bfp8
+    MIX=compression_configs/compression_config.mixed_tile_model_budget.json
+    row "mixed-tile model budget 4.5 (data-free)" --config $MIX
+    row "mixed-tile model budget 4.5, sens weights" --config $MIX --sensitivity "$S/sens.json"
     ;;
   minilm)
     $T --threads 2 -q calibrate "$M/minilm" -o "$S/cm.safetensors" --windows 512 --force

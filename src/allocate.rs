@@ -468,7 +468,7 @@ fn allocate_on_threads(
                 .map(|r| r.iter().flatten().map(|m| m.bytes).min().unwrap_or(0))
                 .sum();
             Error::config(format!(
-                "the budget of {target_bytes} bytes is below the smallest candidate allocation ({} bytes with the rest of the file)",
+                "the budget of {target_bytes} bytes is below the smallest candidate allocation ({} bytes with the rest of the file): give smaller --candidates (e.g. grid:n=4,group=32)",
                 least + fixed
             ))
         })?;
