@@ -22,8 +22,11 @@ S=$work/stats
 mkdir -p "$S"
 SMOL=$M/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 LOW="grid:n=4,group=32,grid:n=4,group=64,grid:n=8,group=64,grid:n=8,group=32,grid:n=16,group=64,grid:n=16,group=32,grid:n=32,group=32"
-stats() {
+cal() {
   [ -f "$S/cal.safetensors" ] || $T --threads 2 -q calibrate "$SMOL" -o "$S/cal.safetensors" >&2
+}
+stats() {
+  cal
   [ -f "$S/sens.json" ] || $T --threads 2 -q sensitivity "$SMOL" -o "$S/sens.json" >&2
 }
 row() {  # row LABEL compress-args...
@@ -104,7 +107,7 @@ PY
     mrow "calibrated sens allocation 4.5" --target-bpw 4.5 --sensitivity "$S/sm.json" --calibration "$S/cm.safetensors"
     ;;
   llamacpp)
-    stats
+    cal
     echo "| llama.cpp type | bpw (file) | ΔPPL % | KLD | predicted KLD | top-1 % |"
     echo "|---|---|---|---|---|---|"
     python3 scripts/llamacpp_imatrix_figures.py "$SMOL_F32" "$S/cal.safetensors" "$work/ll" \
@@ -121,7 +124,7 @@ PY
     done < "$work/ll.tsv"
     ;;
   speed)
-    stats
+    cal
     for codec in int4_g32 grid:n=16,group=32; do
       /usr/bin/time -f "tenpak GPTQ $codec: %e s, %M KB" $T --threads 2 -q compress "$SMOL_F32" \
         -o "$work/g.tpk" --codec $codec --calibration "$S/cal.safetensors" --force
