@@ -63,6 +63,52 @@ impl Train {
     }
 }
 
+/// Which of `m` vectors k-means learns from: `sample` of them, evenly spaced (all when fewer).
+fn sample_rows(m: usize, sample: u32) -> Vec<usize> {
+    if m == 0 {
+        return Vec::new();
+    }
+    let s = (sample as usize).clamp(1, m);
+    (0..s).map(|i| i * m / s).collect()
+}
+
+/// k-means++ over `ns` sample vectors (`at(i)`, `d` long): the first centre drawn uniformly,
+/// each next one with probability proportional to `dist(i, centre)` to the nearest centre so
+/// far (seeded splitmix64). Returns `k * d` values.
+fn seed_centres<'a>(
+    ns: usize,
+    d: usize,
+    k: usize,
+    seed: u64,
+    at: impl Fn(usize) -> &'a [f32],
+    dist: impl Fn(usize, &[f32]) -> f32,
+) -> Vec<f32> {
+    let mut rng = crate::assign::Rng::new(seed ^ 0x5650_5143);
+    let mut c: Vec<f32> = at((rng.next_u64() % ns as u64) as usize).to_vec();
+    let mut near: Vec<f32> = (0..ns).map(|i| dist(i, &c[..d])).collect();
+    while c.len() < k * d {
+        let total: f64 = near.iter().map(|&x| x as f64).sum();
+        let pick = if total > 0.0 {
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+            let mut acc = 0f64;
+            near.iter()
+                .position(|&x| {
+                    acc += x as f64;
+                    acc > u
+                })
+                .unwrap_or(ns - 1)
+        } else {
+            (rng.next_u64() % ns as u64) as usize
+        };
+        let start = c.len();
+        c.extend_from_slice(at(pick));
+        for (i, n) in near.iter_mut().enumerate() {
+            *n = n.min(dist(i, &c[start..start + d]));
+        }
+    }
+    c
+}
+
 /// A trained codebook: `k` entries of `d` values, already rounded to f16.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Codebook {
@@ -100,46 +146,19 @@ impl Codebook {
 
     /// k-means over the `d`-vectors of `v` (a trailing partial vector is left out).
     pub fn train(v: &[f32], d: usize, k: usize, t: Train) -> Codebook {
-        let m = v.len() / d;
-        let s = (t.sample as usize).clamp(1, m.max(1));
-        let sample: Vec<f32> = if m == 0 {
+        let rows = sample_rows(v.len() / d, t.sample);
+        let sample: Vec<f32> = if rows.is_empty() {
             vec![0.0; d]
         } else {
-            (0..s)
-                .flat_map(|i| {
-                    let j = i * m / s;
-                    v[j * d..(j + 1) * d].iter().copied()
-                })
+            rows.iter()
+                .flat_map(|&j| v[j * d..(j + 1) * d].iter().copied())
                 .collect()
         };
         let ns = sample.len() / d;
         let at = |i: usize| &sample[i * d..(i + 1) * d];
-        let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-        // k-means++: each next centre drawn with probability proportional to the squared
-        // distance to the nearest centre so far.
-        let mut rng = crate::assign::Rng::new(t.seed ^ 0x5650_5143);
-        let mut c: Vec<f32> = at((rng.next_u64() % ns as u64) as usize).to_vec();
-        let mut near: Vec<f32> = (0..ns).map(|i| dist(at(i), &c[..d])).collect();
-        while c.len() < k * d {
-            let total: f64 = near.iter().map(|&x| x as f64).sum();
-            let pick = if total > 0.0 {
-                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
-                let mut acc = 0f64;
-                near.iter()
-                    .position(|&x| {
-                        acc += x as f64;
-                        acc > u
-                    })
-                    .unwrap_or(ns - 1)
-            } else {
-                (rng.next_u64() % ns as u64) as usize
-            };
-            let start = c.len();
-            c.extend_from_slice(at(pick));
-            for (i, n) in near.iter_mut().enumerate() {
-                *n = n.min(dist(at(i), &c[start..start + d]));
-            }
-        }
+        let c = seed_centres(ns, d, k, t.seed, at, |i, c| {
+            at(i).iter().zip(c).map(|(x, y)| (x - y) * (x - y)).sum()
+        });
         let mut book = Codebook { d, entries: c };
         const BLOCK: usize = 1024;
         for _ in 0..t.iters {
@@ -197,59 +216,34 @@ impl Codebook {
     /// (k-means++ draws, assignments and centroid means all weighted); the same sample of
     /// vectors, the same seed. Single-threaded (it runs on calibrated tensors only).
     pub fn train_weighted(v: &[f32], w: &[f32], d: usize, k: usize, t: Train) -> Codebook {
-        let m = v.len() / d;
-        let s = (t.sample as usize).clamp(1, m.max(1));
-        let pick_rows: Vec<usize> = if m == 0 {
-            Vec::new()
-        } else {
-            (0..s).map(|i| i * m / s).collect()
+        let rows = sample_rows(v.len() / d, t.sample);
+        let take = |x: &[f32], fill: f32| -> Vec<f32> {
+            if rows.is_empty() {
+                vec![fill; d]
+            } else {
+                rows.iter()
+                    .flat_map(|&j| x[j * d..(j + 1) * d].iter().copied())
+                    .collect()
+            }
         };
-        let (sample, sw): (Vec<f32>, Vec<f32>) = if m == 0 {
-            (vec![0.0; d], vec![1.0; d])
-        } else {
-            (
-                pick_rows
-                    .iter()
-                    .flat_map(|&j| v[j * d..(j + 1) * d].iter().copied())
-                    .collect(),
-                pick_rows
-                    .iter()
-                    .flat_map(|&j| w[j * d..(j + 1) * d].iter().copied())
-                    .collect(),
-            )
-        };
+        let (sample, sw) = (take(v, 0.0), take(w, 1.0));
         let ns = sample.len() / d;
         let at = |i: usize| (&sample[i * d..(i + 1) * d], &sw[i * d..(i + 1) * d]);
-        let dist = |(a, wa): (&[f32], &[f32]), b: &[f32]| -> f32 {
-            a.iter()
-                .zip(b)
-                .zip(wa)
-                .map(|((x, y), wi)| wi * (x - y) * (x - y))
-                .sum()
-        };
-        let mut rng = crate::assign::Rng::new(t.seed ^ 0x5650_5143);
-        let mut c: Vec<f32> = at((rng.next_u64() % ns as u64) as usize).0.to_vec();
-        let mut near: Vec<f32> = (0..ns).map(|i| dist(at(i), &c[..d])).collect();
-        while c.len() < k * d {
-            let total: f64 = near.iter().map(|&x| x as f64).sum();
-            let pick = if total > 0.0 {
-                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
-                let mut acc = 0f64;
-                near.iter()
-                    .position(|&x| {
-                        acc += x as f64;
-                        acc > u
-                    })
-                    .unwrap_or(ns - 1)
-            } else {
-                (rng.next_u64() % ns as u64) as usize
-            };
-            let start = c.len();
-            c.extend_from_slice(at(pick).0);
-            for (i, n) in near.iter_mut().enumerate() {
-                *n = n.min(dist(at(i), &c[start..start + d]));
-            }
-        }
+        let c = seed_centres(
+            ns,
+            d,
+            k,
+            t.seed,
+            |i| at(i).0,
+            |i, c| {
+                let (x, wx) = at(i);
+                x.iter()
+                    .zip(c)
+                    .zip(wx)
+                    .map(|((a, b), wi)| wi * (a - b) * (a - b))
+                    .sum()
+            },
+        );
         let mut book = Codebook { d, entries: c };
         for _ in 0..t.iters {
             let mut sum = vec![0f64; k * d];
@@ -504,7 +498,22 @@ impl VqCodec {
 
     /// [`TensorCodec::encode`] of f32 values with nearest entries under element weights `w`
     /// (`scope=chunk` codebooks learnt weighted too); the payload is the plain encoder's format.
-    pub(super) fn encode_weighted(&self, mut v: Vec<f32>, w: &[f32]) -> Result<Vec<u8>> {
+    pub(super) fn encode_weighted(&self, v: Vec<f32>, w: &[f32]) -> Result<Vec<u8>> {
+        self.encode_with(
+            v,
+            |x| Codebook::train_weighted(x, w, self.d as usize, self.k(), self.train),
+            |book, x| book.assign_weighted(x, w),
+        )
+    }
+
+    /// The payload of f32 values: scales, the chunk's codebook (`scope=chunk`, from `train`),
+    /// and the indices `assign` gives.
+    fn encode_with(
+        &self,
+        mut v: Vec<f32>,
+        train: impl Fn(&[f32]) -> Codebook,
+        assign: impl Fn(&Codebook, &[f32]) -> Vec<u32>,
+    ) -> Result<Vec<u8>> {
         if let Some(x) = v.iter().find(|x| !x.is_finite()) {
             return Err(Error::input(format!(
                 "vq cannot encode the non-finite value {x}"
@@ -515,7 +524,7 @@ impl VqCodec {
         let local;
         let book = match (&self.book, self.scope) {
             (_, 1) => {
-                local = Codebook::train_weighted(&v, w, self.d as usize, self.k(), self.train);
+                local = train(&v);
                 out.extend(local.to_bytes());
                 &local
             }
@@ -527,7 +536,7 @@ impl VqCodec {
             }
         };
         out.extend(scales);
-        out.extend(super::kvq::pack(&book.assign_weighted(&v, w), self.kbits));
+        out.extend(super::kvq::pack(&assign(book, &v), self.kbits));
         Ok(out)
     }
 }
@@ -682,30 +691,11 @@ impl TensorCodec for VqCodec {
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
         let mut v = Vec::new();
         crate::dtype::to_f32(src, bytes, &mut v);
-        if let Some(x) = v.iter().find(|x| !x.is_finite()) {
-            return Err(Error::input(format!(
-                "vq cannot encode the non-finite value {x}"
-            )));
-        }
-        let mut out = Vec::with_capacity(self.max_encoded_len(src, v.len()));
-        let scales = self.normalize(&mut v);
-        let local;
-        let book = match (&self.book, self.scope) {
-            (_, 1) => {
-                local = Codebook::train(&v, self.d as usize, self.k(), self.train);
-                out.extend(local.to_bytes());
-                &local
-            }
-            (Some(b), _) => b,
-            (None, _) => {
-                return Err(Error::internal(
-                    "vq scope=tensor learns its codebook in the bind step first",
-                ))
-            }
-        };
-        out.extend(scales);
-        out.extend(super::kvq::pack(&book.assign(&v), self.kbits));
-        Ok(out)
+        self.encode_with(
+            v,
+            |x| Codebook::train(x, self.d as usize, self.k(), self.train),
+            |book, x| book.assign(x),
+        )
     }
     fn decode(&self, payload: &[u8], _src: DType, n: usize, out: &mut [u8]) -> Result<()> {
         super::expect_len("vq", payload, self.max_encoded_len(DType::F32, n))?;

@@ -319,23 +319,17 @@ impl Bert {
 
     /// As [`Bert::embed`], from word-piece ids.
     pub fn embed_ids(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        if ids.is_empty() || ids.len() > self.cfg.max_positions {
-            return Err(Error::input(format!(
-                "{} word pieces: 1 to {} fit",
-                ids.len(),
-                self.cfg.max_positions
-            )));
-        }
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab) {
-            return Err(Error::input(format!(
-                "word piece {bad} is outside the vocabulary"
-            )));
-        }
+        self.check_ids(ids)?;
         self.forward(ids, None)
     }
 
     /// As [`Bert::embed_ids`], showing `probe` every matrix product's input.
     pub fn embed_ids_probed(&self, ids: &[u32], probe: crate::llama::Probe) -> Result<Vec<f32>> {
+        self.check_ids(ids)?;
+        self.forward(ids, Some(probe))
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
         if ids.is_empty() || ids.len() > self.cfg.max_positions {
             return Err(Error::input(format!(
                 "{} word pieces: 1 to {} fit",
@@ -348,7 +342,7 @@ impl Bert {
                 "word piece {bad} is outside the vocabulary"
             )));
         }
-        self.forward(ids, Some(probe))
+        Ok(())
     }
 
     fn forward(&self, ids: &[u32], mut probe: Option<crate::llama::Probe>) -> Result<Vec<f32>> {

@@ -71,6 +71,23 @@ pub fn calibration_windows(
     ))
 }
 
+/// A loaded llama model with its calibration windows (the corpus tokenized by its own
+/// tokenizer; [`calibration_windows`]). `path` names the model in errors.
+pub fn llama_calibration(
+    loaded: crate::model::Model,
+    path: &Path,
+    corpus: &Path,
+    windows: usize,
+    ctx: usize,
+) -> Result<(Llama, Vec<Vec<u32>>, TokenSlice)> {
+    let tok =
+        crate::tokenizer::TextTokenizer::from_meta(&loaded.meta).map_err(|e| e.with_file(path))?;
+    let model = Llama::new(loaded).map_err(|e| e.with_file(path))?;
+    let ids = tok.encode(&crate::read_corpus(corpus)?)?;
+    let (w, slice) = calibration_windows(&ids, model.cfg.bos, windows, ctx, corpus)?;
+    Ok((model, w, slice))
+}
+
 /// Sentences `eval embed` reads by default (the first of the corpus): encoder calibration
 /// starts after them.
 pub const EVAL_EMBED_SENTENCES: usize = 2000;
@@ -354,13 +371,8 @@ pub fn calibrate(
         let start = std::time::Instant::now();
         let (slice, (stats, inputs, rows)) = match arch.as_str() {
             "llama" => {
-                let tok = crate::tokenizer::TextTokenizer::from_meta(&loaded.meta)
-                    .map_err(|e| e.with_file(&req.model))?;
-                let model = Llama::new(loaded).map_err(|e| e.with_file(&req.model))?;
-                let text = crate::read_corpus(&req.corpus)?;
-                let ids = tok.encode(&text)?;
-                let (windows, slice) =
-                    calibration_windows(&ids, model.cfg.bos, req.windows, req.ctx, &req.corpus)?;
+                let (model, windows, slice) =
+                    llama_calibration(loaded, &req.model, &req.corpus, req.windows, req.ctx)?;
                 (
                     slice,
                     collect(&model, &windows, req.hessian, on_window, cx)?,

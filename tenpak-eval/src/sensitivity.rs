@@ -9,7 +9,6 @@
 //! The exact model's residual stream entering each layer is kept from one traced pass, so a
 //! perturbed matrix of layer `k` costs only layers `k..` (half the model on average).
 
-use crate::calibrate::calibration_windows;
 use crate::kernels::{kl_row, lse};
 use crate::llama::{Llama, Trace};
 use rayon::prelude::*;
@@ -281,13 +280,8 @@ fn run_llama(
     on_tensor: &mut (dyn FnMut(usize, usize, &str) + Send),
     cx: &Context<'_>,
 ) -> Result<Sensitivity> {
-    let tok = crate::tokenizer::TextTokenizer::from_meta(&loaded.meta)
-        .map_err(|e| e.with_file(&req.model))?;
-    let model = Llama::new(loaded).map_err(|e| e.with_file(&req.model))?;
-    let text = crate::read_corpus(&req.corpus)?;
-    let ids = tok.encode(&text)?;
-    let (windows, slice) =
-        calibration_windows(&ids, model.cfg.bos, req.windows, req.ctx, &req.corpus)?;
+    let (model, windows, slice) =
+        crate::calibrate::llama_calibration(loaded, &req.model, &req.corpus, req.windows, req.ctx)?;
     let vocab = model.cfg.vocab;
     let mut reference = Reference {
         batches: Vec::new(),
