@@ -397,10 +397,9 @@ fn sensitivity_measures_each_matrix_and_codec() {
     assert!(e.contains("no matrix"), "{e}");
 }
 
-#[test]
-fn allocation_keeps_the_budget_and_follows_the_sensitivities() {
-    let dir = tempfile::tempdir().unwrap();
-    // Sensitivities: block 1's attn_v matters a great deal, the rest little.
+/// A hand-made sensitivity file for SmolLM2's block 1: the matrix whose name contains `hot`
+/// has alpha `a`, the others 0.01.
+fn block1_sensitivities(path: &Path, hot: &str, a: f64) {
     let names: Vec<String> = tenpak::input::open(&smollm2())
         .unwrap()
         .tensors()
@@ -412,13 +411,12 @@ fn allocation_keeps_the_budget_and_follows_the_sensitivities() {
     let tensors: Vec<serde_json::Value> = names
         .iter()
         .map(|n| {
-            let a = if n.contains("attn_v") { 100.0 } else { 0.01 };
-            serde_json::json!({"name": n, "numel": 1, "alpha": a, "rel_sq": 2e-3, "kld": a * 2e-3, "delta_nll": 0.0})
+            let al = if n.contains(hot) { a } else { 0.01 };
+            serde_json::json!({"name": n, "numel": 1, "alpha": al, "rel_sq": 2e-3, "kld": al * 2e-3})
         })
         .collect();
-    let sens = dir.path().join("sens.json");
     std::fs::write(
-        &sens,
+        path,
         serde_json::json!({"format": 1, "model": "test", "method": "hand-made", "seed": 1,
             "reference_nll": 3.0, "seconds": 0.0, "tensors": tensors,
             "slice": {"corpus": "c", "first_token": 32704, "windows": 1, "ctx": 64,
@@ -426,6 +424,14 @@ fn allocation_keeps_the_budget_and_follows_the_sensitivities() {
         .to_string(),
     )
     .unwrap();
+}
+
+#[test]
+fn allocation_keeps_the_budget_and_follows_the_sensitivities() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sensitivities: block 1's attn_v matters a great deal, the rest little.
+    let sens = dir.path().join("sens.json");
+    block1_sensitivities(&sens, "attn_v", 100.0);
     let out = dir.path().join("a.tpk");
     let model = smollm2();
     let base = [
@@ -642,30 +648,8 @@ fn encoder_calibration_and_sensitivity() {
 fn mixed_tile_model_search_is_output_aware() {
     let dir = tempfile::tempdir().unwrap();
     let model = smollm2();
-    let names: Vec<String> = tenpak::input::open(&model)
-        .unwrap()
-        .tensors()
-        .iter()
-        .filter(|t| t.name.starts_with("blk.1.") && t.dims.len() == 2)
-        .map(|t| t.name.clone())
-        .collect();
-    let tensors: Vec<serde_json::Value> = names
-        .iter()
-        .map(|n| {
-            let a = if n.contains("attn_k") { 1000.0 } else { 0.01 };
-            serde_json::json!({"name": n, "numel": 1, "alpha": a, "rel_sq": 2e-3, "kld": a * 2e-3})
-        })
-        .collect();
     let sens = dir.path().join("sens.json");
-    std::fs::write(
-        &sens,
-        serde_json::json!({"format": 1, "model": "test", "method": "hand-made", "seed": 1,
-            "reference_nll": 3.0, "seconds": 0.0, "tensors": tensors,
-            "slice": {"corpus": "c", "first_token": 32704, "windows": 1, "ctx": 64,
-                      "sha256": "0", "disjoint_from": "evaluation"}})
-        .to_string(),
-    )
-    .unwrap();
+    block1_sensitivities(&sens, "attn_k", 1000.0);
     let cfg = repo().join("compression_configs/compression_config.mixed_tile_model_budget.json");
     let out = dir.path().join("m.tpk");
     let k_bytes = |extra: &[&str]| -> u64 {
