@@ -277,6 +277,10 @@ pub fn chunk_ranges(
 
 /// Bands of whole tile rows, about `chunk_elems` elements each.
 fn tile_bands(geom: &TileGeom, chunk_elems: u64) -> Vec<std::ops::Range<usize>> {
+    if geom.tile_row_elems() == 0 {
+        // An empty view (a dimension of 0, rows or columns): nothing to encode.
+        return Vec::new();
+    }
     let per_chunk = (chunk_elems as usize / geom.tile_row_elems()).max(1);
     (0..geom.tile_rows())
         .step_by(per_chunk)
@@ -422,7 +426,7 @@ fn encode_tiled(
         pipeline.clone()
     };
     let geom = TileGeom::new(layout, &info.dims, u64::MAX)?.expect("a tile layout");
-    let per_chunk = (chunk_elems as usize / geom.tile_row_elems()).max(1);
+    let per_chunk = (chunk_elems as usize / geom.tile_row_elems().max(1)).max(1);
     let trs = tile_bands(&geom, chunk_elems);
     let batch = (BATCH_BYTES / (4 * per_chunk * geom.tile_row_elems()).max(1))
         .max(rayon::current_num_threads());

@@ -109,7 +109,7 @@ pub fn eligible(info: &TensorInfo, tile_vectors: bool) -> bool {
 
 /// Tile rows per chunk, as the compressor cuts them (`encode_tiled`).
 fn rows_per_chunk(geom: &TileGeom, chunk_elems: u64) -> usize {
-    (chunk_elems as usize / geom.tile_row_elems()).max(1)
+    (chunk_elems as usize / geom.tile_row_elems().max(1)).max(1)
 }
 
 /// The error table of one tensor under `spec`'s formats.

@@ -274,3 +274,48 @@ fn non_finite_weights_are_refused() {
         assert!(!out.exists());
     }
 }
+
+/// Tensors with a dimension of 0 compress, verify and decompress in every layout (a `[0, 5]`
+/// tensor under `--transpose` once divided by its empty tile row).
+#[test]
+fn empty_tensors_in_every_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("e.safetensors");
+    let w: Vec<u8> = (0..64 * 32)
+        .flat_map(|i| (i as f32 * 0.01).sin().to_le_bytes())
+        .collect();
+    write_st(
+        &src,
+        vec![
+            ("a", safetensors::Dtype::F32, vec![0, 5], vec![]),
+            ("b", safetensors::Dtype::F32, vec![5, 0], vec![]),
+            ("w", safetensors::Dtype::F32, vec![64, 32], w),
+        ],
+    );
+    let out = dir.path().join("e.tpk");
+    let back = dir.path().join("e_out.safetensors");
+    for codec in ["bfp8", "nvfp4", "mxfp4", "int4_g32", "byteplane"] {
+        for flags in [
+            &["--tile-vectors"][..],
+            &["--tile-vectors", "--transpose"][..],
+        ] {
+            let mut args = vec![
+                "compress",
+                s(&src),
+                "-o",
+                s(&out),
+                "--codec",
+                codec,
+                "--force",
+                "-q",
+            ];
+            args.extend(flags);
+            tenpak_ok(&args);
+            tenpak_ok(&["verify", s(&out)]);
+            tenpak_ok(&["decompress", s(&out), "-o", s(&back), "--force", "-q"]);
+            let st = read_safetensors(&back);
+            assert_eq!(st["a"].1, vec![0, 5], "{codec} {flags:?}");
+            assert_eq!(st["b"].1, vec![5, 0], "{codec} {flags:?}");
+        }
+    }
+}
