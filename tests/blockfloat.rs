@@ -319,3 +319,35 @@ fn empty_tensors_in_every_layout() {
         }
     }
 }
+
+/// nvfp4 on a tensor of subnormal weights: the global scale is floored at the smallest normal
+/// f32, so the file the writer makes is one `verify` accepts.
+#[test]
+fn nvfp4_of_subnormal_weights_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("tiny.safetensors");
+    let w: Vec<u8> = (0..32 * 32)
+        .flat_map(|i| {
+            (f32::from_bits(1 + (i % 7) as u32) * if i % 2 == 0 { 1.0 } else { -1.0 }).to_le_bytes()
+        })
+        .collect();
+    write_st(&src, vec![("w", safetensors::Dtype::F32, vec![32, 32], w)]);
+    let out = dir.path().join("tiny.tpk");
+    for flags in [&[][..], &["--transpose"][..]] {
+        let mut args = vec![
+            "compress",
+            s(&src),
+            "-o",
+            s(&out),
+            "--codec",
+            "nvfp4",
+            "--force",
+            "-q",
+        ];
+        args.extend(flags);
+        tenpak_ok(&args);
+        tenpak_ok(&["verify", s(&out)]);
+    }
+    assert_eq!(mx::nvfp4_global(1e-42), f32::MIN_POSITIVE);
+    assert_eq!(mx::nvfp4_global(10.0), 10.0 / 2688.0);
+}

@@ -6,7 +6,7 @@
 //!   then 32 rows of 16 code bytes. Scale = `floor(log2(amax)) - 2` (OCP "FLOOR"), elements
 //!   rounded to nearest even and saturated to ±6.
 //! - `nvfp4` tile (576 bytes): 64 E4M3 block scales (block `2 * row + half`), then the codes.
-//!   The per-tensor f32 decode scale `g = amax / 2688` is the codec's parameter (4 bytes,
+//!   The per-tensor f32 decode scale `g = max(amax / 2688, 2^-126)` is the parameter (4 bytes,
 //!   little-endian), computed from the whole tensor by the bind step ([`TensorCodec::bind`]).
 //!
 //! Config: `--codec mxfp4`, `--codec nvfp4` (no options).
@@ -164,12 +164,14 @@ pub fn mxfp4_decode_tile(data: &[u8], out: &mut [f32]) {
     }
 }
 
-/// nvfp4 per-tensor decode scale `g` for a tensor whose largest magnitude is `amax`.
+/// nvfp4 per-tensor decode scale `g` for a tensor whose largest magnitude is `amax`: `amax /
+/// 2688`, at least the smallest normal f32 (a tensor of subnormal weights would otherwise get
+/// `g = 0`, which no reader accepts), 1 for an all-zero tensor.
 pub fn nvfp4_global(amax: f32) -> f32 {
     if amax == 0.0 {
         1.0
     } else {
-        amax / 2688.0
+        (amax / 2688.0).max(f32::MIN_POSITIVE)
     }
 }
 
