@@ -252,3 +252,25 @@ fn older_format_versions_still_decode() {
         }
     }
 }
+
+/// tpk.md §3: the writer writes version 1.1, row-major files included.
+#[test]
+fn the_writer_writes_version_1_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("v.tpk");
+    tenpak_ok(&[
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&out),
+        "--filter",
+        "LayerNorm",
+        "--limit",
+        "1",
+        "-q",
+    ]);
+    let b = std::fs::read(&out).unwrap();
+    assert_eq!(&b[..8], &tpk_format::MAGIC);
+    assert_eq!(u16::from_le_bytes([b[8], b[9]]), 1, "major");
+    assert_eq!(u16::from_le_bytes([b[10], b[11]]), 1, "minor");
+}
