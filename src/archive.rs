@@ -23,6 +23,12 @@ pub struct Archive {
 impl Archive {
     /// Open and validate header and index (payloads are not read).
     pub fn open(path: &Path) -> Result<Archive> {
+        if path.is_dir() {
+            return Err(Error::input(
+                "a folder, not a .tpk file: name the .tpk file (a model folder is what compress reads)",
+            )
+            .with_file(path));
+        }
         let limits = Limits::default();
         let file = TpkFile::open_path(path, &limits).map_err(|e| Error::from(e).with_file(path))?;
         Ok(Archive {

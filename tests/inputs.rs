@@ -257,3 +257,37 @@ fn filter_and_limit() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no tensor matches"));
 }
+
+/// A file named or marked GGUF is judged as a GGUF, never as a safetensors file; a folder
+/// given where a .tpk is expected is named as such.
+#[test]
+fn gguf_and_folder_refusals_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.tpk");
+    for (name, bytes, want) in [
+        (
+            "a.gguf",
+            &b"GGUF\x03\x00\x00\x00garbage"[..],
+            "bad GGUF file",
+        ),
+        ("b.gguf", &b"GGU"[..], "too short for the magic"),
+        (
+            "c.gguf",
+            &b"\x3e\x27\x6a\x19 not a gguf at all"[..],
+            "not a GGUF file",
+        ),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let e = tenpak_fails(&["compress", s(&p), "-o", s(&out)], 1);
+        assert!(
+            e.contains(want) && !e.contains("safetensors"),
+            "{name}: {e}"
+        );
+        assert!(!out.exists());
+    }
+    for cmd in ["inspect", "verify"] {
+        let e = tenpak_fails(&[cmd, s(dir.path())], 1);
+        assert!(e.contains("a folder, not a .tpk file"), "{cmd}: {e}");
+    }
+}

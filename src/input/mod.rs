@@ -13,7 +13,7 @@ pub mod gguf;
 pub(crate) mod safetensors;
 
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use std::borrow::Cow;
 use std::path::Path;
 
@@ -108,7 +108,28 @@ pub fn open(path: &Path) -> Result<Box<dyn TensorSource>> {
         let _ = f.read(&mut magic);
     }
     if &magic == b"GGUF" {
-        return Ok(Box::new(gguf::GgufSource::open(path)?));
+        return gguf::GgufSource::open(path)
+            .map(|g| Box::new(g) as Box<dyn TensorSource>)
+            .map_err(|mut e| {
+                // A GGUF by its magic: its faults are a bad GGUF's, whatever the reader's wording.
+                if e.kind != ErrorKind::Io && !e.message.starts_with("bad GGUF") {
+                    e.message = format!("bad GGUF file: {}", e.message);
+                }
+                e
+            });
+    }
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        // Named GGUF but without its magic: say so, rather than fail as a safetensors file.
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        return Err(Error::input(if len < 4 {
+            format!("not a GGUF file: {len} bytes, too short for the magic \"GGUF\"")
+        } else {
+            format!("not a GGUF file: it starts with {magic:02x?}, not the magic \"GGUF\"")
+        })
+        .with_file(path));
     }
     Ok(Box::new(safetensors::SafetensorsSource::open_files(&[
         path.to_path_buf(),
