@@ -208,7 +208,8 @@ fn broken_pipe_is_success() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
-/// Ctrl-C stops compress cleanly: exit 130 and neither the output nor its temporary file left.
+/// Ctrl-C, SIGTERM and SIGHUP stop compress cleanly: exit 130 / 143 / 129 and neither the
+/// output nor its temporary file left.
 #[test]
 fn interrupt_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
@@ -229,6 +230,18 @@ fn interrupt_leaves_nothing_behind() {
     if interrupted(&args, || std::fs::read_dir(dir.path()).unwrap().count() > 0) {
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+    // SIGTERM and SIGHUP are handled the same way, with the shell's codes.
+    for (sig, code) in [("TERM", 143), ("HUP", 129)] {
+        if signalled(
+            &args,
+            || std::fs::read_dir(dir.path()).unwrap().count() > 0,
+            sig,
+            code,
+        ) {
+            let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+            assert!(left.is_empty(), "{sig}: {left:?}");
+        }
     }
 }
 

@@ -154,6 +154,11 @@ pub fn pcc_mae(x: &[f32], y: &[f32]) -> (f64, f64) {
 /// "interrupted" on stderr. `false` when it had finished before the signal arrived (nothing to
 /// check then).
 pub fn interrupted(args: &[&str], ready: impl Fn() -> bool) -> bool {
+    signalled(args, ready, "INT", 130)
+}
+
+/// [`interrupted`] with signal `sig` (`INT`, `TERM`, `HUP`) and the exit code it must give.
+pub fn signalled(args: &[&str], ready: impl Fn() -> bool, sig: &str, code: i32) -> bool {
     use std::process::Stdio;
     let child = Command::new(env!("CARGO_BIN_EXE_tenpak"))
         .args(args)
@@ -168,7 +173,7 @@ pub fn interrupted(args: &[&str], ready: impl Fn() -> bool) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([&format!("-{sig}"), &child.id().to_string()])
         .status()
         .expect("run kill");
     let o = child.wait_with_output().expect("wait for tenpak");
@@ -176,7 +181,7 @@ pub fn interrupted(args: &[&str], ready: impl Fn() -> bool) -> bool {
         return false;
     }
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert_eq!(o.status.code(), Some(code), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     true
 }

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use tenpak::compress::{CompressOptions, DEFAULT_CHUNK_ELEMS};
 use tenpak::decompress::{DecompressOptions, OutDType};
 use tenpak::progress::{Event, Progress};
@@ -324,8 +324,39 @@ fn parse_size(s: &str) -> Result<u64, String> {
 /// (groups of 32, f16 scales) and int8.
 const DEFAULT_CANDIDATES: &str = "grid:n=8,group=32,grid:n=16,group=32,grid:n=32,group=32,grid:n=64,group=32,grid:n=128,group=32,int8";
 
-/// Set by the Ctrl-C handler; long operations stop at the next tensor or batch.
+/// Set by the Ctrl-C, SIGTERM and SIGHUP handlers; long operations stop at the next tensor or
+/// batch, removing their temporary outputs.
 pub(crate) static CANCELLED: AtomicBool = AtomicBool::new(false);
+
+/// The first signal that asked the run to stop (0 until one did): an interrupted run exits with
+/// 128 + it (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), as a shell reports a signal.
+pub(crate) static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// SIGTERM and SIGHUP, handled as Ctrl-C is: only async-signal-safe work here (atomics, and
+/// `_exit` when a second signal comes before the clean stop).
+#[cfg(target_os = "linux")]
+extern "C" fn on_terminate(sig: libc::c_int) {
+    let _ = SIGNAL.compare_exchange(0, sig, Ordering::Relaxed, Ordering::Relaxed);
+    if CANCELLED.swap(true, Ordering::Relaxed) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(128 + sig) };
+    }
+}
+
+/// First signal: stop cleanly (temporary outputs removed); a second one ends the process.
+fn handle_stop_signals() {
+    let _ = ctrlc::set_handler(|| {
+        let _ = SIGNAL.compare_exchange(0, 2, Ordering::Relaxed, Ordering::Relaxed);
+        if CANCELLED.swap(true, Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+    });
+    #[cfg(target_os = "linux")]
+    for sig in [libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only touches atomics and calls _exit.
+        unsafe { libc::signal(sig, on_terminate as *const () as libc::sighandler_t) };
+    }
+}
 
 /// Progress reporter: a bar when stderr is a terminal (and not `--quiet`), else nothing.
 struct Reporter(Option<ProgressBar>);
@@ -368,12 +399,7 @@ pub fn run() -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    // First Ctrl-C: stop cleanly (temporary outputs removed, exit 130); a second one kills.
-    let _ = ctrlc::set_handler(|| {
-        if CANCELLED.swap(true, Ordering::Relaxed) {
-            std::process::exit(130);
-        }
-    });
+    handle_stop_signals();
     let reporter = progress(cli.quiet);
     let mut cx = tenpak::Context::default()
         .with_cancel(&CANCELLED)
@@ -399,7 +425,10 @@ pub fn run() -> i32 {
             eprintln!("tenpak: error: {e}");
             match e.kind {
                 ErrorKind::Config => 2,
-                ErrorKind::Interrupted => 130,
+                ErrorKind::Interrupted => match SIGNAL.load(Ordering::Relaxed) {
+                    0 => 130,
+                    sig => 128 + sig,
+                },
                 _ => 1,
             }
         }
