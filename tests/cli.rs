@@ -245,6 +245,66 @@ fn interrupt_leaves_nothing_behind() {
     }
 }
 
+/// `kill -9` leaves the writer's temporary file (nothing can remove it then); the next compress
+/// to the same output removes it, since its writer is gone.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_writers_temporary_is_removed_by_the_next_run() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("k.tpk");
+    let model = smollm2();
+    let args = [
+        "compress",
+        s(&model),
+        "-o",
+        s(&out),
+        "--codec",
+        "zstd:level=19",
+        "--chunk-elems",
+        "4096",
+        "-q",
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenpak"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let count = || std::fs::read_dir(dir.path()).unwrap().count();
+    for _ in 0..600 {
+        if count() > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let left = count();
+    if left == 0 {
+        return; // it finished before the kill: nothing to check
+    }
+    assert!(!out.exists());
+    tenpak_ok(&[
+        "compress",
+        s(&model),
+        "-o",
+        s(&out),
+        "--filter",
+        "blk.0.attn_norm",
+        "-q",
+    ]);
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["k.tpk".to_string()],
+        "{left} left after the kill"
+    );
+}
+
 /// `--override FILTER=SPEC` gives the matching tensors their own codec (first match wins); the
 /// options metadata records it; vectors stay raw under a lossy codec; a whole model carries its
 /// config.json and tokenizer.json, a filtered one does not.

@@ -5,12 +5,55 @@
 //! (0666 less the umask, not tempfile's private 0600), synced to disk, then renamed into place.
 //! Dropping it before [`AtomicFile::persist`] (an error, a panic, Ctrl-C) deletes the temporary
 //! file, so the destination never holds a partial file and no stray file is left.
+//!
+//! A writer killed outright (`kill -9`, power loss) cannot delete its temporary file, so the
+//! name carries the writer's process id, `.<stem>.<pid>.XXXXXX.tmp.<ext>`, and the next writer of
+//! the same destination removes those whose process is gone (Linux: no `/proc/<pid>`; a pid
+//! that is alive, even reused by another program, keeps its file).
 
 use crate::FormatError;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// Remove `dir`'s temporary files `<prefix><pid>.<random><suffix>` whose writer process no
+/// longer exists (best effort: a file that cannot be removed stays).
+fn remove_stale(dir: &Path, prefix: &str, suffix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(middle) = name
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix(suffix))
+        else {
+            continue;
+        };
+        let Some((pid, rest)) = middle.split_once('.') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if rest.is_empty() || rest.contains('.') || pid == std::process::id() || alive(pid) {
+            continue;
+        }
+        let _ = std::fs::remove_file(e.path());
+    }
+}
+
+/// Whether process `pid` exists. Only Linux can tell (`/proc`); elsewhere every writer counts
+/// as alive, so nothing is removed.
+fn alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
+}
 
 /// A temporary file that becomes `dest` when persisted.
 #[derive(Debug)]
@@ -27,8 +70,9 @@ pub struct AtomicFile {
 const WRITEBACK_STEP: u64 = 16 << 20;
 
 impl AtomicFile {
-    /// Create the temporary file `.<stem>.XXXXXX.tmp.<extension>` in `dest`'s folder (the
-    /// extension kept for writers that pick a format by it).
+    /// Create the temporary file `.<stem>.<pid>.XXXXXX.tmp.<extension>` in `dest`'s folder (the
+    /// extension kept for writers that pick a format by it), first removing the temporary files
+    /// of the same destination whose writer is gone.
     pub fn create(dest: &Path) -> Result<AtomicFile, FormatError> {
         let dir = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
@@ -42,7 +86,8 @@ impl AtomicFile {
             Some(e) => format!(".tmp.{}", e.to_string_lossy()),
             None => ".tmp".into(),
         };
-        let prefix = format!(".{stem}.");
+        remove_stale(dir, &format!(".{stem}."), &suffix);
+        let prefix = format!(".{stem}.{}.", std::process::id());
         let mut b = tempfile::Builder::new();
         b.prefix(&prefix).suffix(&suffix);
         #[cfg(unix)]
@@ -187,5 +232,37 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         AtomicFile::write(&dest, b"three").unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"three");
+    }
+
+    /// A dead writer's temporary file is removed by the next writer of the same destination;
+    /// a live writer's, another destination's, and an old-style name without a pid stay.
+    #[test]
+    fn stale_temporaries_of_dead_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("m.tpk");
+        let put = |n: &str| std::fs::write(dir.path().join(n), b"x").unwrap();
+        // No process has pid 4294967294 (above any pid_max); pid 1 is always alive.
+        put(".m.4294967294.Ab3dE9.tmp.tpk");
+        put(".m.1.Zz9yX8.tmp.tpk");
+        put(".other.4294967294.Ab3dE9.tmp.tpk");
+        put(".m.Ab3dE9.tmp.tpk");
+        AtomicFile::write(&dest, b"new").unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = vec![
+            ".m.1.Zz9yX8.tmp.tpk",
+            ".m.Ab3dE9.tmp.tpk",
+            ".other.4294967294.Ab3dE9.tmp.tpk",
+            "m.tpk",
+        ];
+        if !cfg!(target_os = "linux") {
+            // Without /proc no writer can be judged gone.
+            want.push(".m.4294967294.Ab3dE9.tmp.tpk");
+        }
+        want.sort();
+        assert_eq!(left, want);
     }
 }
