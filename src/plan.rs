@@ -128,6 +128,12 @@ impl Plan {
                 "--override does not combine with a mixed-tile config or --base",
             ));
         }
+        if opts.transpose && opts.mixed.is_some() {
+            // mixed.md: a mixed tensor's tiles are always those of the `tiles32` layout.
+            return Err(Error::config(
+                "--transpose does not apply to a mixed-tile config: mixed tensors are tiled as stored (layout tiles32); drop --transpose",
+            ));
+        }
         if opts.base.is_some() && (opts.prune.is_some() || opts.mixed.is_some()) {
             return Err(Error::config(
                 "--base stores differences from a base model; it does not combine with --prune or a mixed-tile config",

@@ -283,3 +283,28 @@ fn analyze_reports_mixed_rows_and_artifacts() {
     let summary = j["summary"].as_array().unwrap();
     assert!(summary.iter().any(|r| r["format"] == "MIXED"));
 }
+
+/// `--transpose` with a mixed-tile config is refused by name, before anything is written.
+#[test]
+fn transpose_with_a_mixed_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.tpk");
+    let cfg = repo().join("compression_configs/compression_config.mixed_tile_optimal.json");
+    let e = tenpak_fails(
+        &[
+            "compress",
+            s(&minilm()),
+            "-o",
+            s(&out),
+            "--config",
+            s(&cfg),
+            "--transpose",
+        ],
+        2,
+    );
+    assert!(
+        e.contains("--transpose does not apply to a mixed-tile config"),
+        "{e}"
+    );
+    assert!(!out.exists());
+}
