@@ -358,15 +358,15 @@ impl Gptq {
     }
 
     /// Round whole rows (`w`, row-major, a multiple of `cols` long) in place: columns in order;
-    /// at the start of each group of `group` columns `fit` sees the group's current values
-    /// (earlier errors included) and returns its parameters; `round` gives a value's
+    /// at the start of each group of `group` columns `fit` sees the group's first column and
+    /// current values (earlier errors included) and returns its parameters; `round` gives a value's
     /// reconstruction under them. Returns each row's group parameters in order. `w` ends up
     /// holding the reconstruction.
     pub fn quantize_rows<P>(
         &self,
         w: &mut [f32],
         group: usize,
-        mut fit: impl FnMut(&[f32]) -> Result<P>,
+        mut fit: impl FnMut(usize, &[f32]) -> Result<P>,
         mut round: impl FnMut(f32, &P) -> f32,
     ) -> Result<Vec<P>> {
         let c = self.cols;
@@ -387,7 +387,7 @@ impl Gptq {
             for j in 0..c {
                 if j % group == 0 {
                     let end = (j + group).min(c);
-                    p = Some(fit(&row[j..end])?);
+                    p = Some(fit(j, &row[j..end])?);
                 }
                 let q = round(row[j], p.as_ref().expect("fitted at the group start"));
                 let urow = &self.u[j * c..(j + 1) * c];
@@ -445,7 +445,7 @@ mod tests {
         let rtn: Vec<f32> = w.iter().map(|&v| round(v, &())).collect();
         let g = Gptq::new(&h, cols).unwrap();
         let mut q = w.clone();
-        let p = g.quantize_rows(&mut q, 16, |_| Ok(()), round).unwrap();
+        let p = g.quantize_rows(&mut q, 16, |_, _| Ok(()), round).unwrap();
         assert_eq!(p.len(), rows * cols / 16);
         assert!(q.iter().all(|v| (v / step).fract() == 0.0), "on the grid");
         let out_err = |q: &[f32]| -> f64 {

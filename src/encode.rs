@@ -75,30 +75,12 @@ pub fn encode_loaded(
     match &t.storage {
         Storage::Codec { pipeline, layout } => {
             if let Some(c) = plan.calibration_for(&info.name) {
-                // The codec learns from the tensor first (fitted levels, nvfp4's global scale),
-                // then takes its calibrated encoder.
-                let mut widened = Vec::new();
-                let vals = f32_view(info.dtype, data, &mut widened);
-                let bound = match pipeline.tensor_codec().props().binds {
-                    Binds::Data => bind_to_values(info, data, pipeline)?,
-                    Binds::Amax => {
-                        let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
-                        pipeline.bind(&TensorFacts {
-                            dims: &info.dims,
-                            amax: amax.is_finite().then_some(amax),
-                            values: None,
-                        })
-                    }
-                    _ => pipeline.clone(),
-                };
-                if let Some(p) = bound.calibrated(&info.dims, *layout, &c, plan.calib_mode, vals) {
-                    let (p, mode) = p?;
-                    let e = encode_tensor(info, data, &p, *layout, plan.chunk_elems, cx, sink)?;
-                    return Ok(EncodedTensor {
-                        calibrated: Some(mode.name()),
-                        ..plain(e, *layout)
-                    });
-                }
+                let (p, mode) = calibrated_pipeline(plan, info, data, pipeline, *layout, &c)?;
+                let e = encode_tensor(info, data, &p, *layout, plan.chunk_elems, cx, sink)?;
+                return Ok(EncodedTensor {
+                    calibrated: mode.map(|m| m.name()),
+                    ..plain(e, *layout)
+                });
             }
             let e = encode_tensor(info, data, pipeline, *layout, plan.chunk_elems, cx, sink)?;
             Ok(plain(e, *layout))
@@ -275,6 +257,32 @@ pub fn chunk_ranges(
         .collect()
 }
 
+/// The pipeline to encode a tensor with when calibration statistics cover it, and the mode
+/// they were applied in (`None`: the codec has no calibrated encoder). A codec that learns from
+/// the tensor (fitted levels, nvfp4's global scale) is bound first when its calibrated encoder
+/// needs that, and the bound pipeline is returned either way, so nothing is learnt twice.
+fn calibrated_pipeline(
+    plan: &Plan,
+    info: &TensorInfo,
+    data: &[u8],
+    pipeline: &Pipeline,
+    layout: Layout,
+    c: &crate::calib::TensorCalib,
+) -> Result<(Pipeline, Option<crate::codec::calibrated::Mode>)> {
+    let mut widened = Vec::new();
+    let vals = f32_view(info.dtype, data, &mut widened);
+    let attempt = |p: &Pipeline| p.calibrated(&info.dims, layout, c, plan.calib_mode, vals);
+    if let Some(r) = attempt(pipeline) {
+        let (p, m) = r?;
+        return Ok((p, Some(m)));
+    }
+    let bound = bind_to_tensor(info, vals, pipeline)?;
+    match attempt(&bound) {
+        Some(r) => r.map(|(p, m)| (p, Some(m))),
+        None => Ok((bound, None)),
+    }
+}
+
 /// Bands of whole tile rows, about `chunk_elems` elements each.
 fn tile_bands(geom: &TileGeom, chunk_elems: u64) -> Vec<std::ops::Range<usize>> {
     if geom.tile_row_elems() == 0 {
@@ -359,7 +367,8 @@ pub fn encode_tensor_against(
     }
     let bound;
     let pipeline = if pipeline.tensor_codec().props().binds == Binds::Data {
-        bound = bind_to_values(info, data, pipeline)?;
+        let mut widened = Vec::new();
+        bound = bind_to_values(info, f32_view(info.dtype, data, &mut widened), pipeline)?;
         &bound
     } else {
         pipeline
@@ -399,32 +408,7 @@ fn encode_tiled(
 ) -> Result<Encoded> {
     let mut widened = Vec::new();
     let vals = f32_view(info.dtype, data, &mut widened);
-    // A pass over the whole tensor only for codecs with per-tensor parameters; the others
-    // refuse non-finite values chunk by chunk. One integer max over the magnitude bits (it
-    // vectorizes; a float max does not): for non-negative floats the bit patterns order as the
-    // values do, and anything at or above the infinity pattern is non-finite.
-    let pipeline = if pipeline.tensor_codec().props().binds == Binds::Amax {
-        let top = vals
-            .iter()
-            .map(|v| v.to_bits() & 0x7FFF_FFFF)
-            .fold(0u32, u32::max);
-        if top >= 0x7F80_0000 {
-            let nonfinite = vals.iter().filter(|v| !v.is_finite()).count();
-            return Err(Error::input(format!(
-                "{nonfinite} non-finite values (NaN or infinity); {} encodes finite weights only",
-                pipeline.tensor_codec().name()
-            )));
-        }
-        pipeline.bind(&TensorFacts {
-            dims: &info.dims,
-            amax: Some(f32::from_bits(top)),
-            values: None,
-        })
-    } else if pipeline.tensor_codec().props().binds == Binds::Data {
-        bind_to_values(info, data, pipeline)?
-    } else {
-        pipeline.clone()
-    };
+    let pipeline = bind_to_tensor(info, vals, pipeline)?;
     let geom = TileGeom::new(layout, &info.dims, u64::MAX)?.expect("a tile layout");
     let per_chunk = (chunk_elems as usize / geom.tile_row_elems().max(1)).max(1);
     let trs = tile_bands(&geom, chunk_elems);
@@ -458,11 +442,43 @@ fn encode_tiled(
     })
 }
 
+/// The bind steps that need the whole tensor ([`Binds::Amax`], [`Binds::Data`]), from its
+/// values as f32; other pipelines are returned as they are.
+fn bind_to_tensor(info: &TensorInfo, vals: &[f32], pipeline: &Pipeline) -> Result<Pipeline> {
+    match pipeline.tensor_codec().props().binds {
+        Binds::Amax => bind_to_amax(info, vals, pipeline),
+        Binds::Data => bind_to_values(info, vals, pipeline),
+        _ => Ok(pipeline.clone()),
+    }
+}
+
+/// The bind step of a codec with a per-tensor scale ([`Binds::Amax`]: nvfp4's global scale).
+/// A pass over the whole tensor only for such codecs; the others refuse non-finite values chunk
+/// by chunk. One integer max over the magnitude bits (it vectorizes; a float max does not): for
+/// non-negative floats the bit patterns order as the values do, and anything at or above the
+/// infinity pattern is non-finite.
+fn bind_to_amax(info: &TensorInfo, vals: &[f32], pipeline: &Pipeline) -> Result<Pipeline> {
+    let top = vals
+        .iter()
+        .map(|v| v.to_bits() & 0x7FFF_FFFF)
+        .fold(0u32, u32::max);
+    if top >= 0x7F80_0000 {
+        let nonfinite = vals.iter().filter(|v| !v.is_finite()).count();
+        return Err(Error::input(format!(
+            "{nonfinite} non-finite values (NaN or infinity); {} encodes finite weights only",
+            pipeline.tensor_codec().name()
+        )));
+    }
+    Ok(pipeline.bind(&TensorFacts {
+        dims: &info.dims,
+        amax: Some(f32::from_bits(top)),
+        values: None,
+    }))
+}
+
 /// The bind step of a codec that learns from the whole tensor ([`Binds::Data`]: codebooks,
-/// low-rank factors, fitted grids): its values widened to f32, non-finite values refused.
-fn bind_to_values(info: &TensorInfo, data: &[u8], pipeline: &Pipeline) -> Result<Pipeline> {
-    let mut widened = Vec::new();
-    let vals = f32_view(info.dtype, data, &mut widened);
+/// low-rank factors, fitted grids), from its values as f32; non-finite values refused.
+fn bind_to_values(info: &TensorInfo, vals: &[f32], pipeline: &Pipeline) -> Result<Pipeline> {
     let nonfinite = vals.iter().filter(|v| !v.is_finite()).count();
     if nonfinite > 0 {
         return Err(Error::input(format!(

@@ -25,6 +25,25 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
+/// The parts of [`TensorCodec`] a calibrated encoder takes from the codec it encodes for:
+/// parameters, spec, sizes and the decoder (the stored stage is that codec's).
+macro_rules! delegate_to {
+    ($field:ident) => {
+        fn params(&self) -> Vec<u8> {
+            self.$field.params()
+        }
+        fn spec(&self) -> String {
+            self.$field.spec()
+        }
+        fn max_encoded_len(&self, src: DType, n: usize) -> usize {
+            self.$field.max_encoded_len(src, n)
+        }
+        fn decode(&self, payload: &[u8], src: DType, n: usize, out: &mut [u8]) -> Result<()> {
+            self.$field.decode(payload, src, n, out)
+        }
+    };
+}
+
 /// How a calibrated encoder uses the statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -92,7 +111,6 @@ pub(super) fn calibrated(
         let c: Arc<dyn TensorCodec> = Arc::new(CalibratedNvfp4 {
             inner,
             g,
-            tiles_wide: cols.div_ceil(32),
             weights: weights.into(),
         });
         return Some(Ok((c, Mode::Weighted)));
@@ -105,10 +123,8 @@ pub(super) fn calibrated(
         // entry under them (a vector's d elements are d consecutive input channels).
         let weights: Arc<[f32]> = calib.column_weights().into();
         let w: Vec<f32> = (0..values.len()).map(|k| weights[k % cols]).collect();
-        let vq = vq.bound_weighted(values, &w);
         let c: Arc<dyn TensorCodec> = Arc::new(CalibratedVq {
-            inner: Arc::new(vq.clone()),
-            vq,
+            vq: vq.bound_weighted(values, &w),
             cols,
             weights,
         });
@@ -192,15 +208,7 @@ impl TensorCodec for Calibrated {
             ..p
         }
     }
-    fn params(&self) -> Vec<u8> {
-        self.inner.params()
-    }
-    fn spec(&self) -> String {
-        self.inner.spec()
-    }
-    fn max_encoded_len(&self, src: DType, n: usize) -> usize {
-        self.inner.max_encoded_len(src, n)
-    }
+    delegate_to!(inner);
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
         let mut v = Vec::new();
         crate::dtype::to_f32(src, bytes, &mut v);
@@ -218,22 +226,12 @@ impl TensorCodec for Calibrated {
         }
         let g = self.group;
         let params = match &self.gptq {
-            Some(gp) => {
-                // The group's column weights: which group of the row the fit is called for
-                // follows from the call order (groups in order, rows in order).
-                let mut k = 0usize;
-                let per_row = self.cols / g;
-                gp.quantize_rows(
-                    &mut v,
-                    g,
-                    |x| {
-                        let j = (k % per_row) * g;
-                        k += 1;
-                        self.fit(x, &self.weights[j..j + x.len()])
-                    },
-                    |x, p| self.round(x, *p),
-                )?
-            }
+            Some(gp) => gp.quantize_rows(
+                &mut v,
+                g,
+                |j, x| self.fit(x, &self.weights[j..j + x.len()]),
+                |x, p| self.round(x, *p),
+            )?,
             None => {
                 let mut params = Vec::with_capacity(v.len() / g);
                 for (j, x) in v.chunks_mut(g).enumerate() {
@@ -249,9 +247,6 @@ impl TensorCodec for Calibrated {
         };
         self.payload(&v, &params)
     }
-    fn decode(&self, payload: &[u8], src: DType, n: usize, out: &mut [u8]) -> Result<()> {
-        self.inner.decode(payload, src, n, out)
-    }
 }
 
 /// nvfp4 with each block's E4M3 scale chosen under the column weights (the global scale and
@@ -260,30 +255,22 @@ impl TensorCodec for Calibrated {
 pub struct CalibratedNvfp4 {
     inner: Arc<dyn TensorCodec>,
     g: f32,
-    tiles_wide: usize,
-    /// Column weights, mean 1, padded to whole tiles.
+    /// Column weights, mean 1, padded to whole tiles (32 per tile across).
     weights: Arc<[f32]>,
 }
 
 impl TensorCodec for CalibratedNvfp4 {
     fn props(&self) -> Props {
-        self.inner.props()
+        // Bound already (the global scale): no second pass over the tensor for its amax.
+        Props {
+            binds: super::Binds::Nothing,
+            ..self.inner.props()
+        }
     }
-    fn params(&self) -> Vec<u8> {
-        self.inner.params()
-    }
-    fn spec(&self) -> String {
-        self.inner.spec()
-    }
-    fn max_encoded_len(&self, src: DType, n: usize) -> usize {
-        self.inner.max_encoded_len(src, n)
-    }
+    delegate_to!(inner);
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
         // Without the tiles' positions only the plain encoder applies.
         self.inner.encode(src, bytes)
-    }
-    fn decode(&self, payload: &[u8], src: DType, n: usize, out: &mut [u8]) -> Result<()> {
-        self.inner.decode(payload, src, n, out)
     }
     fn as_tile(&self) -> Option<&dyn super::tile::TileCodec> {
         Some(self)
@@ -317,7 +304,7 @@ impl super::tile::TileCodec for CalibratedNvfp4 {
             .zip(out.chunks_exact_mut(BYTES))
             .enumerate()
         {
-            let tc = (first_tile + i) % self.tiles_wide;
+            let tc = (first_tile + i) % (self.weights.len() / 32);
             let w = &self.weights[tc * 32..tc * 32 + 32];
             super::mx::nvfp4_encode_tile_weighted(t, w, self.g, o);
             super::mx::nvfp4_decode_tile(o, self.g, &mut recon);
@@ -331,7 +318,7 @@ impl super::tile::TileCodec for CalibratedNvfp4 {
 /// payload and parameters are vq's own). Row-major chunks of whole rows.
 #[derive(Debug)]
 pub struct CalibratedVq {
-    inner: Arc<dyn TensorCodec>,
+    /// The codec bound to its weighted codebook: what decoding and the index see.
     vq: VqCodec,
     cols: usize,
     weights: Arc<[f32]>,
@@ -339,21 +326,13 @@ pub struct CalibratedVq {
 
 impl TensorCodec for CalibratedVq {
     fn props(&self) -> Props {
-        let p = self.inner.props();
+        let p = self.vq.props();
         Props {
-            chunk_multiple: super::lcm(self.vq.multiple(), self.cols as u64),
+            chunk_multiple: super::lcm(p.chunk_multiple, self.cols as u64),
             ..p
         }
     }
-    fn params(&self) -> Vec<u8> {
-        self.inner.params()
-    }
-    fn spec(&self) -> String {
-        self.inner.spec()
-    }
-    fn max_encoded_len(&self, src: DType, n: usize) -> usize {
-        self.inner.max_encoded_len(src, n)
-    }
+    delegate_to!(vq);
     fn encode(&self, src: DType, bytes: &[u8]) -> Result<Vec<u8>> {
         let mut v = Vec::new();
         crate::dtype::to_f32(src, bytes, &mut v);
@@ -367,10 +346,7 @@ impl TensorCodec for CalibratedVq {
         let w: Vec<f32> = (0..v.len()).map(|k| self.weights[k % self.cols]).collect();
         self.vq.encode_weighted(v, &w)
     }
-    fn decode(&self, payload: &[u8], src: DType, n: usize, out: &mut [u8]) -> Result<()> {
-        self.inner.decode(payload, src, n, out)
-    }
     fn stage_bytes(&self, chunks: &[u64]) -> Option<Vec<(&'static str, u64)>> {
-        self.inner.stage_bytes(chunks)
+        self.vq.stage_bytes(chunks)
     }
 }

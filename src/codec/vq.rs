@@ -464,16 +464,12 @@ impl VqCodec {
             .div_ceil(8)
     }
 
-    /// The `vq` codec behind a stored stage, if it is one.
+    /// The `vq` codec behind a stage, if it is one. Its codebook, if learnt, is ignored by [`VqCodec::bound_weighted`], so an unbound
+    /// `scope=tensor` codec is taken too (and learnt once, weighted).
     pub(super) fn from_stage(c: &dyn TensorCodec) -> Option<VqCodec> {
         (c.id() == VQ_ID)
-            .then(|| from_params_bytes(&c.params()).ok())
+            .then(|| from_params_with(&c.params(), true).ok())
             .flatten()
-    }
-
-    /// Elements a chunk holds a multiple of.
-    pub(super) fn multiple(&self) -> u64 {
-        self.props().chunk_multiple
     }
 
     /// This codec with its tensor codebook (`scope=tensor`) learnt from `values` under element
@@ -610,6 +606,12 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
 };
 
 fn from_params_bytes(p: &[u8]) -> Result<VqCodec> {
+    from_params_with(p, false)
+}
+
+/// Parse stored parameters; `unbound` also accepts a `scope=tensor` codec whose codebook is not
+/// learnt yet (no codebook bytes), as the calibrated encoder meets it before the bind step.
+fn from_params_with(p: &[u8], unbound: bool) -> Result<VqCodec> {
     let bad = |m: String| Error::bad_params(format!("vq parameters: {m}"));
     if p.len() < 7 + TRAIN_BYTES {
         return Err(bad(format!("{} bytes", p.len())));
@@ -634,6 +636,9 @@ fn from_params_bytes(p: &[u8]) -> Result<VqCodec> {
         book: None,
     };
     let head = 7 + TRAIN_BYTES;
+    if unbound && p.len() == head {
+        return Ok(c);
+    }
     let want = head + if scope == 0 { c.book_bytes() } else { 0 };
     if p.len() != want {
         return Err(bad(format!("{} bytes, expected {want}", p.len())));
