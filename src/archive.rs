@@ -129,6 +129,134 @@ impl Archive {
         Ok((out_dtype, self.decode_chunks(i, dtype, &p, esize, n)?))
     }
 
+    /// Decode tensor `i` a batch of chunks at a time (at most [`crate::encode::BATCH_BYTES`]
+    /// decoded, chunks in parallel), handing `emit` pieces of the row-major tensor as (first
+    /// element, bytes of the decoded dtype). Every element comes exactly once; pieces arrive in
+    /// increasing order except for matrices stored with reversed axes, whose pieces are runs of
+    /// the tensor's rows. Memory is one batch, not the tensor; delta tensors and tensors of more
+    /// than two dimensions stored with reversed axes are decoded whole. Returns the decoded
+    /// dtype.
+    pub fn decode_pieces(
+        &self,
+        i: usize,
+        emit: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<DType> {
+        use crate::tiles::BandKind;
+        let t = &self.file.tensors()[i];
+        let (dtype, p) = self.pipeline(i)?;
+        let out_dtype = p.tensor_codec().decoded_dtype(dtype);
+        let esize = out_dtype.size();
+        decoded_len(t, out_dtype, &self.limits)?;
+        let geom = TileGeom::new(
+            t.layout,
+            &t.dims,
+            self.limits.max_decoded_bytes / esize as u64,
+        )
+        .map_err(|e| e.with_tensor(&t.name))?;
+        if self.delta(i).is_some()
+            || geom.as_ref().map(|g| g.band_kind()) == Some(BandKind::Scattered)
+        {
+            let (d, bytes) = self.decode_tensor(i)?;
+            emit(0, &bytes)?;
+            return Ok(d);
+        }
+        // Batches of whole chunks, about BATCH_BYTES decoded each, ending on a tile row (the
+        // writer's chunks are whole tile rows; a file whose chunks are not is decoded in one
+        // batch, correctly).
+        let tre = geom
+            .as_ref()
+            .map_or(1, |g| g.tile_row_elems().max(1) as u64);
+        let mut batches = Vec::new();
+        let (mut start, mut bytes) = (0, 0u64);
+        for (c, ch) in t.chunks.iter().enumerate() {
+            bytes += ch.elem_count * esize as u64;
+            let row_end = (ch.elem_start + ch.elem_count).is_multiple_of(tre);
+            if (bytes >= crate::encode::BATCH_BYTES as u64 && row_end) || c + 1 == t.chunks.len() {
+                batches.push(start..c + 1);
+                start = c + 1;
+                bytes = 0;
+            }
+        }
+        let mut band = Vec::new();
+        for b in batches {
+            let first = t.chunks[b.start].elem_start;
+            let n: u64 = t.chunks[b.clone()].iter().map(|c| c.elem_count).sum();
+            let n = usize::try_from(n).map_err(|_| Error::bad_params("chunk too large"))?;
+            let decoded = self.decode_chunk_range(i, b.clone(), dtype, &p, esize, n)?;
+            self.file.release_chunks(i, b);
+            let Some(geom) = &geom else {
+                emit(first, &decoded)?;
+                continue;
+            };
+            // Chunks hold whole tile rows: put the band's elements in place.
+            let tre = geom.tile_row_elems() as u64;
+            let (tr0, tr1) = ((first / tre) as usize, ((first + n as u64) / tre) as usize);
+            let (r0, r1) = (
+                tr0 * crate::tiles::T,
+                (tr1 * crate::tiles::T).min(geom.rows),
+            );
+            if r0 >= r1 {
+                continue;
+            }
+            match geom.band_kind() {
+                BandKind::Rows => {
+                    let base = geom.base(r0);
+                    band.clear();
+                    band.resize((r1 - r0) * geom.cols * esize, 0);
+                    geom.for_each(tr0..tr1, |k, idx| {
+                        let at = (idx - base) * esize;
+                        band[at..at + esize].copy_from_slice(&decoded[k * esize..(k + 1) * esize]);
+                    });
+                    emit(base as u64, &band)?;
+                }
+                BandKind::Columns | BandKind::Scattered => {
+                    // View column c is the tensor's row c; the band is one run in each.
+                    let tiles_wide = geom.pcols / crate::tiles::T;
+                    let tt = crate::tiles::T * crate::tiles::T;
+                    for c in 0..geom.cols {
+                        band.clear();
+                        let (tc, j) = (c / crate::tiles::T, c % crate::tiles::T);
+                        for r in r0..r1 {
+                            let k = ((r / crate::tiles::T - tr0) * tiles_wide + tc) * tt
+                                + (r % crate::tiles::T) * crate::tiles::T
+                                + j;
+                            band.extend_from_slice(&decoded[k * esize..(k + 1) * esize]);
+                        }
+                        emit((c * geom.col_stride() + geom.base(r0)) as u64, &band)?;
+                    }
+                }
+            }
+        }
+        Ok(out_dtype)
+    }
+
+    /// Decode chunks `cs` of tensor `i` in parallel into one buffer of `n` elements.
+    fn decode_chunk_range(
+        &self,
+        i: usize,
+        cs: std::ops::Range<usize>,
+        dtype: DType,
+        p: &Pipeline,
+        esize: usize,
+        n: usize,
+    ) -> Result<Vec<u8>> {
+        let t = &self.file.tensors()[i];
+        let mut out = vec![0u8; n * esize];
+        let mut slices = Vec::with_capacity(cs.len());
+        let mut rest = &mut out[..];
+        for ch in &t.chunks[cs.clone()] {
+            let (a, b) = rest.split_at_mut(ch.elem_count as usize * esize);
+            slices.push(a);
+            rest = b;
+        }
+        slices.into_par_iter().zip(cs).try_for_each(|(slice, c)| {
+            let payload = self.file.chunk(i, c).map_err(Error::from)?;
+            p.decode_into(payload, dtype, t.chunks[c].elem_count as usize, slice)
+                .map_err(|e| e.with_chunk(c).with_tensor(&t.name))
+        })?;
+        Ok(out)
+    }
+
     /// Decode every chunk of tensor `i` in parallel into one buffer of `n` elements.
     fn decode_chunks(
         &self,

@@ -113,6 +113,13 @@ pub fn tile_score(s: &PairStats) -> Score {
     }
 }
 
+/// The error for non-finite values in a tensor given mixed tiles.
+pub fn nonfinite(k: u64) -> Error {
+    Error::input(format!(
+        "{k} non-finite values (NaN or infinity); mixed tiles take finite weights only"
+    ))
+}
+
 /// Error sums of one (tile, format), in the form that adds up over tiles.
 #[derive(Debug, Clone, Copy, Default)]
 struct Sums {
@@ -163,53 +170,79 @@ impl Table {
         formats: &[TileFormat],
         rows_per_chunk: usize,
     ) -> Result<Table> {
+        if vals.iter().any(|v| !v.is_finite()) {
+            let k = vals.iter().filter(|v| !v.is_finite()).count();
+            return Err(nonfinite(k as u64));
+        }
+        let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+        Table::build_with(geom, formats, rows_per_chunk, amax, &mut |trs, out| {
+            geom.gather_into(vals, trs, out);
+            Ok(())
+        })
+    }
+
+    /// [`Table::build`] from tile rows read a batch at a time by `read` (tile-ordered values,
+    /// as [`crate::values::Values::tiles`] gives them), the tensor's largest magnitude known:
+    /// memory for one batch and the table, not the tensor. The values must be finite.
+    pub fn build_with(
+        geom: &TileGeom,
+        formats: &[TileFormat],
+        rows_per_chunk: usize,
+        amax: f32,
+        read: &mut dyn FnMut(std::ops::Range<usize>, &mut Vec<f32>) -> Result<()>,
+    ) -> Result<Table> {
         if formats.is_empty() {
             return Err(Error::config("no candidate tile formats"));
         }
-        if vals.iter().any(|v| !v.is_finite()) {
-            let k = vals.iter().filter(|v| !v.is_finite()).count();
-            return Err(Error::input(format!(
-                "{k} non-finite values (NaN or infinity); mixed tiles take finite weights only"
-            )));
-        }
-        let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
         let formats: Vec<TileFormat> = formats.iter().map(|f| f.for_tensor(amax)).collect();
         let wide = geom.pcols / T;
         let high = geom.tile_rows();
         let nf = formats.len();
         let widest = formats.iter().map(|f| f.tile_bytes()).max().unwrap_or(0);
-        let bands: Vec<Vec<PairStats>> = (0..high)
-            .into_par_iter()
-            .map(|tr| {
-                let mut tiles = Vec::new();
-                geom.gather_into(vals, tr..tr + 1, &mut tiles);
-                let mut out = vec![0u8; widest];
-                let mut recon = vec![0f32; TILE_ELEMS];
-                let (mut xs, mut ys) = (Vec::new(), Vec::new());
-                let mut row = Vec::with_capacity(wide * nf);
-                for tc in 0..wide {
-                    let x = &tiles[tc * TILE_ELEMS..(tc + 1) * TILE_ELEMS];
-                    let vr = geom.rows.saturating_sub(tr * T).min(T);
-                    let vc = geom.cols.saturating_sub(tc * T).min(T);
-                    for f in &formats {
-                        f.pack_recon(x, &mut out[..f.tile_bytes()], &mut recon);
-                        let s = if vr == T && vc == T {
-                            PairStats::of_block(x, &recon)
-                        } else {
-                            xs.clear();
-                            ys.clear();
-                            for r in 0..vr {
-                                xs.extend_from_slice(&x[r * T..r * T + vc]);
-                                ys.extend_from_slice(&recon[r * T..r * T + vc]);
-                            }
-                            PairStats::of(&crate::metrics::Accumulator::from_f32_pairs(&xs, &ys))
-                        };
-                        row.push(s);
+        let per_batch = (crate::encode::BATCH_BYTES / (4 * geom.tile_row_elems()).max(1))
+            .max(rayon::current_num_threads())
+            .max(1);
+        let mut bands: Vec<Vec<PairStats>> = Vec::with_capacity(high);
+        let mut batch = Vec::new();
+        for start in (0..high).step_by(per_batch) {
+            let end = (start + per_batch).min(high);
+            read(start..end, &mut batch)?;
+            let tre = geom.tile_row_elems();
+            let done: Vec<Vec<PairStats>> = (start..end)
+                .into_par_iter()
+                .map(|tr| {
+                    let tiles = &batch[(tr - start) * tre..(tr - start + 1) * tre];
+                    let mut out = vec![0u8; widest];
+                    let mut recon = vec![0f32; TILE_ELEMS];
+                    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+                    let mut row = Vec::with_capacity(wide * nf);
+                    for tc in 0..wide {
+                        let x = &tiles[tc * TILE_ELEMS..(tc + 1) * TILE_ELEMS];
+                        let vr = geom.rows.saturating_sub(tr * T).min(T);
+                        let vc = geom.cols.saturating_sub(tc * T).min(T);
+                        for f in &formats {
+                            f.pack_recon(x, &mut out[..f.tile_bytes()], &mut recon);
+                            let s = if vr == T && vc == T {
+                                PairStats::of_block(x, &recon)
+                            } else {
+                                xs.clear();
+                                ys.clear();
+                                for r in 0..vr {
+                                    xs.extend_from_slice(&x[r * T..r * T + vc]);
+                                    ys.extend_from_slice(&recon[r * T..r * T + vc]);
+                                }
+                                PairStats::of(&crate::metrics::Accumulator::from_f32_pairs(
+                                    &xs, &ys,
+                                ))
+                            };
+                            row.push(s);
+                        }
                     }
-                }
-                row
-            })
-            .collect();
+                    row
+                })
+                .collect();
+            bands.extend(done);
+        }
         let stats: Vec<PairStats> = bands.into_iter().flatten().collect();
         // The source's moments, merged over tiles in order (Chan et al.).
         let (mut n, mut mean_x, mut cxx) = (0f64, 0f64, 0f64);

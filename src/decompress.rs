@@ -311,23 +311,60 @@ fn write_shard(
     while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
-    let tmp = crate::atomic::create(dest)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
+    let mut tmp = crate::atomic::create(dest)?;
     let io = |e| Error::io("write safetensors", e);
-    out.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
-    out.write_all(&h).map_err(io)?;
+    tmp.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
+    tmp.write_all(&h).map_err(io)?;
+    // Tensors are decoded a batch of chunks at a time and each piece written in place: memory
+    // holds one batch, not a tensor.
+    let mut at = 8 + h.len() as u64;
     for p in shard {
         if cx.cancelled() {
             return Err(crate::progress::interrupted());
         }
         let t = &tensors[p.index];
         cx.event(Event::Tensor { name: &t.name });
-        let (decoded, bytes) = ar.decode_tensor(p.index)?;
-        let bytes = convert(decoded, bytes, p.dtype).map_err(|e| e.with_tensor(&t.name))?;
-        debug_assert_eq!(bytes.len() as u64, p.bytes);
-        out.write_all(&bytes).map_err(io)?;
+        let osize = p.dtype.size() as u64;
+        let file = tmp.file();
+        let mut written = 0u64;
+        let decoded = piece_dtype(ar, p.index).map_err(|e| e.with_tensor(&t.name))?;
+        ar.decode_pieces(p.index, &mut |first, bytes| {
+            let out = if decoded == p.dtype {
+                std::borrow::Cow::Borrowed(bytes)
+            } else {
+                std::borrow::Cow::Owned(
+                    convert(decoded, bytes.to_vec(), p.dtype)
+                        .map_err(|e| e.with_tensor(&t.name))?,
+                )
+            };
+            written += out.len() as u64;
+            write_at(file, &out, at + first * osize).map_err(io)
+        })?;
+        debug_assert_eq!(written, p.bytes);
+        at += p.bytes;
         cx.event(Event::Advance { bytes: p.bytes });
     }
-    out.into_inner()
-        .map_err(|e| Error::io("flush", e.into_error()))
+    Ok(tmp)
+}
+
+/// Write `buf` at `offset` of `file`, leaving its position alone where the platform allows.
+fn write_at(file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(buf, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut f = file;
+        f.seek(SeekFrom::Start(offset))?;
+        f.write_all(buf)
+    }
+}
+
+/// The dtype tensor `i`'s pieces come in ([`Archive::decode_pieces`]).
+fn piece_dtype(ar: &Archive, i: usize) -> Result<DType> {
+    let (src, p) = ar.pipeline(i)?;
+    Ok(p.tensor_codec().decoded_dtype(src))
 }

@@ -13,13 +13,15 @@ use crate::input::{TensorInfo, TensorSource};
 use crate::metrics::{Accumulator, Metrics};
 use crate::plan::{Plan, Storage, TensorPlan};
 use crate::tiles::TileGeom;
+use crate::values::Values;
 use crate::Context;
 use rayon::prelude::*;
 use std::sync::Arc;
 use tpk_format::Layout;
 
-/// Source bytes encoded in parallel before they are handed on.
-pub const BATCH_BYTES: usize = 64 << 20;
+/// Source bytes encoded in parallel before they are handed on (a few KiB in unit tests, so
+/// that small tensors take several batches).
+pub const BATCH_BYTES: usize = if cfg!(test) { 4 << 10 } else { 64 << 20 };
 
 /// What encoding one planned tensor gave.
 #[derive(Debug, Clone)]
@@ -40,7 +42,8 @@ pub struct EncodedTensor {
 
 /// Encode planned tensor `t` of `source`, handing its chunks to `sink` in order. `ahead` is its
 /// mixed-tile assignment when the search ran over the whole model first
-/// ([`crate::mixed::plan_ahead`]).
+/// ([`crate::mixed::plan_ahead`]). The tensor is read band by band where its storage allows
+/// ([`Values`]); otherwise whole, and its file pages are let go of afterwards.
 pub fn encode_planned(
     source: &dyn TensorSource,
     plan: &Plan,
@@ -49,8 +52,9 @@ pub fn encode_planned(
     cx: &Context<'_>,
     sink: &mut ChunkSink<'_>,
 ) -> Result<EncodedTensor> {
-    let data = source.data(t.index)?;
-    encode_loaded(plan, t, &data, ahead, cx, sink)
+    let r = encode_with(plan, t, Values::Source(source, t.index), ahead, cx, sink);
+    source.release(t.index);
+    r
 }
 
 /// [`encode_planned`] of a tensor whose bytes the caller has read already (`analyze` reads a
@@ -59,6 +63,17 @@ pub fn encode_loaded(
     plan: &Plan,
     t: &TensorPlan,
     data: &[u8],
+    ahead: Option<crate::mixed::MixedTensor>,
+    cx: &Context<'_>,
+    sink: &mut ChunkSink<'_>,
+) -> Result<EncodedTensor> {
+    encode_with(plan, t, Values::Loaded(data), ahead, cx, sink)
+}
+
+fn encode_with(
+    plan: &Plan,
+    t: &TensorPlan,
+    v: Values<'_>,
     ahead: Option<crate::mixed::MixedTensor>,
     cx: &Context<'_>,
     sink: &mut ChunkSink<'_>,
@@ -75,23 +90,26 @@ pub fn encode_loaded(
     match &t.storage {
         Storage::Codec { pipeline, layout } => {
             if let Some(c) = plan.calibration_for(&info.name) {
-                let (p, mode) = calibrated_pipeline(plan, info, data, pipeline, *layout, &c)?;
-                let e = encode_tensor(info, data, &p, *layout, plan.chunk_elems, cx, sink)?;
+                // GPTQ and the weighted fits work on the whole matrix.
+                let data = v.whole(info)?;
+                let (p, mode) = calibrated_pipeline(plan, info, &data, pipeline, *layout, &c)?;
+                let e = encode_tensor(info, &data, &p, *layout, plan.chunk_elems, cx, sink)?;
                 return Ok(EncodedTensor {
                     calibrated: mode.map(|m| m.name()),
                     ..plain(e, *layout)
                 });
             }
-            let e = encode_tensor(info, data, pipeline, *layout, plan.chunk_elems, cx, sink)?;
+            let e = encode_values(info, v, pipeline, *layout, plan.chunk_elems, cx, sink)?;
             Ok(plain(e, *layout))
         }
         Storage::Pruned { pipeline, rule, .. } => {
             // Zero what the rule drops, store the rest sparsely, measure against the original.
-            let (bytes, k) = rule.apply(info.dtype, &info.dims, data);
+            let data = v.whole(info)?;
+            let (bytes, k) = rule.apply(info.dtype, &info.dims, &data);
             let e = encode_tensor_against(
                 info,
                 &bytes,
-                data,
+                &data,
                 pipeline,
                 Layout::RowMajor,
                 plan.chunk_elems,
@@ -110,11 +128,11 @@ pub fn encode_loaded(
                 .ok_or_else(|| Error::config("a mixed tensor needs a mixed-tile config"))?;
             let m = match ahead {
                 Some(m) => m,
-                None => crate::mixed::plan_tensor(info, data, spec, plan.chunk_elems)?,
+                None => crate::mixed::plan_values(info, v, spec, plan.chunk_elems)?,
             };
-            let e = encode_tensor(
+            let e = encode_values(
                 info,
-                data,
+                v,
                 &m.pipeline()?,
                 Layout::Tiles32,
                 plan.chunk_elems,
@@ -134,7 +152,8 @@ pub fn encode_loaded(
             let bdata = base
                 .matching(&info.name, &info.dims, info.dtype)?
                 .ok_or_else(|| Error::input("the base model no longer has this tensor"))?;
-            encode_delta(info, data, &bdata, pipeline, plan.chunk_elems, cx, sink)
+            let data = v.whole(info)?;
+            encode_delta(info, &data, &bdata, pipeline, plan.chunk_elems, cx, sink)
         }
     }
 }
@@ -325,7 +344,51 @@ pub fn encode_tensor(
     cx: &Context<'_>,
     sink: &mut ChunkSink<'_>,
 ) -> Result<Encoded> {
-    encode_tensor_against(info, data, data, pipeline, layout, chunk_elems, cx, sink)
+    encode_values(
+        info,
+        Values::Loaded(data),
+        pipeline,
+        layout,
+        chunk_elems,
+        cx,
+        sink,
+    )
+}
+
+/// [`encode_tensor`] of values read batch by batch: a source's tensor is read one batch of
+/// chunks at a time, unless the pipeline learns from the whole tensor ([`Binds::Data`]) or the
+/// layout scatters a band over it (reversed axes of more than two dimensions).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_values(
+    info: &TensorInfo,
+    v: Values<'_>,
+    pipeline: &Pipeline,
+    layout: Layout,
+    chunk_elems: u64,
+    cx: &Context<'_>,
+    sink: &mut ChunkSink<'_>,
+) -> Result<Encoded> {
+    if chunk_elems == 0 {
+        return Err(Error::config("--chunk-elems must be at least 1"));
+    }
+    crate::values::check_len(info, &v)?;
+    let learns = pipeline.tensor_codec().props().binds == Binds::Data;
+    if matches!(v, Values::Source(..)) && (learns || !Values::streams(layout, &info.dims)) {
+        let data = v.whole(info)?;
+        return encode_values(
+            info,
+            Values::Loaded(&data),
+            pipeline,
+            layout,
+            chunk_elems,
+            cx,
+            sink,
+        );
+    }
+    if layout != Layout::RowMajor {
+        return encode_tiled(info, v, pipeline, layout, chunk_elems, cx, sink);
+    }
+    encode_rows(info, v, None, pipeline, chunk_elems, cx, sink)
 }
 
 /// [`encode_tensor`] of `data` (a pruned copy of the tensor, say) with the metrics measured
@@ -352,23 +415,32 @@ pub fn encode_tensor_against(
     if chunk_elems == 0 {
         return Err(Error::config("--chunk-elems must be at least 1"));
     }
-    let esize = info.dtype.size();
-    let n = info.numel();
-    if data.len() as u64 != n * esize as u64 {
-        return Err(Error::internal(format!(
-            "{} bytes of data for shape {:?} of {}",
-            data.len(),
-            info.dims,
-            info.dtype
-        )));
-    }
+    let v = Values::Loaded(data);
+    crate::values::check_len(info, &v)?;
     if layout != Layout::RowMajor {
-        return encode_tiled(info, data, pipeline, layout, chunk_elems, cx, sink);
+        return encode_tiled(info, v, pipeline, layout, chunk_elems, cx, sink);
     }
+    let reference = (reference.as_ptr() != data.as_ptr()).then_some(reference);
+    encode_rows(info, v, reference, pipeline, chunk_elems, cx, sink)
+}
+
+/// Row-major chunks, one batch read at a time; metrics against `reference` when given (the
+/// whole tensor), else against the values encoded.
+fn encode_rows(
+    info: &TensorInfo,
+    v: Values<'_>,
+    reference: Option<&[u8]>,
+    pipeline: &Pipeline,
+    chunk_elems: u64,
+    cx: &Context<'_>,
+    sink: &mut ChunkSink<'_>,
+) -> Result<Encoded> {
+    let esize = info.dtype.size();
     let bound;
     let pipeline = if pipeline.tensor_codec().props().binds == Binds::Data {
+        let data = v.whole(info)?;
         let mut widened = Vec::new();
-        bound = bind_to_values(info, f32_view(info.dtype, data, &mut widened), pipeline)?;
+        bound = bind_to_values(info, f32_view(info.dtype, &data, &mut widened), pipeline)?;
         &bound
     } else {
         pipeline
@@ -380,9 +452,18 @@ pub fn encode_tensor_against(
         &ranges,
         per_batch,
         cx,
-        |&(s, c)| {
-            let bytes = &data[s as usize * esize..(s + c) as usize * esize];
-            let refb = &reference[s as usize * esize..(s + c) as usize * esize];
+        |batch| {
+            let first = batch[0].0;
+            let last = batch[batch.len() - 1];
+            Ok((first, v.bytes(info, first, last.0 + last.1 - first)?))
+        },
+        |(first, bytes), &(s, c)| {
+            let at = (s - first) as usize * esize;
+            let bytes = &bytes[at..at + c as usize * esize];
+            let refb = match reference {
+                Some(r) => &r[s as usize * esize..(s + c) as usize * esize],
+                None => bytes,
+            };
             encode_chunk(pipeline, info.dtype, bytes, refb, c as usize)
         },
         |&(s, c), payload| sink(payload, s, c),
@@ -396,43 +477,47 @@ pub fn encode_tensor_against(
 }
 
 /// Tile codecs: values widened to f32 (non-finite values are an error naming the count), the
-/// codec fixed for this tensor, chunks of whole tile rows.
+/// codec fixed for this tensor, chunks of whole tile rows read one batch at a time.
 fn encode_tiled(
     info: &TensorInfo,
-    data: &[u8],
+    v: Values<'_>,
     pipeline: &Pipeline,
     layout: Layout,
     chunk_elems: u64,
     cx: &Context<'_>,
     sink: &mut ChunkSink<'_>,
 ) -> Result<Encoded> {
-    let mut widened = Vec::new();
-    let vals = f32_view(info.dtype, data, &mut widened);
-    let pipeline = bind_to_tensor(info, vals, pipeline)?;
+    let pipeline = match pipeline.tensor_codec().props().binds {
+        Binds::Amax => bind_scanned(info, v, pipeline)?,
+        Binds::Data => {
+            let data = v.whole(info)?;
+            let mut widened = Vec::new();
+            bind_to_values(info, f32_view(info.dtype, &data, &mut widened), pipeline)?
+        }
+        _ => pipeline.clone(),
+    };
     let geom = TileGeom::new(layout, &info.dims, u64::MAX)?.expect("a tile layout");
     let per_chunk = (chunk_elems as usize / geom.tile_row_elems().max(1)).max(1);
     let trs = tile_bands(&geom, chunk_elems);
     let batch = (BATCH_BYTES / (4 * per_chunk * geom.tile_row_elems()).max(1))
         .max(rayon::current_num_threads());
     let dec_dtype = pipeline.tensor_codec().decoded_dtype(DType::F32);
-    let e = geom.tile_row_elems() as u64;
+    let e = geom.tile_row_elems();
     let (acc, encoded_bytes) = encode_batches(
         &trs,
         batch,
         cx,
-        |r| {
-            // Per-thread buffers, reused across chunks: fresh ones cost a zeroing pass and page
-            // faults per chunk.
-            thread_local! {
-                static BUF: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-            }
-            let mut tiles = BUF.take();
-            geom.gather_into(vals, r.clone(), &mut tiles);
-            let result = encode_tile_chunk(&pipeline, &geom, r, &tiles, dec_dtype);
-            BUF.set(tiles);
-            result
+        |bands| {
+            let r = bands[0].start..bands[bands.len() - 1].end;
+            let mut tiles = Vec::new();
+            v.tiles(info, &geom, r.clone(), &mut tiles)?;
+            Ok((r.start, tiles))
         },
-        |r, payload| sink(payload, r.start as u64 * e, r.len() as u64 * e),
+        |(start, tiles), r| {
+            let slice = &tiles[(r.start - start) * e..(r.end - start) * e];
+            encode_tile_chunk(&pipeline, &geom, r, slice, dec_dtype)
+        },
+        |r, payload| sink(payload, (r.start * e) as u64, (r.len() * e) as u64),
     )?;
     Ok(Encoded {
         pipeline,
@@ -440,6 +525,27 @@ fn encode_tiled(
         metrics: acc.finish(),
         encoded_bytes,
     })
+}
+
+/// The bind step of a codec with a per-tensor scale ([`Binds::Amax`]) from one pass over the
+/// values, read piece by piece.
+fn bind_scanned(info: &TensorInfo, v: Values<'_>, pipeline: &Pipeline) -> Result<Pipeline> {
+    let (top, nonfinite) = v.scan(info)?;
+    if nonfinite > 0 {
+        return Err(nonfinite_error(nonfinite, pipeline));
+    }
+    Ok(pipeline.bind(&TensorFacts {
+        dims: &info.dims,
+        amax: Some(f32::from_bits(top)),
+        values: None,
+    }))
+}
+
+fn nonfinite_error(nonfinite: u64, pipeline: &Pipeline) -> Error {
+    Error::input(format!(
+        "{nonfinite} non-finite values (NaN or infinity); {} encodes finite weights only",
+        pipeline.tensor_codec().name()
+    ))
 }
 
 /// The bind steps that need the whole tensor ([`Binds::Amax`], [`Binds::Data`]), from its
@@ -464,10 +570,7 @@ fn bind_to_amax(info: &TensorInfo, vals: &[f32], pipeline: &Pipeline) -> Result<
         .fold(0u32, u32::max);
     if top >= 0x7F80_0000 {
         let nonfinite = vals.iter().filter(|v| !v.is_finite()).count();
-        return Err(Error::input(format!(
-            "{nonfinite} non-finite values (NaN or infinity); {} encodes finite weights only",
-            pipeline.tensor_codec().name()
-        )));
+        return Err(nonfinite_error(nonfinite as u64, pipeline));
     }
     Ok(pipeline.bind(&TensorFacts {
         dims: &info.dims,
@@ -574,14 +677,16 @@ fn bytes_as_f32(d: DType, data: &[u8]) -> Option<&[f32]> {
     (head.is_empty() && tail.is_empty()).then_some(mid)
 }
 
-/// Encode `items` (chunk descriptions) in parallel, `per_batch` at a time, handing each
-/// payload to `emit` in order and merging the metrics; stops at Ctrl-C between batches. Errors
-/// name the chunk.
-fn encode_batches<T: Sync>(
+/// Encode `items` (chunk descriptions) in parallel, `per_batch` at a time: `load` reads what a
+/// batch needs (once, before its chunks start), `encode` makes one chunk from it, and each
+/// payload goes to `emit` in order with the metrics merged; stops at Ctrl-C between batches.
+/// Errors name the chunk.
+fn encode_batches<T: Sync, B: Sync>(
     items: &[T],
     per_batch: usize,
     cx: &Context<'_>,
-    encode: impl Fn(&T) -> Result<(Vec<u8>, Accumulator)> + Sync,
+    mut load: impl FnMut(&[T]) -> Result<B>,
+    encode: impl Fn(&B, &T) -> Result<(Vec<u8>, Accumulator)> + Sync,
     mut emit: impl FnMut(&T, &[u8]) -> Result<()>,
 ) -> Result<(Accumulator, u64)> {
     let mut acc = Accumulator::default();
@@ -590,11 +695,13 @@ fn encode_batches<T: Sync>(
         if cx.cancelled() {
             return Err(crate::progress::interrupted());
         }
+        let loaded = load(batch)?;
         let done: Vec<Result<(Vec<u8>, Accumulator)>> = batch
             .par_iter()
             .enumerate()
-            .map(|(k, it)| encode(it).map_err(|e| e.with_chunk(bi * per_batch + k)))
+            .map(|(k, it)| encode(&loaded, it).map_err(|e| e.with_chunk(bi * per_batch + k)))
             .collect();
+        drop(loaded);
         for (r, it) in done.into_iter().zip(batch) {
             let (payload, a) = r?;
             acc.merge(&a);
@@ -734,6 +841,87 @@ pub fn reconstruct(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
+
+    /// A source in memory that reads ranges through the trait's default, as a file reader would
+    /// be asked to.
+    struct Mem(Vec<TensorInfo>, Vec<Vec<u8>>);
+
+    impl TensorSource for Mem {
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+        fn tensors(&self) -> &[TensorInfo] {
+            &self.0
+        }
+        fn data(&self, i: usize) -> Result<Cow<'_, [u8]>> {
+            Ok(Cow::Borrowed(&self.1[i]))
+        }
+    }
+
+    fn chunks_of(
+        info: &TensorInfo,
+        v: Values<'_>,
+        p: &Pipeline,
+        layout: Layout,
+    ) -> (Vec<(Vec<u8>, u64, u64)>, Metrics) {
+        let mut out = Vec::new();
+        let cx = Context::default();
+        let e = encode_values(info, v, p, layout, 700, &cx, &mut |b, s, c| {
+            out.push((b.to_vec(), s, c));
+            Ok(())
+        })
+        .unwrap();
+        (out, e.metrics)
+    }
+
+    #[test]
+    fn streamed_encoding_equals_loaded() {
+        let shapes: [&[u64]; 5] = [&[70, 45], &[3, 40, 33], &[100], &[0, 5], &[33, 1]];
+        for dims in shapes {
+            for dt in [DType::F32, DType::BF16] {
+                let n: u64 = dims.iter().product();
+                let vals: Vec<f32> = (0..n)
+                    .map(|i| ((i * 7919 % 113) as f32 - 56.0) / 9.0)
+                    .collect();
+                let mut bytes = Vec::new();
+                dtype::from_f32(dt, &vals, &mut bytes).unwrap();
+                let info = TensorInfo {
+                    name: "t".into(),
+                    dims: dims.to_vec(),
+                    dtype: dt,
+                    source_dtype: dt.name().into(),
+                    source_bytes: bytes.len() as u64,
+                };
+                let src = Mem(vec![info.clone()], vec![bytes.clone()]);
+                for (spec, layout) in [
+                    ("byteplane", Layout::RowMajor),
+                    ("int4_g32_asym", Layout::RowMajor),
+                    ("bfp8", Layout::Tiles32),
+                    ("bfp8", Layout::Tiles32Transposed),
+                    ("nvfp4", Layout::Tiles32),
+                    ("nvfp4", Layout::Tiles32Transposed),
+                ] {
+                    let p = Pipeline::parse(spec).unwrap();
+                    let a = chunks_of(&info, Values::Loaded(&bytes), &p, layout);
+                    let b = chunks_of(&info, Values::Source(&src, 0), &p, layout);
+                    assert_eq!(a.0, b.0, "{spec} {layout:?} {dims:?} {dt}");
+                    assert_eq!(
+                        a.1.rmse.to_bits(),
+                        b.1.rmse.to_bits(),
+                        "{spec} {layout:?} {dims:?} {dt}"
+                    );
+                    // The chunks cover the layout's element space, in order.
+                    let space: u64 = a.0.iter().map(|c| c.2).sum();
+                    assert_eq!(
+                        Some(space),
+                        layout.space(dims),
+                        "{spec} {layout:?} {dims:?}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn nonfinite_counts() {

@@ -90,6 +90,7 @@ pub mod plan;
 pub mod progress;
 pub mod prune;
 pub mod tiles;
+pub mod values;
 pub mod verify;
 
 pub use context::Context;

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::figure::Figure;
 use crate::input::{TensorInfo, TensorSource};
 use crate::tiles::TileGeom;
+use crate::values::Values;
 use crate::Context;
 use serde::Serialize;
 use std::sync::Arc;
@@ -114,8 +115,17 @@ fn rows_per_chunk(geom: &TileGeom, chunk_elems: u64) -> usize {
 
 /// The error table of one tensor under `spec`'s formats.
 pub fn table(info: &TensorInfo, data: &[u8], spec: &MixedSpec, chunk_elems: u64) -> Result<Table> {
-    let mut widened = Vec::new();
-    let vals = crate::encode::f32_view(info.dtype, data, &mut widened);
+    table_values(info, Values::Loaded(data), spec, chunk_elems)
+}
+
+/// [`table`] of values read band by band (a source's tensor is never whole in memory): one pass
+/// for the largest magnitude, one over the tile rows.
+pub fn table_values(
+    info: &TensorInfo,
+    v: Values<'_>,
+    spec: &MixedSpec,
+    chunk_elems: u64,
+) -> Result<Table> {
     let geom = TileGeom::new(Layout::Tiles32, &info.dims, u64::MAX)?.expect("a tile layout");
     let formats: Vec<TileFormat> = spec
         .formats
@@ -124,7 +134,17 @@ pub fn table(info: &TensorInfo, data: &[u8], spec: &MixedSpec, chunk_elems: u64)
             TileFormat::parse(n).ok_or_else(|| Error::config(format!("'{n}' is not a tile format")))
         })
         .collect::<Result<_>>()?;
-    Table::build(vals, &geom, &formats, rows_per_chunk(&geom, chunk_elems))
+    let (top, nonfinite) = v.scan(info)?;
+    if nonfinite > 0 {
+        return Err(crate::assign::nonfinite(nonfinite));
+    }
+    Table::build_with(
+        &geom,
+        &formats,
+        rows_per_chunk(&geom, chunk_elems),
+        f32::from_bits(top),
+        &mut |trs, out| v.tiles(info, &geom, trs, out),
+    )
 }
 
 fn budget_bytes(b: Budget, numel: u64) -> u64 {
@@ -208,7 +228,17 @@ pub fn plan_tensor(
     spec: &MixedSpec,
     chunk_elems: u64,
 ) -> Result<MixedTensor> {
-    search(&table(info, data, spec, chunk_elems)?, spec)
+    plan_values(info, Values::Loaded(data), spec, chunk_elems)
+}
+
+/// [`plan_tensor`] of values read band by band.
+pub fn plan_values(
+    info: &TensorInfo,
+    v: Values<'_>,
+    spec: &MixedSpec,
+    chunk_elems: u64,
+) -> Result<MixedTensor> {
+    search(&table_values(info, v, spec, chunk_elems)?, spec)
 }
 
 /// Plan tensors `indices` of `source` together (whole-model scope, `mixed-tile-optimal`): one
@@ -234,8 +264,10 @@ pub fn plan_model(
             return Err(crate::progress::interrupted());
         }
         let info = &infos[i];
-        let data = source.data(i).map_err(|e| e.with_tensor(&info.name))?;
-        tables.push(table(info, &data, spec, chunk_elems).map_err(|e| e.with_tensor(&info.name))?);
+        let t = table_values(info, Values::Source(source, i), spec, chunk_elems)
+            .map_err(|e| e.with_tensor(&info.name));
+        source.release(i);
+        tables.push(t?);
     }
     let refs: Vec<&Table> = tables.iter().collect();
     let numel: u64 = tables.iter().map(|t| t.n).sum();

@@ -26,6 +26,19 @@ pub struct TileGeom {
     row_base: Vec<usize>,
     /// Index step between view columns.
     col_stride: usize,
+    /// How a band of view rows lies in the tensor.
+    kind: BandKind,
+}
+
+/// How a band of view rows lies in the tensor's row-major elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BandKind {
+    /// One contiguous run (the view's rows are the tensor's).
+    Rows,
+    /// One run per view column, `col_stride` apart (a matrix or vector with reversed axes).
+    Columns,
+    /// Spread over the tensor (more than two dimensions, reversed).
+    Scattered,
 }
 
 impl TileGeom {
@@ -48,6 +61,12 @@ impl TileGeom {
                 )
             })?;
         let (rows, cols) = (rows as usize, cols as usize);
+        let kind = match layout {
+            Layout::Tiles32Transposed if dims.len() > 2 => BandKind::Scattered,
+            Layout::Tiles32Transposed if dims.len() == 2 => BandKind::Columns,
+            // A vector or scalar reversed is its own single row.
+            _ => BandKind::Rows,
+        };
         let (row_base, col_stride) = match layout {
             Layout::Tiles32Transposed if dims.len() > 1 => {
                 // View row r holds the tensor's trailing indices in reversed order: its digits in
@@ -80,7 +99,29 @@ impl TileGeom {
             pcols: cols.next_multiple_of(T),
             row_base,
             col_stride,
+            kind,
         }))
+    }
+
+    /// How a band of view rows lies in the tensor.
+    pub fn band_kind(&self) -> BandKind {
+        self.kind
+    }
+
+    /// Index step between view columns in the tensor.
+    pub fn col_stride(&self) -> usize {
+        self.col_stride
+    }
+
+    /// Row-major tensor index of view element `(r, 0)` (`r < rows`).
+    pub fn base(&self, r: usize) -> usize {
+        self.row_base[r]
+    }
+
+    /// `out` sized for `tile_rows` tile rows, all zero.
+    pub fn fill_padding(&self, tile_rows: usize, out: &mut Vec<f32>) {
+        out.clear();
+        out.resize(tile_rows * self.tile_row_elems(), 0.0);
     }
 
     /// Tile rows in the grid.
@@ -108,6 +149,19 @@ impl TileGeom {
 
     /// [`TileGeom::gather`] into a reusable buffer (resized; padding set to zero).
     pub fn gather_into(&self, vals: &[f32], trs: std::ops::Range<usize>, out: &mut Vec<f32>) {
+        self.gather_offset(vals, 0, trs, out)
+    }
+
+    /// [`TileGeom::gather_into`] from `vals` holding the tensor's elements from index `offset`
+    /// on (a band read on its own; rows must be contiguous, [`BandKind::Rows`], unless `offset`
+    /// is 0).
+    pub fn gather_offset(
+        &self,
+        vals: &[f32],
+        offset: usize,
+        trs: std::ops::Range<usize>,
+        out: &mut Vec<f32>,
+    ) {
         let len = trs.len() * self.tile_row_elems();
         // Every non-padding element is written below, so a buffer of the right length needs
         // zeroing only where this band has padding (a pass over the band otherwise).
@@ -128,7 +182,8 @@ impl TileGeom {
                     if r >= self.rows {
                         break;
                     }
-                    let row = &vals[self.row_base[r]..self.row_base[r] + self.cols];
+                    let at = self.row_base[r] - offset;
+                    let row = &vals[at..at + self.cols];
                     for (tc, run) in row.chunks(T).enumerate() {
                         let at = (k * tiles_wide + tc) * T * T + i * T;
                         // Whole runs as fixed-size arrays: inline moves, not a memmove call each.
@@ -144,7 +199,7 @@ impl TileGeom {
                 }
             }
         } else {
-            self.for_each(trs, |t, idx| out[t] = vals[idx]);
+            self.for_each(trs, |t, idx| out[t] = vals[idx - offset]);
         }
     }
 

@@ -21,6 +21,36 @@ pub fn check_shapes(w: &[u64], s: &[u64], sdt: DType) -> Result<()> {
     }
 }
 
+/// Dequantize elements `first..first + w.len()` (row-major; `w` holds just those) to
+/// little-endian f32 bytes.
+pub fn dequantize_range(
+    w: &[u8],
+    first: u64,
+    wdt: DType,
+    dims: &[u64],
+    s: &[u8],
+    sdt: DType,
+    sdims: &[u64],
+) -> Result<Vec<u8>> {
+    check_shapes(dims, sdims, sdt)?;
+    let (cols, scols) = (dims[1].max(1), sdims[1] as usize);
+    let mut scales = Vec::new();
+    dtype::to_f32(sdt, s, &mut scales);
+    let mut vals = Vec::new();
+    dtype::to_f32(wdt, w, &mut vals);
+    let mut out = Vec::with_capacity(vals.len() * 4);
+    for (k, v) in vals.iter().enumerate() {
+        let at = first + k as u64;
+        let (i, j) = ((at / cols) as usize, (at % cols) as usize);
+        let scale = scales
+            .get((i / BLOCK as usize) * scols + j / BLOCK as usize)
+            .copied()
+            .unwrap_or(1.0);
+        out.extend_from_slice(&(v * scale).to_le_bytes());
+    }
+    Ok(out)
+}
+
 /// Dequantize to little-endian f32 bytes.
 pub fn dequantize(
     w: &[u8],

@@ -415,6 +415,40 @@ impl TensorSource for GgufSource {
             .map(|(k, v)| (format!("gguf.{k}"), v.to_json().to_string()))
             .collect()
     }
+    fn read(&self, i: usize, first: u64, count: u64, out: &mut Vec<u8>) -> Result<()> {
+        let e = &self.entries[i];
+        let info = &self.infos[i];
+        let bytes = &self.map[e.range.clone()];
+        out.clear();
+        if info.dtype != DType::F32 || e.ggml_type == 0 {
+            let part = super::element_range(bytes, info.dtype, first, count)?;
+            out.extend_from_slice(part);
+            let at = e.range.start + (part.as_ptr() as usize - bytes.as_ptr() as usize);
+            super::release_pages(&self.map, at..at + part.len());
+            return Ok(());
+        }
+        // Whole blocks around the range, dequantized, then cut to it.
+        let (blk, bsize) = block_shape(e.ggml_type).ok_or_else(|| {
+            Error::new(ErrorKind::Unsupported, format!("GGML type {}", e.ggml_type))
+        })?;
+        let (b0, b1) = (first / blk as u64, (first + count).div_ceil(blk as u64));
+        let part = bytes
+            .get(b0 as usize * bsize..b1 as usize * bsize)
+            .ok_or_else(|| Error::internal("GGUF read past the tensor's end"))?;
+        let mut y = vec![0f32; (b1 - b0) as usize * blk];
+        dequantize(e.ggml_type, part, &mut y).map_err(|err| err.with_tensor(&info.name))?;
+        let skip = (first - b0 * blk as u64) as usize;
+        out.reserve(count as usize * 4);
+        for v in &y[skip..skip + count as usize] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        let at = e.range.start + b0 as usize * bsize;
+        super::release_pages(&self.map, at..at + part.len());
+        Ok(())
+    }
+    fn release(&self, i: usize) {
+        super::release_pages(&self.map, self.entries[i].range.clone());
+    }
     fn data(&self, i: usize) -> Result<Cow<'_, [u8]>> {
         let e = &self.entries[i];
         let bytes = &self.map[e.range.clone()];
@@ -434,6 +468,11 @@ impl TensorSource for GgufSource {
 
 fn h(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Elements and bytes per block of GGML type `ty`.
+fn block_shape(ty: u32) -> Option<(usize, usize)> {
+    TYPES.iter().find(|t| t.0 == ty).map(|t| (t.2, t.3))
 }
 
 /// Dequantize whole blocks of GGML type `ty` into `y` (`y.len()` elements).

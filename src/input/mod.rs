@@ -48,6 +48,18 @@ pub trait TensorSource: Send + Sync {
     fn tensors(&self) -> &[TensorInfo];
     /// Little-endian elements of tensor `i` (`tensors()[i].dtype`), borrowed where possible.
     fn data(&self, i: usize) -> Result<Cow<'_, [u8]>>;
+    /// Elements `first..first + count` of tensor `i`, as [`TensorSource::data`] gives them,
+    /// into `out` (replaced). Readers of mapped files let go of the pages they read, so a tensor
+    /// read piece by piece costs memory for one piece, not the tensor.
+    fn read(&self, i: usize, first: u64, count: u64, out: &mut Vec<u8>) -> Result<()> {
+        let d = self.data(i)?;
+        out.clear();
+        out.extend_from_slice(element_range(&d, self.tensors()[i].dtype, first, count)?);
+        Ok(())
+    }
+    /// Let go of the file pages tensor `i`'s bytes occupy in this process (they stay in the
+    /// page cache): called when a tensor read whole with [`TensorSource::data`] is done.
+    fn release(&self, _i: usize) {}
     /// What a `.tpk` must keep to stand in for this model (architecture, hyperparameters,
     /// tokenizer), as `.tpk` metadata keys and values: `gguf.<key>` (the GGUF value as JSON) or
     /// `hf.config.json` / `hf.tokenizer.json` (the files beside a safetensors model).
@@ -177,6 +189,41 @@ pub fn select(infos: &[TensorInfo], filter: Option<&str>, limit: Option<usize>) 
         .map(|(i, _)| i)
         .take(limit.unwrap_or(usize::MAX))
         .collect()
+}
+
+/// Bytes of elements `first..first + count` of `data` (elements of `dtype`).
+pub(crate) fn element_range(data: &[u8], dtype: DType, first: u64, count: u64) -> Result<&[u8]> {
+    let es = dtype.size() as u64;
+    first
+        .checked_add(count)
+        .and_then(|end| end.checked_mul(es))
+        .and_then(|end| data.get((first * es) as usize..end as usize))
+        .ok_or_else(|| {
+            Error::internal(format!(
+                "elements {first}..+{count} read past the tensor's {} bytes",
+                data.len()
+            ))
+        })
+}
+
+/// Drop `range` of a read-only map from this process's memory; the pages stay in the page
+/// cache and come back on the next touch. Reading a large tensor through a map otherwise keeps
+/// every page it touched resident (and counted) until the map goes.
+pub(crate) fn release_pages(map: &memmap2::Mmap, range: std::ops::Range<usize>) {
+    if range.is_empty() || range.end > map.len() {
+        return;
+    }
+    #[cfg(unix)]
+    // SAFETY: the map is shared and read-only (Mmap::map): MADV_DONTNEED only unmaps the pages
+    // from this process, a later read faults the same file bytes in again, so slices borrowed
+    // from the map keep their contents. A failure only means the pages stay resident.
+    unsafe {
+        let _ = map.unchecked_advise_range(
+            memmap2::UncheckedAdvice::DontNeed,
+            range.start,
+            range.len(),
+        );
+    }
 }
 
 /// Memory-map a file read-only.

@@ -294,6 +294,46 @@ impl TensorSource for SafetensorsSource {
             })
             .collect()
     }
+    fn read(&self, i: usize, first: u64, count: u64, out: &mut Vec<u8>) -> Result<()> {
+        let e = &self.entries[i];
+        let map = &self.files[e.file].1;
+        let info = &self.infos[i];
+        let bytes = &map[e.range.clone()];
+        out.clear();
+        match &e.scale {
+            None => {
+                let part = super::element_range(bytes, info.dtype, first, count)?;
+                out.extend_from_slice(part);
+                let at = part.as_ptr() as usize - map.as_ptr() as usize;
+                super::release_pages(map, at..at + part.len());
+            }
+            Some((f, r, sdt, sdims)) => {
+                let scales = &self.files[*f].1[r.clone()];
+                let part = super::element_range(bytes, e.src_dtype, first, count)?;
+                let v = fp8::dequantize_range(
+                    part,
+                    first,
+                    e.src_dtype,
+                    &info.dims,
+                    scales,
+                    *sdt,
+                    sdims,
+                )
+                .map_err(|err| err.with_tensor(&info.name))?;
+                *out = v;
+                let at = part.as_ptr() as usize - map.as_ptr() as usize;
+                super::release_pages(map, at..at + part.len());
+            }
+        }
+        Ok(())
+    }
+    fn release(&self, i: usize) {
+        let e = &self.entries[i];
+        super::release_pages(&self.files[e.file].1, e.range.clone());
+        if let Some((f, r, _, _)) = &e.scale {
+            super::release_pages(&self.files[*f].1, r.clone());
+        }
+    }
     fn data(&self, i: usize) -> Result<Cow<'_, [u8]>> {
         let e = &self.entries[i];
         let bytes = &self.files[e.file].1[e.range.clone()];

@@ -39,6 +39,33 @@ impl TpkFile<memmap2::Mmap> {
             .map_err(io(format!("memory-map {}", path.display())))?;
         TpkFile::open(map, limits)
     }
+
+    /// Let go of the pages that chunks `chunks` of tensor `tensor` occupy in this process (they
+    /// stay in the page cache): a reader that decodes a large file chunk by chunk otherwise
+    /// keeps every payload page it touched resident until the file is closed.
+    pub fn release_chunks(&self, tensor: usize, chunks: std::ops::Range<usize>) {
+        let Some(cs) = self.tensors.get(tensor).and_then(|t| t.chunks.get(chunks)) else {
+            return;
+        };
+        let (Some(first), Some(last)) = (cs.first(), cs.last()) else {
+            return;
+        };
+        let (start, end) = (first.offset as usize, (last.offset + last.len) as usize);
+        if start >= end || end > self.data.len() {
+            return;
+        }
+        #[cfg(unix)]
+        // SAFETY: the map is shared and read-only: MADV_DONTNEED only unmaps the pages from this
+        // process and a later read faults the same file bytes in again, so borrowed slices keep
+        // their contents. A failure only leaves the pages resident.
+        unsafe {
+            let _ = self.data.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start,
+                end - start,
+            );
+        }
+    }
 }
 
 impl<D: AsRef<[u8]>> TpkFile<D> {
