@@ -144,6 +144,9 @@ impl Sums {
     }
 }
 
+/// Reads tile rows (a range) as tile-ordered values into a buffer.
+pub type TileReader<'a> = dyn FnMut(std::ops::Range<usize>, &mut Vec<f32>) -> Result<()> + 'a;
+
 /// Per-tile, per-format error statistics of one tensor.
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -189,7 +192,7 @@ impl Table {
         formats: &[TileFormat],
         rows_per_chunk: usize,
         amax: f32,
-        read: &mut dyn FnMut(std::ops::Range<usize>, &mut Vec<f32>) -> Result<()>,
+        read: &mut TileReader<'_>,
     ) -> Result<Table> {
         if formats.is_empty() {
             return Err(Error::config("no candidate tile formats"));
