@@ -14,6 +14,9 @@ use std::borrow::Cow;
 use std::ops::Range;
 use tpk_format::Layout;
 
+/// Elements read from a source at a time by [`Values::f32s`].
+const PIECE_ELEMS: u64 = 1 << 20;
+
 /// Elements read at a time by [`Values::scan`].
 const SCAN_ELEMS: u64 = 1 << 22;
 
@@ -47,7 +50,8 @@ impl<'a> Values<'a> {
         }
     }
 
-    /// Elements `first..first + count` as f32, into `out` (replaced).
+    /// Elements `first..first + count` as f32, into `out` (replaced). A source is read in
+    /// pieces of [`PIECE_ELEMS`], so its bytes are never held beside the whole f32 copy.
     pub fn f32s(
         &self,
         info: &TensorInfo,
@@ -55,8 +59,22 @@ impl<'a> Values<'a> {
         count: u64,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        let b = self.bytes(info, first, count)?;
-        dtype::to_f32(info.dtype, &b, out);
+        if let Values::Loaded(_) = self {
+            let b = self.bytes(info, first, count)?;
+            dtype::to_f32(info.dtype, &b, out);
+            return Ok(());
+        }
+        out.clear();
+        out.reserve(count as usize);
+        let mut piece = Vec::new();
+        let mut at = first;
+        while at < first + count {
+            let n = PIECE_ELEMS.min(first + count - at);
+            let b = self.bytes(info, at, n)?;
+            dtype::to_f32(info.dtype, &b, &mut piece);
+            out.extend_from_slice(&piece);
+            at += n;
+        }
         Ok(())
     }
 

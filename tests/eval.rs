@@ -731,3 +731,52 @@ fn ppl_with_a_compressed_kv_cache() {
     let csv = std::fs::read_to_string(out.join("frontier.csv")).unwrap();
     assert!(csv.contains("\n\"kv:kivi:bits=2,group=32\",kv,"), "{csv}");
 }
+
+/// A model eval cannot run is refused from its metadata, before any weight is read: an
+/// architecture it lacks, a llama with a SentencePiece tokenizer. The tensor here is shaped
+/// against the metadata, which loading the weights would report instead.
+#[test]
+fn unsupported_models_are_refused_before_the_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gemma = dir.join("gemma.gguf");
+    let w = ("token_embd.weight", vec![3, 2], vec![0.5f32; 6]);
+    write_gguf(
+        &gemma,
+        &[
+            ("general.architecture", Gv::Str("gemma3")),
+            ("tokenizer.ggml.model", Gv::Str("llama")),
+        ],
+        std::slice::from_ref(&w),
+    );
+    let corpus = corpus();
+    for task in [&["eval", "ppl"][..], &["calibrate"], &["sensitivity"]] {
+        let mut args = task.to_vec();
+        args.push(s(&gemma));
+        let out = dir.join("out.x");
+        if task[0] != "eval" {
+            args.extend(["-o", s(&out)]);
+        }
+        args.extend(["--corpus", s(&corpus)]);
+        let e = tenpak_fails(&args, 1);
+        assert!(e.contains("architecture 'gemma3'"), "{task:?}: {e}");
+        assert!(!out.exists());
+    }
+    let sp = dir.join("sp.gguf");
+    write_gguf(
+        &sp,
+        &[
+            ("general.architecture", Gv::Str("llama")),
+            ("llama.embedding_length", Gv::U32(2)),
+            ("llama.attention.head_count", Gv::U32(1)),
+            ("llama.block_count", Gv::U32(1)),
+            ("llama.feed_forward_length", Gv::U32(4)),
+            ("llama.attention.layer_norm_rms_epsilon", Gv::F32(1e-5)),
+            ("tokenizer.ggml.model", Gv::Str("llama")),
+            ("tokenizer.ggml.tokens", Gv::Strs(&["a", "b", "c"])),
+        ],
+        &[w],
+    );
+    let e = tenpak_fails(&["eval", "ppl", s(&sp), "--corpus", s(&corpus)], 1);
+    assert!(e.contains("tokenizer model 'llama'"), "{e}");
+}

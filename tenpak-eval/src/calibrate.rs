@@ -362,7 +362,9 @@ pub fn calibrate(
         );
     }
     cx.install(|| {
-        let loaded = crate::model::Model::load(&req.model, None)?;
+        let file = crate::model::ModelFile::open(&req.model, None)?;
+        crate::model::precheck(&file.meta, "calibrate").map_err(|e| e.with_file(&req.model))?;
+        let loaded = file.load()?;
         let desc = loaded.description.clone();
         let arch = loaded
             .meta

@@ -107,9 +107,12 @@ pub fn load_llama(
     path: &Path,
     base: Option<&Path>,
 ) -> Result<(String, llama::Llama, tokenizer::TextTokenizer)> {
-    let model = model::Model::load(path, base)?;
-    let desc = model.description.clone();
-    let tok = tokenizer::TextTokenizer::from_meta(&model.meta).map_err(|e| e.with_file(path))?;
+    // The architecture and the tokenizer are checked before any weight is decoded.
+    let file = model::ModelFile::open(path, base)?;
+    llama::LlamaConfig::from_meta(&file.meta).map_err(|e| e.with_file(path))?;
+    let tok = tokenizer::TextTokenizer::from_meta(&file.meta).map_err(|e| e.with_file(path))?;
+    let desc = file.description.clone();
+    let model = file.load()?;
     let llama = llama::Llama::new(model).map_err(|e| e.with_file(path))?;
     Ok((desc, llama, tok))
 }

@@ -126,12 +126,50 @@ fn dims_usize(dims: &[u64]) -> Vec<usize> {
     dims.iter().map(|&d| d as usize).collect()
 }
 
-impl Model {
-    /// Load MODEL: a GGUF file, a Hugging Face folder or safetensors file, or a `.tpk`.
-    /// `base` is the base model a delta `.tpk` was made against.
-    pub fn load(path: &Path, base: Option<&Path>) -> Result<Model> {
+/// A model opened but not loaded: its metadata read, no weight decoded. Callers check the
+/// architecture and the tokenizer here, so a model they cannot run is refused at once.
+pub struct ModelFile {
+    /// One line: what is being loaded.
+    pub description: String,
+    /// Architecture and tokenizer.
+    pub meta: Meta,
+    path: std::path::PathBuf,
+    weights: Weights,
+}
+
+enum Weights {
+    Tpk(Box<tenpak::archive::Archive>),
+    Source(Box<dyn tenpak::input::TensorSource>),
+}
+
+impl ModelFile {
+    /// Open MODEL: a GGUF file, a Hugging Face folder or safetensors file, or a `.tpk`. `base`
+    /// is the base model a delta `.tpk` was made against.
+    pub fn open(path: &Path, base: Option<&Path>) -> Result<ModelFile> {
         if path.is_file() && is_tpk(path) {
-            return Self::load_tpk(path, base);
+            let mut archive = tenpak::archive::Archive::open(path)?;
+            if let Some(b) = base {
+                archive = archive.with_base(b)?;
+            }
+            let meta = Meta::from_pairs(
+                archive
+                    .file
+                    .metadata()
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .map_err(|e| e.with_file(path))?;
+            return Ok(ModelFile {
+                description: format!(
+                    "tpk {}",
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                ),
+                meta,
+                path: path.to_path_buf(),
+                weights: Weights::Tpk(Box::new(archive)),
+            });
         }
         let source = tenpak::input::open(path)?;
         let meta = Meta::from_pairs(
@@ -141,56 +179,113 @@ impl Model {
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         )
         .map_err(|e| e.with_file(path))?;
-        let infos = source.tensors();
-        let tensors = (0..infos.len())
-            .into_par_iter()
-            .map(|i| {
-                let t = &infos[i];
-                let bytes = source.data(i)?;
-                let mut v = Vec::new();
-                dtype::to_f32(t.dtype, &bytes, &mut v);
-                Ok((t.name.clone(), (dims_usize(&t.dims), v)))
-            })
-            .collect::<Result<HashMap<_, _>>>()
-            .map_err(|e: Error| e.with_file(path))?;
-        Ok(Model {
+        Ok(ModelFile {
             description: source.describe(),
             meta,
-            tensors,
+            path: path.to_path_buf(),
+            weights: Weights::Source(source),
         })
     }
 
-    fn load_tpk(path: &Path, base: Option<&Path>) -> Result<Model> {
-        let mut archive = tenpak::archive::Archive::open(path)?;
-        if let Some(b) = base {
-            archive = archive.with_base(b)?;
-        }
-        let meta = Meta::from_pairs(
-            archive
-                .file
-                .metadata()
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        )
-        .map_err(|e| e.with_file(path))?;
-        let mut tensors = HashMap::new();
-        for (i, t) in archive.file.tensors().iter().enumerate() {
-            let (dt, bytes) = archive.decode_tensor(i).map_err(|e| e.with_file(path))?;
-            let mut v = Vec::new();
-            dtype::to_f32(dt, &bytes, &mut v);
-            drop(bytes);
-            tensors.insert(t.name.clone(), (dims_usize(&t.dims), v));
-        }
+    /// Decode every weight to f32. Each tensor is decoded (or read) piece by piece straight
+    /// into its own f32 buffer and the file's pages are let go of as they are read, so memory
+    /// peaks at the f32 model plus a few pieces.
+    pub fn load(self) -> Result<Model> {
+        let path = self.path;
+        let tensors = match self.weights {
+            Weights::Tpk(archive) => {
+                let mut tensors = HashMap::new();
+                for (i, t) in archive.file.tensors().iter().enumerate() {
+                    let n = t.numel().unwrap_or(0) as usize;
+                    let mut v = vec![0f32; n];
+                    let mut piece = Vec::new();
+                    let dt = decoded_dtype(&archive, i).map_err(|e| e.with_file(&path))?;
+                    let mut got = 0usize;
+                    archive
+                        .decode_pieces(i, &mut |first, bytes| {
+                            dtype::to_f32(dt, bytes, &mut piece);
+                            let at = first as usize;
+                            let dst = v.get_mut(at..at + piece.len()).ok_or_else(|| {
+                                Error::internal("a decoded piece past the tensor's end")
+                            })?;
+                            dst.copy_from_slice(&piece);
+                            got += piece.len();
+                            Ok(())
+                        })
+                        .map_err(|e| e.with_file(&path))?;
+                    if got != n {
+                        return Err(Error::internal(format!(
+                            "tensor '{}': {got} of {n} elements decoded",
+                            t.name
+                        )));
+                    }
+                    tensors.insert(t.name.clone(), (dims_usize(&t.dims), v));
+                }
+                tensors
+            }
+            Weights::Source(source) => {
+                let infos = source.tensors();
+                (0..infos.len())
+                    .into_par_iter()
+                    .map(|i| {
+                        let t = &infos[i];
+                        let n = t.numel();
+                        let mut v = Vec::with_capacity(n as usize);
+                        let (mut bytes, mut piece) = (Vec::new(), Vec::new());
+                        let mut at = 0u64;
+                        while at < n {
+                            let k = PIECE_ELEMS.min(n - at);
+                            source.read(i, at, k, &mut bytes)?;
+                            dtype::to_f32(t.dtype, &bytes, &mut piece);
+                            v.extend_from_slice(&piece);
+                            at += k;
+                        }
+                        Ok((t.name.clone(), (dims_usize(&t.dims), v)))
+                    })
+                    .collect::<Result<HashMap<_, _>>>()
+                    .map_err(|e: Error| e.with_file(&path))?
+            }
+        };
         Ok(Model {
-            description: format!(
-                "tpk {}",
-                path.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            ),
-            meta,
+            description: self.description,
+            meta: self.meta,
             tensors,
         })
+    }
+}
+
+/// Refuse, from the metadata alone, a model that `task` cannot run: an architecture other than
+/// llama and BERT, a llama whose hyperparameters or tokenizer tenpak does not handle (say, a
+/// SentencePiece GGUF), a BERT config it cannot follow. Called before any weight is decoded.
+pub fn precheck(meta: &Meta, task: &str) -> Result<()> {
+    match meta.architecture()?.as_str() {
+        "llama" => {
+            crate::llama::LlamaConfig::from_meta(meta)?;
+            crate::tokenizer::TextTokenizer::from_meta(meta)?;
+            Ok(())
+        }
+        "bert" => crate::bert::BertConfig::from_meta(meta).map(|_| ()),
+        a => Err(Error::new(
+            tenpak::ErrorKind::Unsupported,
+            format!("architecture '{a}': {task} runs llama and bert models"),
+        )),
+    }
+}
+
+/// Elements read from a source file at a time while loading.
+const PIECE_ELEMS: u64 = 1 << 20;
+
+/// The dtype tensor `i` of a `.tpk` decodes to.
+fn decoded_dtype(archive: &tenpak::archive::Archive, i: usize) -> Result<tenpak::dtype::DType> {
+    let (src, p) = archive.pipeline(i)?;
+    Ok(p.tensor_codec().decoded_dtype(src))
+}
+
+impl Model {
+    /// Load MODEL: a GGUF file, a Hugging Face folder or safetensors file, or a `.tpk`.
+    /// `base` is the base model a delta `.tpk` was made against.
+    pub fn load(path: &Path, base: Option<&Path>) -> Result<Model> {
+        ModelFile::open(path, base)?.load()
     }
 
     /// Take tensor `name` out of the model, checking its shape.

@@ -163,7 +163,9 @@ fn run(
         )));
     }
     let start = std::time::Instant::now();
-    let loaded = crate::model::Model::load(&req.model, None)?;
+    let file = crate::model::ModelFile::open(&req.model, None)?;
+    crate::model::precheck(&file.meta, "sensitivity").map_err(|e| e.with_file(&req.model))?;
+    let loaded = file.load()?;
     let desc = loaded.description.clone();
     let arch = loaded
         .meta

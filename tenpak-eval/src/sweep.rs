@@ -305,7 +305,9 @@ fn sweep_on_threads(
     std::fs::create_dir_all(&tpk_dir)
         .map_err(|e| Error::io("create the output folder", e).with_file(&tpk_dir))?;
 
-    let loaded = crate::model::Model::load(model, None)?;
+    let file = crate::model::ModelFile::open(model, None)?;
+    crate::model::precheck(&file.meta, "eval sweep").map_err(|e| e.with_file(model))?;
+    let loaded = file.load()?;
     let family = loaded.meta.architecture()?;
     let desc = loaded.description.clone();
     if family != "llama" && options.iter().any(|o| o.3.is_some()) {

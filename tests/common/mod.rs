@@ -185,3 +185,71 @@ pub fn signalled(args: &[&str], ready: impl Fn() -> bool, sig: &str, code: i32) 
     assert!(err.contains("interrupted"), "{err}");
     true
 }
+
+/// A GGUF metadata value for [`write_gguf`].
+pub enum Gv<'a> {
+    /// GGUF type 4.
+    U32(u32),
+    /// GGUF type 6.
+    F32(f32),
+    /// GGUF type 8.
+    Str(&'a str),
+    /// GGUF type 9 of strings.
+    Strs(&'a [&'a str]),
+}
+
+/// Write a GGUF v3 file: metadata, then F32 tensors (name, dims innermost first, values).
+pub fn write_gguf(path: &Path, kv: &[(&str, Gv)], tensors: &[(&str, Vec<u64>, Vec<f32>)]) {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((kv.len() as u64).to_le_bytes());
+    for (k, v) in kv {
+        string(&mut out, k);
+        match v {
+            Gv::U32(x) => {
+                out.extend(4u32.to_le_bytes());
+                out.extend(x.to_le_bytes());
+            }
+            Gv::F32(x) => {
+                out.extend(6u32.to_le_bytes());
+                out.extend(x.to_le_bytes());
+            }
+            Gv::Str(s) => {
+                out.extend(8u32.to_le_bytes());
+                string(&mut out, s);
+            }
+            Gv::Strs(a) => {
+                out.extend(9u32.to_le_bytes());
+                out.extend(8u32.to_le_bytes());
+                out.extend((a.len() as u64).to_le_bytes());
+                for s in *a {
+                    string(&mut out, s);
+                }
+            }
+        }
+    }
+    let mut offset = 0u64;
+    for (name, dims, vals) in tensors {
+        string(&mut out, name);
+        out.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            out.extend(d.to_le_bytes());
+        }
+        out.extend(0u32.to_le_bytes());
+        out.extend(offset.to_le_bytes());
+        offset += (4 * vals.len() as u64).next_multiple_of(32);
+    }
+    out.resize(out.len().next_multiple_of(32), 0);
+    for (_, _, vals) in tensors {
+        for v in vals {
+            out.extend(v.to_le_bytes());
+        }
+        out.resize(out.len().next_multiple_of(32), 0);
+    }
+    std::fs::write(path, out).unwrap();
+}
