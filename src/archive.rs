@@ -8,6 +8,10 @@ use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use tpk_format::{Limits, TensorEntry, TpkFile};
 
+/// Decoded bytes per batch of [`Archive::decode_pieces`]: a reader holds about three such
+/// buffers (decoded tiles, the band in place, its conversion), so this bounds its memory.
+pub const DECODE_BATCH_BYTES: u64 = 16 << 20;
+
 /// A `.tpk` file, memory-mapped and validated.
 pub struct Archive {
     /// Where it was opened from.
@@ -30,7 +34,19 @@ impl Archive {
             .with_file(path));
         }
         let limits = Limits::default();
-        let file = TpkFile::open_path(path, &limits).map_err(|e| Error::from(e).with_file(path))?;
+        let file = TpkFile::open_path(path, &limits).map_err(|e| {
+            let not_tpk = matches!(e, tpk_format::FormatError::NotTpk);
+            let mut err = Error::from(e).with_file(path);
+            if not_tpk {
+                if let Some(what) = model_kind(path) {
+                    err.message = format!(
+                        "a {what} model, not a .tpk file: compress it first (tenpak compress {} -o OUT.tpk)",
+                        path.display()
+                    );
+                }
+            }
+            err
+        })?;
         Ok(Archive {
             path: path.to_path_buf(),
             file,
@@ -129,8 +145,8 @@ impl Archive {
         Ok((out_dtype, self.decode_chunks(i, dtype, &p, esize, n)?))
     }
 
-    /// Decode tensor `i` a batch of chunks at a time (at most [`crate::encode::BATCH_BYTES`]
-    /// decoded, chunks in parallel), handing `emit` pieces of the row-major tensor as (first
+    /// Decode tensor `i` a batch of chunks at a time (about [`DECODE_BATCH_BYTES`] decoded, or
+    /// two chunks per thread if more, chunks in parallel), handing `emit` pieces of the row-major tensor as (first
     /// element, bytes of the decoded dtype). Every element comes exactly once; pieces arrive in
     /// increasing order except for matrices stored with reversed axes, whose pieces are runs of
     /// the tensor's rows. Memory is one batch, not the tensor; delta tensors and tensors of more
@@ -166,12 +182,14 @@ impl Archive {
         let tre = geom
             .as_ref()
             .map_or(1, |g| g.tile_row_elems().max(1) as u64);
+        let largest = t.chunks.iter().map(|c| c.elem_count).max().unwrap_or(0) * esize as u64;
+        let batch_bytes = DECODE_BATCH_BYTES.max(2 * rayon::current_num_threads() as u64 * largest);
         let mut batches = Vec::new();
         let (mut start, mut bytes) = (0, 0u64);
         for (c, ch) in t.chunks.iter().enumerate() {
             bytes += ch.elem_count * esize as u64;
             let row_end = (ch.elem_start + ch.elem_count).is_multiple_of(tre);
-            if (bytes >= crate::encode::BATCH_BYTES as u64 && row_end) || c + 1 == t.chunks.len() {
+            if (bytes >= batch_bytes && row_end) || c + 1 == t.chunks.len() {
                 batches.push(start..c + 1);
                 start = c + 1;
                 bytes = 0;
@@ -360,6 +378,21 @@ impl Archive {
     pub fn find(&self, name: &str) -> Option<usize> {
         self.file.tensors().iter().position(|t| t.name == name)
     }
+}
+
+/// "GGUF" or "safetensors" when `path` is a model file of that kind (its magic, or a
+/// safetensors name), for refusals that say what the file is.
+fn model_kind(path: &Path) -> Option<&'static str> {
+    let mut magic = [0u8; 4];
+    let ok = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok();
+    if ok && &magic == b"GGUF" {
+        return Some("GGUF");
+    }
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+        .then_some("safetensors")
 }
 
 /// A mixed tensor's assignment as stored.

@@ -205,7 +205,16 @@ impl Default for Config {
 }
 
 fn field_err(file: &str, field: &str, msg: impl std::fmt::Display) -> Error {
-    Error::config(format!("{file}: field '{field}': {msg}"))
+    Error::config(format!("{}field '{field}': {msg}", named(file)))
+}
+
+/// `"FILE: "`, or nothing for a config whose file the error will carry anyway.
+fn named(file: &str) -> String {
+    if file.is_empty() {
+        String::new()
+    } else {
+        format!("{file}: ")
+    }
 }
 
 /// A config file as written. Serde checks the shape and the types (unknown top-level keys are
@@ -366,16 +375,26 @@ impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io("read the config", e).with_file(path))?;
-        Config::parse(&text, &path.display().to_string()).map_err(|e| e.with_file(path))
+            // A config that cannot be read is a configuration error like one that does not
+            // parse: one exit code for every fault of the config (README "Exit codes").
+            .map_err(|e| Error::config(format!("read the config: {e}")).with_file(path))?;
+        // The error carries the path; the messages do not repeat it.
+        let mut c = Config::parse(&text, "").map_err(|e| e.with_file(path))?;
+        for w in &mut c.warnings {
+            *w = format!("{}: {w}", path.display());
+        }
+        Ok(c)
     }
 
-    /// Validate config JSON; `file` names it in messages.
+    /// Validate config JSON; `file` names it in messages (empty: the caller attaches the file).
     pub fn parse(text: &str, file: &str) -> Result<Config> {
         let v: Value = serde_json::from_str(text)
-            .map_err(|e| Error::config(format!("{file}: not valid JSON: {e}")))?;
+            .map_err(|e| Error::config(format!("{}not valid JSON: {e}", named(file))))?;
         if !v.is_object() {
-            return Err(Error::config(format!("{file}: a config is a JSON object")));
+            return Err(Error::config(format!(
+                "{}a config is a JSON object",
+                named(file)
+            )));
         }
         let raw: ConfigFile = typed(file, "", v)?;
         let algorithm = raw.algorithm.unwrap_or(Algorithm::None);
@@ -436,7 +455,8 @@ impl Config {
         let mut warnings = Vec::new();
         if !ignored.is_empty() {
             warnings.push(format!(
-                "{file}: algorithm '{}' ignores params {}",
+                "{}algorithm '{}' ignores params {}",
+                named(file),
                 algorithm.name(),
                 ignored
                     .iter()

@@ -143,8 +143,41 @@ impl fmt::Display for Error {
         if let Some(c) = self.chunk {
             write!(f, "chunk {c}: ")?;
         }
-        f.write_str(&self.message)
+        f.write_str(&clip(&self.message))
     }
+}
+
+/// Longest run of non-space characters an error message shows.
+pub const MAX_ECHO: usize = 200;
+
+/// `message` with every run of non-space characters longer than [`MAX_ECHO`] cut to that many
+/// and the cut counted: messages echo values read from files (a config string, a tensor name),
+/// and a 5 MB value would otherwise be printed whole.
+pub fn clip(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_ECHO
+        || !message
+            .split(char::is_whitespace)
+            .any(|w| w.chars().count() > MAX_ECHO)
+    {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut out = String::with_capacity(4 * MAX_ECHO);
+    let mut rest = message;
+    while !rest.is_empty() {
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let (word, tail) = rest.split_at(end);
+        let n = word.chars().count();
+        if n > MAX_ECHO {
+            out.extend(word.chars().take(MAX_ECHO));
+            out.push_str(&format!("… ({} more characters)", n - MAX_ECHO));
+        } else {
+            out.push_str(word);
+        }
+        let space = tail.len() - tail.trim_start().len();
+        out.push_str(&tail[..space]);
+        rest = &tail[space..];
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl std::error::Error for Error {
@@ -188,5 +221,23 @@ impl From<tpk_format::FormatError> for Error {
             };
         }
         err
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_clipped() {
+        let long = "y".repeat(300_000);
+        let e = Error::config(format!("field 'formats': '{long}' is not a tile format"));
+        let shown = e.to_string();
+        assert!(shown.len() < 300, "{shown}");
+        assert!(
+            shown.contains("(299802 more characters)") && shown.ends_with("is not a tile format"),
+            "{shown}"
+        );
+        assert_eq!(clip("short message"), "short message");
     }
 }

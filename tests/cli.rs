@@ -442,3 +442,61 @@ fn dry_run_predicts_the_payload() {
     // Without --dry-run the output is required.
     tenpak_fails(&["compress", s(&m)], 2);
 }
+
+/// Refusals say what is wrong once and briefly: a config's path is printed once, a huge value
+/// echoed from a file is cut, every fault of the config file exits 2, a safetensors header
+/// fault names its tensor, and a model given where a .tpk is expected is named as a model.
+#[test]
+fn refusals_are_short_and_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = d.join("m.safetensors");
+    write_st(
+        &m,
+        vec![("w", safetensors::Dtype::F32, vec![2, 32], vec![0u8; 256])],
+    );
+    let out = d.join("o.tpk");
+    let cfg = d.join("c.json");
+    let long = "y".repeat(1 << 20);
+    std::fs::write(
+        &cfg,
+        format!(r#"{{"algorithm": "mixed-tile-optimal", "params": {{"formats": ["{long}"]}}}}"#),
+    )
+    .unwrap();
+    let e = tenpak_fails(&["compress", s(&m), "-o", s(&out), "--config", s(&cfg)], 2);
+    assert!(e.len() < 600, "{} bytes: {}", e.len(), &e[..600]);
+    assert!(e.contains("more characters"), "{e}");
+    assert_eq!(e.matches("c.json").count(), 1, "{e}");
+    let e = tenpak_fails(
+        &[
+            "compress",
+            s(&m),
+            "-o",
+            s(&out),
+            "--config",
+            s(&d.join("none.json")),
+        ],
+        2,
+    );
+    assert!(
+        e.contains("none.json") && e.contains("read the config"),
+        "{e}"
+    );
+    std::fs::write(&cfg, "not json").unwrap();
+    tenpak_fails(&["compress", s(&m), "-o", s(&out), "--config", s(&cfg)], 2);
+    // A tensor whose shape does not match its bytes, by name.
+    let bad = d.join("bad.safetensors");
+    let h = br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b.w":{"dtype":"F32","shape":[3],"data_offsets":[8,24]}}"#;
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(h);
+    bytes.extend_from_slice(&[0u8; 24]);
+    std::fs::write(&bad, bytes).unwrap();
+    let e = tenpak_fails(&["compress", s(&bad), "-o", s(&out)], 1);
+    assert!(
+        e.contains("tensor 'b.w'") && e.contains("needs 12 bytes"),
+        "{e}"
+    );
+    let e = tenpak_fails(&["inspect", s(&m)], 1);
+    assert!(e.contains("a safetensors model, not a .tpk file"), "{e}");
+    assert!(!out.exists());
+}

@@ -39,8 +39,12 @@ fn read_file(path: &Path, file: usize) -> Result<(memmap2::Mmap, Vec<Raw>)> {
 }
 
 fn parse_header(bytes: &[u8], file: usize) -> Result<Vec<Raw>> {
-    let (n, meta) = ::safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| Error::bad_file(format!("not a valid safetensors file: {e}")))?;
+    let (n, meta) = ::safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
+        Error::bad_file(format!(
+            "not a valid safetensors file: {}",
+            diagnose(bytes).unwrap_or_else(|| e.to_string())
+        ))
+    })?;
     let base = 8 + n;
     let mut out = Vec::new();
     for (name, info) in meta.tensors() {
@@ -62,6 +66,67 @@ fn parse_header(bytes: &[u8], file: usize) -> Result<Vec<Raw>> {
         });
     }
     Ok(out)
+}
+
+/// What is wrong with a header the safetensors crate refused, naming the tensor: its messages
+/// ("invalid shape, data type, or offset for tensor") do not say which. `None` when the fault is
+/// not a tensor's (the header itself).
+fn diagnose(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let header = bytes.get(8..8usize.checked_add(usize::try_from(n).ok()?)?)?;
+    let v: serde_json::Value = serde_json::from_slice(header).ok()?;
+    let data_len = (bytes.len() - 8 - header.len()) as u64;
+    let mut spans = Vec::new();
+    for (name, t) in v.as_object()? {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = t.get("dtype").and_then(|d| d.as_str()).unwrap_or("");
+        let shape: Option<Vec<u64>> = t
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.iter().map(|x| x.as_u64()).collect());
+        let offsets: Option<Vec<u64>> = t
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.iter().map(|x| x.as_u64()).collect());
+        let (Some(shape), Some([b, e])) = (shape, offsets.as_deref()) else {
+            return Some(format!("tensor '{name}': no valid shape or data_offsets"));
+        };
+        let (b, e) = (*b, *e);
+        let Ok(dt) = DType::from_name(dtype) else {
+            continue; // reported by the reader with the dtype's name
+        };
+        if b > e || e > data_len {
+            return Some(format!(
+                "tensor '{name}': data_offsets [{b}, {e}] past the end of the {data_len} data bytes"
+            ));
+        }
+        let want = tpk_format::checked_numel(&shape).and_then(|k| k.checked_mul(dt.size() as u64));
+        if want != Some(e - b) {
+            return Some(format!(
+                "tensor '{name}': shape {shape:?} of {dtype} needs {} bytes, data_offsets give {}",
+                want.map_or("too many".to_string(), |w| w.to_string()),
+                e - b
+            ));
+        }
+        spans.push((b, e, name.clone()));
+    }
+    spans.sort();
+    let mut at = 0;
+    for (b, e, name) in &spans {
+        if *b != at {
+            return Some(format!(
+                "tensor '{name}': data starts at {b}, the previous tensor ends at {at} (gap or overlap)"
+            ));
+        }
+        at = *e;
+    }
+    (at != data_len).then(|| {
+        format!(
+            "the tensors' data ends at byte {at} of {data_len}: trailing bytes no tensor covers"
+        )
+    })
 }
 
 /// Pair FP8 weights with their `<name>_scale_inv` block scales: `scale_of[w]` is the index of

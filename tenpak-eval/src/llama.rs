@@ -107,7 +107,7 @@ pub type KvFilter = dyn Fn(usize, &mut [f32], &mut [f32]) -> Result<()> + Send +
 pub struct Llama {
     /// Hyperparameters.
     pub cfg: LlamaConfig,
-    embed: Tensor,
+    embed: std::sync::Arc<Vec<f32>>,
     layers: Vec<Layer>,
     norm: Tensor,
     /// The output head `[vocab, n_embd]`, row-major.
@@ -241,19 +241,20 @@ impl Llama {
         let norm = vec1(&mut model, n.norm(), e)?;
         // Tied embeddings: no output matrix means the embedding is the head.
         let tied = !model.has(n.head());
-        let head = if !tied {
-            take(&mut model, n.head(), cfg.vocab, e)?
-        } else {
-            embed_v.clone()
-        };
         // The head stays [vocab, e]: read transposed it measured faster than a transposed copy.
-        let embed = Tensor::from_vec(embed_v, (cfg.vocab, e), &dev).map_err(cerr)?;
+        // A tied head is the embedding itself, shared, not a second copy.
+        let embed = std::sync::Arc::new(embed_v);
+        let head = if !tied {
+            std::sync::Arc::new(take(&mut model, n.head(), cfg.vocab, e)?)
+        } else {
+            embed.clone()
+        };
         Ok(Llama {
             cfg,
             embed,
             layers,
             norm,
-            head: std::sync::Arc::new(head),
+            head,
             dev,
             kv_filter: None,
             names: n,
@@ -436,10 +437,10 @@ impl Llama {
         let mut m = self.clone();
         let (gguf, c) = (self.names.gguf, &self.cfg);
         if name == self.names.embed() {
+            m.embed = std::sync::Arc::new(values);
             if self.tied {
-                m.head = std::sync::Arc::new(values.clone());
+                m.head = m.embed.clone();
             }
-            m.embed = Tensor::from_vec(values, (dims[0], dims[1]), &self.dev).map_err(cerr)?;
             return Ok(m);
         }
         if !self.tied && name == self.names.head() {
@@ -564,8 +565,17 @@ impl Llama {
         let mut x = match x0 {
             Some(x) => x.clone(),
             None => {
-                let ids = Tensor::new(tokens.as_slice(), &self.dev).map_err(cerr)?;
-                self.embed.index_select(&ids, 0).map_err(cerr)?
+                // Rows of the embedding, gathered (out-of-range ids refused as a lookup would).
+                let e = c.n_embd;
+                let mut rows = Vec::with_capacity(t * e);
+                for &id in &tokens {
+                    let at = id as usize * e;
+                    let row = self.embed.get(at..at + e).ok_or_else(|| {
+                        Error::input(format!("token id {id} is outside the vocabulary"))
+                    })?;
+                    rows.extend_from_slice(row);
+                }
+                Tensor::from_vec(rows, (t, e), &self.dev).map_err(cerr)?
             }
         };
         let vec = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>());
