@@ -205,7 +205,8 @@ impl Table {
         let per_batch = (crate::encode::BATCH_BYTES / (4 * geom.tile_row_elems()).max(1))
             .max(rayon::current_num_threads())
             .max(1);
-        let mut bands: Vec<Vec<PairStats>> = Vec::with_capacity(high);
+        // Filled batch by batch: the table is the one thing held for the whole tensor.
+        let mut stats: Vec<PairStats> = Vec::with_capacity(high * wide * nf);
         let mut batch = Vec::new();
         for start in (0..high).step_by(per_batch) {
             let end = (start + per_batch).min(high);
@@ -244,9 +245,8 @@ impl Table {
                     row
                 })
                 .collect();
-            bands.extend(done);
+            stats.extend(done.into_iter().flatten());
         }
-        let stats: Vec<PairStats> = bands.into_iter().flatten().collect();
         // The source's moments, merged over tiles in order (Chan et al.).
         let (mut n, mut mean_x, mut cxx) = (0f64, 0f64, 0f64);
         for t in 0..wide * high {
