@@ -500,3 +500,114 @@ fn refusals_are_short_and_name_the_problem() {
     assert!(e.contains("a safetensors model, not a .tpk file"), "{e}");
     assert!(!out.exists());
 }
+
+/// 20 compress and 20 decompress runs stopped at random points, by `kill -9` and SIGTERM in
+/// turn: the output is always absent or whole (the same bytes as an uninterrupted run), SIGTERM
+/// leaves no temporary file, `kill -9` at most the one of the process just killed, and the next
+/// run to the same output removes it.
+#[cfg(target_os = "linux")]
+#[test]
+fn random_kills_leave_no_partial_output() {
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = smollm2();
+    let (tpk, st) = (d.join("ref.tpk"), d.join("ref.safetensors"));
+    let compress = |out: &Path| {
+        vec![
+            "compress".to_string(),
+            s(&model).to_string(),
+            "-o".into(),
+            s(out).to_string(),
+            "--codec".into(),
+            "byteplane".into(),
+            "--force".into(),
+            "-q".into(),
+        ]
+    };
+    let decompress = |out: &Path| {
+        vec![
+            "decompress".to_string(),
+            s(&tpk).to_string(),
+            "-o".into(),
+            s(out).to_string(),
+            "--force".into(),
+            "-q".into(),
+        ]
+    };
+    let run = |args: &[String]| {
+        let t = Instant::now();
+        let st = Command::new(env!("CARGO_BIN_EXE_tenpak"))
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "{args:?}");
+        t.elapsed()
+    };
+    let jobs: [(&str, &dyn Fn(&Path) -> Vec<String>, &Path); 2] = [
+        ("k.tpk", &compress, &tpk),
+        ("k.safetensors", &decompress, &st),
+    ];
+    let took = [run(&compress(&tpk)), run(&decompress(&st))];
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let (mut mid, mut finished) = (0, 0);
+    for ((name, args, reference), took) in jobs.into_iter().zip(took) {
+        let want = std::fs::read(reference).unwrap();
+        let sub = d.join(name.replace('.', "_"));
+        std::fs::create_dir(&sub).unwrap();
+        let out = sub.join(name);
+        let temps = || {
+            std::fs::read_dir(&sub)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(&format!(".{}", name.rsplit('.').next().unwrap())))
+                .filter(|n| n.starts_with('.'))
+                .count()
+        };
+        for i in 0..20 {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let delay = took.mul_f64((seed >> 11) as f64 / (1u64 << 53) as f64 * 1.1);
+            let mut child = Command::new(env!("CARGO_BIN_EXE_tenpak"))
+                .args(args(&out))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(delay);
+            let sig = if i % 2 == 0 { "KILL" } else { "TERM" };
+            Command::new("kill")
+                .args([&format!("-{sig}"), &child.id().to_string()])
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            let code = child.wait().unwrap().code();
+            match code {
+                Some(0) => finished += 1,
+                Some(143) => {
+                    mid += 1;
+                    assert_eq!(temps(), 0, "{name} try {i}: SIGTERM left a temporary");
+                }
+                None => {
+                    mid += 1;
+                    assert!(temps() <= 1, "{name} try {i}: stale temporaries kept");
+                }
+                other => panic!("{name} try {i}: exit {other:?}"),
+            }
+            if out.exists() {
+                assert!(
+                    std::fs::read(&out).unwrap() == want,
+                    "{name} try {i}: the output is not a whole run's"
+                );
+            }
+        }
+        run(&args(&out));
+        assert_eq!(temps(), 0, "{name}: the last run left temporaries");
+        assert_eq!(std::fs::read(&out).unwrap(), want);
+    }
+    eprintln!("{mid} runs stopped mid-way, {finished} finished before the signal");
+}
