@@ -685,11 +685,7 @@ pub fn csv(r: &AnalyzeReport) -> String {
 /// A CSV field, quoted (RFC 4180) when it holds a comma, a quote or a newline: codec specs
 /// such as `tenpakx:rank=16,group=64` do.
 pub fn csv_field(v: &str) -> String {
-    if v.contains([',', '"', '\n']) {
-        format!("\"{}\"", v.replace('"', "\"\""))
-    } else {
-        v.to_string()
-    }
+    crate::csv::field(v).into_owned()
 }
 
 /// Write the four files, each through a temporary file renamed into place.

@@ -325,6 +325,12 @@ fn storage(
     if opts.mixed.is_some() && crate::mixed::eligible(info, opts.tile_vectors) {
         return Ok(Storage::Mixed);
     }
+    if opts.prune.is_some() && Prune::applies(info.dtype, &info.dims) {
+        // Refuse a value codec kept values cannot use (a grouping by the tensor's shape) as
+        // asked, before its bind step would turn it into something else.
+        SparseCodec::new(effective_pipeline(p, info.dtype).tensor_codec_arc())
+            .map_err(|e| e.with_tensor(&info.name))?;
+    }
     let (pipeline, layout) = tensor_plan(p, info, opts);
     match opts.prune {
         Some(rule) if Prune::applies(info.dtype, &info.dims) => {

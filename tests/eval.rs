@@ -780,3 +780,24 @@ fn unsupported_models_are_refused_before_the_weights() {
     let e = tenpak_fails(&["eval", "ppl", s(&sp), "--corpus", s(&corpus)], 1);
     assert!(e.contains("tokenizer model 'llama'"), "{e}");
 }
+
+/// Reference points are read as CSV: a quoted label with commas stays one field; a broken quote
+/// names its line.
+#[test]
+fn reference_points_are_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("points.csv");
+    std::fs::write(
+        &p,
+        "label,bits_per_weight,kld\n\"grid:n=16,group=32\",4.5,0.02\n# note\nQ4_K_M,4.9,0.01,3.1\n",
+    )
+    .unwrap();
+    let pts = tenpak_eval::sweep::read_points(&p).unwrap();
+    assert_eq!(pts.len(), 2);
+    assert_eq!(pts[0].label, "grid:n=16,group=32");
+    assert_eq!((pts[0].bits_per_weight, pts[0].kld), (4.5, 0.02));
+    assert_eq!(pts[1].delta_ppl_pct, 3.1);
+    std::fs::write(&p, "label,bits,kld\n\"broken,4.5,0.02\n").unwrap();
+    let e = tenpak_eval::sweep::read_points(&p).unwrap_err();
+    assert!(e.to_string().contains("line 2"), "{e}");
+}

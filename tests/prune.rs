@@ -153,6 +153,27 @@ fn prune_errors_and_config() {
         2,
     );
     assert!(e.contains("row-major value codec"), "{e}");
+    // Groupings that follow the tensor's shape are refused as asked, not quietly changed
+    // (sparse.md §1): kept values have no rows, axes or channels.
+    for codec in ["int8_row", "int4_axis0", "int8_tensor"] {
+        let e = tenpak_fails(
+            &[
+                "compress",
+                s(&m),
+                "-o",
+                s(&out),
+                "--codec",
+                codec,
+                "--prune",
+                "magnitude:0.5",
+                "--filter",
+                "encoder.layer.0.",
+                "--force",
+            ],
+            2,
+        );
+        assert!(e.contains("use group=N"), "{codec}: {e}");
+    }
     let e = tenpak_fails(
         &[
             "compress",

@@ -423,7 +423,9 @@ impl TensorCodec for GridCodec {
             return Err(Error::bad_params("grid: no levels"));
         }
         let p = self.groups(n);
-        let codes = super::int::unpack(&payload[2 * p..], self.bits(), n);
+        let stream = &payload[2 * p..];
+        super::check_pad_bits(stream, n as u64 * self.bits() as u64, "grid codes")?;
+        let codes = super::int::unpack(stream, self.bits(), n);
         let g = self.group as usize;
         // A code past the table (possible with 3 levels in 2 bits) takes the last level.
         let mut table = self.levels.clone();

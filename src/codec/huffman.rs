@@ -509,6 +509,12 @@ fn decode_core<const W: usize>(data: &[u8], map: &[u32; 256], out: &mut [u8]) ->
                 segment(n, k).len()
             )));
         }
+        // The pad-bit rule (codecs.md "Packed codes"): the bits after the last code are zero.
+        if bp[k] < hi && padded[hi / 8 - 1] >> (8 - (hi - bp[k])) != 0 {
+            return Err(Error::bad_payload(format!(
+                "huffman stream {k}: pad bits of its last byte are not zero"
+            )));
+        }
     }
     Ok(())
 }

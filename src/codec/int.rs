@@ -387,6 +387,7 @@ impl IntCodec {
         let bits = self.bits as u32;
         let bias = (1i32 << (bits - 1)) as f32;
         out.clear();
+        super::check_pad_bits(&payload[codes_at..], n as u64 * bits as u64, "int codes")?;
         let codes = unpack(&payload[codes_at..], bits, n);
         out.resize(n, 0.0);
         match self.group {

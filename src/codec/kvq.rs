@@ -821,6 +821,7 @@ impl TensorCodec for KvqCodec {
                 packed.len()
             )));
         }
+        super::check_pad_bits(&packed, n as u64 * bits as u64, "kvq codes")?;
         let codes = unpack(&packed, bits, n);
         let per_tensor = params.len() == 1 && ng == 0;
         let mut recon: Vec<f32> = codes

@@ -594,7 +594,10 @@ impl TensorCodec for LowRankCodec {
             add_lr(&l, &self.r, rank, self.cols as usize, &mut v);
         }
         if let (Some(book), Some((d, kb, _))) = (&self.book, self.vq) {
-            let idx = super::kvq::unpack(&payload[lb..lb + ib], kb, n.div_ceil(d as usize));
+            let stream = &payload[lb..lb + ib];
+            let k = n.div_ceil(d as usize);
+            super::check_pad_bits(stream, k as u64 * kb as u64, "codebook indices")?;
+            let idx = super::kvq::unpack(stream, kb, k);
             book.add_to(&idx, &mut v);
         }
         match &self.residual {

@@ -288,6 +288,7 @@ impl MixedCodec {
             want += f.tile_bytes();
             codes.push(c as u8);
         }
+        super::check_pad_bits(&payload[..cl], (tiles * bits) as u64, "mixed tile codes")?;
         if payload.len() != want {
             return Err(Error::bad_length(format!(
                 "mixed payload is {} bytes, its tile codes say {want}",

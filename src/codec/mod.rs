@@ -711,6 +711,23 @@ pub(crate) fn inner_params(inner: &dyn TensorCodec) -> Vec<u8> {
 }
 
 /// Read what [`inner_params`] wrote at the end of `p` (nothing may follow).
+/// The pad-bit rule of every packed code stream (formats-spec/codecs.md "Packed codes"): the
+/// bits of the last byte past the last code are zero. `stream` starts at the first code and
+/// `used_bits` bits hold codes; a stream with a set pad bit is malformed, so each payload has
+/// one valid encoding and `verify` catches a flipped pad bit like any other.
+pub(crate) fn check_pad_bits(stream: &[u8], used_bits: u64, what: &str) -> Result<()> {
+    let rem = (used_bits % 8) as u32;
+    if rem == 0 {
+        return Ok(());
+    }
+    match stream.get((used_bits / 8) as usize) {
+        Some(&last) if last >> rem != 0 => Err(Error::bad_payload(format!(
+            "{what}: pad bits of the last code byte are not zero"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn inner_from_params(wrapper: &str, p: &[u8]) -> Result<Arc<dyn TensorCodec>> {
     let bad = |m: &str| Error::bad_params(format!("{wrapper} parameters: {m}"));
     if p.len() < 8 {
@@ -808,6 +825,43 @@ mod tests {
         let p = Pipeline::parse("bf16+zstd:level=9").unwrap();
         let q = Pipeline::from_stages(&p.stages()).unwrap();
         assert_eq!(q.describe(), p.describe());
+    }
+
+    /// One pad-bit rule for every packed stream: a set bit after the last code is malformed.
+    #[test]
+    fn set_pad_bits_are_malformed() {
+        // Codes end mid-byte at the end of each payload: 37 x 3 bits, 38 / 2 indices x 4 bits.
+        for (spec, n) in [
+            ("int:bits=3,group=32", 37),
+            ("int:bits=5,group=8,zero=asym", 37),
+            ("grid:n=8,group=32", 37),
+            ("vq:d=2,k=16", 38),
+        ] {
+            let vals: Vec<u8> = (0..n)
+                .flat_map(|i| ((i as f32 * 0.37).sin()).to_le_bytes())
+                .collect();
+            let p = Pipeline::parse(spec).unwrap();
+            let p = if p.tensor_codec().props().binds == Binds::Data {
+                let f: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+                p.bind(&TensorFacts {
+                    dims: &[1, n as u64],
+                    amax: None,
+                    values: Some(&f),
+                })
+            } else {
+                p
+            };
+            let mut payload = p.encode(DType::F32, &vals).unwrap();
+            assert!(
+                p.decode(&payload, DType::F32, n, u64::MAX).is_ok(),
+                "{spec}"
+            );
+            *payload.last_mut().unwrap() |= 0x80;
+            let e = p.decode(&payload, DType::F32, n, u64::MAX).unwrap_err();
+            assert!(e.message.contains("pad bits"), "{spec}: {e}");
+        }
+        assert!(check_pad_bits(&[0b0111_1111], 7, "t").is_ok());
+        assert!(check_pad_bits(&[0xFF], 8, "t").is_ok());
     }
 
     #[test]

@@ -36,10 +36,19 @@ impl SparseCodec {
                 inner.spec()
             )));
         }
+        // Kept values are a flat run with no shape: a grouping that follows the tensor's shape
+        // (rows, the whole tensor, channels along an axis) has nothing to follow. Unbound it is a
+        // config error; bound to channels (whole-tensor groups) it is a malformed file.
         if inner.props().binds == Binds::Shape {
             return Err(Error::config(
-                "int group=row, group=tensor and axis= follow the tensor's shape; kept values of a pruned tensor have none: use group=N",
+                "int group=row, group=tensor and axis= follow the tensor's shape; kept values of a pruned tensor have none: use group=N (e.g. int4_g32)",
             ));
+        }
+        if inner.props().chunk_multiple == u64::MAX {
+            return Err(Error::bad_params(format!(
+                "sparse: value codec {} groups by channel of the tensor's shape; kept values have none",
+                inner.spec()
+            )));
         }
         Ok(SparseCodec { inner })
     }
@@ -329,6 +338,23 @@ mod tests {
         assert!(
             (ENTRY.from_params)(&[22, 0, 1, 0, 0, 0, 0, 0]).is_err(),
             "sparse in sparse"
+        );
+        // An int value codec with per-channel groups (a bound axis=) is refused.
+        let int = crate::codec::Pipeline::parse("int4_axis0").unwrap();
+        let bound = int.bind(&crate::codec::TensorFacts {
+            dims: &[4, 64],
+            amax: None,
+            values: None,
+        });
+        let inner = bound.tensor_codec();
+        let mut params = inner.id().to_le_bytes().to_vec();
+        params.extend(inner.version().to_le_bytes());
+        params.extend((inner.params().len() as u32).to_le_bytes());
+        params.extend(inner.params());
+        assert!(inner.spec().contains("channels"), "{}", inner.spec());
+        assert!(
+            (ENTRY.from_params)(&params).is_err(),
+            "per-channel groups in sparse"
         );
     }
 }

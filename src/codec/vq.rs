@@ -713,7 +713,9 @@ impl TensorCodec for VqCodec {
             (None, _) => return Err(Error::bad_params("vq: no codebook")),
         };
         let (scales, idx) = idx.split_at(self.scale_bytes(n));
-        let idx = super::kvq::unpack(idx, self.kbits, n.div_ceil(self.d as usize));
+        let k = n.div_ceil(self.d as usize);
+        super::check_pad_bits(idx, k as u64 * self.kbits as u64, "vq indices")?;
+        let idx = super::kvq::unpack(idx, self.kbits, k);
         let mut v = vec![0f32; n];
         book.expand(&idx, &mut v);
         if self.group > 0 {

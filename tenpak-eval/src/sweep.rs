@@ -197,9 +197,11 @@ pub fn read_points(path: &Path) -> Result<Vec<OtherPoint>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", e).with_file(path))?;
     let mut out = Vec::new();
     let mut header_seen = false;
-    for (i, line) in text.lines().enumerate() {
-        let f: Vec<&str> = line.split(',').map(str::trim).collect();
-        if line.trim().is_empty() || line.starts_with('#') {
+    // Real CSV: a label such as "grid:n=16,group=32" is one quoted field.
+    let rows = tenpak::csv::records(&text).map_err(|e| Error::input(e).with_file(path))?;
+    for (line, fields) in rows {
+        let f: Vec<&str> = fields.iter().map(|s| s.trim()).collect();
+        if f.iter().all(|s| s.is_empty()) || f[0].starts_with('#') {
             continue;
         }
         let first = !header_seen;
@@ -215,8 +217,7 @@ pub fn read_points(path: &Path) -> Result<Vec<OtherPoint>> {
             _ if first => {} // the header
             _ => {
                 return Err(Error::input(format!(
-                    "line {}: want label,bits_per_weight,kld[,delta_ppl_pct]",
-                    i + 1
+                    "line {line}: want label,bits_per_weight,kld[,delta_ppl_pct]"
                 ))
                 .with_file(path))
             }
