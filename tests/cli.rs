@@ -547,7 +547,8 @@ fn random_kills_leave_no_partial_output() {
         assert!(st.success(), "{args:?}");
         t.elapsed()
     };
-    let jobs: [(&str, &dyn Fn(&Path) -> Vec<String>, &Path); 2] = [
+    type Args<'a> = &'a dyn Fn(&Path) -> Vec<String>;
+    let jobs: [(&str, Args, &Path); 2] = [
         ("k.tpk", &compress, &tpk),
         ("k.safetensors", &decompress, &st),
     ];
