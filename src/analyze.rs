@@ -685,7 +685,16 @@ pub fn csv(r: &AnalyzeReport) -> String {
 /// A CSV field, quoted (RFC 4180) when it holds a comma, a quote or a newline: codec specs
 /// such as `tenpakx:rank=16,group=64` do.
 pub fn csv_field(v: &str) -> String {
-    crate::csv::field(v).into_owned()
+    // The csv crate's writer quotes only where RFC 4180 needs it (a comma, a quote, a line
+    // break) and doubles quotes inside.
+    let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+    if w.write_field(v).is_err() {
+        return v.to_string();
+    }
+    match w.into_inner() {
+        Ok(b) => String::from_utf8(b).unwrap_or_else(|_| v.to_string()),
+        Err(_) => v.to_string(),
+    }
 }
 
 /// Write the four files, each through a temporary file renamed into place.

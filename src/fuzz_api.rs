@@ -90,6 +90,16 @@ pub fn input_safetensors(data: &[u8]) {
     let _ = crate::input::safetensors::fuzz_parse(data, 1 << 16);
 }
 
+/// Parse a sharded model's `model.safetensors.index.json`.
+pub fn sharded_index(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok((shards, wanted)) = crate::input::safetensors::parse_index(text) {
+            assert!(wanted.values().all(|f| shards.contains(f)));
+            assert!(shards.iter().all(|s| !s.contains('/') && !s.contains("..")));
+        }
+    }
+}
+
 /// Parse a compression config (JSON) and resolve it; when it parses, its resolved form too.
 pub fn config_json(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {

@@ -73,7 +73,6 @@ pub mod codec;
 pub mod compress;
 pub mod config;
 pub mod context;
-pub mod csv;
 pub mod decompress;
 pub mod dtype;
 pub mod encode;

@@ -801,3 +801,32 @@ fn reference_points_are_csv() {
     let e = tenpak_eval::sweep::read_points(&p).unwrap_err();
     assert!(e.to_string().contains("line 2"), "{e}");
 }
+
+/// The metadata fuzz targets' seeds are models eval accepts, so fuzzing starts from inputs that
+/// reach the tokenizers.
+#[test]
+fn metadata_fuzz_seeds_pass_the_prechecks() {
+    use tenpak_eval::model::{precheck, Meta};
+    let root = repo().join("fuzz/seeds");
+    let g = std::fs::read(root.join("eval_gguf_meta/llama_bpe.gguf")).unwrap();
+    let meta = tenpak::input::gguf::metadata_of(&g).unwrap();
+    let json: Vec<(String, String)> = meta
+        .iter()
+        .map(|(k, v)| (format!("gguf.{k}"), v.to_json().to_string()))
+        .collect();
+    let meta = Meta::from_pairs(json.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
+    precheck(&meta, "test").unwrap();
+    let tok = tenpak_eval::tokenizer::TextTokenizer::from_meta(&meta).unwrap();
+    assert!(!tok.encode("Hello").unwrap().is_empty());
+    let hf = std::fs::read(root.join("eval_hf_meta/minilm.bin")).unwrap();
+    let at = hf.iter().position(|&b| b == 0).unwrap();
+    let meta = Meta::from_pairs([
+        ("hf.config.json", std::str::from_utf8(&hf[..at]).unwrap()),
+        (
+            "hf.tokenizer.json",
+            std::str::from_utf8(&hf[at + 1..]).unwrap(),
+        ),
+    ])
+    .unwrap();
+    precheck(&meta, "test").unwrap();
+}

@@ -61,6 +61,9 @@ const TARGETS: &[(&str, Target)] = &[
     ("input_kv_safetensors", f::kv_safetensors),
     ("input_calibration", f::calibration),
     ("sensitivity_json", f::sensitivity_json),
+    ("input_sharded_index", f::sharded_index),
+    ("eval_hf_meta", tenpak_eval::fuzz_api::hf_meta),
+    ("eval_gguf_meta", tenpak_eval::fuzz_api::gguf_meta),
 ];
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -77,8 +80,14 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn replay_seeds_and_regressions() {
-    if std::env::var_os("TENPAK_WRITE_SEEDS").is_some() {
-        write_seeds();
+    // TENPAK_WRITE_SEEDS=1 writes every seed; =eval only the metadata targets' seeds.
+    match std::env::var("TENPAK_WRITE_SEEDS").as_deref() {
+        Ok("eval") => write_meta_seeds(),
+        Ok(_) => {
+            write_seeds();
+            write_meta_seeds();
+        }
+        Err(_) => {}
     }
     let root = crate::common::repo();
     let mut count = 0;
@@ -456,6 +465,62 @@ fn write_seeds() {
         "input_safetensors",
         "fp8.safetensors",
         &std::fs::read(&fp8).unwrap(),
+    );
+}
+
+/// Seeds of the targets over what `eval` and the sharded reader read besides weights: an index,
+/// the test models' config.json + tokenizer.json, a llama GGUF's metadata (byte-level BPE).
+fn write_meta_seeds() {
+    let root = crate::common::repo().join("fuzz/seeds");
+    let put = |t: &str, name: &str, b: &[u8]| {
+        std::fs::create_dir_all(root.join(t)).unwrap();
+        std::fs::write(root.join(t).join(name), b).unwrap();
+    };
+    put(
+        "input_sharded_index",
+        "index.json",
+        br#"{"metadata": {"total_size": 96}, "weight_map": {"a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors", "c": "model-00001-of-00002.safetensors"}}"#,
+    );
+    let dir = minilm().parent().unwrap().to_path_buf();
+    let mut hf = std::fs::read(dir.join("config.json")).unwrap();
+    hf.push(0);
+    hf.extend(std::fs::read(dir.join("tokenizer.json")).unwrap());
+    put("eval_hf_meta", "minilm.bin", &hf);
+    put(
+        "eval_hf_meta",
+        "llama_config.bin",
+        br#"{"model_type": "llama", "hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1, "intermediate_size": 16, "vocab_size": 4, "rms_norm_eps": 1e-5}"#,
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let g = tmp.path().join("m.gguf");
+    write_gguf(
+        &g,
+        &[
+            ("general.architecture", Gv::Str("llama")),
+            ("llama.embedding_length", Gv::U32(8)),
+            ("llama.attention.head_count", Gv::U32(2)),
+            ("llama.block_count", Gv::U32(1)),
+            ("llama.feed_forward_length", Gv::U32(16)),
+            ("llama.attention.layer_norm_rms_epsilon", Gv::F32(1e-5)),
+            ("tokenizer.ggml.model", Gv::Str("gpt2")),
+            (
+                "tokenizer.ggml.tokens",
+                Gv::Strs(&[
+                    "H", "e", "l", "o", "He", "ll", "Hell", "Hello", "\u{120}", ",",
+                ]),
+            ),
+            (
+                "tokenizer.ggml.merges",
+                Gv::Strs(&["H e", "l l", "He ll", "Hell o"]),
+            ),
+            ("tokenizer.ggml.bos_token_id", Gv::U32(0)),
+        ],
+        &[],
+    );
+    put(
+        "eval_gguf_meta",
+        "llama_bpe.gguf",
+        &std::fs::read(&g).unwrap(),
     );
 }
 

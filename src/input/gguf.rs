@@ -254,6 +254,12 @@ impl GgufSource {
     }
 }
 
+/// The metadata of a GGUF file's bytes (everything before the tensor data is read, the tensor
+/// table checked): what `eval` reads the architecture and tokenizer from.
+pub fn metadata_of(b: &[u8]) -> Result<Vec<(String, MetaValue)>> {
+    parse_bytes(b).map(|(_, m, _, _)| m)
+}
+
 type Parsed = (u32, Vec<(String, MetaValue)>, Vec<TensorInfo>, Vec<Entry>);
 
 fn parse_bytes(b: &[u8]) -> Result<Parsed> {

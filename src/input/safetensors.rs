@@ -196,32 +196,8 @@ impl SafetensorsSource {
     pub fn open_sharded(index: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(index).map_err(|e| Error::io("read", e).with_file(index))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::bad_file(format!("invalid JSON: {e}")).with_file(index))?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| Error::bad_file("no \"weight_map\" object").with_file(index))?;
+        let (shard_names, wanted) = parse_index(&text).map_err(|e| e.with_file(index))?;
         let dir = index.parent().unwrap_or(Path::new("."));
-        let mut shard_names: Vec<String> = Vec::new();
-        let mut wanted: BTreeMap<String, String> = BTreeMap::new();
-        for (name, file) in map {
-            let file = file.as_str().ok_or_else(|| {
-                Error::bad_file(format!("weight_map entry for '{name}' is not a file name"))
-                    .with_file(index)
-            })?;
-            if file.contains('/') || file.contains('\\') || file.contains("..") {
-                return Err(Error::bad_file(format!(
-                    "shard name '{file}' leaves the model folder"
-                ))
-                .with_file(index));
-            }
-            if !shard_names.iter().any(|s| s == file) {
-                shard_names.push(file.to_string());
-            }
-            wanted.insert(name.clone(), file.to_string());
-        }
-        shard_names.sort();
         let paths: Vec<PathBuf> = shard_names.iter().map(|s| dir.join(s)).collect();
         for p in &paths {
             if !p.is_file() {
@@ -329,6 +305,35 @@ impl SafetensorsSource {
             description,
         })
     }
+}
+
+/// A `model.safetensors.index.json`: its shard file names (sorted, each once) and the shard
+/// each tensor is in. Shard names that leave the folder are refused.
+pub fn parse_index(text: &str) -> Result<(Vec<String>, BTreeMap<String, String>)> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Error::bad_file(format!("invalid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::bad_file("no \"weight_map\" object"))?;
+    let mut shard_names: Vec<String> = Vec::new();
+    let mut wanted: BTreeMap<String, String> = BTreeMap::new();
+    for (name, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            Error::bad_file(format!("weight_map entry for '{name}' is not a file name"))
+        })?;
+        if file.is_empty() || file.contains('/') || file.contains('\\') || file.contains("..") {
+            return Err(Error::bad_file(format!(
+                "shard name '{file}' leaves the model folder"
+            )));
+        }
+        if !shard_names.iter().any(|s| s == file) {
+            shard_names.push(file.to_string());
+        }
+        wanted.insert(name.clone(), file.to_string());
+    }
+    shard_names.sort();
+    Ok((shard_names, wanted))
 }
 
 fn file_name(p: &Path) -> String {

@@ -120,26 +120,31 @@ fn cerr(e: candle_core::Error) -> Error {
     Error::new(tenpak::ErrorKind::Io, format!("forward pass: {e}"))
 }
 
+/// The word-piece tokenizer of `tokenizer.json`, truncating at `max` tokens, unpadded.
+pub fn tokenizer(meta: &Meta, max: usize) -> Result<tokenizers::Tokenizer> {
+    let tok_json = match meta {
+        Meta::Hf {
+            tokenizer: Some(t), ..
+        } => t,
+        _ => return Err(Error::input("the model has no tokenizer.json")),
+    };
+    let mut tok = tokenizers::Tokenizer::from_bytes(tok_json.as_bytes())
+        .map_err(|e| Error::input(format!("tokenizer.json: {e}")))?;
+    tok.with_padding(None);
+    tok.with_truncation(Some(tokenizers::TruncationParams {
+        max_length: max,
+        ..Default::default()
+    }))
+    .map_err(|e| Error::input(format!("tokenizer.json: {e}")))?;
+    Ok(tok)
+}
+
 impl Bert {
     /// Build from a loaded model; `max_tokens` is the truncation length (word pieces, special
     /// tokens included).
     pub fn new(mut model: Model, max_tokens: usize) -> Result<Bert> {
         let cfg = BertConfig::from_meta(&model.meta)?;
-        let tok_json = match &model.meta {
-            Meta::Hf {
-                tokenizer: Some(t), ..
-            } => t.clone(),
-            _ => return Err(Error::input("the model has no tokenizer.json")),
-        };
-        let mut tok = tokenizers::Tokenizer::from_bytes(tok_json.as_bytes())
-            .map_err(|e| Error::input(format!("tokenizer.json: {e}")))?;
-        let max = max_tokens.min(cfg.max_positions);
-        tok.with_padding(None);
-        tok.with_truncation(Some(tokenizers::TruncationParams {
-            max_length: max,
-            ..Default::default()
-        }))
-        .map_err(|e| Error::input(format!("tokenizer.json: {e}")))?;
+        let tok = tokenizer(&model.meta, max_tokens.min(cfg.max_positions))?;
         let dev = Device::Cpu;
         let (e, f) = (cfg.hidden, cfg.intermediate);
         // Some exports prefix every name with "bert.".

@@ -96,6 +96,7 @@ pub struct EmbedResult {
 pub fn load_bert(path: &Path, base: Option<&Path>, max_tokens: usize) -> Result<(String, Bert)> {
     let file = crate::model::ModelFile::open(path, base)?;
     crate::bert::BertConfig::from_meta(&file.meta).map_err(|e| e.with_file(path))?;
+    crate::model::precheck(&file.meta, "eval embed").map_err(|e| e.with_file(path))?;
     let m = file.load()?;
     let d = m.description.clone();
     Ok((d, Bert::new(m, max_tokens).map_err(|e| e.with_file(path))?))

@@ -12,6 +12,8 @@ pub mod bert;
 pub mod calibrate;
 pub mod capture;
 pub mod embed;
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod kernels;
 pub mod kvsim;
 pub mod llama;

@@ -260,7 +260,7 @@ impl ModelFile {
 
 /// Refuse, from the metadata alone, a model that `task` cannot run: an architecture other than
 /// llama and BERT, a llama whose hyperparameters or tokenizer tenpak does not handle (say, a
-/// SentencePiece GGUF), a BERT config it cannot follow. Called before any weight is decoded.
+/// SentencePiece GGUF), a BERT config it cannot follow or without a readable tokenizer.json. Called before any weight is decoded.
 pub fn precheck(meta: &Meta, task: &str) -> Result<()> {
     match meta.architecture()?.as_str() {
         "llama" => {
@@ -268,7 +268,10 @@ pub fn precheck(meta: &Meta, task: &str) -> Result<()> {
             crate::tokenizer::TextTokenizer::from_meta(meta)?;
             Ok(())
         }
-        "bert" => crate::bert::BertConfig::from_meta(meta).map(|_| ()),
+        "bert" => {
+            let cfg = crate::bert::BertConfig::from_meta(meta)?;
+            crate::bert::tokenizer(meta, cfg.max_positions).map(|_| ())
+        }
         a => Err(Error::new(
             tenpak::ErrorKind::Unsupported,
             format!("architecture '{a}': {task} runs llama and bert models"),

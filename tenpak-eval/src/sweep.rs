@@ -197,11 +197,18 @@ pub fn read_points(path: &Path) -> Result<Vec<OtherPoint>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", e).with_file(path))?;
     let mut out = Vec::new();
     let mut header_seen = false;
-    // Real CSV: a label such as "grid:n=16,group=32" is one quoted field.
-    let rows = tenpak::csv::records(&text).map_err(|e| Error::input(e).with_file(path))?;
-    for (line, fields) in rows {
-        let f: Vec<&str> = fields.iter().map(|s| s.trim()).collect();
-        if f.iter().all(|s| s.is_empty()) || f[0].starts_with('#') {
+    // Real CSV (the csv crate): a label such as "grid:n=16,group=32" is one quoted field.
+    let mut rd = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .comment(Some(b'#'))
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    for rec in rd.records() {
+        let rec = rec.map_err(|e| Error::input(format!("not CSV: {e}")).with_file(path))?;
+        let line = rec.position().map_or(0, |p| p.line());
+        let f: Vec<&str> = rec.iter().collect();
+        if f.iter().all(|s| s.is_empty()) {
             continue;
         }
         let first = !header_seen;
