@@ -11,10 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet -p tenpak-cli
-T="$PWD/target/release/tenpak"
 W="${TMPDIR:-/tmp}/tenpak-memory-bench"
 mkdir -p "$W"
 trap 'rm -rf "$W"' EXIT
+# A copy of the binary: a rebuild while the benchmark runs cannot change what it measures.
+cp target/release/tenpak "$W/tenpak"
+T="$W/tenpak"
+echo "tenpak $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores"
 sizes=("${@:-0.1 1 4}")
 read -r -a sizes <<<"${sizes[*]}"
 cat >"$W/mixed.json" <<'JSON'
@@ -64,6 +67,15 @@ for g in "${sizes[@]}"; do
     run "$W/m.safetensors" "f32 ${g} GiB"
     rm -f "$W/m.safetensors"
 done
+# eval ppl: the weights decoded into the model's own f32 buffers; target <= 1.3x the f32 model.
+if [ -f models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
+    S=models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    "$T" compress "$S" -o "$W/s.tpk" --codec bfp8 --force -q >/dev/null
+    printf '%-44s %8.0f MiB\n' "SmolLM2 f32 model (134,515,008 x 4 bytes)" "$(echo "134515008 * 4 / 1048576" | bc -l)"
+    peak "SmolLM2 eval ppl GGUF (1 window of 64)" "$T" eval ppl "$S" --windows 1 --ctx 64 --kld-windows 0 -q
+    peak "SmolLM2 eval ppl .tpk bfp8 (1 window of 64)" "$T" eval ppl "$W/s.tpk" --windows 1 --ctx 64 --kld-windows 0 -q
+    rm -f "$W/s.tpk"
+fi
 if [ $# -eq 0 ]; then
     python3 scripts/make_big_model.py gguf "$W/m.gguf" 2
     run "$W/m.gguf" "Q8_0 2 GiB"
