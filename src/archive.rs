@@ -284,24 +284,9 @@ impl Archive {
         esize: usize,
         n: usize,
     ) -> Result<Vec<u8>> {
-        let t = &self.file.tensors()[i];
-        let mut out = vec![0u8; n * esize];
-        // Each chunk decodes straight into its slice of the tensor: no per-chunk buffers.
-        let mut slices = Vec::with_capacity(t.chunks.len());
-        let mut rest = &mut out[..];
-        for ch in &t.chunks {
-            let (a, b) = rest.split_at_mut(ch.elem_count as usize * esize);
-            slices.push(a);
-            rest = b;
-        }
-        slices
-            .into_par_iter()
-            .enumerate()
-            .try_for_each(|(c, slice)| {
-                let payload = self.file.chunk(i, c).map_err(Error::from)?;
-                p.decode_into(payload, dtype, t.chunks[c].elem_count as usize, slice)
-                    .map_err(|e| e.with_chunk(c).with_tensor(&t.name))
-            })?;
+        let chunks = self.file.tensors()[i].chunks.len();
+        let out = self.decode_chunk_range(i, 0..chunks, dtype, p, esize, n)?;
+        self.file.release_chunks(i, 0..chunks);
         Ok(out)
     }
 

@@ -45,7 +45,7 @@ pub fn dequantize_range(
         let scale = scales
             .get((i / BLOCK as usize) * scols + j / BLOCK as usize)
             .copied()
-            .unwrap_or(1.0);
+            .ok_or_else(|| Error::input("the scale_inv tensor is shorter than its shape"))?;
         out.extend_from_slice(&(v * scale).to_le_bytes());
     }
     Ok(out)
@@ -60,18 +60,5 @@ pub fn dequantize(
     sdt: DType,
     sdims: &[u64],
 ) -> Result<Vec<u8>> {
-    check_shapes(dims, sdims, sdt)?;
-    let (cols, scols) = (dims[1] as usize, sdims[1] as usize);
-    let mut scales = Vec::new();
-    dtype::to_f32(sdt, s, &mut scales);
-    let mut vals = Vec::new();
-    dtype::to_f32(wdt, w, &mut vals);
-    let mut out = Vec::with_capacity(vals.len() * 4);
-    for (i, row) in vals.chunks(cols.max(1)).enumerate() {
-        let srow = &scales[(i / BLOCK as usize) * scols..][..scols];
-        for (j, v) in row.iter().enumerate() {
-            out.extend_from_slice(&(v * srow[j / BLOCK as usize]).to_le_bytes());
-        }
-    }
-    Ok(out)
+    dequantize_range(w, 0, wdt, dims, s, sdt, sdims)
 }
