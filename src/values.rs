@@ -4,7 +4,7 @@
 //! Everything that needs the tensor in order (row-major chunks, bands of 32-row tiles, the
 //! largest magnitude for a per-tensor scale, per-tile error tables) reads through [`Values`];
 //! only the steps that learn from the whole tensor at once (codebooks, low-rank factors, fitted
-//! grids, GPTQ, pruning thresholds, deltas) load it whole (formats-spec/README.md "Memory").
+//! grids, GPTQ, pruning thresholds, deltas) load it whole (README "Memory").
 
 use crate::dtype;
 use crate::error::{Error, Result};
