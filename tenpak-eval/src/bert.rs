@@ -128,8 +128,7 @@ pub fn tokenizer(meta: &Meta, max: usize) -> Result<tokenizers::Tokenizer> {
         } => t,
         _ => return Err(Error::input("the model has no tokenizer.json")),
     };
-    let mut tok = tokenizers::Tokenizer::from_bytes(tok_json.as_bytes())
-        .map_err(|e| Error::input(format!("tokenizer.json: {e}")))?;
+    let mut tok = crate::tokenizer::parse_json(tok_json)?;
     tok.with_padding(None);
     tok.with_truncation(Some(tokenizers::TruncationParams {
         max_length: max,

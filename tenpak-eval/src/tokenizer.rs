@@ -23,8 +23,7 @@ impl TextTokenizer {
                 let json = tokenizer.as_deref().ok_or_else(|| {
                     Error::input("the model has no tokenizer.json (and none is stored in the .tpk)")
                 })?;
-                let inner = Tokenizer::from_bytes(json.as_bytes())
-                    .map_err(|e| Error::input(format!("tokenizer.json: {e}")))?;
+                let inner = parse_json(json)?;
                 Ok(TextTokenizer { inner })
             }
         }
@@ -96,5 +95,23 @@ impl TextTokenizer {
     /// The underlying tokenizer (for encoders that need attention masks and truncation).
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
+    }
+}
+
+/// A `tokenizer.json`, parsed by the tokenizers crate. Some malformed files make that crate
+/// panic rather than fail (fuzzing found `expect("Helper")` on a bad `decoder`); the panic is
+/// caught and reported as the input error it is. The panic hook is silenced meanwhile, so the
+/// user sees one error line, not a backtrace.
+pub fn parse_json(json: &str) -> Result<Tokenizer> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(json.as_bytes()));
+    std::panic::set_hook(hook);
+    match parsed {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(Error::input(format!("tokenizer.json: {e}"))),
+        Err(_) => Err(Error::input(
+            "tokenizer.json: malformed (the tokenizers library could not read it)",
+        )),
     }
 }
