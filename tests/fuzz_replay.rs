@@ -1,5 +1,6 @@
-//! Replays every committed fuzz seed (`fuzz/seeds/<target>/`) and every crash or regression
-//! file (`tests/regressions/<target>/`) through the same entry points the fuzz targets use, on
+//! Replays every committed fuzz seed (`fuzz/seeds/<target>/`), every minimized corpus
+//! (`fuzz/minimized/<target>/`, what libFuzzer's `-merge=1` kept of a run) and every crash or
+//! regression file (`tests/regressions/<target>/`) through the same entry points the fuzz targets use, on
 //! stable Rust. Files that must fail with an error live in `tests/bad/` and are checked by name.
 //!
 //! `TENPAK_WRITE_SEEDS=1 cargo test fuzz_replay` regenerates `fuzz/seeds/` from real data.
@@ -92,7 +93,7 @@ fn replay_seeds_and_regressions() {
     let root = crate::common::repo();
     let mut count = 0;
     for (name, target) in TARGETS {
-        for base in ["fuzz/seeds", "tests/regressions"] {
+        for base in ["fuzz/seeds", "fuzz/minimized", "tests/regressions"] {
             for file in files(&root.join(base).join(name)) {
                 target(&std::fs::read(&file).unwrap());
                 count += 1;
