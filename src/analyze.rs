@@ -687,12 +687,22 @@ pub fn csv(r: &AnalyzeReport) -> String {
 pub fn csv_field(v: &str) -> String {
     // The csv crate's writer quotes only where RFC 4180 needs it (a comma, a quote, a line
     // break) and doubles quotes inside.
-    let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
-    if w.write_field(v).is_err() {
+    // A one-field record, its line end cut; an empty field stays empty (alone on a line the
+    // writer would quote it so the record is not a blank line).
+    if v.is_empty() {
+        return String::new();
+    }
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    if w.write_record([v]).is_err() {
         return v.to_string();
     }
     match w.into_inner() {
-        Ok(b) => String::from_utf8(b).unwrap_or_else(|_| v.to_string()),
+        Ok(mut b) => {
+            b.pop(); // the terminator
+            String::from_utf8(b).unwrap_or_else(|_| v.to_string())
+        }
         Err(_) => v.to_string(),
     }
 }
@@ -717,6 +727,17 @@ fn write_files(dir: &Path, r: &AnalyzeReport) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_where_needed() {
+        assert_eq!(
+            csv_field("kv:kivi:bits=2,group=32"),
+            "\"kv:kivi:bits=2,group=32\""
+        );
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field(""), "");
+    }
 
     #[test]
     fn timestamp_shape() {
