@@ -15,10 +15,10 @@ use std::ops::Range;
 use tpk_format::Layout;
 
 /// Elements read from a source at a time by [`Values::f32s`].
-const PIECE_ELEMS: u64 = 1 << 20;
+pub const PIECE_ELEMS: u64 = 1 << 20;
 
 /// Elements read at a time by [`Values::scan`].
-const SCAN_ELEMS: u64 = 1 << 22;
+pub const SCAN_ELEMS: u64 = 1 << 22;
 
 /// Where a tensor's values come from.
 #[derive(Clone, Copy)]
