@@ -103,15 +103,32 @@ impl TextTokenizer {
 /// caught and reported as the input error it is. The panic hook is silenced meanwhile, so the
 /// user sees one error line, not a backtrace.
 pub fn parse_json(json: &str) -> Result<Tokenizer> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(json.as_bytes()));
-    std::panic::set_hook(hook);
-    match parsed {
-        Ok(Ok(t)) => Ok(t),
-        Ok(Err(e)) => Err(Error::input(format!("tokenizer.json: {e}"))),
-        Err(_) => Err(Error::input(
-            "tokenizer.json: malformed (the tokenizers library could not read it)",
+    let tok = match quietly(|| Tokenizer::from_bytes(json.as_bytes())) {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => return Err(Error::input(format!("tokenizer.json: {e}"))),
+        None => {
+            return Err(Error::input(
+                "tokenizer.json: malformed (the tokenizers library could not read it)",
+            ))
+        }
+    };
+    // A file can parse and still panic on every encode (a post-processor template naming a
+    // token the vocabulary lacks, also found by fuzzing): one trial sentence refuses it now
+    // rather than mid-evaluation.
+    match quietly(|| tok.encode("Hello, world! 12 tokens.", true)) {
+        Some(_) => Ok(tok),
+        None => Err(Error::input(
+            "tokenizer.json: malformed (encoding a test sentence failed inside the tokenizers library)",
         )),
     }
+}
+
+/// `f()`, or `None` if it panicked, with the panic hook silenced meanwhile (called before any
+/// worker thread runs, so the hook swap is not raced).
+fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(f);
+    std::panic::set_hook(hook);
+    r.ok()
 }
