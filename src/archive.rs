@@ -87,6 +87,12 @@ impl Archive {
         Ok((dtype, p))
     }
 
+    /// The dtype tensor `i` decodes to (its pipeline's decoded dtype for the source dtype).
+    pub fn decoded_dtype(&self, i: usize) -> Result<DType> {
+        let (src, p) = self.pipeline(i)?;
+        Ok(p.tensor_codec().decoded_dtype(src))
+    }
+
     /// Decode chunk `c` of tensor `i` (CRC checked) into bytes of the pipeline's decoded dtype.
     pub fn decode_chunk(&self, i: usize, c: usize, dtype: DType, p: &Pipeline) -> Result<Vec<u8>> {
         let t = &self.file.tensors()[i];

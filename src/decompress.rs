@@ -327,7 +327,9 @@ fn write_shard(
         let osize = p.dtype.size() as u64;
         let file = tmp.file();
         let mut written = 0u64;
-        let decoded = piece_dtype(ar, p.index).map_err(|e| e.with_tensor(&t.name))?;
+        let decoded = ar
+            .decoded_dtype(p.index)
+            .map_err(|e| e.with_tensor(&t.name))?;
         ar.decode_pieces(p.index, &mut |first, bytes| {
             let out = if decoded == p.dtype {
                 std::borrow::Cow::Borrowed(bytes)
@@ -361,10 +363,4 @@ fn write_at(file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<()
         f.seek(SeekFrom::Start(offset))?;
         f.write_all(buf)
     }
-}
-
-/// The dtype tensor `i`'s pieces come in ([`Archive::decode_pieces`]).
-fn piece_dtype(ar: &Archive, i: usize) -> Result<DType> {
-    let (src, p) = ar.pipeline(i)?;
-    Ok(p.tensor_codec().decoded_dtype(src))
 }

@@ -295,7 +295,7 @@ fn calibrated_pipeline(
         let (p, m) = r?;
         return Ok((p, Some(m)));
     }
-    let bound = bind_to_tensor(info, vals, pipeline)?;
+    let bound = bind(info, Values::Loaded(data), pipeline)?;
     match attempt(&bound) {
         Some(r) => r.map(|(p, m)| (p, Some(m))),
         None => Ok((bound, None)),
@@ -436,15 +436,7 @@ fn encode_rows(
     sink: &mut ChunkSink<'_>,
 ) -> Result<Encoded> {
     let esize = info.dtype.size();
-    let bound;
-    let pipeline = if pipeline.tensor_codec().props().binds == Binds::Data {
-        let data = v.whole(info)?;
-        let mut widened = Vec::new();
-        bound = bind_to_values(info, f32_view(info.dtype, &data, &mut widened), pipeline)?;
-        &bound
-    } else {
-        pipeline
-    };
+    let pipeline = &bind(info, v, pipeline)?;
     let ranges = chunk_ranges(info, Some(pipeline), Layout::RowMajor, chunk_elems);
     let largest = ranges.first().map_or(1, |r| r.1 as usize);
     let per_batch = (BATCH_BYTES / (largest * esize).max(1)).max(rayon::current_num_threads());
@@ -487,15 +479,7 @@ fn encode_tiled(
     cx: &Context<'_>,
     sink: &mut ChunkSink<'_>,
 ) -> Result<Encoded> {
-    let pipeline = match pipeline.tensor_codec().props().binds {
-        Binds::Amax => bind_scanned(info, v, pipeline)?,
-        Binds::Data => {
-            let data = v.whole(info)?;
-            let mut widened = Vec::new();
-            bind_to_values(info, f32_view(info.dtype, &data, &mut widened), pipeline)?
-        }
-        _ => pipeline.clone(),
-    };
+    let pipeline = bind(info, v, pipeline)?;
     let geom = TileGeom::new(layout, &info.dims, u64::MAX)?.expect("a tile layout");
     let per_chunk = (chunk_elems as usize / geom.tile_row_elems().max(1)).max(1);
     let trs = tile_bands(&geom, chunk_elems);
@@ -527,56 +511,33 @@ fn encode_tiled(
     })
 }
 
-/// The bind step of a codec with a per-tensor scale ([`Binds::Amax`]) from one pass over the
-/// values, read piece by piece.
-fn bind_scanned(info: &TensorInfo, v: Values<'_>, pipeline: &Pipeline) -> Result<Pipeline> {
-    let (top, nonfinite) = v.scan(info)?;
-    if nonfinite > 0 {
-        return Err(nonfinite_error(nonfinite, pipeline));
-    }
-    Ok(pipeline.bind(&TensorFacts {
-        dims: &info.dims,
-        amax: Some(f32::from_bits(top)),
-        values: None,
-    }))
-}
-
-fn nonfinite_error(nonfinite: u64, pipeline: &Pipeline) -> Error {
-    Error::input(format!(
-        "{nonfinite} non-finite values (NaN or infinity); {} encodes finite weights only",
-        pipeline.tensor_codec().name()
-    ))
-}
-
-/// The bind steps that need the whole tensor ([`Binds::Amax`], [`Binds::Data`]), from its
-/// values as f32; other pipelines are returned as they are.
-fn bind_to_tensor(info: &TensorInfo, vals: &[f32], pipeline: &Pipeline) -> Result<Pipeline> {
+/// The bind steps that need the whole tensor: [`Binds::Amax`] from one pass over the values,
+/// read piece by piece (non-finite values refused; the other codecs refuse them chunk by
+/// chunk), [`Binds::Data`] from the whole tensor as f32; other pipelines are returned as they
+/// are.
+fn bind(info: &TensorInfo, v: Values<'_>, pipeline: &Pipeline) -> Result<Pipeline> {
     match pipeline.tensor_codec().props().binds {
-        Binds::Amax => bind_to_amax(info, vals, pipeline),
-        Binds::Data => bind_to_values(info, vals, pipeline),
+        Binds::Amax => {
+            let (top, nonfinite) = v.scan(info)?;
+            if nonfinite > 0 {
+                return Err(Error::input(format!(
+                    "{nonfinite} non-finite values (NaN or infinity); {} encodes finite weights only",
+                    pipeline.tensor_codec().name()
+                )));
+            }
+            Ok(pipeline.bind(&TensorFacts {
+                dims: &info.dims,
+                amax: Some(f32::from_bits(top)),
+                values: None,
+            }))
+        }
+        Binds::Data => {
+            let data = v.whole(info)?;
+            let mut widened = Vec::new();
+            bind_to_values(info, f32_view(info.dtype, &data, &mut widened), pipeline)
+        }
         _ => Ok(pipeline.clone()),
     }
-}
-
-/// The bind step of a codec with a per-tensor scale ([`Binds::Amax`]: nvfp4's global scale).
-/// A pass over the whole tensor only for such codecs; the others refuse non-finite values chunk
-/// by chunk. One integer max over the magnitude bits (it vectorizes; a float max does not): for
-/// non-negative floats the bit patterns order as the values do, and anything at or above the
-/// infinity pattern is non-finite.
-fn bind_to_amax(info: &TensorInfo, vals: &[f32], pipeline: &Pipeline) -> Result<Pipeline> {
-    let top = vals
-        .iter()
-        .map(|v| v.to_bits() & 0x7FFF_FFFF)
-        .fold(0u32, u32::max);
-    if top >= 0x7F80_0000 {
-        let nonfinite = vals.iter().filter(|v| !v.is_finite()).count();
-        return Err(nonfinite_error(nonfinite as u64, pipeline));
-    }
-    Ok(pipeline.bind(&TensorFacts {
-        dims: &info.dims,
-        amax: Some(f32::from_bits(top)),
-        values: None,
-    }))
 }
 
 /// The bind step of a codec that learns from the whole tensor ([`Binds::Data`]: codebooks,

@@ -198,7 +198,7 @@ impl ModelFile {
                     let n = t.numel().unwrap_or(0) as usize;
                     let mut v = vec![0f32; n];
                     let mut piece = Vec::new();
-                    let dt = decoded_dtype(&archive, i).map_err(|e| e.with_file(&path))?;
+                    let dt = archive.decoded_dtype(i).map_err(|e| e.with_file(&path))?;
                     let mut got = 0usize;
                     archive
                         .decode_pieces(i, &mut |first, bytes| {
@@ -231,20 +231,12 @@ impl ModelFile {
                 // allocator arena, whose space the architecture's later rearranging reuses
                 // (loaded from worker threads, the freed originals stayed resident, +60 %).
                 let mut tensors = HashMap::new();
-                let (mut bytes, mut piece) = (Vec::new(), Vec::new());
                 for (i, t) in source.tensors().iter().enumerate() {
-                    let n = t.numel();
-                    let mut v = Vec::with_capacity(n as usize);
-                    let mut at = 0u64;
-                    while at < n {
-                        let k = PIECE_ELEMS.min(n - at);
-                        source
-                            .read(i, at, k, &mut bytes)
-                            .map_err(|e| e.with_file(&path))?;
-                        dtype::to_f32(t.dtype, &bytes, &mut piece);
-                        v.extend_from_slice(&piece);
-                        at += k;
-                    }
+                    // Read a piece at a time (file pages let go of as read), widened into v.
+                    let mut v = Vec::new();
+                    tenpak::values::Values::Source(&*source, i)
+                        .f32s(t, 0, t.numel(), &mut v)
+                        .map_err(|e| e.with_file(&path))?;
                     tensors.insert(t.name.clone(), (dims_usize(&t.dims), v));
                 }
                 tensors
@@ -281,12 +273,6 @@ pub fn precheck(meta: &Meta, task: &str) -> Result<()> {
 
 /// Elements read from a source file at a time while loading.
 const PIECE_ELEMS: u64 = 1 << 20;
-
-/// The dtype tensor `i` of a `.tpk` decodes to.
-fn decoded_dtype(archive: &tenpak::archive::Archive, i: usize) -> Result<tenpak::dtype::DType> {
-    let (src, p) = archive.pipeline(i)?;
-    Ok(p.tensor_codec().decoded_dtype(src))
-}
 
 impl Model {
     /// Load MODEL: a GGUF file, a Hugging Face folder or safetensors file, or a `.tpk`.
