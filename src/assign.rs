@@ -148,6 +148,11 @@ impl Sums {
 pub type TileReader<'a> = dyn FnMut(std::ops::Range<usize>, &mut Vec<f32>) -> Result<()> + 'a;
 
 /// Per-tile, per-format error statistics of one tensor.
+///
+/// Held for a whole tensor while its search runs, so it is kept compact: what depends only on
+/// the source (a tile's element count, mean and spread) is stored once per tile, not once per
+/// format, and the count comes from the tile grid (a tile and format then cost 40 bytes).
+/// [`Table::at`] puts a tile's [`PairStats`] back together with the same values as measured.
 #[derive(Debug, Clone)]
 pub struct Table {
     /// Candidate formats, per-tensor parameters set (nvfp4's scale).
@@ -156,12 +161,26 @@ pub struct Table {
     pub grid: (usize, usize),
     /// Elements that are not padding.
     pub n: u64,
-    /// `stats[t * formats.len() + f]`.
-    pub stats: Vec<PairStats>,
+    /// Rows and columns of the tile view (what is not padding).
+    shape: (usize, usize),
+    /// Per tile: the source's mean and centred sum of squares.
+    source: Vec<[f64; 2]>,
+    /// `cells[t * formats.len() + f]`: tile `t`'s error in format `f`.
+    cells: Vec<Cell>,
     /// Tiles per chunk, as `compress` cuts the tensor (code bytes are per chunk).
     chunk_tiles: Vec<usize>,
     mean_x: f64,
     cxx: f64,
+}
+
+/// The format-dependent part of a tile's [`PairStats`].
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    mean_d: f64,
+    m2d: f64,
+    cxd: f64,
+    sum_abs: f64,
+    max_abs: f64,
 }
 
 impl Table {
@@ -202,11 +221,17 @@ impl Table {
         let high = geom.tile_rows();
         let nf = formats.len();
         let widest = formats.iter().map(|f| f.tile_bytes()).max().unwrap_or(0);
-        let per_batch = (crate::encode::BATCH_BYTES / (4 * geom.tile_row_elems()).max(1))
+        // Half the encoder's batch: the table grows while the band is held twice (read in
+        // tensor order, then gathered into tiles). Not less: glibc keeps freed buffers under
+        // 32 MiB in its heap, where the encoding that follows cannot use them.
+        let per_batch = (crate::encode::BATCH_BYTES / 2 / (4 * geom.tile_row_elems()).max(1))
             .max(rayon::current_num_threads())
             .max(1);
         // Filled batch by batch: the table is the one thing held for the whole tensor.
-        let mut stats: Vec<PairStats> = Vec::with_capacity(high * wide * nf);
+        let mut source: Vec<[f64; 2]> = Vec::with_capacity(high * wide);
+        let mut cells: Vec<Cell> = Vec::with_capacity(high * wide * nf);
+        // The source's moments, merged over tiles in order (Chan et al.).
+        let (mut n, mut mean_x, mut cxx) = (0f64, 0f64, 0f64);
         let mut batch = Vec::new();
         for start in (0..high).step_by(per_batch) {
             let end = (start + per_batch).min(high);
@@ -222,8 +247,7 @@ impl Table {
                     let mut row = Vec::with_capacity(wide * nf);
                     for tc in 0..wide {
                         let x = &tiles[tc * TILE_ELEMS..(tc + 1) * TILE_ELEMS];
-                        let vr = geom.rows.saturating_sub(tr * T).min(T);
-                        let vc = geom.cols.saturating_sub(tc * T).min(T);
+                        let (vr, vc) = valid(geom.rows, geom.cols, tr, tc);
                         for f in &formats {
                             f.pack_recon(x, &mut out[..f.tile_bytes()], &mut recon);
                             let s = if vr == T && vc == T {
@@ -245,20 +269,27 @@ impl Table {
                     row
                 })
                 .collect();
-            stats.extend(done.into_iter().flatten());
-        }
-        // The source's moments, merged over tiles in order (Chan et al.).
-        let (mut n, mut mean_x, mut cxx) = (0f64, 0f64, 0f64);
-        for t in 0..wide * high {
-            let s = &stats[t * nf];
-            if s.n == 0.0 {
-                continue;
+            for row in done {
+                for tile in row.chunks_exact(nf) {
+                    // The source's part is the same in every format; the first format's is kept.
+                    let s = &tile[0];
+                    source.push([s.mean_x, s.m2x]);
+                    if s.n > 0.0 {
+                        let tot = n + s.n;
+                        let dx = s.mean_x - mean_x;
+                        cxx += s.m2x + dx * dx * n * s.n / tot;
+                        mean_x += dx * s.n / tot;
+                        n = tot;
+                    }
+                    cells.extend(tile.iter().map(|p| Cell {
+                        mean_d: p.mean_d,
+                        m2d: p.m2d,
+                        cxd: p.cxd,
+                        sum_abs: p.sum_abs,
+                        max_abs: p.max_abs,
+                    }));
+                }
             }
-            let tot = n + s.n;
-            let dx = s.mean_x - mean_x;
-            cxx += s.m2x + dx * dx * n * s.n / tot;
-            mean_x += dx * s.n / tot;
-            n = tot;
         }
         let per_chunk = rows_per_chunk.max(1);
         let chunk_tiles = (0..high)
@@ -269,7 +300,9 @@ impl Table {
             formats,
             grid: (wide, high),
             n: n as u64,
-            stats,
+            shape: (geom.rows, geom.cols),
+            source,
+            cells,
             chunk_tiles,
             mean_x,
             cxx,
@@ -282,8 +315,32 @@ impl Table {
     }
 
     /// Statistics of tile `t` in format `f`.
-    pub fn at(&self, t: usize, f: usize) -> &PairStats {
-        &self.stats[t * self.formats.len() + f]
+    pub fn at(&self, t: usize, f: usize) -> PairStats {
+        let c = &self.cells[t * self.formats.len() + f];
+        let [mean_x, m2x] = self.source[t];
+        let (vr, vc) = valid(self.shape.0, self.shape.1, t / self.grid.0, t % self.grid.0);
+        PairStats {
+            n: (vr * vc) as f64,
+            mean_x,
+            m2x,
+            mean_d: c.mean_d,
+            m2d: c.m2d,
+            cxd: c.cxd,
+            sum_abs: c.sum_abs,
+            max_abs: c.max_abs,
+        }
+    }
+
+    /// The score of tile `t` alone in format `f`.
+    pub fn tile_score(&self, t: usize, f: usize) -> Score {
+        tile_score(&self.at(t, f))
+    }
+
+    /// Bytes this table holds (its share of a search's memory).
+    pub fn heap_bytes(&self) -> usize {
+        self.cells.capacity() * std::mem::size_of::<Cell>()
+            + self.source.capacity() * std::mem::size_of::<[f64; 2]>()
+            + self.chunk_tiles.capacity() * std::mem::size_of::<usize>()
     }
 
     /// Bytes of the tile codes when `k` formats are in use (the written table holds only the
@@ -320,8 +377,28 @@ impl Table {
 
     /// Metrics of an assignment, summed from scratch.
     pub fn score(&self, a: &[u8]) -> Score {
-        State::new(self, a).score()
+        let mut s = State::lean(self, a).score();
+        s.atol = a
+            .iter()
+            .enumerate()
+            .filter(|&(t, _)| self.tile_n(t) > 0)
+            .map(|(t, &f)| self.cells[t * self.formats.len() + f as usize].max_abs)
+            .fold(0.0, f64::max);
+        s
     }
+
+    fn tile_n(&self, t: usize) -> usize {
+        let (vr, vc) = valid(self.shape.0, self.shape.1, t / self.grid.0, t % self.grid.0);
+        vr * vc
+    }
+}
+
+/// Rows and columns of tile `(tr, tc)` that are not padding, in a `rows x cols` view.
+fn valid(rows: usize, cols: usize, tr: usize, tc: usize) -> (usize, usize) {
+    (
+        rows.saturating_sub(tr * T).min(T),
+        cols.saturating_sub(tc * T).min(T),
+    )
 }
 
 /// Running sums of one tensor under an assignment, updated tile by tile.
@@ -332,8 +409,9 @@ pub struct State<'a> {
     pub a: Vec<u8>,
     sum: Sums,
     /// Count of tiles per largest-error value (an ordered multiset; f64 bits of non-negative
-    /// values order as the values).
-    maxes: BTreeMap<u64, u32>,
+    /// values order as the values); `None` where atol is not followed (it would cost a map
+    /// entry per tile).
+    maxes: Option<BTreeMap<u64, u32>>,
     /// Tiles per format.
     counts: Vec<u64>,
     /// Payload bytes of the tiles (codes not included).
@@ -343,17 +421,30 @@ pub struct State<'a> {
 impl<'a> State<'a> {
     /// Sums of assignment `a`.
     pub fn new(table: &'a Table, a: &[u8]) -> State<'a> {
+        State::with(table, a, true)
+    }
+
+    /// [`State::new`] for a search that never reads atol ([`State::score`]'s `atol` is NaN).
+    pub fn lean(table: &'a Table, a: &[u8]) -> State<'a> {
+        State::with(table, a, false)
+    }
+
+    /// The state a search on `m` needs: atol followed only for atol.
+    pub fn for_metric(table: &'a Table, a: &[u8], m: Metric) -> State<'a> {
+        State::with(table, a, m == Metric::Atol)
+    }
+
+    fn with(table: &'a Table, a: &[u8], track_atol: bool) -> State<'a> {
         let mut s = State {
             table,
             a: a.to_vec(),
             sum: Sums::default(),
-            maxes: BTreeMap::new(),
+            maxes: track_atol.then(BTreeMap::new),
             counts: vec![0; table.formats.len()],
             tile_bytes: 0,
         };
         for (t, &f) in a.iter().enumerate() {
-            let p = table.at(t, f as usize);
-            s.add(p, 1.0);
+            s.add(&table.at(t, f as usize), 1.0);
             s.counts[f as usize] += 1;
             s.tile_bytes += table.formats[f as usize].tile_bytes() as u64;
         }
@@ -374,14 +465,14 @@ impl<'a> State<'a> {
         self.sum.sxd += sign * u.sxd;
         self.sum.sdd += sign * u.sdd;
         self.sum.sabs += sign * u.sabs;
-        if p.n > 0.0 {
+        if let Some(maxes) = self.maxes.as_mut().filter(|_| p.n > 0.0) {
             let k = p.max_abs.to_bits();
             if sign > 0.0 {
-                *self.maxes.entry(k).or_insert(0) += 1;
-            } else if let Some(c) = self.maxes.get_mut(&k) {
+                *maxes.entry(k).or_insert(0) += 1;
+            } else if let Some(c) = maxes.get_mut(&k) {
                 *c -= 1;
                 if *c == 0 {
-                    self.maxes.remove(&k);
+                    maxes.remove(&k);
                 }
             }
         }
@@ -394,8 +485,8 @@ impl<'a> State<'a> {
             return;
         }
         let table = self.table;
-        self.add(table.at(t, old as usize), -1.0);
-        self.add(table.at(t, f as usize), 1.0);
+        self.add(&table.at(t, old as usize), -1.0);
+        self.add(&table.at(t, f as usize), 1.0);
         self.tile_bytes = self.tile_bytes + table.formats[f as usize].tile_bytes() as u64
             - table.formats[old as usize].tile_bytes() as u64;
         self.counts[old as usize] -= 1;
@@ -421,11 +512,9 @@ impl<'a> State<'a> {
         Score {
             pcc: pcc_of(t.cxx, cxd, cdd, sdd == 0.0),
             mae: self.sum.sabs.max(0.0) / n,
-            atol: self
-                .maxes
-                .keys()
-                .next_back()
-                .map_or(0.0, |&k| f64::from_bits(k)),
+            atol: self.maxes.as_ref().map_or(f64::NAN, |m| {
+                m.keys().next_back().map_or(0.0, |&k| f64::from_bits(k))
+            }),
         }
     }
 
@@ -505,7 +594,7 @@ pub fn threshold(table: &Table, metric: Metric, t: f64) -> Vec<u8> {
         .map(|tile| {
             order
                 .iter()
-                .find(|&&f| metric.passes(tile_score(table.at(tile, f)).get(metric), t))
+                .find(|&&f| metric.passes(table.tile_score(tile, f).get(metric), t))
                 .map_or(best, |&f| f as u8)
         })
         .collect()
@@ -515,7 +604,7 @@ pub fn threshold(table: &Table, metric: Metric, t: f64) -> Vec<u8> {
 /// every tile (in a seeded random order) moves to it if the tensor's metric still passes.
 pub fn greedy(table: &Table, metric: Metric, t: f64, seed: u64) -> Vec<u8> {
     let mut rng = Rng::new(seed);
-    let mut s = State::new(table, &vec![0u8; table.tiles()]);
+    let mut s = State::for_metric(table, &vec![0u8; table.tiles()], metric);
     for f in 1..table.formats.len() as u8 {
         for tile in rng.permutation(table.tiles()) {
             if s.a[tile] == f {
@@ -597,12 +686,12 @@ pub enum Goal {
 
 /// One step of a tile down its ladder: to format `to`, saving `saved` bytes for `cost` added
 /// error (the proxy of formats-spec/mixed.md: squared error for PCC, absolute error for MAE).
+/// 16 bytes, one per tile in the heap: the target format is the tile's next rung.
 #[derive(Debug, Clone, Copy)]
 struct Move {
-    tensor: usize,
-    tile: usize,
-    to: u8,
     slope: f64,
+    tensor: u32,
+    tile: u32,
 }
 
 impl PartialEq for Move {
@@ -626,6 +715,19 @@ impl Ord for Move {
     }
 }
 
+/// Tile `tile`'s cost in format `f` under `proxy` (see [`ladder`]).
+fn tile_cost(table: &Table, tile: usize, f: usize, proxy: Metric, beta: f64, weight: f64) -> f64 {
+    let s = table.at(tile, f);
+    match proxy {
+        Metric::Mae => s.sum_abs,
+        Metric::Atol => s.max_abs,
+        Metric::Pcc => {
+            let u = Sums::of(&s);
+            weight * (u.sdd - 2.0 * beta * (u.sxd - table.mean_x * u.sd))
+        }
+    }
+}
+
 /// A tile's formats from most to fewest bytes along the lower convex hull of (bytes, cost):
 /// each step saves bytes at a rising cost per byte; dominated formats are skipped. The cost is
 /// the tile's part of the tensor's error under `proxy`: for PCC, `1 - pcc` grows (to first
@@ -633,17 +735,7 @@ impl Ord for Move {
 /// `weight * (sum d^2 - 2 beta (sum x d - mean_x sum d))`, `weight = n / Cxx` making tensors
 /// comparable in whole-model mode; for MAE `sum |d|`; for atol `max |d|`.
 fn ladder(table: &Table, tile: usize, proxy: Metric, beta: f64, weight: f64) -> Vec<(u8, f64)> {
-    let cost = |f: usize| {
-        let s = table.at(tile, f);
-        match proxy {
-            Metric::Mae => s.sum_abs,
-            Metric::Atol => s.max_abs,
-            Metric::Pcc => {
-                let u = Sums::of(s);
-                weight * (u.sdd - 2.0 * beta * (u.sxd - table.mean_x * u.sd))
-            }
-        }
-    };
+    let cost = |f: usize| tile_cost(table, tile, f, proxy, beta, weight);
     let mut pts: Vec<(usize, f64, f64)> = (0..table.formats.len())
         .map(|f| (f, table.formats[f].tile_bytes() as f64, cost(f)))
         .collect();
@@ -693,7 +785,7 @@ pub fn predicted_kld(tables: &[&Table], a: &[Vec<u8>], alpha: &[f64]) -> f64 {
             let sse: f64 = a
                 .iter()
                 .enumerate()
-                .map(|(tile, &f)| Sums::of(t.at(tile, f as usize)).sdd)
+                .map(|(tile, &f)| Sums::of(&t.at(tile, f as usize)).sdd)
                 .sum();
             if t.cxx > 0.0 {
                 al * sse / t.cxx
@@ -806,7 +898,7 @@ fn within_range(tables: &[&Table], a: &[Vec<u8>]) -> bool {
         let sse: f64 = a
             .iter()
             .enumerate()
-            .map(|(tile, &f)| Sums::of(t.at(tile, f as usize)).sdd)
+            .map(|(tile, &f)| Sums::of(&t.at(tile, f as usize)).sdd)
             .sum();
         t.cxx <= 0.0 || sse / t.cxx <= LINEAR_RANGE
     })
@@ -822,6 +914,33 @@ fn total_bytes(tables: &[&Table], a: &[Vec<u8>]) -> u64 {
 /// priced at a fraction of what it does to the output.
 pub const LINEAR_RANGE: f64 = 0.05;
 
+/// Each tile's ladder of one tensor, flat: `formats.len()` rungs per tile, unused ones
+/// `u8::MAX` (a byte per tile and format instead of a vector per tile).
+struct Ladders {
+    stride: usize,
+    rungs: Vec<u8>,
+}
+
+impl Ladders {
+    fn of(t: &Table, proxy: Metric, beta: f64, weight: f64) -> Ladders {
+        let stride = t.formats.len();
+        let mut rungs = vec![u8::MAX; t.tiles() * stride];
+        for (tile, r) in rungs.chunks_exact_mut(stride).enumerate() {
+            for (slot, (f, _)) in r.iter_mut().zip(ladder(t, tile, proxy, beta, weight)) {
+                *slot = f;
+            }
+        }
+        Ladders { stride, rungs }
+    }
+
+    /// Format of rung `p` of `tile`, if it has one.
+    fn rung(&self, tile: usize, p: usize) -> Option<u8> {
+        (p < self.stride)
+            .then(|| self.rungs[tile * self.stride + p])
+            .filter(|&f| f != u8::MAX)
+    }
+}
+
 fn optimal_pass(
     tables: &[&Table],
     goal: Goal,
@@ -830,48 +949,48 @@ fn optimal_pass(
     weights: &[f64],
     cap: Option<f64>,
 ) -> Result<Vec<Vec<u8>>> {
-    let ladders: Vec<Vec<Vec<(u8, f64)>>> = tables
+    if tables.len() > u32::MAX as usize || tables.iter().any(|t| t.tiles() > u32::MAX as usize) {
+        return Err(Error::config("too many tiles for one mixed-tile search"));
+    }
+    let ladders: Vec<Ladders> = tables
         .iter()
         .enumerate()
-        .map(|(k, t)| {
-            (0..t.tiles())
-                .map(|i| ladder(t, i, proxy, betas[k], weights[k]))
-                .collect()
-        })
+        .map(|(k, t)| Ladders::of(t, proxy, betas[k], weights[k]))
         .collect();
+    let track_atol = matches!(goal, Goal::Threshold(Metric::Atol, _));
     let mut states: Vec<State> = tables
         .iter()
         .zip(&ladders)
         .map(|(t, l)| {
-            let a: Vec<u8> = l.iter().map(|steps| steps[0].0).collect();
-            State::new(t, &a)
+            let a: Vec<u8> = (0..t.tiles()).map(|i| l.rung(i, 0).unwrap_or(0)).collect();
+            State::with(t, &a, track_atol)
         })
         .collect();
     // Position of each tile on its ladder.
-    let mut pos: Vec<Vec<usize>> = tables.iter().map(|t| vec![0; t.tiles()]).collect();
-    let mut heap = BinaryHeap::new();
-    let push = |heap: &mut BinaryHeap<Move>, ti: usize, tile: usize, p: usize| {
-        let l = &ladders[ti][tile];
-        if p + 1 < l.len() {
-            let (from, to) = (l[p], l[p + 1]);
-            let saved = tables[ti].formats[from.0 as usize].tile_bytes() as f64
-                - tables[ti].formats[to.0 as usize].tile_bytes() as f64;
-            heap.push(Move {
-                tensor: ti,
-                tile,
-                to: to.0,
-                slope: (to.1 - from.1).max(0.0) / saved,
-            });
-        }
+    let mut pos: Vec<Vec<u8>> = tables.iter().map(|t| vec![0; t.tiles()]).collect();
+    let cost = |ti: usize, tile: usize, f: u8| {
+        tile_cost(tables[ti], tile, f as usize, proxy, betas[ti], weights[ti])
     };
-    for (ti, t) in tables.iter().enumerate() {
-        for tile in 0..t.tiles() {
-            push(&mut heap, ti, tile, 0);
-        }
-    }
+    let next = |ti: usize, tile: usize, p: usize| -> Option<Move> {
+        let l = &ladders[ti];
+        let (from, to) = (l.rung(tile, p)?, l.rung(tile, p + 1)?);
+        let saved = tables[ti].formats[from as usize].tile_bytes() as f64
+            - tables[ti].formats[to as usize].tile_bytes() as f64;
+        Some(Move {
+            tensor: ti as u32,
+            tile: tile as u32,
+            slope: (cost(ti, tile, to) - cost(ti, tile, from)).max(0.0) / saved,
+        })
+    };
+    let first: Vec<Move> = tables
+        .iter()
+        .enumerate()
+        .flat_map(|(ti, t)| (0..t.tiles()).filter_map(move |tile| next(ti, tile, 0)))
+        .collect();
+    let mut heap = BinaryHeap::from(first);
     let total_n: f64 = tables.iter().map(|t| t.n as f64).sum();
     let mut bytes: u64 = states.iter().map(|s| s.bytes()).sum();
-    let sdd = |ti: usize, tile: usize, f: u8| Sums::of(tables[ti].at(tile, f as usize)).sdd;
+    let sdd = |ti: usize, tile: usize, f: u8| Sums::of(&tables[ti].at(tile, f as usize)).sdd;
     // Each tensor's squared error, for the cap.
     let mut sse: Vec<f64> = states
         .iter()
@@ -890,9 +1009,13 @@ fn optimal_pass(
             Goal::Bytes(b) if bytes <= b => break,
             _ => {}
         }
-        let ti = mv.tensor;
+        let (ti, tile) = (mv.tensor as usize, mv.tile as usize);
+        let p = pos[ti][tile] as usize;
+        let to = ladders[ti]
+            .rung(tile, p + 1)
+            .expect("a move has a next rung");
         if let Goal::Threshold(m, t) = goal {
-            let trial = states[ti].try_set(mv.tile, mv.to);
+            let trial = states[ti].try_set(tile, to);
             let v = if tables.len() == 1 {
                 trial.get(m)
             } else if m == Metric::Atol {
@@ -916,7 +1039,7 @@ fn optimal_pass(
             }
         }
         if let Some(c) = cap {
-            let d = sdd(ti, mv.tile, mv.to) - sdd(ti, mv.tile, states[ti].a[mv.tile]);
+            let d = sdd(ti, tile, to) - sdd(ti, tile, states[ti].a[tile]);
             if tables[ti].cxx > 0.0 && (sse[ti] + d) / tables[ti].cxx > c {
                 // The tile stops here: further down its ladder the error only grows.
                 continue;
@@ -924,11 +1047,13 @@ fn optimal_pass(
             sse[ti] += d;
         }
         let before = states[ti].bytes();
-        states[ti].set(mv.tile, mv.to);
+        states[ti].set(tile, to);
         scores[ti] = states[ti].score();
         bytes = bytes + states[ti].bytes() - before;
-        pos[ti][mv.tile] += 1;
-        push(&mut heap, ti, mv.tile, pos[ti][mv.tile]);
+        pos[ti][tile] += 1;
+        if let Some(m) = next(ti, tile, p + 1) {
+            heap.push(m);
+        }
     }
     if let Goal::Bytes(b) = goal {
         if bytes > b {
@@ -1074,6 +1199,51 @@ mod tests {
         assert!(within_range(&[&a, &b], &w));
     }
 
+    /// The compact table gives back each tile's statistics as measured (partial edge tiles
+    /// included), and holds 40 bytes per tile and format plus 16 per tile.
+    #[test]
+    fn compact_table_gives_back_the_measured_statistics() {
+        let (rows, cols) = (70, 100);
+        let (vals, t) = table(rows, cols);
+        assert_eq!(t.grid, (4, 3));
+        let mut recon = vec![0f32; TILE_ELEMS];
+        let mut out = vec![0u8; 4096];
+        for tile in 0..t.tiles() {
+            let (tr, tc) = (tile / t.grid.0, tile % t.grid.0);
+            let (vr, vc) = valid(rows, cols, tr, tc);
+            let mut x = vec![0f32; TILE_ELEMS];
+            for r in 0..vr {
+                for c in 0..vc {
+                    x[r * T + c] = vals[(tr * T + r) * cols + tc * T + c];
+                }
+            }
+            for (f, fmt) in t.formats.iter().enumerate() {
+                fmt.pack_recon(&x, &mut out[..fmt.tile_bytes()], &mut recon);
+                let want = if vr == T && vc == T {
+                    PairStats::of_block(&x, &recon)
+                } else {
+                    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+                    for r in 0..vr {
+                        xs.extend_from_slice(&x[r * T..r * T + vc]);
+                        ys.extend_from_slice(&recon[r * T..r * T + vc]);
+                    }
+                    PairStats::of(&crate::metrics::Accumulator::from_f32_pairs(&xs, &ys))
+                };
+                let got = t.at(tile, f);
+                assert_eq!(
+                    (got.n, got.mean_d, got.m2d, got.cxd),
+                    (want.n, want.mean_d, want.m2d, want.cxd)
+                );
+                assert_eq!((got.sum_abs, got.max_abs), (want.sum_abs, want.max_abs));
+                if f == 0 {
+                    assert_eq!((got.mean_x, got.m2x), (want.mean_x, want.m2x));
+                }
+            }
+        }
+        let nf = t.formats.len();
+        assert!(t.heap_bytes() <= t.tiles() * (40 * nf + 16) + 8 * t.chunk_tiles.len());
+    }
+
     #[test]
     fn incremental_score_matches_a_fresh_sum() {
         let (_, t) = table(100, 130);
@@ -1157,9 +1327,9 @@ mod tests {
         assert!(z.iter().all(|&f| f == fp0));
         let no_fp0 = Table {
             formats: t.formats[..4].to_vec(),
-            stats: (0..t.tiles())
+            cells: (0..t.tiles())
                 .flat_map(|i| (0..4).map(move |f| (i, f)))
-                .map(|(i, f)| *t.at(i, f))
+                .map(|(i, f)| t.cells[i * t.formats.len() + f])
                 .collect(),
             ..t.clone()
         };
