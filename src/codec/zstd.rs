@@ -65,8 +65,31 @@ impl ByteCodec for ZstdCodec {
 }
 
 /// One zstd frame at `level`, with the content size in the frame header.
+/// Levels up to this one keep a compression context per thread (a few MiB each).
+const KEPT_CONTEXT_LEVEL: i32 = 5;
+
 pub(crate) fn zstd_encode(b: &[u8], level: i32) -> Result<Vec<u8>> {
-    ::zstd::bulk::compress(b, level).map_err(|e| Error::io("zstd compress", e))
+    // One compression context per thread, kept for the fast levels: making one costs more
+    // than compressing a small chunk (its tables are allocated and cleared). A one-shot
+    // compression with the context set to `level` gives the same frame as a fresh context.
+    // High levels' contexts are large (tens of MiB), so they are not kept per thread.
+    if level > KEPT_CONTEXT_LEVEL {
+        return ::zstd::bulk::compress(b, level).map_err(|e| Error::io("zstd compress", e));
+    }
+    thread_local! {
+        static CCTX: std::cell::RefCell<Option<(i32, ::zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            let z =
+                ::zstd::bulk::Compressor::new(level).map_err(|e| Error::io("zstd compress", e))?;
+            *c = Some((level, z));
+        }
+        let (_, z) = c.as_mut().expect("set above");
+        z.compress(b).map_err(|e| Error::io("zstd compress", e))
+    })
 }
 
 /// Decode one frame; output over `max_len` bytes is an error.
