@@ -818,15 +818,26 @@ fn metadata_fuzz_seeds_pass_the_prechecks() {
     precheck(&meta, "test").unwrap();
     let tok = tenpak_eval::tokenizer::TextTokenizer::from_meta(&meta).unwrap();
     assert!(!tok.encode("Hello").unwrap().is_empty());
-    let hf = std::fs::read(root.join("eval_hf_meta/minilm.bin")).unwrap();
-    let at = hf.iter().position(|&b| b == 0).unwrap();
-    let meta = Meta::from_pairs([
-        ("hf.config.json", std::str::from_utf8(&hf[..at]).unwrap()),
-        (
-            "hf.tokenizer.json",
-            std::str::from_utf8(&hf[at + 1..]).unwrap(),
-        ),
-    ])
-    .unwrap();
-    precheck(&meta, "test").unwrap();
+    for seed in ["minilm.bin", "bert_small.bin"] {
+        let hf = std::fs::read(root.join("eval_hf_meta").join(seed)).unwrap();
+        let at = hf.iter().position(|&b| b == 0).unwrap();
+        let meta = Meta::from_pairs([
+            ("hf.config.json", std::str::from_utf8(&hf[..at]).unwrap()),
+            (
+                "hf.tokenizer.json",
+                std::str::from_utf8(&hf[at + 1..]).unwrap(),
+            ),
+        ])
+        .unwrap();
+        precheck(&meta, "test").unwrap();
+        let tok = tenpak_eval::tokenizer::TextTokenizer::from_meta(&meta).unwrap();
+        assert!(tok.encode("the cat sat").unwrap().len() >= 3, "{seed}");
+    }
+    // The small one fits the fuzzer's input size limit (-max_len=4096).
+    assert!(
+        std::fs::metadata(root.join("eval_hf_meta/bert_small.bin"))
+            .unwrap()
+            .len()
+            < 4096
+    );
 }
