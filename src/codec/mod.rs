@@ -12,6 +12,7 @@
 pub mod bfp;
 mod byteplane;
 pub mod calibrated;
+pub mod catalog;
 pub mod delta;
 mod float;
 pub mod gear;
@@ -434,13 +435,7 @@ impl Pipeline {
                 Some((n, extra)) => (n, format!("{extra},{opts}")),
                 None => (name, opts),
             };
-            let entry = entry_by_name(name).ok_or_else(|| {
-                let names: Vec<&str> = REGISTRY.iter().map(|e| e.name).collect();
-                Error::config(format!(
-                    "unknown codec '{name}' (available: {})",
-                    names.join(", ")
-                ))
-            })?;
+            let entry = entry_by_name(name).ok_or_else(|| catalog::unknown(name))?;
             let mut o = Options::parse(entry.name, &opts)?;
             let codec = (entry.from_options)(&mut o)?;
             o.finish()?;

@@ -766,17 +766,42 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
             Ok(0)
         }
         Command::Codecs(a) => {
-            let list: Vec<_> = tenpak::codec::REGISTRY
-                .iter()
-                .map(|e| serde_json::json!({"id": e.id, "name": e.name, "version": e.version, "summary": e.summary}))
-                .collect();
+            use tenpak::codec::catalog::{self, Use};
+            let list = catalog::catalog();
             if a.json {
                 json(out, &list);
-            } else {
-                for e in tenpak::codec::REGISTRY {
-                    let _ = writeln!(out, "{:>5}  {:<10} {}", e.id, e.name, e.summary);
-                }
+                return Ok(0);
             }
+            let [r, c] = catalog::REFERENCE_SHAPE;
+            let _ = writeln!(
+                out,
+                "bpw: bits per weight of a {r}x{c} f32 matrix (<= an upper bound; lossless: the data's)\n"
+            );
+            for (u, title) in [
+                (Use::Weights, "compress --codec NAME"),
+                (Use::Made, "made by options, not typed as --codec"),
+                (Use::Kv, "KV caches: tenpak kv"),
+            ] {
+                let _ = writeln!(out, "{title}:");
+                for e in list.iter().filter(|e| e.use_for == u) {
+                    let bpw = match (e.bpw, e.bpw_exact) {
+                        (Some(b), true) => format!("{b:.2}"),
+                        (Some(b), false) => format!("<={b:.2}"),
+                        (None, _) if e.lossless => "lossless".into(),
+                        (None, _) => "-".into(),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  {:<15} {:>9}  {:<12} {}",
+                        e.name, bpw, e.family, e.about
+                    );
+                }
+                let _ = writeln!(out);
+            }
+            let _ = writeln!(
+                out,
+                "Options follow a colon (int:bits=4,group=64, zstd:level=19); byte stages follow a + (int4_g32+zstd).\nllama.cpp type names (q4_k, q8_0, ...) are answered with the nearest tenpak codec."
+            );
             Ok(0)
         }
     }
