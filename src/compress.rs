@@ -107,6 +107,11 @@ pub struct TensorReport {
     pub param_bytes: u64,
     /// source_bytes / (encoded_bytes + param_bytes) (0 when nothing was written).
     pub ratio: f64,
+    /// Bits per weight written: (encoded_bytes + param_bytes) x 8 / elements.
+    pub bpw: f64,
+    /// Elements after padding to 32x32 tiles, for tiled tensors whose shape needs padding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub padded_elems: Option<u64>,
     /// Metrics against the source.
     pub metrics: Metrics,
     /// Mixed tensors: formats used and what the search predicted.
@@ -162,6 +167,15 @@ pub struct CompressReport {
     pub ratio_vs_source: f64,
     /// fp32_bytes / file_bytes.
     pub ratio_vs_fp32: f64,
+    /// Elements of the tensors written.
+    pub elements: u64,
+    /// Bits per weight of the source: source_bytes x 8 / elements.
+    pub source_bpw: f64,
+    /// Bits per weight of the file (container and metadata included): file_bytes x 8 / elements.
+    pub bpw: f64,
+    /// What the user should hear about: an output larger than its source, tensors that grow
+    /// through tile padding, an `--override` that matches no tensor.
+    pub warnings: Vec<String>,
     /// Seconds spent waiting for the file to reach the disk (the final fsync), apart from the
     /// encoding.
     pub sync_seconds: f64,
@@ -266,6 +280,14 @@ fn compress_source_on_threads(
     debug_assert_eq!(finished.bytes, file_bytes);
     let source_bytes = reports.iter().map(|r| r.source_bytes).sum();
     let fp32_bytes = plan.tensors.iter().map(|t| t.info.numel() * 4).sum();
+    let elements: u64 = plan.tensors.iter().map(|t| t.info.numel()).sum();
+    let mut warnings = plan.warnings.clone();
+    warnings.extend(size_warnings(
+        reports.iter().map(|r| (r.name.as_str(), r.padded_elems)),
+        &plan.tensors,
+        source_bytes,
+        file_bytes,
+    ));
     Ok(CompressReport {
         output: output.to_path_buf(),
         source: source.describe(),
@@ -275,8 +297,76 @@ fn compress_source_on_threads(
         file_bytes,
         ratio_vs_source: ratio(source_bytes, file_bytes),
         ratio_vs_fp32: ratio(fp32_bytes, file_bytes),
+        elements,
+        source_bpw: bits_per(source_bytes, elements),
+        bpw: bits_per(file_bytes, elements),
+        warnings,
         sync_seconds: finished.sync.as_secs_f64(),
     })
+}
+
+/// `bytes` x 8 / `elements` (0 for no elements).
+pub fn bits_per(bytes: u64, elements: u64) -> f64 {
+    if elements == 0 {
+        0.0
+    } else {
+        bytes as f64 * 8.0 / elements as f64
+    }
+}
+
+/// Tensors padded to more than this many times their elements are named in a warning.
+const PADDING_WARN: f64 = 1.5;
+
+/// Warnings about size: `out` bytes larger than the `source` bytes, and tensors (name, padded
+/// elements) that tile padding makes grow by [`PADDING_WARN`] or more.
+pub(crate) fn size_warnings<'a>(
+    padded: impl Iterator<Item = (&'a str, Option<u64>)>,
+    tensors: &[crate::plan::TensorPlan],
+    source: u64,
+    out: u64,
+) -> Vec<String> {
+    let mut w = Vec::new();
+    let elements: u64 = tensors.iter().map(|t| t.info.numel()).sum();
+    if out > source && elements > 0 {
+        let mut types: Vec<&str> = tensors
+            .iter()
+            .map(|t| t.info.source_dtype.as_str())
+            .collect();
+        types.sort_unstable();
+        types.dedup();
+        w.push(format!(
+            "the output is {:.2}x the size of the source ({:.2} -> {:.2} bits per weight; the source holds {}): choose a codec with fewer bits per weight (`tenpak codecs`)",
+            out as f64 / source.max(1) as f64,
+            bits_per(source, elements),
+            bits_per(out, elements),
+            types.join(", ")
+        ));
+    }
+    let numel: std::collections::HashMap<&str, u64> = tensors
+        .iter()
+        .map(|t| (t.info.name.as_str(), t.info.numel()))
+        .collect();
+    let grown: Vec<String> = padded
+        .filter_map(|(name, p)| {
+            let (p, n) = (p?, *numel.get(name)?);
+            (n > 0 && p as f64 >= PADDING_WARN * n as f64)
+                .then(|| format!("{name} ({:.1}x)", p as f64 / n as f64))
+        })
+        .collect();
+    if !grown.is_empty() {
+        let shown = grown.len().min(5);
+        let more = if grown.len() > shown {
+            format!(" and {} more", grown.len() - shown)
+        } else {
+            String::new()
+        };
+        w.push(format!(
+            "padding to 32x32 tiles makes {} tensor(s) hold many more elements than they have: {}{more}; vectors stay unpadded without --tile-vectors, and a row-major codec (int4_g32, int8) stores any shape without padding",
+            grown.len(),
+            grown[..shown].join(", ")
+        ));
+    }
+    w
 }
 
 /// `compress --dry-run`: the plan of compressing `input` with `opts` and the sizes it
@@ -377,6 +467,8 @@ fn record(
         encoded_bytes: e.encoded_bytes,
         param_bytes,
         ratio: ratio(info.source_bytes, e.encoded_bytes + param_bytes),
+        bpw: bits_per(e.encoded_bytes + param_bytes, info.numel()),
+        padded_elems: crate::plan::padded_elems(layout, &info.dims),
         metrics: e.metrics,
         mixed: None,
         pruned: None,

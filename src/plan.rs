@@ -79,6 +79,9 @@ pub struct Plan {
     pub calibration: Option<Arc<crate::calib::Calibration>>,
     /// How calibrated encoders use them.
     pub calib_mode: crate::codec::calibrated::Mode,
+    /// What the user should hear about before anything is written (an `--override` that
+    /// matches no tensor).
+    pub warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -164,12 +167,16 @@ impl Plan {
         }
         let infos = source.tensors();
         let mut tensors = Vec::with_capacity(selected.len());
+        let mut used = vec![false; overrides.len()];
         for &i in selected {
             let info = &infos[i];
-            let p = overrides
+            let hit = overrides
                 .iter()
-                .find(|(f, _)| input::name_matches(&info.name, f))
-                .map_or(&pipeline, |(_, p)| p);
+                .position(|(f, _)| input::name_matches(&info.name, f));
+            if let Some(k) = hit {
+                used[k] = true;
+            }
+            let p = hit.map_or(&pipeline, |k| &overrides[k].1);
             let storage = storage(p, info, opts, base.as_ref())
                 .map_err(|e| e.with_tensor(&info.name).with_file(input))?;
             tensors.push(TensorPlan {
@@ -178,9 +185,30 @@ impl Plan {
                 storage,
             });
         }
+        // A filter that matches nothing is most often a typo in a tensor name.
+        let warnings = opts
+            .overrides
+            .iter()
+            .zip(&used)
+            .filter(|(_, &u)| !u)
+            .map(|((f, spec), _)| {
+                let matches = selected
+                    .iter()
+                    .any(|&i| input::name_matches(&infos[i].name, f));
+                if matches {
+                    format!("--override '{f}={spec}' applies to no tensor: an earlier --override takes every tensor it matches")
+                } else {
+                    format!(
+                        "--override '{f}={spec}' matches none of the {} selected tensors",
+                        selected.len()
+                    )
+                }
+            })
+            .collect();
         Ok(Plan {
             pipeline,
             chunk_elems: opts.chunk_elems,
+            warnings,
             tensors,
             mixed: opts.mixed.clone(),
             tile_vectors: opts.tile_vectors,
@@ -232,16 +260,26 @@ impl Plan {
                     source_bytes: t.info.source_bytes,
                     predicted_bytes: size.bytes(),
                     exact: matches!(size, SizeBound::Exact(_)),
+                    padded_elems: padded_elems(layout, &t.info.dims),
                 }
             })
             .collect();
         let predicted: u64 = tensors.iter().map(|t| t.predicted_bytes).sum();
         let exact = tensors.iter().all(|t| t.exact);
+        let source_bytes = tensors.iter().map(|t| t.source_bytes).sum();
+        let mut warnings = self.warnings.clone();
+        warnings.extend(crate::compress::size_warnings(
+            tensors.iter().map(|t| (t.name.as_str(), t.padded_elems)),
+            &self.tensors,
+            source_bytes,
+            predicted,
+        ));
         PlanReport {
-            source_bytes: tensors.iter().map(|t| t.source_bytes).sum(),
+            source_bytes,
             predicted_payload_bytes: predicted,
             exact,
             tensors,
+            warnings,
         }
     }
 
@@ -397,6 +435,17 @@ pub fn tensor_plan(p: &Pipeline, info: &TensorInfo, opts: &CompressOptions) -> (
     (p, layout)
 }
 
+/// Elements a tensor of shape `dims` takes in `layout` once padded to whole 32x32 tiles, where
+/// that is more than it has.
+pub fn padded_elems(layout: Layout, dims: &[u64]) -> Option<u64> {
+    if layout == Layout::RowMajor {
+        return None;
+    }
+    let space = layout.space(dims)?;
+    let numel = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d))?;
+    (space > numel).then_some(space)
+}
+
 /// A predicted payload size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SizeBound {
@@ -426,6 +475,8 @@ pub struct PlanReport {
     pub predicted_payload_bytes: u64,
     /// Whether every prediction is exact (else some are upper bounds).
     pub exact: bool,
+    /// What the user should hear about (see [`crate::compress::CompressReport::warnings`]).
+    pub warnings: Vec<String>,
 }
 
 /// One tensor of a [`PlanReport`].
@@ -451,4 +502,7 @@ pub struct PlannedTensor {
     pub predicted_bytes: u64,
     /// Whether `predicted_bytes` is exact (else an upper bound).
     pub exact: bool,
+    /// Elements after padding to 32x32 tiles, for tiled layouts whose shape needs padding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub padded_elems: Option<u64>,
 }

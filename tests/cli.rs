@@ -612,3 +612,139 @@ fn random_kills_leave_no_partial_output() {
     }
     eprintln!("{mid} runs stopped mid-way, {finished} finished before the signal");
 }
+
+/// `tenpak codecs` lists every name users type with its bits per weight; an unknown name gets
+/// a suggestion, a llama.cpp type its nearest tenpak codec.
+#[test]
+fn codecs_are_discoverable() {
+    let list = tenpak_json(&["codecs"]);
+    let list = list.as_array().unwrap();
+    let find = |n: &str| {
+        list.iter()
+            .find(|e| e["name"] == n)
+            .unwrap_or_else(|| panic!("{n}"))
+    };
+    assert_eq!(find("int4_g32")["bpw"], 4.5);
+    assert_eq!(find("int4_g32")["bpw_exact"], true);
+    assert_eq!(find("bfp8")["bpw"], 8.5);
+    assert_eq!(find("nf4")["codec"], "grid");
+    assert_eq!(find("byteplane")["lossless"], true);
+    assert_eq!(find("kvq")["use"], "kv");
+    // Every weight codec of the list is accepted by compress --dry-run.
+    let m = minilm();
+    for e in list
+        .iter()
+        .filter(|e| e["use"] == "weights" && e["name"] != "rot")
+    {
+        let name = e["name"].as_str().unwrap();
+        tenpak_ok(&[
+            "compress",
+            s(&m),
+            "--dry-run",
+            "--codec",
+            name,
+            "--filter",
+            "encoder.layer.0.attention.self.query",
+        ]);
+    }
+    let text = tenpak_ok(&["codecs"]);
+    assert!(
+        text.contains("int4_g32_asym") && text.contains("4.50"),
+        "{text}"
+    );
+    let e = tenpak_fails(&["compress", s(&m), "-o", "x.tpk", "--codec", "Q4_K_M"], 2);
+    assert!(e.contains("nearest tenpak codec is int4_g64_asym"), "{e}");
+    let e = tenpak_fails(&["compress", s(&m), "-o", "x.tpk", "--codec", "bfp5"], 2);
+    assert!(e.contains("did you mean bfp"), "{e}");
+}
+
+/// compress reports bits per weight and warns about an output larger than its source, tile
+/// padding that multiplies a tensor, and an --override that matches nothing.
+#[test]
+fn compress_reports_bits_per_weight_and_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.tpk");
+    let g = smollm2();
+    let r = tenpak_json(&[
+        "compress",
+        s(&g),
+        "-o",
+        s(&out),
+        "--codec",
+        "bfp8",
+        "--filter",
+        "blk.0.",
+        "-q",
+    ]);
+    let w: Vec<&str> = r["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        w.iter()
+            .any(|w| w.contains("the output is") && w.contains("bits per weight")),
+        "{w:?}"
+    );
+    let bpw = r["bpw"].as_f64().unwrap();
+    let expect = r["file_bytes"].as_f64().unwrap() * 8.0 / r["elements"].as_f64().unwrap();
+    assert!((bpw - expect).abs() < 1e-9 && bpw > r["source_bpw"].as_f64().unwrap());
+    for t in r["tensors"].as_array().unwrap() {
+        let n: u64 = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .product();
+        let bytes = t["encoded_bytes"].as_f64().unwrap() + t["param_bytes"].as_f64().unwrap();
+        assert!((t["bpw"].as_f64().unwrap() - bytes * 8.0 / n as f64).abs() < 1e-9);
+    }
+    let m = minilm();
+    let r = tenpak_json(&[
+        "compress",
+        s(&m),
+        "-o",
+        s(&out),
+        "--codec",
+        "bfp4",
+        "--tile-vectors",
+        "--force",
+        "-q",
+        "--filter",
+        "encoder.layer.0.",
+        "--override",
+        "no_such_tensor=int8",
+    ]);
+    let w: Vec<&str> = r["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        w.iter()
+            .any(|w| w.contains("'no_such_tensor=int8' matches none")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter()
+            .any(|w| w.contains("padding to 32x32 tiles") && w.contains("LayerNorm.bias (32.0x)")),
+        "{w:?}"
+    );
+    assert!(!w.iter().any(|w| w.contains("the output is")), "{w:?}");
+    // The same warnings before anything is written.
+    let p = tenpak_json(&[
+        "compress",
+        s(&m),
+        "--dry-run",
+        "--codec",
+        "bfp4",
+        "--tile-vectors",
+        "--filter",
+        "encoder.layer.0.",
+        "--override",
+        "no_such_tensor=int8",
+    ]);
+    assert_eq!(p["warnings"].as_array().unwrap().len(), 2, "{p}");
+}

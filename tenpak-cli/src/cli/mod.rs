@@ -443,6 +443,13 @@ pub fn run() -> i32 {
     }
 }
 
+/// Print a report's warnings on stderr (also in its `--json`).
+fn warn(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("tenpak: warning: {w}");
+    }
+}
+
 /// Load a config and print its warnings (ignored params) on stderr.
 fn load_config(path: &std::path::Path) -> Result<tenpak::config::Config, Error> {
     let c = tenpak::config::Config::load(path)?;
@@ -505,6 +512,7 @@ fn compress_allocated(
     opts.allocation = Some(serde_json::to_value(&alloc).expect("plain data"));
     let output = a.output.as_deref().expect("clap requires --output");
     let r = tenpak::compress::compress_source(&*source, &a.model, output, &opts, cx)?;
+    warn(&r.warnings);
     if a.json {
         json(
             out,
@@ -592,6 +600,7 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
             }
             if a.dry_run {
                 let r = tenpak::compress::dry_run(&a.model, &opts)?;
+                warn(&r.warnings);
                 if a.json {
                     json(out, &r);
                 } else {
@@ -601,6 +610,7 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
             }
             let output = a.output.as_deref().expect("clap requires --output");
             let r = tenpak::compress::compress(&a.model, output, &opts, cx)?;
+            warn(&r.warnings);
             if a.json {
                 json(out, &r);
             } else {

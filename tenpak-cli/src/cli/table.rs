@@ -43,13 +43,23 @@ pub fn compress(out: &mut Vec<u8>, r: &CompressReport) {
     let w = name_width(r.tensors.iter().map(|t| t.name.as_str()));
     let _ = writeln!(
         out,
-        "{:<w$} {:>16} {:>7} {:<18} {:>12} {:>12} {:>7} {:>10} {:>10} {:>10}",
-        "name", "shape", "dtype", "codec", "orig bytes", "enc bytes", "ratio", "PCC", "MAE", "atol"
+        "{:<w$} {:>16} {:>7} {:<18} {:>12} {:>12} {:>7} {:>6} {:>10} {:>10} {:>10}",
+        "name",
+        "shape",
+        "dtype",
+        "codec",
+        "orig bytes",
+        "enc bytes",
+        "ratio",
+        "bpw",
+        "PCC",
+        "MAE",
+        "atol"
     );
     for t in &r.tensors {
         let _ = writeln!(
             out,
-            "{:<w$} {:>16} {:>7} {:<18} {:>12} {:>12} {:>7.3} {:>10} {:>10} {:>10}",
+            "{:<w$} {:>16} {:>7} {:<18} {:>12} {:>12} {:>7.3} {:>6.2} {:>10} {:>10} {:>10}",
             t.name,
             shape(&t.shape),
             t.source_dtype,
@@ -57,6 +67,7 @@ pub fn compress(out: &mut Vec<u8>, r: &CompressReport) {
             t.source_bytes,
             t.encoded_bytes,
             t.ratio,
+            t.bpw,
             pcc(&t.metrics),
             sci(t.metrics.mae),
             sci(t.metrics.max_abs),
@@ -74,6 +85,11 @@ pub fn compress(out: &mut Vec<u8>, r: &CompressReport) {
         &file,
         r.ratio_vs_source,
         r.ratio_vs_fp32,
+    );
+    let _ = writeln!(
+        out,
+        "bits per weight: {:.3} (source {:.3}, {} weights)",
+        r.bpw, r.source_bpw, r.elements
     );
 }
 
