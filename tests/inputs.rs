@@ -291,3 +291,67 @@ fn gguf_and_folder_refusals_say_what_is_wrong() {
         assert!(e.contains("a folder, not a .tpk file"), "{cmd}: {e}");
     }
 }
+
+/// A Hugging Face cache folder (`models--org--name`) opens the snapshot `refs/main` names, else
+/// the newest; its files may be links into `blobs/`, as the hub client makes them.
+#[test]
+fn hugging_face_cache_folders_open_their_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("models--org--tiny");
+    let blobs = cache.join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    for (commit, tensor) in [("aaa111", "old.weight"), ("bbb222", "new.weight")] {
+        let snap = cache.join("snapshots").join(commit);
+        std::fs::create_dir_all(&snap).unwrap();
+        let blob = blobs.join(format!("{commit}-blob"));
+        write_st(
+            &blob,
+            vec![(tensor, safetensors::Dtype::F32, vec![2, 2], vec![0u8; 16])],
+        );
+        std::os::unix::fs::symlink(&blob, snap.join("model.safetensors")).unwrap();
+    }
+    let names = |p: &std::path::Path| -> Vec<String> {
+        let r = tenpak_json(&["compress", s(p), "--dry-run"]);
+        r["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    std::fs::create_dir_all(cache.join("refs")).unwrap();
+    std::fs::write(cache.join("refs/main"), "aaa111\n").unwrap();
+    assert_eq!(names(&cache), ["old.weight"]);
+    // No ref: the newest snapshot.
+    std::fs::remove_file(cache.join("refs/main")).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let f = std::fs::File::open(cache.join("snapshots/bbb222")).unwrap();
+    f.set_modified(old).unwrap();
+    assert_eq!(names(&cache), ["old.weight"]);
+    let f = std::fs::File::open(cache.join("snapshots/aaa111")).unwrap();
+    f.set_modified(old - std::time::Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(names(&cache), ["new.weight"]);
+    // A ref that leaves the cache is not followed.
+    std::fs::write(cache.join("refs/main"), "../../elsewhere").unwrap();
+    assert_eq!(names(&cache), ["new.weight"]);
+    std::fs::remove_dir_all(cache.join("snapshots/aaa111")).unwrap();
+    std::fs::remove_dir_all(cache.join("snapshots/bbb222")).unwrap();
+    let e = tenpak_fails(&["compress", s(&cache), "--dry-run"], 1);
+    assert!(e.contains("no snapshot"), "{e}");
+}
+
+/// The evaluation commands' default corpus follows TENPAK_MODELS, as the scripts do.
+#[test]
+fn default_corpus_follows_tenpak_models() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tenpak"))
+        .args(["eval", "ppl", "--help"])
+        .env("TENPAK_MODELS", "/srv/tenpak-models")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        help.contains("/srv/tenpak-models/corpus/cfi-en.txt"),
+        "{help}"
+    );
+}

@@ -68,9 +68,53 @@ pub trait TensorSource: Send + Sync {
     }
 }
 
-/// Open a model file or folder, choosing the reader from the name and the magic bytes.
+/// The snapshot a Hugging Face cache folder (`models--org--name`, holding `refs/` and
+/// `snapshots/`) stands for: the one `refs/main` names, else the newest; `None` for any other
+/// folder.
+pub fn hf_cache_snapshot(dir: &Path) -> Result<Option<std::path::PathBuf>> {
+    let snapshots = dir.join("snapshots");
+    if !snapshots.is_dir() {
+        return Ok(None);
+    }
+    if let Ok(main) = std::fs::read_to_string(dir.join("refs").join("main")) {
+        let named = snapshots.join(main.trim());
+        // A ref names a commit folder: a plain name, never a path out of the cache.
+        if !main.trim().is_empty() && !main.trim().contains(['/', '\\']) && named.is_dir() {
+            return Ok(Some(named));
+        }
+    }
+    let mut newest: Option<(std::time::SystemTime, std::path::PathBuf)> = None;
+    let entries = std::fs::read_dir(&snapshots)
+        .map_err(|e| Error::io("read the cache's snapshots folder", e).with_file(&snapshots))?;
+    for e in entries.filter_map(|e| e.ok()) {
+        let p = e.path();
+        let Ok(m) = std::fs::metadata(&p) else {
+            continue;
+        };
+        if !m.is_dir() {
+            continue;
+        }
+        let t = m.modified().unwrap_or(std::time::UNIX_EPOCH);
+        // Newest first; the name breaks ties so the choice does not depend on listing order.
+        if newest.as_ref().is_none_or(|(bt, bp)| (t, &p) > (*bt, bp)) {
+            newest = Some((t, p));
+        }
+    }
+    match newest {
+        Some((_, p)) => Ok(Some(p)),
+        None => {
+            Err(Error::input("a Hugging Face cache folder with no snapshot in it").with_file(dir))
+        }
+    }
+}
+
+/// Open a model file or folder, choosing the reader from the name and the magic bytes. A
+/// Hugging Face cache folder (`models--org--name`) opens its current snapshot.
 pub fn open(path: &Path) -> Result<Box<dyn TensorSource>> {
     if path.is_dir() {
+        if let Some(snapshot) = hf_cache_snapshot(path)? {
+            return open(&snapshot);
+        }
         let index = path.join("model.safetensors.index.json");
         if index.is_file() {
             return Ok(Box::new(safetensors::SafetensorsSource::open_sharded(

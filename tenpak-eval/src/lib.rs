@@ -29,8 +29,17 @@ use std::path::{Path, PathBuf};
 use tenpak::error::{Error, Result};
 use tenpak::Context;
 
-/// Where `scripts/fetch-corpus.sh` puts the evaluation corpus.
+/// Where `scripts/fetch-corpus.sh` puts the evaluation corpus, below the models folder.
 pub const DEFAULT_CORPUS: &str = "models/corpus/cfi-en.txt";
+
+/// The default corpus: `$TENPAK_MODELS/corpus/cfi-en.txt` when `TENPAK_MODELS` is set (the
+/// scripts' models folder), else [`DEFAULT_CORPUS`].
+pub fn default_corpus() -> PathBuf {
+    match std::env::var_os("TENPAK_MODELS") {
+        Some(m) if !m.is_empty() => PathBuf::from(m).join("corpus").join("cfi-en.txt"),
+        _ => PathBuf::from(DEFAULT_CORPUS),
+    }
+}
 
 /// Read the corpus, with a hint to fetch it when it is missing.
 pub fn read_corpus(path: &Path) -> Result<String> {

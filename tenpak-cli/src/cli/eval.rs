@@ -31,8 +31,8 @@ pub(super) struct EmbedArgs {
     /// Base model of a delta .tpk.
     #[arg(long, value_name = "BASE")]
     base: Option<PathBuf>,
-    /// Corpus text (built by scripts/fetch-corpus.sh).
-    #[arg(long, value_name = "FILE", default_value = tenpak_eval::DEFAULT_CORPUS)]
+    /// Corpus text (built by scripts/fetch-corpus.sh; under $TENPAK_MODELS when that is set).
+    #[arg(long, value_name = "FILE", default_value_os_t = tenpak_eval::default_corpus())]
     corpus: PathBuf,
     /// Sentences to embed: the first N of the corpus (split after . ! ? + space, >= 5 words).
     #[arg(long, default_value_t = 2000)]
@@ -88,8 +88,8 @@ pub(super) struct SweepArgs {
 /// The evaluation windows, shared by `eval ppl` and `eval sweep`.
 #[derive(Args)]
 pub(super) struct WindowArgs {
-    /// Corpus text (built by scripts/fetch-corpus.sh).
-    #[arg(long, value_name = "FILE", default_value = tenpak_eval::DEFAULT_CORPUS)]
+    /// Corpus text (built by scripts/fetch-corpus.sh; under $TENPAK_MODELS when that is set).
+    #[arg(long, value_name = "FILE", default_value_os_t = tenpak_eval::default_corpus())]
     corpus: PathBuf,
     /// Window length, BOS included.
     #[arg(long, default_value_t = 512)]
@@ -142,8 +142,8 @@ pub(super) struct CaptureArgs {
     /// Base model of a delta .tpk.
     #[arg(long, value_name = "BASE")]
     base: Option<PathBuf>,
-    /// Corpus text (built by scripts/fetch-corpus.sh).
-    #[arg(long, value_name = "FILE", default_value = tenpak_eval::DEFAULT_CORPUS)]
+    /// Corpus text (built by scripts/fetch-corpus.sh; under $TENPAK_MODELS when that is set).
+    #[arg(long, value_name = "FILE", default_value_os_t = tenpak_eval::default_corpus())]
     corpus: PathBuf,
     /// Window length, BOS included (the prefill dump's seq_len).
     #[arg(long, default_value_t = 512)]
@@ -175,9 +175,9 @@ pub(super) struct CalibrateArgs {
     /// Output statistics file (safetensors).
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
-    /// Corpus text (built by scripts/fetch-corpus.sh); calibration reads the tokens after the
-    /// evaluation slice's 64 x 511.
-    #[arg(long, value_name = "FILE", default_value = tenpak_eval::DEFAULT_CORPUS)]
+    /// Corpus text (under $TENPAK_MODELS when that is set); calibration reads the tokens after
+    /// the evaluation slice's 64 x 511.
+    #[arg(long, value_name = "FILE", default_value_os_t = tenpak_eval::default_corpus())]
     corpus: PathBuf,
     /// Calibration windows (encoders: sentences, after the 2000 `eval embed` reads).
     #[arg(long, default_value_t = 64)]
@@ -258,7 +258,7 @@ pub(super) struct SensitivityArgs {
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
     /// Corpus text; the windows are the tokens after the evaluation slice's 64 x 511.
-    #[arg(long, value_name = "FILE", default_value = tenpak_eval::DEFAULT_CORPUS)]
+    #[arg(long, value_name = "FILE", default_value_os_t = tenpak_eval::default_corpus())]
     corpus: PathBuf,
     /// Calibration windows (encoders: sentences).
     #[arg(long, default_value_t = 4)]
