@@ -748,3 +748,58 @@ fn compress_reports_bits_per_weight_and_warns() {
     ]);
     assert_eq!(p["warnings"].as_array().unwrap().len(), 2, "{p}");
 }
+
+/// Every subcommand's --help ends with examples; completion scripts and man pages are
+/// generated from the same definitions.
+#[test]
+fn help_has_examples_completions_and_man_pages() {
+    fn commands(help: &str) -> Vec<String> {
+        let Some(at) = help.find("Commands:") else {
+            return Vec::new();
+        };
+        help[at..]
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .filter(|c| c != "help")
+            .collect()
+    }
+    let mut todo = vec![Vec::<String>::new()];
+    let mut leaves = 0;
+    while let Some(path) = todo.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let help = tenpak_ok(&args);
+        let subs = commands(&help);
+        if subs.is_empty() {
+            assert!(
+                help.contains("Examples:\n  tenpak "),
+                "tenpak {path:?} --help has no examples"
+            );
+            leaves += 1;
+            // Its own man page renders.
+            let page = tenpak_ok(&["man", &path.join("-")]);
+            assert!(
+                page.contains(&format!(".TH tenpak-{} 1", path.join("-"))),
+                "{page}"
+            );
+        }
+        for c in subs {
+            let mut p = path.clone();
+            p.push(c);
+            todo.push(p);
+        }
+    }
+    assert!(leaves >= 20, "{leaves}");
+    assert!(tenpak_ok(&["man"]).contains(".TH tenpak 1"));
+    for sh in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let script = tenpak_ok(&["completions", sh]);
+        assert!(
+            script.contains("compress") && script.contains("--codec"),
+            "{sh}"
+        );
+    }
+    tenpak_fails(&["completions", "tcsh"], 2);
+    tenpak_fails(&["man", "no-such"], 2);
+}

@@ -12,12 +12,21 @@ use tenpak_eval::ppl::PplOptions;
 pub(super) enum EvalCommand {
     /// Perplexity of a causal LM (llama) on the evaluation corpus; with --reference also the
     /// paired ΔPPL and its standard error, KL divergence and top-1 agreement.
+    #[command(
+        after_help = "Examples:\n  tenpak eval ppl model.gguf\n  tenpak eval ppl m.tpk --reference model.gguf --json\n  tenpak eval ppl model.gguf --kv kivi:bits=4 --kv-lossless-first-n 2"
+    )]
     Ppl(PplArgs),
     /// The size–quality frontier: compress MODEL with each codec or config into real .tpk
     /// files, evaluate each against MODEL; writes frontier.csv, frontier.json, frontier.png.
+    #[command(
+        after_help = "Examples:\n  tenpak eval sweep model.gguf --codecs bfp8,int4_g32,nvfp4 -o sweep/\n  tenpak eval sweep model.gguf --configs compression_configs/ --keep-tpk"
+    )]
     Sweep(SweepArgs),
     /// Sentence-embedding drift of a BERT-family encoder against its reference: cosine of each
     /// sentence's two embeddings (mean, 1st percentile, minimum) and nearest-neighbour agreement.
+    #[command(
+        after_help = "Examples:\n  tenpak eval embed m.tpk --reference models/minilm\n  tenpak eval embed m.tpk --reference models/minilm --lines 500 --json"
+    )]
     Embed(EmbedArgs),
 }
 
@@ -117,18 +126,27 @@ pub(super) enum KvCommand {
     /// Run a causal LM over the evaluation windows and write every layer's keys (after RoPE)
     /// and values in the reference dump layout: <OUT>/<run_id>/layer_<i>/{k,v}_t<s>_<e>.bin and
     /// meta_t<s>_<e>.json, [seq_len, kv_heads, head_dim]. One run per window.
+    #[command(
+        after_help = "Examples:\n  tenpak kv capture model.gguf -o dumps/ --windows 2 --ctx 256"
+    )]
     Capture(CaptureArgs),
     /// Compress a dump folder into one .tpk: layers < N lossless (--lossless, default
     /// gear-auto), the others with --lossy; chunked by (layer, K/V, token range).
+    #[command(
+        after_help = "Examples:\n  tenpak kv compress dumps/ -o kv.tpk\n  tenpak kv compress dumps/ -o kv.tpk --lossless-first-n 2 --lossy kivi --bits 4"
+    )]
     Compress(super::kv::CompressArgs),
     /// Restore the dump folder from a .tpk of `kv compress`: meta files and lossless layers
     /// bit-exact, lossy layers decoded to the dump's dtype.
+    #[command(after_help = "Examples:\n  tenpak kv decompress kv.tpk -o restored/")]
     Decompress(super::kv::DecompressArgs),
     /// The KV reference's reports from a real .tpk: mixed_layer_metrics.csv,
     /// lossy_error_metrics.csv, mixed_summary.md (+ blocknorm_metrics.csv), summary.json.
+    #[command(after_help = "Examples:\n  tenpak kv analyze dumps/ -o kv-report/")]
     Analyze(super::kv::AnalyzeArgs),
     /// The reference's block-norm grid plus quant, truncate and KIVI with real codes:
     /// kv_sweep.csv, blocknorm_sweep.csv, blocknorm_best.md, kv_best.md, pareto.csv/.png.
+    #[command(after_help = "Examples:\n  tenpak kv sweep dumps/ -o kv-sweep/")]
     Sweep(super::kv::SweepArgs),
 }
 

@@ -36,22 +36,43 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Compress a model (safetensors file, model folder, sharded index, or GGUF) into a .tpk.
+    #[command(
+        after_help = "Examples:\n  tenpak compress model.safetensors -o model.tpk          # lossless (byteplane)\n  tenpak compress models--org--name -o m.tpk --codec int4_g32   # a Hugging Face cache folder\n  tenpak compress model.gguf -o m.tpk --codec bfp8 --override token_embd.weight=int8\n  tenpak compress model.gguf -o m.tpk --target-bpw 4.5 --allocate sensitivity --sensitivity s.json\n  tenpak compress model.gguf --dry-run --codec nvfp4 --json     # sizes; nothing is written\n  tenpak codecs                                            # every codec name, bits per weight"
+    )]
     Compress(CompressArgs),
     /// Show a .tpk's header, metadata and tensors (payloads unread, but for mixed tensors' tile codes).
+    #[command(
+        after_help = "Examples:\n  tenpak inspect model.tpk\n  tenpak inspect model.tpk --tensors\n  tenpak inspect model.tpk --json | jq '.tensors[0]'"
+    )]
     Inspect(InspectArgs),
     /// Check every checksum and decode every chunk of a .tpk.
+    #[command(
+        after_help = "Examples:\n  tenpak verify model.tpk\n  tenpak verify model.tpk --json"
+    )]
     Verify(VerifyArgs),
     /// Decode a .tpk back to safetensors.
+    #[command(
+        after_help = "Examples:\n  tenpak decompress model.tpk -o model.safetensors\n  tenpak decompress model.tpk -o out.safetensors --dtype bf16 --max-shard-size 5GB\n  tenpak decompress model.tpk -o part.safetensors --filter model.layers.0"
+    )]
     Decompress(DecompressArgs),
     /// List the codecs this tenpak implements.
+    #[command(
+        after_help = "Examples:\n  tenpak codecs\n  tenpak codecs --json | jq '.[] | select(.bpw != null and .bpw < 5) | .name'"
+    )]
     Codecs(JsonArg),
     /// Per-tensor, per-format error report: encode each tensor with each lossy format, measure.
+    #[command(
+        after_help = "Examples:\n  tenpak analyze model.safetensors -c bfp8 -c bfp4 -c nvfp4\n  tenpak analyze model.gguf -c all --json"
+    )]
     Analyze(AnalyzeArgs),
     /// Draw plots that need no model.
     #[command(subcommand)]
     Plot(PlotCommand),
     /// Export a mixed tensor's stored tile assignment: assignment.npy (uint8, tile grid) and
     /// assignment_mapping.json (code -> format, tile size, shape).
+    #[command(
+        after_help = "Examples:\n  tenpak assignment mixed.tpk model.layers.0.mlp.up_proj.weight -o out/"
+    )]
     Assignment(AssignmentArgs),
     /// Evaluate model quality: perplexity, KL divergence, top-1 agreement.
     #[command(subcommand)]
@@ -62,11 +83,39 @@ enum Command {
     /// Run calibration text (the corpus tokens after the evaluation slice) through a llama model
     /// and write each matrix input's statistics: per-channel E[x²] (an importance matrix) and
     /// E[x xᵀ] (GPTQ's Hessian), for `compress --calibration`.
+    #[command(
+        after_help = "Examples:\n  tenpak calibrate model.gguf -o calib.safetensors\n  tenpak compress model.gguf -o m.tpk --codec int4_g32 --calibration calib.safetensors"
+    )]
     Calibrate(eval::CalibrateArgs),
     /// Measure how a llama model's output (KLD against the exact model, ΔNLL) grows with each
     /// matrix's relative error, on calibration text after the evaluation slice: the αₜ of
     /// `compress --target-bpw --allocate sensitivity`.
+    #[command(
+        after_help = "Examples:\n  tenpak sensitivity model.gguf -o sens.json\n  tenpak compress model.gguf -o m.tpk --target-bpw 4.5 --allocate sensitivity --sensitivity sens.json"
+    )]
     Sensitivity(eval::SensitivityArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  tenpak completions bash > ~/.local/share/bash-completion/completions/tenpak\n  tenpak completions zsh > ~/.zfunc/_tenpak\n  tenpak completions fish > ~/.config/fish/completions/tenpak.fish"
+    )]
+    Completions(CompletionsArgs),
+    /// Print a man page (roff): tenpak's, or one subcommand's.
+    #[command(
+        after_help = "Examples:\n  tenpak man > tenpak.1 && man ./tenpak.1\n  tenpak man compress > tenpak-compress.1"
+    )]
+    Man(ManArgs),
+}
+
+#[derive(Args)]
+struct CompletionsArgs {
+    /// The shell.
+    shell: clap_complete::Shell,
+}
+
+#[derive(Args)]
+struct ManArgs {
+    /// A subcommand (`compress`, `eval ppl` as `eval-ppl`); none: the main page.
+    subcommand: Option<String>,
 }
 
 #[derive(Args)]
@@ -87,6 +136,9 @@ struct AssignmentArgs {
 enum PlotCommand {
     /// Input value -> reconstructed value per format: alone in its block ("ideal") and with
     /// random neighbours ("rand").
+    #[command(
+        after_help = "Examples:\n  tenpak plot staircase\n  tenpak plot staircase -c bfp4 -c nvfp4 -c mxfp4 --max 2 --out fp4.png"
+    )]
     Staircase(StaircaseArgs),
 }
 
@@ -443,6 +495,18 @@ pub fn run() -> i32 {
     }
 }
 
+/// The subcommand `name` names (`eval-ppl` for `eval ppl`), renamed `tenpak-NAME` for its page.
+fn find_subcommand(root: &clap::Command, name: &str) -> Option<clap::Command> {
+    let mut cmd = root.clone();
+    let mut full = String::from("tenpak");
+    for part in name.split(['-', ' ']) {
+        cmd = cmd.find_subcommand(part)?.clone();
+        full.push('-');
+        full.push_str(part);
+    }
+    Some(cmd.name(full).version(env!("CARGO_PKG_VERSION")))
+}
+
 /// Print a report's warnings on stderr (also in its `--json`).
 fn warn(warnings: &[String]) {
     for w in warnings {
@@ -773,6 +837,28 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
             } else {
                 table::decompress(out, &r);
             }
+            Ok(0)
+        }
+        Command::Completions(a) => {
+            use clap::CommandFactory;
+            clap_complete::generate(a.shell, &mut Cli::command(), "tenpak", out);
+            Ok(0)
+        }
+        Command::Man(a) => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            cmd.build();
+            let page = match &a.subcommand {
+                None => cmd,
+                Some(name) => find_subcommand(&cmd, name).ok_or_else(|| {
+                    Error::config(format!(
+                        "no subcommand '{name}' (write nested ones with a dash: eval-ppl)"
+                    ))
+                })?,
+            };
+            clap_mangen::Man::new(page)
+                .render(out)
+                .map_err(|e| Error::io("write the man page", e))?;
             Ok(0)
         }
         Command::Codecs(a) => {
