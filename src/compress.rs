@@ -282,11 +282,13 @@ fn compress_source_on_threads(
     let fp32_bytes = plan.tensors.iter().map(|t| t.info.numel() * 4).sum();
     let elements: u64 = plan.tensors.iter().map(|t| t.info.numel()).sum();
     let mut warnings = plan.warnings.clone();
+    // Payloads, not the file: a small file's header and index are not the codec's doing.
+    let payload: u64 = reports.iter().map(|r| r.encoded_bytes + r.param_bytes).sum();
     warnings.extend(size_warnings(
         reports.iter().map(|r| (r.name.as_str(), r.padded_elems)),
         &plan.tensors,
         source_bytes,
-        file_bytes,
+        payload,
     ));
     Ok(CompressReport {
         output: output.to_path_buf(),
@@ -317,7 +319,7 @@ pub fn bits_per(bytes: u64, elements: u64) -> f64 {
 /// Tensors padded to more than this many times their elements are named in a warning.
 const PADDING_WARN: f64 = 1.5;
 
-/// Warnings about size: `out` bytes larger than the `source` bytes, and tensors (name, padded
+/// Warnings about size: `out` payload bytes larger than the `source` bytes, and tensors (name, padded
 /// elements) that tile padding makes grow by [`PADDING_WARN`] or more.
 pub(crate) fn size_warnings<'a>(
     padded: impl Iterator<Item = (&'a str, Option<u64>)>,
@@ -335,7 +337,7 @@ pub(crate) fn size_warnings<'a>(
         types.sort_unstable();
         types.dedup();
         w.push(format!(
-            "the output is {:.2}x the size of the source ({:.2} -> {:.2} bits per weight; the source holds {}): choose a codec with fewer bits per weight (`tenpak codecs`)",
+            "the encoded tensors are {:.2}x the size of the source ({:.2} -> {:.2} bits per weight; the source holds {}): choose a codec with fewer bits per weight (`tenpak codecs`)",
             out as f64 / source.max(1) as f64,
             bits_per(source, elements),
             bits_per(out, elements),

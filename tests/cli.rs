@@ -684,7 +684,7 @@ fn compress_reports_bits_per_weight_and_warns() {
         .collect();
     assert!(
         w.iter()
-            .any(|w| w.contains("the output is") && w.contains("bits per weight")),
+            .any(|w| w.contains("the encoded tensors are") && w.contains("bits per weight")),
         "{w:?}"
     );
     let bpw = r["bpw"].as_f64().unwrap();
@@ -732,7 +732,7 @@ fn compress_reports_bits_per_weight_and_warns() {
             .any(|w| w.contains("padding to 32x32 tiles") && w.contains("LayerNorm.bias (32.0x)")),
         "{w:?}"
     );
-    assert!(!w.iter().any(|w| w.contains("the output is")), "{w:?}");
+    assert!(!w.iter().any(|w| w.contains("the encoded tensors are")), "{w:?}");
     // The same warnings before anything is written.
     let p = tenpak_json(&[
         "compress",
