@@ -218,6 +218,7 @@ fn compress_source_on_threads(
     opts: &CompressOptions,
     cx: &Context<'_>,
 ) -> Result<CompressReport> {
+    check_output_name(output, "tpk", "a .tpk file")?;
     let plan = Plan::new(source, input, opts)?;
     let mut w =
         TpkWriter::create(output, opts.force).map_err(|e| Error::from(e).with_file(output))?;
@@ -283,7 +284,10 @@ fn compress_source_on_threads(
     let elements: u64 = plan.tensors.iter().map(|t| t.info.numel()).sum();
     let mut warnings = plan.warnings.clone();
     // Payloads, not the file: a small file's header and index are not the codec's doing.
-    let payload: u64 = reports.iter().map(|r| r.encoded_bytes + r.param_bytes).sum();
+    let payload: u64 = reports
+        .iter()
+        .map(|r| r.encoded_bytes + r.param_bytes)
+        .sum();
     warnings.extend(size_warnings(
         reports.iter().map(|r| (r.name.as_str(), r.padded_elems)),
         &plan.tensors,
@@ -305,6 +309,30 @@ fn compress_source_on_threads(
         warnings,
         sync_seconds: finished.sync.as_secs_f64(),
     })
+}
+
+/// Refuse an output name whose extension says another format than the `ext` file written
+/// (`-o model.gguf` for a .tpk); a name without an extension is taken as given.
+pub fn check_output_name(output: &Path, ext: &str, what: &str) -> Result<()> {
+    match output.extension().and_then(|e| e.to_str()) {
+        Some(e) if !e.eq_ignore_ascii_case(ext) => {
+            let hint = match (ext, e.to_ascii_lowercase().as_str()) {
+                ("safetensors", "gguf") => {
+                    " (GGUF output is not built yet: decompress writes safetensors)".to_string()
+                }
+                ("tpk", "safetensors") => {
+                    " (compress writes .tpk; `tenpak decompress` turns it into safetensors)".into()
+                }
+                ("tpk", "gguf") => " (compress writes .tpk; GGUF output is not built yet)".into(),
+                _ => String::new(),
+            };
+            Err(Error::config(format!(
+                "the output is named .{e} but this writes {what}: name it .{ext}{hint}"
+            ))
+            .with_file(output))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `bytes` x 8 / `elements` (0 for no elements).

@@ -142,6 +142,7 @@ fn decompress_on_threads(
     opts: &DecompressOptions,
     cx: &Context<'_>,
 ) -> Result<DecompressReport> {
+    crate::compress::check_output_name(output, "safetensors", "safetensors")?;
     let mut ar = Archive::open(input)?;
     if let Some(b) = &opts.base {
         ar = ar.with_base(b)?;

@@ -732,7 +732,10 @@ fn compress_reports_bits_per_weight_and_warns() {
             .any(|w| w.contains("padding to 32x32 tiles") && w.contains("LayerNorm.bias (32.0x)")),
         "{w:?}"
     );
-    assert!(!w.iter().any(|w| w.contains("the encoded tensors are")), "{w:?}");
+    assert!(
+        !w.iter().any(|w| w.contains("the encoded tensors are")),
+        "{w:?}"
+    );
     // The same warnings before anything is written.
     let p = tenpak_json(&[
         "compress",
@@ -802,4 +805,69 @@ fn help_has_examples_completions_and_man_pages() {
     }
     tenpak_fails(&["completions", "tcsh"], 2);
     tenpak_fails(&["man", "no-such"], 2);
+}
+
+/// An output named for another format than the one written is refused before anything is
+/// written (`-o x.gguf` wrote safetensors bytes).
+#[test]
+fn output_names_must_match_what_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = minilm();
+    let q = "encoder.layer.0.attention.self.query";
+    let e = tenpak_fails(
+        &[
+            "compress",
+            s(&m),
+            "-o",
+            s(&dir.path().join("m.gguf")),
+            "--filter",
+            q,
+        ],
+        2,
+    );
+    assert!(e.contains("named .gguf but this writes a .tpk file"), "{e}");
+    let tpk = dir.path().join("m.tpk");
+    tenpak_ok(&["compress", s(&m), "-o", s(&tpk), "--filter", q, "-q"]);
+    // No extension: taken as given.
+    tenpak_ok(&[
+        "compress",
+        s(&m),
+        "-o",
+        s(&dir.path().join("plain")),
+        "--filter",
+        q,
+        "-q",
+    ]);
+    let e = tenpak_fails(
+        &[
+            "decompress",
+            s(&tpk),
+            "-o",
+            s(&dir.path().join("back.gguf")),
+        ],
+        2,
+    );
+    assert!(e.contains("GGUF output is not built yet"), "{e}");
+    tenpak_fails(
+        &["decompress", s(&tpk), "-o", s(&dir.path().join("back.bin"))],
+        2,
+    );
+    let dumps = repo().join("tests/fixtures/kv-golden/dumps");
+    let e = tenpak_fails(
+        &[
+            "kv",
+            "compress",
+            s(&dumps),
+            "-o",
+            s(&dir.path().join("kv.safetensors")),
+        ],
+        2,
+    );
+    assert!(e.contains("name it .tpk"), "{e}");
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["m.tpk", "plain"]);
 }

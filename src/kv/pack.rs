@@ -312,6 +312,7 @@ fn compress_on_threads(
     cx: &Context<'_>,
 ) -> Result<KvCompressReport> {
     let start = std::time::Instant::now();
+    crate::compress::check_output_name(output, "tpk", "a .tpk file")?;
     let dumps = dump::scan(root, &opts.filter)?;
     if dumps.is_empty() {
         return Err(Error::input(
