@@ -10,7 +10,7 @@ fn usage_errors_exit_2() {
     let m = minilm();
     let err = tenpak_fails(&["compress", s(&m), "-o", s(&out), "--codec", "nope"], 2);
     assert!(
-        err.contains("unknown codec 'nope'") && err.contains("byteplane"),
+        err.contains("unknown codec 'nope'") && err.contains("tenpak codecs"),
         "{err}"
     );
     tenpak_fails(
