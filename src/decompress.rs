@@ -126,7 +126,70 @@ pub(crate) fn create_parent(output: &Path) -> Result<()> {
     }
 }
 
-/// Decompress `input` (.tpk) to `output` (.safetensors).
+/// A sharded model's index file name.
+const INDEX: &str = "model.safetensors.index.json";
+
+/// Whether `output` names a folder: it ends with a separator or is one already.
+pub fn is_folder(output: &Path) -> bool {
+    output.is_dir()
+        || output
+            .as_os_str()
+            .to_string_lossy()
+            .ends_with(std::path::MAIN_SEPARATOR)
+        || output.as_os_str().to_string_lossy().ends_with('/')
+}
+
+/// The small files a `.tpk` kept of its model folder (`hf.NAME`, `hf.base64.NAME`), as paths
+/// under `dir` and their bytes; the index is rewritten, not copied. A name that is not a plain
+/// file name is refused: a hostile file must not write outside the folder.
+fn kept_files(meta: &[(String, String)], dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    for (k, v) in meta {
+        let (name, bytes) = if let Some(n) = k.strip_prefix(crate::input::KEPT_BASE64) {
+            let b = base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map_err(|e| {
+                    Error::bad_params(format!(
+                        "metadata {}: not base64: {e}",
+                        crate::error::clip(k)
+                    ))
+                })?;
+            (n, b)
+        } else if let Some(n) = k.strip_prefix("hf.") {
+            (n, v.as_bytes().to_vec())
+        } else {
+            continue;
+        };
+        if name == INDEX {
+            continue;
+        }
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && !name.contains(['/', '\\', '\0'])
+            && Path::new(name).file_name() == Some(std::ffi::OsStr::new(name));
+        if !plain {
+            return Err(Error::bad_params(format!(
+                "metadata {} names no plain file",
+                crate::error::clip(k)
+            )));
+        }
+        out.push((dir.join(name), bytes));
+    }
+    Ok(out)
+}
+
+/// Write `bytes` to `path` through a temporary file; the seconds its sync took.
+fn write_file(path: &Path, bytes: &[u8], force: bool) -> Result<std::time::Duration> {
+    let mut tmp = crate::atomic::create(path)?;
+    tmp.write_all(bytes)
+        .map_err(|e| Error::io("write", e).with_file(path))?;
+    crate::atomic::persist(tmp, force)
+}
+
+/// Decompress `input` (.tpk) to `output`: a `.safetensors` file (shards beside it with
+/// `max_shard_size`), or a folder (`DIR/`: the model's safetensors, sharded as its source was,
+/// and the small files kept from its folder).
 pub fn decompress(
     input: &Path,
     output: &Path,
@@ -142,7 +205,9 @@ fn decompress_on_threads(
     opts: &DecompressOptions,
     cx: &Context<'_>,
 ) -> Result<DecompressReport> {
-    crate::compress::check_output_name(output, "safetensors", "safetensors")?;
+    if !is_folder(output) {
+        crate::compress::check_output_name(output, "safetensors", "safetensors")?;
+    }
     let mut ar = Archive::open(input)?;
     if let Some(b) = &opts.base {
         ar = ar.with_base(b)?;
@@ -183,43 +248,102 @@ fn decompress_on_threads(
     if plan.is_empty() {
         return Err(Error::input("no tensor to write (check --filter)").with_file(input));
     }
-    // Shards: greedy in name order; a tensor larger than the limit gets a shard of its own.
-    let mut shards: Vec<Vec<&Planned>> = vec![Vec::new()];
-    let mut size = 0u64;
-    for p in &plan {
-        if let Some(max) = opts.max_shard_size {
-            if size > 0 && size + p.bytes > max {
-                shards.push(Vec::new());
-                size = 0;
+    let folder = is_folder(output);
+    let stored_index = ar.file.meta(&format!("hf.{INDEX}"));
+    let (groups, index_path) = match (folder, stored_index, opts.max_shard_size) {
+        // A folder from a sharded Hugging Face model: its own shards again.
+        (true, Some(text), None) => {
+            let (_, map) =
+                crate::input::safetensors::parse_index(text).map_err(|e| e.with_file(input))?;
+            let mut by_file: BTreeMap<String, Vec<&Planned>> = BTreeMap::new();
+            for p in &plan {
+                let file = map
+                    .get(&tensors[p.index].name)
+                    .cloned()
+                    .unwrap_or_else(|| "model-extra.safetensors".into());
+                by_file.entry(file).or_default().push(p);
+            }
+            let groups: Vec<(PathBuf, Vec<&Planned>)> = by_file
+                .into_iter()
+                .map(|(f, ps)| (output.join(f), ps))
+                .collect();
+            (groups, Some(output.join(INDEX)))
+        }
+        _ => {
+            // Greedy in name order; a tensor larger than the limit gets a shard of its own.
+            let mut shards: Vec<Vec<&Planned>> = vec![Vec::new()];
+            let mut size = 0u64;
+            for p in &plan {
+                if let Some(max) = opts.max_shard_size {
+                    if size > 0 && size + p.bytes > max {
+                        shards.push(Vec::new());
+                        size = 0;
+                    }
+                }
+                size += p.bytes;
+                shards.last_mut().unwrap().push(p);
+            }
+            let (dir, stem, single) = if folder {
+                (
+                    output.to_path_buf(),
+                    "model".to_string(),
+                    output.join("model.safetensors"),
+                )
+            } else {
+                let dir = match output.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                let stem = output
+                    .file_name()
+                    .map(|n| {
+                        n.to_string_lossy()
+                            .trim_end_matches(".safetensors")
+                            .to_string()
+                    })
+                    .unwrap_or_else(|| "model".into());
+                (dir, stem, output.to_path_buf())
+            };
+            let n = shards.len();
+            if n == 1 {
+                (vec![(single, shards.remove(0))], None)
+            } else {
+                let groups = shards
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, ps)| {
+                        (
+                            dir.join(format!("{stem}-{:05}-of-{n:05}.safetensors", k + 1)),
+                            ps,
+                        )
+                    })
+                    .collect();
+                (
+                    groups,
+                    Some(dir.join(format!("{stem}.safetensors.index.json"))),
+                )
             }
         }
-        size += p.bytes;
-        shards.last_mut().unwrap().push(p);
-    }
-    let dir = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
     };
-    let stem = output
-        .file_name()
-        .map(|n| {
-            n.to_string_lossy()
-                .trim_end_matches(".safetensors")
-                .to_string()
-        })
-        .unwrap_or_else(|| "model".into());
-    let n_shards = shards.len();
-    let names: Vec<PathBuf> = if n_shards == 1 {
-        vec![output.to_path_buf()]
+    // A folder also gets the small files kept at compress time (config, tokenizer, ...).
+    let kept: Vec<(PathBuf, Vec<u8>)> = if folder {
+        kept_files(ar.file.metadata(), output).map_err(|e| e.with_file(input))?
     } else {
-        (1..=n_shards)
-            .map(|k| dir.join(format!("{stem}-{k:05}-of-{n_shards:05}.safetensors")))
-            .collect()
+        Vec::new()
     };
-    let index_path = dir.join(format!("{stem}.safetensors.index.json"));
-    create_parent(output)?;
+    let names: Vec<PathBuf> = groups.iter().map(|g| g.0.clone()).collect();
+    if folder {
+        std::fs::create_dir_all(output)
+            .map_err(|e| Error::io("create the output folder", e).with_file(output))?;
+    } else {
+        create_parent(output)?;
+    }
     if !opts.force {
-        for p in names.iter().chain((n_shards > 1).then_some(&index_path)) {
+        let all = names
+            .iter()
+            .chain(&index_path)
+            .chain(kept.iter().map(|k| &k.0));
+        for p in all {
             if p.exists() {
                 return Err(Error::config(format!(
                     "{} already exists (pass --force to overwrite)",
@@ -244,7 +368,7 @@ fn decompress_on_threads(
     });
     let mut temps = Vec::new();
     let mut weight_map = BTreeMap::new();
-    for (shard, name) in shards.iter().zip(&names) {
+    for (name, shard) in &groups {
         let tmp = write_shard(&ar, shard, name, &metadata, cx).map_err(|e| e.with_file(input))?;
         for p in shard {
             weight_map.insert(
@@ -260,16 +384,25 @@ fn decompress_on_threads(
         sync += crate::atomic::persist(tmp, opts.force)?;
         files.push(name.clone());
     }
-    if n_shards > 1 {
-        let index = serde_json::json!({
-            "metadata": { "total_size": total },
-            "weight_map": weight_map,
-        });
-        let mut tmp = crate::atomic::create(&index_path)?;
-        tmp.write_all(serde_json::to_string_pretty(&index).unwrap().as_bytes())
-            .map_err(|e| Error::io("write", e).with_file(&index_path))?;
-        sync += crate::atomic::persist(tmp, opts.force)?;
+    if let Some(index_path) = index_path {
+        // The source's index keeps its other metadata; the sizes are the written files'.
+        let mut index: serde_json::Value = stored_index
+            .filter(|_| folder && opts.max_shard_size.is_none())
+            .and_then(|t| serde_json::from_str(t).ok())
+            .filter(|v: &serde_json::Value| v.is_object())
+            .unwrap_or_else(|| serde_json::json!({}));
+        if !index["metadata"].is_object() {
+            index["metadata"] = serde_json::json!({});
+        }
+        index["metadata"]["total_size"] = total.into();
+        index["weight_map"] = serde_json::to_value(&weight_map).expect("plain data");
+        let text = serde_json::to_string_pretty(&index).expect("plain data");
+        sync += write_file(&index_path, text.as_bytes(), opts.force)?;
         files.push(index_path);
+    }
+    for (path, bytes) in &kept {
+        sync += write_file(path, bytes, opts.force)?;
+        files.push(path.clone());
     }
     cx.event(Event::Finish);
     Ok(DecompressReport {
@@ -363,5 +496,38 @@ fn write_at(file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<()
         let mut f = file;
         f.seek(SeekFrom::Start(offset))?;
         f.write_all(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kept files are written only under the folder, whatever a hostile file names them.
+    #[test]
+    fn kept_file_names_stay_in_the_folder() {
+        let dir = Path::new("out");
+        let ok = [("hf.config.json".to_string(), "{}".to_string())];
+        assert_eq!(kept_files(&ok, dir).unwrap()[0].0, dir.join("config.json"));
+        for bad in [
+            "hf.../x",
+            "hf./etc/passwd",
+            "hf.a/b",
+            "hf...",
+            "hf.",
+            "hf.base64.a\\b",
+            "hf..hidden",
+        ] {
+            let m = [(bad.to_string(), "AAAA".to_string())];
+            assert!(kept_files(&m, dir).is_err(), "{bad}");
+        }
+        let m = [("hf.base64.t.model".to_string(), "not base64!".to_string())];
+        assert!(kept_files(&m, dir).is_err());
+        // The index is rewritten, not copied; other keys are not files.
+        let m = [
+            (format!("hf.{INDEX}"), "{}".to_string()),
+            ("gguf.general.name".to_string(), "\"x\"".to_string()),
+        ];
+        assert!(kept_files(&m, dir).unwrap().is_empty());
     }
 }

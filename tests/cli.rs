@@ -871,3 +871,102 @@ fn output_names_must_match_what_is_written() {
     left.sort();
     assert_eq!(left, ["m.tpk", "plain"]);
 }
+
+/// `decompress -o DIR/` of a model compressed from a Hugging Face folder gives the folder back:
+/// its shards (same names, same tensors), its index, and its small files byte for byte.
+#[test]
+fn folders_come_back_as_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = minilm();
+    let src = d.join("src");
+    // A sharded folder made from MiniLM, with the files a hub folder has.
+    tenpak_ok(&["compress", s(&m), "-o", s(&d.join("a.tpk")), "-q"]);
+    tenpak_ok(&[
+        "decompress",
+        s(&d.join("a.tpk")),
+        "-o",
+        s(&src.join("model.safetensors")),
+        "--max-shard-size",
+        "40MB",
+        "-q",
+    ]);
+    let hub = m.parent().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(hub.join(f), src.join(f)).unwrap();
+    }
+    std::fs::write(src.join("vocab.txt"), "[PAD]\n[UNK]\n").unwrap();
+    let binary: Vec<u8> = (0..=255u8).rev().collect();
+    std::fs::write(src.join("tokenizer.model"), &binary).unwrap();
+    std::fs::write(src.join(".gitattributes"), "*.bin filter=lfs\n").unwrap();
+    let tpk = d.join("m.tpk");
+    tenpak_ok(&["compress", s(&src), "-o", s(&tpk), "-q"]);
+    let out = d.join("out");
+    let r = tenpak_json(&[
+        "decompress",
+        s(&tpk),
+        "-o",
+        &format!("{}/", out.display()),
+        "-q",
+    ]);
+    let listing = |p: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(listing(&out), listing(&src));
+    assert_eq!(r["files"].as_array().unwrap().len(), listing(&src).len());
+    let shards: Vec<String> = listing(&src)
+        .into_iter()
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    assert!(shards.len() >= 2, "{shards:?}");
+    for f in &shards {
+        let (a, b) = (
+            read_safetensors(&src.join(f)),
+            read_safetensors(&out.join(f)),
+        );
+        assert_eq!(a, b, "{f}");
+    }
+    let index = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(p.join("model.safetensors.index.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(index(&out)["weight_map"], index(&src)["weight_map"]);
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "vocab.txt",
+        "tokenizer.model",
+    ] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(src.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // Nothing is overwritten without --force; the restored folder is a model eval loads.
+    tenpak_fails(
+        &["decompress", s(&tpk), "-o", &format!("{}/", out.display())],
+        2,
+    );
+    let c = corpus();
+    let e = tenpak_json(&[
+        "eval",
+        "embed",
+        s(&out),
+        "--reference",
+        s(hub),
+        "--lines",
+        "8",
+        "--corpus",
+        s(&c),
+    ]);
+    assert_eq!(e["min_cos"].as_f64().unwrap(), 1.0, "{e}");
+}

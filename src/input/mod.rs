@@ -68,6 +68,73 @@ pub trait TensorSource: Send + Sync {
     }
 }
 
+/// Files of a model folder no bigger than this are kept in the `.tpk` (tokenizer.json files run
+/// to ~10 MB).
+pub const KEPT_FILE_MAX: u64 = 16 << 20;
+/// At most this much of a folder's small files is kept in all.
+pub const KEPT_TOTAL_MAX: u64 = 48 << 20;
+
+/// Metadata key of a kept file: `hf.NAME` for UTF-8 text, `hf.base64.NAME` otherwise.
+pub const KEPT_BASE64: &str = "hf.base64.";
+
+/// The small files of a model folder as `.tpk` metadata (`hf.NAME` = the text, or
+/// `hf.base64.NAME` = the bytes in base64): every plain file up to [`KEPT_FILE_MAX`] that is not
+/// weights and not hidden, in name order, up to [`KEPT_TOTAL_MAX`] in all. Links are followed
+/// (a Hugging Face cache snapshot is made of links into its blobs).
+pub fn folder_files(dir: &Path) -> Vec<(String, String)> {
+    use base64::Engine;
+    const WEIGHTS: [&str; 12] = [
+        "safetensors",
+        "gguf",
+        "bin",
+        "pt",
+        "pth",
+        "ckpt",
+        "h5",
+        "msgpack",
+        "onnx",
+        "tpk",
+        "npz",
+        "npy",
+    ];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<(String, std::path::PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .filter(|(n, p)| {
+            let ext = Path::new(n)
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("");
+            !n.starts_with('.')
+                && !WEIGHTS.contains(&ext.to_ascii_lowercase().as_str())
+                && std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() <= KEPT_FILE_MAX)
+        })
+        .collect();
+    names.sort();
+    let mut total = 0u64;
+    let mut out = Vec::new();
+    for (name, path) in names {
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        total += bytes.len() as u64;
+        if total > KEPT_TOTAL_MAX {
+            break;
+        }
+        match String::from_utf8(bytes) {
+            Ok(text) => out.push((format!("hf.{name}"), text)),
+            Err(e) => out.push((
+                format!("{KEPT_BASE64}{name}"),
+                base64::engine::general_purpose::STANDARD.encode(e.as_bytes()),
+            )),
+        }
+    }
+    out
+}
+
 /// The snapshot a Hugging Face cache folder (`models--org--name`, holding `refs/` and
 /// `snapshots/`) stands for: the one `refs/main` names, else the newest; `None` for any other
 /// folder.
@@ -117,15 +184,15 @@ pub fn open(path: &Path) -> Result<Box<dyn TensorSource>> {
         }
         let index = path.join("model.safetensors.index.json");
         if index.is_file() {
-            return Ok(Box::new(safetensors::SafetensorsSource::open_sharded(
-                &index,
-            )?));
+            return Ok(Box::new(
+                safetensors::SafetensorsSource::open_sharded(&index)?.in_model_dir(path),
+            ));
         }
         let single = path.join("model.safetensors");
         if single.is_file() {
-            return Ok(Box::new(safetensors::SafetensorsSource::open_files(&[
-                single,
-            ])?));
+            return Ok(Box::new(
+                safetensors::SafetensorsSource::open_files(&[single])?.in_model_dir(path),
+            ));
         }
         let mut found: Vec<_> = std::fs::read_dir(path)
             .map_err(|e| Error::io(format!("read folder {}", path.display()), e))?
@@ -153,9 +220,15 @@ pub fn open(path: &Path) -> Result<Box<dyn TensorSource>> {
         };
     }
     if path.to_string_lossy().ends_with(".index.json") {
-        return Ok(Box::new(safetensors::SafetensorsSource::open_sharded(
-            path,
-        )?));
+        let src = safetensors::SafetensorsSource::open_sharded(path)?;
+        return Ok(Box::new(match path.parent() {
+            Some(d) => src.in_model_dir(if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }),
+            None => src,
+        }));
     }
     let mut magic = [0u8; 4];
     {

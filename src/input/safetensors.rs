@@ -22,6 +22,8 @@ pub struct SafetensorsSource {
     infos: Vec<TensorInfo>,
     entries: Vec<Entry>,
     description: String,
+    /// The model folder, when the model was opened as one (its small files are kept).
+    model_dir: Option<PathBuf>,
 }
 
 struct Raw {
@@ -177,6 +179,14 @@ pub fn fuzz_parse(bytes: &[u8], max_elems: u64) -> Result<usize> {
 
 impl SafetensorsSource {
     /// Open one or more files as one model (tensor names must be unique across them).
+    /// The model was opened as the folder `dir` (or its index): its small files (configs,
+    /// tokenizer files, README) go into the `.tpk` with the weights, so that `decompress -o
+    /// DIR/` can give back a loadable folder.
+    pub fn in_model_dir(mut self, dir: &Path) -> Self {
+        self.model_dir = Some(dir.to_path_buf());
+        self
+    }
+
     pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
         let mut files = Vec::new();
         let mut raws = Vec::new();
@@ -303,6 +313,7 @@ impl SafetensorsSource {
             infos,
             entries,
             description,
+            model_dir: None,
         })
     }
 }
@@ -350,6 +361,9 @@ impl TensorSource for SafetensorsSource {
         &self.infos
     }
     fn model_metadata(&self) -> Vec<(String, String)> {
+        if let Some(dir) = &self.model_dir {
+            return super::folder_files(dir);
+        }
         let Some(dir) = self.files.first().and_then(|(p, _)| p.parent()) else {
             return Vec::new();
         };

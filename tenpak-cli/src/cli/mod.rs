@@ -325,7 +325,8 @@ struct VerifyArgs {
 struct DecompressArgs {
     /// The .tpk file.
     file: PathBuf,
-    /// Output .safetensors file (shards go beside it).
+    /// Output .safetensors file (shards go beside it), or a folder `DIR/`: a model compressed from
+    /// a Hugging Face folder comes back as that folder (its shards, index and small files).
     #[arg(short, long)]
     output: PathBuf,
     /// Output element type: source, f32, f16 or bf16 (integer tensors always keep theirs).
