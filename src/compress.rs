@@ -62,6 +62,9 @@ pub struct CompressOptions {
     /// The allocation that chose `overrides` (`--target-bpw`), stored as metadata
     /// `tenpak.allocation`.
     pub allocation: Option<serde_json::Value>,
+    /// Compress only part `k` of `n` (1-based): a deterministic share of the tensors balanced by
+    /// bytes, into a part file that [`crate::merge::merge`] joins with the others.
+    pub shard: Option<(usize, usize)>,
 }
 
 impl Default for CompressOptions {
@@ -83,6 +86,7 @@ impl Default for CompressOptions {
             calibration: None,
             calib_mode: None,
             allocation: None,
+            shard: None,
         }
     }
 }
@@ -219,11 +223,21 @@ fn compress_source_on_threads(
     cx: &Context<'_>,
 ) -> Result<CompressReport> {
     check_output_name(output, "tpk", "a .tpk file")?;
-    let plan = Plan::new(source, input, opts)?;
+    let mut plan = Plan::new(source, input, opts)?;
+    // The metadata is the whole model's, so every part carries the same and a merge of the
+    // parts is the file one process would write.
+    let meta = metadata(source, &plan, opts);
+    let part = match opts.shard {
+        Some((k, n)) => Some(crate::merge::take_part(&mut plan, k, n)?),
+        None => None,
+    };
     let mut w =
         TpkWriter::create(output, opts.force).map_err(|e| Error::from(e).with_file(output))?;
-    for (k, v) in metadata(source, &plan, opts) {
+    for (k, v) in meta {
         w.set_metadata(&k, &v);
+    }
+    if let Some(p) = &part {
+        w.set_metadata(crate::merge::PART_KEY, &p.to_string());
     }
     let total: u64 = plan.tensors.iter().map(|t| t.info.source_bytes).sum();
     cx.event(Event::Start {

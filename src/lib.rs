@@ -84,6 +84,7 @@ pub mod fuzz_api;
 pub mod input;
 pub mod inspect;
 pub mod kv;
+pub mod merge;
 pub mod metrics;
 pub mod mixed;
 pub mod plan;

@@ -970,3 +970,233 @@ fn folders_come_back_as_folders() {
     ]);
     assert_eq!(e["min_cos"].as_f64().unwrap(), 1.0, "{e}");
 }
+
+/// `compress --shard K/N` in N processes at once, then `merge`: the same bytes as one process.
+#[test]
+fn sharded_compress_merges_to_the_single_process_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = minilm();
+    let single = d.join("single.tpk");
+    tenpak_ok(&[
+        "compress",
+        s(&m),
+        "-o",
+        s(&single),
+        "--codec",
+        "int4_g32",
+        "-q",
+    ]);
+    let n = 3;
+    let parts: Vec<std::path::PathBuf> = (1..=n).map(|k| d.join(format!("part{k}.tpk"))).collect();
+    let running: Vec<std::process::Child> = parts
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tenpak"))
+                .args([
+                    "compress",
+                    s(&m),
+                    "-o",
+                    s(p),
+                    "--codec",
+                    "int4_g32",
+                    "-q",
+                    "--threads",
+                    "1",
+                ])
+                .args(["--shard", &format!("{}/{n}", k + 1)])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in running {
+        assert!(c.wait().unwrap().success());
+    }
+    // Every tensor in exactly one part.
+    let mut names: Vec<String> = parts
+        .iter()
+        .flat_map(|p| {
+            tenpak_json(&["inspect", s(p)])["tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let total = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), total);
+    let merged = d.join("merged.tpk");
+    let r = tenpak_json(&[
+        "merge",
+        s(&parts[2]),
+        s(&parts[0]),
+        s(&parts[1]),
+        "-o",
+        s(&merged),
+    ]);
+    assert_eq!(r["tensors"].as_u64().unwrap() as usize, total);
+    assert_eq!(
+        std::fs::read(&merged).unwrap(),
+        std::fs::read(&single).unwrap()
+    );
+    // Refusals: a missing part, a part given twice, a file that is no part, parts of two runs.
+    let e = tenpak_fails(
+        &[
+            "merge",
+            s(&parts[0]),
+            s(&parts[1]),
+            "-o",
+            s(&d.join("x.tpk")),
+        ],
+        1,
+    );
+    assert!(e.contains("part(s) 3 of 3 missing"), "{e}");
+    tenpak_fails(
+        &[
+            "merge",
+            s(&parts[0]),
+            s(&parts[0]),
+            s(&parts[1]),
+            "-o",
+            s(&d.join("x.tpk")),
+        ],
+        1,
+    );
+    tenpak_fails(&["merge", s(&single), "-o", s(&d.join("x.tpk"))], 1);
+    let other = d.join("other.tpk");
+    tenpak_ok(&[
+        "compress",
+        s(&m),
+        "-o",
+        s(&other),
+        "--codec",
+        "int8",
+        "-q",
+        "--shard",
+        "3/3",
+    ]);
+    let e = tenpak_fails(
+        &[
+            "merge",
+            s(&parts[0]),
+            s(&parts[1]),
+            s(&other),
+            "-o",
+            s(&d.join("x.tpk")),
+        ],
+        1,
+    );
+    assert!(e.contains("metadata differs"), "{e}");
+    assert!(!d.join("x.tpk").exists());
+    tenpak_fails(
+        &[
+            "compress",
+            s(&m),
+            "-o",
+            s(&other),
+            "--shard",
+            "0/3",
+            "--force",
+        ],
+        2,
+    );
+    tenpak_fails(
+        &[
+            "compress",
+            s(&m),
+            "-o",
+            s(&other),
+            "--shard",
+            "4/3",
+            "--force",
+        ],
+        2,
+    );
+    let cfg = repo().join("compression_configs/compression_config.mixed_tile_model_budget.json");
+    let e = tenpak_fails(
+        &[
+            "compress",
+            s(&m),
+            "-o",
+            s(&other),
+            "--shard",
+            "1/2",
+            "--force",
+            "--config",
+            s(&cfg),
+        ],
+        2,
+    );
+    assert!(e.contains("whole-model"), "{e}");
+}
+
+/// The Slurm script submits an array of `--shard` parts and a merge after them: run with a
+/// stand-in `sbatch` that runs each job where it is, it gives the single-process file.
+#[test]
+fn slurm_script_runs_parts_and_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bin = d.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    // Runs --wrap once per array index (SLURM_ARRAY_TASK_ID), or once; prints a job id.
+    let fake = r#"#!/usr/bin/env bash
+array="" wrap=""
+for a in "$@"; do
+  case "$a" in --array=*) array=${a#--array=} ;; --wrap=*) wrap=${a#--wrap=} ;; esac
+done
+if [ -n "$array" ]; then
+  for i in $(seq ${array%-*} ${array#*-}); do SLURM_ARRAY_TASK_ID=$i bash -c "$wrap" || exit 1; done
+else
+  bash -c "$wrap" || exit 1
+fi
+echo $RANDOM
+"#;
+    std::fs::write(bin.join("sbatch"), fake).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("sbatch"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let m = minilm();
+    let out = d.join("out dir").join("m.tpk");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let st = std::process::Command::new(repo().join("scripts/cluster/slurm-compress.sh"))
+        .args([s(&m), s(&out), "3", "--codec", "int4_g32"])
+        .env("PATH", path)
+        .env("TENPAK", env!("CARGO_BIN_EXE_tenpak"))
+        .env("CPUS", "1")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let single = d.join("single.tpk");
+    tenpak_ok(&[
+        "compress",
+        s(&m),
+        "-o",
+        s(&single),
+        "--codec",
+        "int4_g32",
+        "-q",
+    ]);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&single).unwrap()
+    );
+    // The parts are gone after the merge; the logs stay.
+    let left: Vec<_> = std::fs::read_dir(d.join("out dir/m.tpk.parts"))
+        .unwrap()
+        .collect();
+    assert!(left.iter().all(|e| !e
+        .as_ref()
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".tpk")));
+}

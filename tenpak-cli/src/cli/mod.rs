@@ -94,6 +94,12 @@ enum Command {
         after_help = "Examples:\n  tenpak sensitivity model.gguf -o sens.json\n  tenpak compress model.gguf -o m.tpk --target-bpw 4.5 --allocate sensitivity --sensitivity sens.json"
     )]
     Sensitivity(eval::SensitivityArgs),
+    /// Join the part files of `compress --shard K/N` into one .tpk, byte for byte the file one
+    /// process would have written (chunks are copied, not encoded again).
+    #[command(
+        after_help = "Examples:\n  for k in 1 2 3; do tenpak compress model.gguf -o part$k.tpk --codec int4_g32 --shard $k/3 & done; wait\n  tenpak merge part1.tpk part2.tpk part3.tpk -o model.tpk\n  scripts/cluster/slurm-compress.sh and scripts/cluster/k8s-compress-job.yaml run the parts on a cluster"
+    )]
+    Merge(MergeArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  tenpak completions bash > ~/.local/share/bash-completion/completions/tenpak\n  tenpak completions zsh > ~/.zfunc/_tenpak\n  tenpak completions fish > ~/.config/fish/completions/tenpak.fish"
@@ -104,6 +110,36 @@ enum Command {
         after_help = "Examples:\n  tenpak man > tenpak.1 && man ./tenpak.1\n  tenpak man compress > tenpak-compress.1"
     )]
     Man(ManArgs),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The part files, in any order.
+    #[arg(required = true)]
+    parts: Vec<PathBuf>,
+    /// The merged .tpk.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Overwrite the output if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `K/N` with 1 <= K <= N.
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("'{s}' is not K/N with 1 <= K <= N (e.g. 2/8)");
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let (k, n) = (
+        k.trim().parse::<usize>().map_err(|_| bad())?,
+        n.trim().parse::<usize>().map_err(|_| bad())?,
+    );
+    if k == 0 || k > n {
+        return Err(bad());
+    }
+    Ok((k, n))
 }
 
 #[derive(Args)]
@@ -230,6 +266,10 @@ struct CompressArgs {
     /// Only the first N matching tensors (name order).
     #[arg(long)]
     limit: Option<usize>,
+    /// Compress only part K of N (a deterministic share of the tensors, balanced by bytes) into
+    /// a part file; `tenpak merge` joins the N parts into the file one process would write.
+    #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
     /// Overwrite the output if it exists.
     #[arg(long)]
     force: bool,
@@ -634,6 +674,7 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
                     None
                 },
                 allocation: None,
+                shard: a.shard,
             };
             let mut opts = opts;
             let target = match (a.target_bpw, a.target_bytes) {
@@ -837,6 +878,22 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
                 json(out, &r);
             } else {
                 table::decompress(out, &r);
+            }
+            Ok(0)
+        }
+        Command::Merge(a) => {
+            let r = tenpak::merge::merge(&a.parts, &a.output, a.force)?;
+            if a.json {
+                json(out, &r);
+            } else {
+                let _ = writeln!(
+                    out,
+                    "merged {} parts, {} tensors: {} ({})",
+                    r.parts,
+                    r.tensors,
+                    r.output.display(),
+                    table::human(r.file_bytes)
+                );
             }
             Ok(0)
         }
