@@ -142,7 +142,7 @@ pub fn is_folder(output: &Path) -> bool {
 /// The small files a `.tpk` kept of its model folder (`hf.NAME`, `hf.base64.NAME`), as paths
 /// under `dir` and their bytes; the index is rewritten, not copied. A name that is not a plain
 /// file name is refused: a hostile file must not write outside the folder.
-fn kept_files(meta: &[(String, String)], dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+pub(crate) fn kept_files(meta: &[(String, String)], dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
     use base64::Engine;
     let mut out = Vec::new();
     for (k, v) in meta {

@@ -173,3 +173,23 @@ pub fn sensitivity_json(data: &[u8]) {
 pub fn codec_names() -> Vec<&'static str> {
     REGISTRY.iter().map(|e| e.name).collect()
 }
+
+/// What `decompress -o DIR/` and `merge` read from a `.tpk`'s metadata: a key and value (split
+/// at the first zero byte) as a kept file (never a path outside the folder) and as a part
+/// file's `tenpak.part`.
+pub fn output_meta(data: &[u8]) {
+    let (k, v) = match data.iter().position(|&b| b == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &[][..]),
+    };
+    let (Ok(k), Ok(v)) = (std::str::from_utf8(k), std::str::from_utf8(v)) else {
+        return;
+    };
+    let dir = std::path::Path::new("out");
+    if let Ok(files) = crate::decompress::kept_files(&[(k.to_string(), v.to_string())], dir) {
+        for (p, _) in files {
+            assert_eq!(p.parent(), Some(dir), "{p:?} leaves the folder");
+        }
+    }
+    let _ = serde_json::from_str::<crate::merge::Part>(v);
+}

@@ -65,6 +65,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("input_sharded_index", f::sharded_index),
     ("eval_hf_meta", tenpak_eval::fuzz_api::hf_meta),
     ("eval_gguf_meta", tenpak_eval::fuzz_api::gguf_meta),
+    ("output_meta", f::output_meta),
 ];
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -488,6 +489,25 @@ fn write_meta_seeds() {
     hf.extend(std::fs::read(dir.join("tokenizer.json")).unwrap());
     put("eval_hf_meta", "minilm.bin", &hf);
     put("eval_hf_meta", "bert_small.bin", &small_bert(&dir));
+    put(
+        "output_meta",
+        "config.bin",
+        b"hf.config.json\0{\"model_type\": \"bert\"}",
+    );
+    put(
+        "output_meta",
+        "binary.bin",
+        b"hf.base64.tokenizer.model\0AAECAwQ=",
+    );
+    put(
+        "output_meta",
+        "part.bin",
+        &[
+            &b"tenpak.part\0"[..],
+            br#"{"part": 2, "parts": 3, "tensors": 4, "places": {"a.weight": 0, "c": 3}}"#,
+        ]
+        .concat(),
+    );
     put(
         "eval_hf_meta",
         "llama_config.bin",
