@@ -841,3 +841,108 @@ fn metadata_fuzz_seeds_pass_the_prechecks() {
             < 4096
     );
 }
+
+/// `eval sweep --shard K/N` then `eval sweep-merge`: the same frontier as one sweep (every
+/// figure; only the compress timings differ), variants in the order given.
+#[test]
+fn sharded_sweep_merges_to_the_single_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = minilm();
+    let hub = m.parent().unwrap();
+    let c = corpus();
+    let sweep = |out: &std::path::Path, shard: Option<&str>| {
+        let mut args = vec![
+            "eval",
+            "sweep",
+            s(hub),
+            "--codecs",
+            "bfp8,int4_g32,nvfp4",
+            "--lines",
+            "8",
+            "--corpus",
+            s(&c),
+            "-o",
+            s(out),
+            "-q",
+        ];
+        if let Some(k) = shard {
+            args.extend(["--shard", k]);
+        }
+        tenpak_ok(&args);
+    };
+    sweep(&d.join("full"), None);
+    sweep(&d.join("p1"), Some("1/2"));
+    sweep(&d.join("p2"), Some("2/2"));
+    let merged = tenpak_json(&[
+        "eval",
+        "sweep-merge",
+        s(&d.join("p2")),
+        s(&d.join("p1")),
+        "-o",
+        s(&d.join("merged")),
+    ]);
+    let full: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("full/frontier.json")).unwrap())
+            .unwrap();
+    let rows = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.as_object_mut().unwrap().remove("compress_seconds");
+                r
+            })
+            .collect()
+    };
+    assert_eq!(rows(&merged), rows(&full));
+    assert_eq!(merged["rows"][2]["label"], "int4_g32");
+    assert!(merged.get("shard").is_none());
+    let csv = |p: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect()
+    };
+    assert_eq!(
+        csv(&d.join("merged/frontier.csv")),
+        csv(&d.join("full/frontier.csv"))
+    );
+    assert!(d.join("merged/frontier.png").is_file());
+    let e = tenpak_fails(
+        &[
+            "eval",
+            "sweep-merge",
+            s(&d.join("p1")),
+            "-o",
+            s(&d.join("x")),
+        ],
+        1,
+    );
+    assert!(e.contains("part(s) 2 of 2 missing"), "{e}");
+    tenpak_fails(
+        &[
+            "eval",
+            "sweep-merge",
+            s(&d.join("p1")),
+            s(&d.join("p1")),
+            "-o",
+            s(&d.join("x")),
+        ],
+        1,
+    );
+    let e = tenpak_fails(
+        &[
+            "eval",
+            "sweep-merge",
+            s(&d.join("full")),
+            "-o",
+            s(&d.join("x")),
+        ],
+        1,
+    );
+    assert!(e.contains("not a part"), "{e}");
+}

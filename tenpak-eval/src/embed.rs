@@ -62,7 +62,7 @@ pub struct EmbedRequest {
 }
 
 /// Embedding drift figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct EmbedFigures {
     /// Sentences embedded.
     pub sentences: usize,

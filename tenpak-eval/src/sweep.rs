@@ -95,7 +95,7 @@ impl Variant {
 }
 
 /// Language-model figures of a row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LmFigures {
     /// Perplexity, all positions.
     pub ppl: f64,
@@ -112,12 +112,12 @@ pub struct LmFigures {
 }
 
 /// One row of the frontier.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct FrontierRow {
     /// Codec spec or config name.
     pub label: String,
     /// `codec`, `config` or `reference`.
-    pub kind: &'static str,
+    pub kind: String,
     /// Bytes of the written `.tpk` (of the model file for the reference).
     pub file_bytes: u64,
     /// file_bytes * 8 / parameters.
@@ -138,7 +138,7 @@ pub struct FrontierRow {
 }
 
 /// A point from another tool (`--reference-points`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct OtherPoint {
     /// Label.
     pub label: String,
@@ -151,7 +151,7 @@ pub struct OtherPoint {
 }
 
 /// What the sweep measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Frontier {
     /// The model.
     pub model: String,
@@ -173,6 +173,23 @@ pub struct Frontier {
     pub kv_points: Vec<OtherPoint>,
     /// Where the files are.
     pub out_dir: PathBuf,
+    /// A part of a sharded sweep (`--shard K/N`): which, and each variant row's place among all
+    /// the variants, for [`merge`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<SweepPart>,
+}
+
+/// Which part of a sharded sweep a frontier is.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct SweepPart {
+    /// Its number, 1-based.
+    pub part: usize,
+    /// Parts in all.
+    pub parts: usize,
+    /// Variants of the whole sweep.
+    pub variants: usize,
+    /// The place among them of each variant row (the rows after the reference), in order.
+    pub places: Vec<usize>,
 }
 
 /// How the variants are evaluated.
@@ -190,6 +207,8 @@ pub struct SweepOptions {
     pub keep_tpk: bool,
     /// Other tools' KV-cache points for `kv_frontier.png` (bits per cached value, KLD).
     pub kv_points: Vec<OtherPoint>,
+    /// Run only part K of N (1-based) of the variants: every N-th from the K-th, in order.
+    pub shard: Option<(usize, usize)>,
 }
 
 /// Read `label,bits_per_weight,kld[,delta_ppl_pct]` rows (a header line is skipped).
@@ -306,6 +325,30 @@ fn sweep_on_threads(
                 .map_err(|e| Error::new(e.kind, format!("variant '{label}': {e}")))?;
         }
     }
+    // A part runs every N-th variant (all were checked above, so every part refuses alike).
+    let total_variants = options.len();
+    let (options, shard) = match opts.shard {
+        Some((k, n)) => {
+            if k == 0 || k > n {
+                return Err(Error::config(format!(
+                    "--shard {k}/{n}: expected K/N with 1 <= K <= N"
+                )));
+            }
+            let (places, kept): (Vec<usize>, Vec<Planned>) = options
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| i % n == k - 1)
+                .unzip();
+            let part = SweepPart {
+                part: k,
+                parts: n,
+                variants: total_variants,
+                places,
+            };
+            (kept, Some(part))
+        }
+        None => (options, None),
+    };
     let out_dir = &opts.out_dir;
     std::fs::create_dir_all(out_dir)
         .map_err(|e| Error::io("create the output folder", e).with_file(out_dir))?;
@@ -390,7 +433,7 @@ fn sweep_on_threads(
         },
         rows: vec![FrontierRow {
             label: "reference".into(),
-            kind: "reference",
+            kind: "reference".into(),
             file_bytes: model_bytes,
             bits_per_weight: bpw(model_bytes),
             ratio_vs_fp32: parameters as f64 * 4.0 / model_bytes.max(1) as f64,
@@ -402,6 +445,7 @@ fn sweep_on_threads(
         other_points,
         kv_points: opts.kv_points.clone(),
         out_dir: out_dir.to_path_buf(),
+        shard,
     };
     let mut exact: Option<crate::llama::Llama> = None;
     for (label, o, kind, kv) in &options {
@@ -416,7 +460,7 @@ fn sweep_on_threads(
             let bits = sim.bits_per_value();
             f.rows.push(FrontierRow {
                 label: label.clone(),
-                kind,
+                kind: kind.to_string(),
                 file_bytes: 0,
                 bits_per_weight: bits,
                 ratio_vs_fp32: if bits > 0.0 { 32.0 / bits } else { 0.0 },
@@ -456,7 +500,7 @@ fn sweep_on_threads(
         };
         f.rows.push(FrontierRow {
             label: label.clone(),
-            kind,
+            kind: kind.to_string(),
             file_bytes: report.file_bytes,
             bits_per_weight: bpw(report.file_bytes),
             ratio_vs_fp32: parameters as f64 * 4.0 / report.file_bytes as f64,
@@ -477,6 +521,96 @@ fn sweep_on_threads(
     if !opts.keep_tpk {
         let _ = std::fs::remove_dir(&tpk_dir);
     }
+    Ok(f)
+}
+
+/// Join the `frontier.json` of each part folder of a sharded sweep (`--shard K/N`) into one
+/// frontier in `out_dir`, the variants in their order, and write its CSV, JSON and figures. The
+/// parts must be of one sweep (same model, windows, reference figures) and all there, once.
+pub fn merge(parts: &[PathBuf], out_dir: &Path, cx: &Context<'_>) -> Result<Frontier> {
+    let mut read = Vec::new();
+    for dir in parts {
+        let path = dir.join("frontier.json");
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| Error::io("read", e).with_file(&path))?;
+        let f: Frontier = serde_json::from_str(&text).map_err(|e| {
+            Error::input(format!("not a sweep's frontier.json: {e}")).with_file(&path)
+        })?;
+        let Some(part) = f.shard.clone() else {
+            return Err(
+                Error::input("not a part of a sharded sweep (eval sweep --shard K/N)")
+                    .with_file(&path),
+            );
+        };
+        if part.places.len() + 1 != f.rows.len() {
+            return Err(Error::input(format!(
+                "{} variant rows for {} places: an unfinished part",
+                f.rows.len().saturating_sub(1),
+                part.places.len()
+            ))
+            .with_file(&path));
+        }
+        read.push((path, f, part));
+    }
+    let Some((_, first, p0)) = read.first() else {
+        return Err(Error::config("no part folders to merge"));
+    };
+    let (n, total) = (p0.parts, p0.variants);
+    let same = |a: &Frontier, b: &Frontier| {
+        a.model == b.model
+            && a.family == b.family
+            && a.parameters == b.parameters
+            && a.windows == b.windows
+            && a.kld_windows == b.kld_windows
+            && a.sentences == b.sentences
+            && serde_json::to_value(&a.rows[0]).ok() == serde_json::to_value(&b.rows[0]).ok()
+    };
+    let mut seen = vec![false; n];
+    let mut slots: Vec<Option<FrontierRow>> = vec![None; total];
+    for (path, f, part) in &read {
+        if part.parts != n || part.variants != total || !same(first, f) {
+            return Err(Error::input(
+                "a part of another sweep (model, windows, reference or part count differ)",
+            )
+            .with_file(path));
+        }
+        if part.part == 0 || part.part > n || std::mem::replace(&mut seen[part.part - 1], true) {
+            return Err(Error::input(format!(
+                "part {} of {n} given twice or out of range",
+                part.part
+            ))
+            .with_file(path));
+        }
+        for (row, &place) in f.rows[1..].iter().zip(&part.places) {
+            match slots.get_mut(place) {
+                Some(slot @ None) => *slot = Some(row.clone()),
+                _ => {
+                    return Err(Error::input(format!(
+                        "variant place {place} taken twice or past {total}"
+                    ))
+                    .with_file(path))
+                }
+            }
+        }
+    }
+    let missing: Vec<String> = (1..=n)
+        .filter(|k| !seen[k - 1])
+        .map(|k| k.to_string())
+        .collect();
+    if !missing.is_empty() || slots.iter().any(Option::is_none) {
+        return Err(Error::input(format!(
+            "part(s) {} of {n} missing",
+            missing.join(", ")
+        )));
+    }
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| Error::io("create the output folder", e).with_file(out_dir))?;
+    let mut f = first.clone();
+    f.rows.truncate(1);
+    f.rows.extend(slots.into_iter().flatten());
+    f.out_dir = out_dir.to_path_buf();
+    f.shard = None;
+    write_outputs(&f, cx)?;
     Ok(f)
 }
 

@@ -22,6 +22,12 @@ pub(super) enum EvalCommand {
         after_help = "Examples:\n  tenpak eval sweep model.gguf --codecs bfp8,int4_g32,nvfp4 -o sweep/\n  tenpak eval sweep model.gguf --configs compression_configs/ --keep-tpk"
     )]
     Sweep(SweepArgs),
+    /// Join the part folders of `eval sweep --shard K/N` into one frontier (CSV, JSON, figures),
+    /// the variants in the order the sweep was given them.
+    #[command(
+        after_help = "Examples:\n  for k in 1 2 3 4; do tenpak eval sweep model.gguf --codecs bfp8,int4_g32,nvfp4,nf4 --shard $k/4 -o part$k & done; wait\n  tenpak eval sweep-merge part1 part2 part3 part4 -o sweep/"
+    )]
+    SweepMerge(SweepMergeArgs),
     /// Sentence-embedding drift of a BERT-family encoder against its reference: cosine of each
     /// sentence's two embeddings (mean, 1st percentile, minimum) and nearest-neighbour agreement.
     #[command(
@@ -89,6 +95,23 @@ pub(super) struct SweepArgs {
     /// Keep the .tpk files (under OUT/tpk).
     #[arg(long)]
     keep_tpk: bool,
+    /// Run only part K of N of the variants (every N-th from the K-th; each part evaluates the
+    /// reference itself); `tenpak eval sweep-merge` joins the parts' folders.
+    #[arg(long, value_name = "K/N", value_parser = super::parse_shard)]
+    shard: Option<(usize, usize)>,
+    /// Print the frontier as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub(super) struct SweepMergeArgs {
+    /// The part folders of `eval sweep --shard K/N` (each with its frontier.json), any order.
+    #[arg(required = true)]
+    parts: Vec<PathBuf>,
+    /// Output folder for the joined frontier.csv, frontier.json and figures.
+    #[arg(long, short, value_name = "DIR")]
+    out: PathBuf,
     /// Print the frontier as JSON.
     #[arg(long)]
     json: bool,
@@ -645,29 +668,18 @@ pub(super) fn run(
                 out_dir: a.out.clone(),
                 keep_tpk: a.keep_tpk,
                 kv_points,
+                shard: a.shard,
             };
             let f = tenpak_eval::sweep::sweep(&a.model, &variants, &sopts, others, &on_step, cx)?;
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
-            if a.json {
-                json(out, &f);
-            } else {
-                sweep_table(out, &f);
-                let wrote: Vec<&str> = [
-                    "frontier.csv",
-                    "frontier.json",
-                    "frontier.png",
-                    "kv_frontier.png",
-                ]
-                .into_iter()
-                .filter(|n| f.out_dir.join(n).is_file())
-                .collect();
-                let _ = writeln!(out, "wrote {} in {}", wrote.join(", "), f.out_dir.display());
-                if f.rows.iter().any(|r| r.kind == "kv") {
-                    let _ = writeln!(out, "(kv rows: bpw is bits per cached value)");
-                }
-            }
+            print_frontier(out, &f, a.json);
+            Ok(0)
+        }
+        EvalCommand::SweepMerge(a) => {
+            let f = tenpak_eval::sweep::merge(&a.parts, &a.out, cx)?;
+            print_frontier(out, &f, a.json);
             Ok(0)
         }
         EvalCommand::Ppl(a) => {
@@ -782,6 +794,38 @@ fn ppl_table(out: &mut Vec<u8>, r: &tenpak_eval::PplResult) {
         "speed:      {:.0} tokens/s ({:.1} s; load {:.1} s)",
         p.tokens_per_s, p.seconds, r.load_seconds
     );
+}
+
+/// A frontier as JSON, or its table and the files written.
+fn print_frontier(out: &mut Vec<u8>, f: &tenpak_eval::sweep::Frontier, as_json: bool) {
+    if as_json {
+        json(out, f);
+        return;
+    }
+    sweep_table(out, f);
+    let wrote: Vec<&str> = [
+        "frontier.csv",
+        "frontier.json",
+        "frontier.png",
+        "kv_frontier.png",
+    ]
+    .into_iter()
+    .filter(|n| f.out_dir.join(n).is_file())
+    .collect();
+    let _ = writeln!(out, "wrote {} in {}", wrote.join(", "), f.out_dir.display());
+    if f.rows.iter().any(|r| r.kind == "kv") {
+        let _ = writeln!(out, "(kv rows: bpw is bits per cached value)");
+    }
+    if let Some(p) = &f.shard {
+        let _ = writeln!(
+            out,
+            "part {} of {}: {} of {} variants; join the parts with tenpak eval sweep-merge",
+            p.part,
+            p.parts,
+            p.places.len(),
+            p.variants
+        );
+    }
 }
 
 fn sweep_table(out: &mut Vec<u8>, f: &tenpak_eval::sweep::Frontier) {
