@@ -155,7 +155,10 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
         let scale = f32::from_le_bytes(p[16..20].try_into().expect("4 bytes"));
         let eb = f32::from_le_bytes(p[20..24].try_into().expect("4 bytes"));
         let rot = u32::from_le_bytes(p[24..28].try_into().expect("4 bytes"));
-        let rot_ok = rot == 0 || (rot >= 2 && rot.is_power_of_two() && row % rot as u64 == 0);
+        // The bind step never makes a block over MAX_ROT; a larger one would only make the
+        // decoder build a sign pattern the file cannot justify.
+        let rot_ok = rot == 0
+            || (rot >= 2 && rot <= MAX_ROT && rot.is_power_of_two() && row % rot as u64 == 0);
         let bits_ok = if grouping == Grouping::Step {
             bits == 0
         } else {
@@ -189,6 +192,10 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
         })))
     },
 };
+
+/// The largest rotation block: the bind step takes the largest power of two dividing the last
+/// dimension, up to this.
+pub const MAX_ROT: u32 = 1 << 16;
 
 /// Sign of element `j` of a rotation block (a fixed pattern, so that a block's mean does not
 /// land in one coefficient): `-1` when bit 31 of `j * 0x9E3779B9` (wrapping u32) is set.
@@ -477,7 +484,7 @@ impl TensorCodec for KvqCodec {
         if self.rot != 0 {
             // Each head's vector: the largest power of two dividing the last dimension.
             let last = t.dims.last().copied().unwrap_or(1).max(1);
-            let p2 = 1u64 << last.trailing_zeros().min(16);
+            let p2 = 1u64 << last.trailing_zeros().min(MAX_ROT.trailing_zeros());
             c.rot = if p2 >= 2 { p2 as u32 } else { 0 };
         }
         if let Some(amax) = t.amax {
