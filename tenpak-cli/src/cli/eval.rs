@@ -25,7 +25,7 @@ pub(super) enum EvalCommand {
     /// Join the part folders of `eval sweep --shard K/N` into one frontier (CSV, JSON, figures),
     /// the variants in the order the sweep was given them.
     #[command(
-        after_help = "Examples:\n  for k in 1 2 3 4; do tenpak eval sweep model.gguf --codecs bfp8,int4_g32,nvfp4,nf4 --shard $k/4 -o part$k & done; wait\n  tenpak eval sweep-merge part1 part2 part3 part4 -o sweep/"
+        after_help = "Examples:\n  tenpak eval sweep-merge part1 part2 part3 part4 -o sweep/\n  for k in 1 2 3 4; do tenpak eval sweep model.gguf --codecs bfp8,int4_g32,nvfp4,nf4 --shard $k/4 -o part$k & done; wait"
     )]
     SweepMerge(SweepMergeArgs),
     /// Sentence-embedding drift of a BERT-family encoder against its reference: cosine of each

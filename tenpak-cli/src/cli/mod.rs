@@ -97,7 +97,7 @@ enum Command {
     /// Join the part files of `compress --shard K/N` into one .tpk, byte for byte the file one
     /// process would have written (chunks are copied, not encoded again).
     #[command(
-        after_help = "Examples:\n  for k in 1 2 3; do tenpak compress model.gguf -o part$k.tpk --codec int4_g32 --shard $k/3 & done; wait\n  tenpak merge part1.tpk part2.tpk part3.tpk -o model.tpk\n  scripts/cluster/slurm-compress.sh and scripts/cluster/k8s-compress-job.yaml run the parts on a cluster"
+        after_help = "Examples:\n  tenpak merge part1.tpk part2.tpk part3.tpk -o model.tpk\n  for k in 1 2 3; do tenpak compress model.gguf -o part$k.tpk --codec int4_g32 --shard $k/3 & done; wait\n  scripts/cluster/slurm-compress.sh and scripts/cluster/k8s-compress-job.yaml run the parts on a cluster"
     )]
     Merge(MergeArgs),
     /// Print a shell completion script.
@@ -539,12 +539,17 @@ pub fn run() -> i32 {
 /// The subcommand `name` names (`eval-ppl` for `eval ppl`), renamed `tenpak-NAME` for its page.
 fn find_subcommand(root: &clap::Command, name: &str) -> Option<clap::Command> {
     let mut cmd = root.clone();
-    let mut full = String::from("tenpak");
-    for part in name.split(['-', ' ']) {
-        cmd = cmd.find_subcommand(part)?.clone();
-        full.push('-');
-        full.push_str(part);
+    let parts: Vec<&str> = name.split(['-', ' ']).collect();
+    let mut i = 0;
+    // Names may hold dashes themselves (`eval-sweep-merge`): the longest match first.
+    while i < parts.len() {
+        let (j, sub) = (i + 1..=parts.len())
+            .rev()
+            .find_map(|j| Some((j, cmd.find_subcommand(parts[i..j].join("-"))?.clone())))?;
+        cmd = sub;
+        i = j;
     }
+    let full = format!("tenpak-{}", parts.join("-"));
     Some(cmd.name(full).version(env!("CARGO_PKG_VERSION")))
 }
 
