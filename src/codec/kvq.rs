@@ -158,7 +158,7 @@ pub(super) const ENTRY: CodecEntry = CodecEntry {
         // The bind step never makes a block over MAX_ROT; a larger one would only make the
         // decoder build a sign pattern the file cannot justify.
         let rot_ok = rot == 0
-            || (rot >= 2 && rot <= MAX_ROT && rot.is_power_of_two() && row % rot as u64 == 0);
+            || ((2..=MAX_ROT).contains(&rot) && rot.is_power_of_two() && row % rot as u64 == 0);
         let bits_ok = if grouping == Grouping::Step {
             bits == 0
         } else {
