@@ -658,6 +658,16 @@ fn codecs_are_discoverable() {
     assert!(e.contains("did you mean bfp"), "{e}");
 }
 
+/// A report's warnings.
+fn warnings(r: &serde_json::Value) -> Vec<String> {
+    r["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
 /// compress reports bits per weight and warns about an output larger than its source, tile
 /// padding that multiplies a tensor, and an --override that matches nothing.
 #[test]
@@ -676,12 +686,7 @@ fn compress_reports_bits_per_weight_and_warns() {
         "blk.0.",
         "-q",
     ]);
-    let w: Vec<&str> = r["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let w = warnings(&r);
     assert!(
         w.iter()
             .any(|w| w.contains("the encoded tensors are") && w.contains("bits per weight")),
@@ -716,12 +721,7 @@ fn compress_reports_bits_per_weight_and_warns() {
         "--override",
         "no_such_tensor=int8",
     ]);
-    let w: Vec<&str> = r["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let w = warnings(&r);
     assert!(
         w.iter()
             .any(|w| w.contains("'no_such_tensor=int8' matches none")),
