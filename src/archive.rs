@@ -6,7 +6,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::tiles::TileGeom;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
-use tpk_format::{Limits, TensorEntry, TpkFile};
+use tpk_format::{Layout, Limits, TensorEntry, TpkFile};
 
 /// Decoded bytes per batch of [`Archive::decode_pieces`]: a reader holds about three such
 /// buffers (decoded tiles, the band in place, its conversion), so this bounds its memory.
@@ -149,6 +149,42 @@ impl Archive {
         }
         let n = total / esize.max(1);
         Ok((out_dtype, self.decode_chunks(i, dtype, &p, esize, n)?))
+    }
+
+    /// Rows `rows` of the first dimension of tensor `i`, decoded (its decoded dtype, row-major).
+    /// A row-major tensor decodes only the chunks holding them; tiled and delta tensors are
+    /// decoded whole first. Rows past the end are left out (as a Python slice would).
+    pub fn decode_rows(&self, i: usize, rows: std::ops::Range<u64>) -> Result<(DType, Vec<u8>)> {
+        let t = &self.file.tensors()[i];
+        let first = t.dims.first().copied().unwrap_or(1);
+        let row_len: u64 = t.dims.iter().skip(1).product();
+        let (r0, r1) = (
+            rows.start.min(first),
+            rows.end.min(first).max(rows.start.min(first)),
+        );
+        let (e0, e1) = (r0 * row_len, r1 * row_len);
+        let (dtype, p) = self.pipeline(i)?;
+        let out_dtype = p.tensor_codec().decoded_dtype(dtype);
+        let es = out_dtype.size();
+        if t.layout != Layout::RowMajor || self.delta(i).is_some() {
+            let (dt, all) = self.decode_tensor(i)?;
+            return Ok((dt, all[e0 as usize * es..e1 as usize * es].to_vec()));
+        }
+        // The chunks overlapping [e0, e1): chunks are in element order.
+        let cs: Vec<usize> = (0..t.chunks.len())
+            .filter(|&c| {
+                let ch = &t.chunks[c];
+                ch.elem_start < e1 && ch.elem_start + ch.elem_count > e0
+            })
+            .collect();
+        let (Some(&c0), Some(&c1)) = (cs.first(), cs.last()) else {
+            return Ok((out_dtype, Vec::new()));
+        };
+        let base = t.chunks[c0].elem_start;
+        let n: u64 = t.chunks[c0..=c1].iter().map(|c| c.elem_count).sum();
+        let bytes = self.decode_chunk_range(i, c0..c1 + 1, dtype, &p, es, n as usize)?;
+        let at = (e0 - base) as usize * es;
+        Ok((out_dtype, bytes[at..at + (e1 - e0) as usize * es].to_vec()))
     }
 
     /// Decode tensor `i` a batch of chunks at a time (about [`DECODE_BATCH_BYTES`] decoded, or

@@ -91,6 +91,19 @@ impl Default for CompressOptions {
     }
 }
 
+impl CompressOptions {
+    /// Take a loaded compression config: its algorithm (`transpose`, a mixed-tile search), its
+    /// pruning unless `prune` is already set, and its resolved form for the file's metadata.
+    pub fn apply_config(&mut self, c: &crate::config::Config) {
+        self.transpose |= c.algorithm == crate::config::Algorithm::Transpose;
+        self.config = Some(c.used_json());
+        if self.prune.is_none() {
+            self.prune = c.prune;
+        }
+        self.mixed = c.mixed.clone();
+    }
+}
+
 /// One tensor's line of the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct TensorReport {

@@ -653,18 +653,16 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
                 limit: a.limit,
                 force: a.force,
                 meta,
-                transpose: a.transpose
-                    || config
-                        .as_ref()
-                        .is_some_and(|c| c.algorithm == tenpak::config::Algorithm::Transpose),
+                transpose: a.transpose,
                 tile_vectors: a.tile_vectors,
-                config: config.as_ref().map(|c| c.used_json()),
-                prune: match (&a.prune, config.as_ref().and_then(|c| c.prune)) {
-                    (Some(r), _) => Some(tenpak::prune::Prune::parse(r)?),
-                    (None, from_config) => from_config,
-                },
+                config: None,
+                prune: a
+                    .prune
+                    .as_deref()
+                    .map(tenpak::prune::Prune::parse)
+                    .transpose()?,
                 base: a.base.clone(),
-                mixed: config.as_ref().and_then(|c| c.mixed.clone()),
+                mixed: None,
                 overrides: a
                     .overrides
                     .iter()
@@ -682,6 +680,9 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
                 shard: a.shard,
             };
             let mut opts = opts;
+            if let Some(c) = &config {
+                opts.apply_config(c);
+            }
             let target = match (a.target_bpw, a.target_bytes) {
                 (Some(b), _) => Some(tenpak::allocate::Target::Bpw(b)),
                 (None, Some(n)) => Some(tenpak::allocate::Target::Bytes(n)),
