@@ -131,12 +131,8 @@ const INDEX: &str = "model.safetensors.index.json";
 
 /// Whether `output` names a folder: it ends with a separator or is one already.
 pub fn is_folder(output: &Path) -> bool {
-    output.is_dir()
-        || output
-            .as_os_str()
-            .to_string_lossy()
-            .ends_with(std::path::MAIN_SEPARATOR)
-        || output.as_os_str().to_string_lossy().ends_with('/')
+    let name = output.as_os_str().to_string_lossy();
+    output.is_dir() || name.ends_with('/') || name.ends_with(std::path::MAIN_SEPARATOR)
 }
 
 /// The small files a `.tpk` kept of its model folder (`hf.NAME`, `hf.base64.NAME`), as paths
