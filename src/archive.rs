@@ -158,10 +158,8 @@ impl Archive {
         let t = &self.file.tensors()[i];
         let first = t.dims.first().copied().unwrap_or(1);
         let row_len: u64 = t.dims.iter().skip(1).product();
-        let (r0, r1) = (
-            rows.start.min(first),
-            rows.end.min(first).max(rows.start.min(first)),
-        );
+        let r0 = rows.start.min(first);
+        let r1 = rows.end.clamp(r0, first);
         let (e0, e1) = (r0 * row_len, r1 * row_len);
         let (dtype, p) = self.pipeline(i)?;
         let out_dtype = p.tensor_codec().decoded_dtype(dtype);

@@ -316,8 +316,8 @@ fn compress_source_on_threads(
         .map(|r| r.encoded_bytes + r.param_bytes)
         .sum();
     warnings.extend(size_warnings(
-        reports.iter().map(|r| (r.name.as_str(), r.padded_elems)),
         &plan.tensors,
+        reports.iter().map(|r| r.padded_elems),
         source_bytes,
         payload,
     ));
@@ -374,11 +374,12 @@ pub fn bits_per(bytes: u64, elements: u64) -> f64 {
 /// Tensors padded to more than this many times their elements are named in a warning.
 const PADDING_WARN: f64 = 1.5;
 
-/// Warnings about size: `out` payload bytes larger than the `source` bytes, and tensors (name, padded
-/// elements) that tile padding makes grow by [`PADDING_WARN`] or more.
-pub(crate) fn size_warnings<'a>(
-    padded: impl Iterator<Item = (&'a str, Option<u64>)>,
+/// Warnings about size: `out` payload bytes larger than the `source` bytes, and tensors that
+/// tile padding makes grow by [`PADDING_WARN`] or more (`padded`: each tensor's padded
+/// elements, in `tensors`' order).
+pub(crate) fn size_warnings(
     tensors: &[crate::plan::TensorPlan],
+    padded: impl Iterator<Item = Option<u64>>,
     source: u64,
     out: u64,
 ) -> Vec<String> {
@@ -399,15 +400,13 @@ pub(crate) fn size_warnings<'a>(
             types.join(", ")
         ));
     }
-    let numel: std::collections::HashMap<&str, u64> = tensors
+    let grown: Vec<String> = tensors
         .iter()
-        .map(|t| (t.info.name.as_str(), t.info.numel()))
-        .collect();
-    let grown: Vec<String> = padded
-        .filter_map(|(name, p)| {
-            let (p, n) = (p?, *numel.get(name)?);
+        .zip(padded)
+        .filter_map(|(t, p)| {
+            let (p, n) = (p?, t.info.numel());
             (n > 0 && p as f64 >= PADDING_WARN * n as f64)
-                .then(|| format!("{name} ({:.1}x)", p as f64 / n as f64))
+                .then(|| format!("{} ({:.1}x)", t.info.name, p as f64 / n as f64))
         })
         .collect();
     if !grown.is_empty() {

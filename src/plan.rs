@@ -269,8 +269,8 @@ impl Plan {
         let source_bytes = tensors.iter().map(|t| t.source_bytes).sum();
         let mut warnings = self.warnings.clone();
         warnings.extend(crate::compress::size_warnings(
-            tensors.iter().map(|t| (t.name.as_str(), t.padded_elems)),
             &self.tensors,
+            tensors.iter().map(|t| t.padded_elems),
             source_bytes,
             predicted,
         ));

@@ -1017,14 +1017,7 @@ fn sharded_compress_merges_to_the_single_process_file() {
     // Every tensor in exactly one part.
     let mut names: Vec<String> = parts
         .iter()
-        .flat_map(|p| {
-            tenpak_json(&["inspect", s(p)])["tensors"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["name"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|p| tensor_names(&tenpak_json(&["inspect", s(p)])))
         .collect();
     let total = names.len();
     names.sort();

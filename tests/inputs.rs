@@ -203,14 +203,7 @@ fn every_dtype_survives() {
 fn filter_and_limit() {
     let dir = tempfile::tempdir().unwrap();
     let tpk = dir.path().join("f.tpk");
-    let names = |r: &serde_json::Value| -> Vec<String> {
-        r["tensors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["name"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let names = tensor_names;
     let r = tenpak_json(&[
         "compress",
         s(&minilm()),
@@ -310,15 +303,7 @@ fn hugging_face_cache_folders_open_their_snapshot() {
         );
         std::os::unix::fs::symlink(&blob, snap.join("model.safetensors")).unwrap();
     }
-    let names = |p: &std::path::Path| -> Vec<String> {
-        let r = tenpak_json(&["compress", s(p), "--dry-run"]);
-        r["tensors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["name"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let names = |p: &std::path::Path| tensor_names(&tenpak_json(&["compress", s(p), "--dry-run"]));
     std::fs::create_dir_all(cache.join("refs")).unwrap();
     std::fs::write(cache.join("refs/main"), "aaa111\n").unwrap();
     assert_eq!(names(&cache), ["old.weight"]);

@@ -100,6 +100,16 @@ pub fn tenpak_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&tenpak_ok(&a)).expect("valid JSON")
 }
 
+/// The tensor names of a JSON report (`tensors[].name`), in its order.
+pub fn tensor_names(r: &serde_json::Value) -> Vec<String> {
+    r["tensors"]
+        .as_array()
+        .expect("a report with tensors")
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Tensors of a safetensors file as (dtype name, shape, bytes), by name.
 pub fn read_safetensors(
     p: &Path,
