@@ -344,13 +344,15 @@ pub fn check_output_name(output: &Path, ext: &str, what: &str) -> Result<()> {
     match output.extension().and_then(|e| e.to_str()) {
         Some(e) if !e.eq_ignore_ascii_case(ext) => {
             let hint = match (ext, e.to_ascii_lowercase().as_str()) {
-                ("safetensors", "gguf") => {
-                    " (GGUF output is not built yet: decompress writes safetensors)".to_string()
-                }
+                ("safetensors", "gguf") => " (or leave out --format to write a GGUF)".to_string(),
+                ("gguf", "safetensors") => " (or leave out --format to write safetensors)".into(),
                 ("tpk", "safetensors") => {
                     " (compress writes .tpk; `tenpak decompress` turns it into safetensors)".into()
                 }
-                ("tpk", "gguf") => " (compress writes .tpk; GGUF output is not built yet)".into(),
+                ("tpk", "gguf") => {
+                    " (compress writes .tpk; `tenpak decompress FILE.tpk -o model.gguf` writes the GGUF)"
+                        .into()
+                }
                 _ => String::new(),
             };
             Err(Error::config(format!(

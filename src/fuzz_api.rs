@@ -174,17 +174,36 @@ pub fn codec_names() -> Vec<&'static str> {
     REGISTRY.iter().map(|e| e.name).collect()
 }
 
-/// What `decompress -o DIR/` and `merge` read from a `.tpk`'s metadata: a key and value (split
-/// at the first zero byte) as a kept file (never a path outside the folder) and as a part
-/// file's `tenpak.part`.
+/// What `decompress -o DIR/`, `-o model.gguf` and `merge` read from a `.tpk`'s metadata: a key
+/// and value (split at the first zero byte) as a kept file (never a path outside the folder),
+/// as a part file's `tenpak.part`, and, with the `tenpak.gguf` layout after a second zero byte,
+/// as the GGUF metadata section (a written value reads back as a GGUF value of its type).
 pub fn output_meta(data: &[u8]) {
-    let (k, v) = match data.iter().position(|&b| b == 0) {
-        Some(at) => (&data[..at], &data[at + 1..]),
-        None => (data, &[][..]),
-    };
+    let mut parts = data.splitn(3, |&b| b == 0);
+    let (k, v, layout) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next(),
+    );
     let (Ok(k), Ok(v)) = (std::str::from_utf8(k), std::str::from_utf8(v)) else {
         return;
     };
+    let mut meta = vec![(k.to_string(), v.to_string())];
+    if let Some(Ok(l)) = layout.map(std::str::from_utf8) {
+        meta.push((crate::input::gguf::LAYOUT_KEY.to_string(), l.to_string()));
+    }
+    if let Ok(section) = crate::decompress::gguf::metadata_section(&meta) {
+        // A GGUF header around the section must parse.
+        let n_kv = meta.iter().filter(|(k, _)| k.starts_with("gguf.")).count() as u64;
+        let mut file = b"GGUF".to_vec();
+        file.extend_from_slice(&3u32.to_le_bytes());
+        file.extend_from_slice(&0u64.to_le_bytes());
+        file.extend_from_slice(&n_kv.to_le_bytes());
+        file.extend_from_slice(&section);
+        if let Err(e) = crate::input::gguf::metadata_of(&file) {
+            panic!("written GGUF metadata does not read back: {e}");
+        }
+    }
     let dir = std::path::Path::new("out");
     if let Ok(files) = crate::decompress::kept_files(&[(k.to_string(), v.to_string())], dir) {
         for (p, _) in files {

@@ -11,6 +11,7 @@ mod container;
 mod delta;
 mod eval;
 mod fuzz_replay;
+mod gguf_out;
 mod inputs;
 mod int;
 mod kv;

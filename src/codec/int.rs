@@ -812,6 +812,20 @@ impl TensorCodec for IntCodec {
         put_f32(&v, out);
         Ok(())
     }
+    fn ggml_block(&self) -> Option<&'static str> {
+        // Groups of 32 with f16 scales: the codes and scales are llama.cpp's legacy blocks.
+        if self.group != Group::Elems(32) || self.f32_scale {
+            return None;
+        }
+        match (self.bits, self.asym) {
+            (8, false) => Some("Q8_0"),
+            (4, false) => Some("Q4_0"),
+            (4, true) => Some("Q4_1"),
+            (5, false) => Some("Q5_0"),
+            (5, true) => Some("Q5_1"),
+            _ => None,
+        }
+    }
 }
 
 /// INT4 + INT2 residual, groups of `g` (default 16), f16 scales and offsets.

@@ -174,6 +174,12 @@ pub trait TensorCodec: Send + Sync + Debug {
     fn as_tile(&self) -> Option<&dyn tile::TileCodec> {
         None
     }
+    /// The GGML block type (`Q8_0`, `Q4_1`, ...) whose grid every decoded block of 32 values
+    /// lies on, if this codec's groups are that type's blocks: the GGUF writer tries it. A
+    /// hint only; the writer checks that each block it writes dequantizes to the decoded values.
+    fn ggml_block(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Shorthands over [`TensorCodec::props`].

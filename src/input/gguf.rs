@@ -49,6 +49,10 @@ pub struct GgufSource {
     /// `general.architecture`, if present.
     pub architecture: Option<String>,
     metadata: Vec<(String, MetaValue)>,
+    /// Each metadata value's type name.
+    types: Vec<String>,
+    /// Tensor names and GGML types in the file's order.
+    order: Vec<(String, String)>,
     infos: Vec<TensorInfo>,
     entries: Vec<Entry>,
 }
@@ -183,14 +187,20 @@ fn scalar_size(t: u32) -> Result<Option<u64>> {
     })
 }
 
-/// Read one metadata value of GGUF value type `t`.
-fn read_value(c: &mut Cursor<'_>, t: u32, depth: u32) -> Result<MetaValue> {
+/// GGUF metadata value type names, by type id (formats-spec/tpk.md, `tenpak.gguf`).
+pub const VALUE_TYPES: [&str; 13] = [
+    "u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64",
+];
+
+/// Read one metadata value of GGUF value type `t`, with its type's name (`u32`, `string`,
+/// `array:i32`, ...).
+fn read_value(c: &mut Cursor<'_>, t: u32, depth: u32) -> Result<(MetaValue, String)> {
     let le = |b: &[u8]| {
         let mut a = [0u8; 8];
         a[..b.len()].copy_from_slice(b);
         u64::from_le_bytes(a)
     };
-    Ok(match t {
+    let v = match t {
         0 => MetaValue::UInt(c.take(1, "u8 value")?[0] as u64),
         1 => MetaValue::Int(c.take(1, "i8 value")?[0] as i8 as i64),
         2 => MetaValue::UInt(le(c.take(2, "u16 value")?)),
@@ -219,13 +229,23 @@ fn read_value(c: &mut Cursor<'_>, t: u32, depth: u32) -> Result<MetaValue> {
                 )));
             }
             let mut items = Vec::with_capacity(count as usize);
-            for _ in 0..count {
-                items.push(read_value(c, et, depth + 1)?);
+            // An array of arrays is named by its first item's type (`u8` when empty).
+            let mut item_type = VALUE_TYPES[et as usize].to_string();
+            for k in 0..count {
+                let (v, t) = read_value(c, et, depth + 1)?;
+                if k == 0 {
+                    item_type = t;
+                }
+                items.push(v);
             }
-            MetaValue::Array(items)
+            if et == 9 && count == 0 {
+                item_type = "array:u8".into();
+            }
+            return Ok((MetaValue::Array(items), format!("array:{item_type}")));
         }
         _ => return Err(Error::bad_file(format!("unknown metadata value type {t}"))),
-    })
+    };
+    Ok((v, VALUE_TYPES[t as usize].to_string()))
 }
 
 impl GgufSource {
@@ -236,7 +256,14 @@ impl GgufSource {
     }
 
     fn parse(path: &Path, map: memmap2::Mmap) -> Result<Self> {
-        let (version, metadata, infos, entries) = parse_bytes(&map)?;
+        let Parsed {
+            version,
+            metadata,
+            types,
+            order,
+            infos,
+            entries,
+        } = parse_bytes(&map)?;
         let architecture = metadata
             .iter()
             .find(|(k, _)| k == "general.architecture")
@@ -248,6 +275,8 @@ impl GgufSource {
             version,
             architecture,
             metadata,
+            types,
+            order,
             infos,
             entries,
         })
@@ -257,10 +286,19 @@ impl GgufSource {
 /// The metadata of a GGUF file's bytes (everything before the tensor data is read, the tensor
 /// table checked): what `eval` reads the architecture and tokenizer from.
 pub fn metadata_of(b: &[u8]) -> Result<Vec<(String, MetaValue)>> {
-    parse_bytes(b).map(|(_, m, _, _)| m)
+    parse_bytes(b).map(|p| p.metadata)
 }
 
-type Parsed = (u32, Vec<(String, MetaValue)>, Vec<TensorInfo>, Vec<Entry>);
+struct Parsed {
+    version: u32,
+    metadata: Vec<(String, MetaValue)>,
+    /// Each metadata value's type name, in `metadata`'s order.
+    types: Vec<String>,
+    /// Tensor names and GGML type names in the file's order.
+    order: Vec<(String, String)>,
+    infos: Vec<TensorInfo>,
+    entries: Vec<Entry>,
+}
 
 fn parse_bytes(b: &[u8]) -> Result<Parsed> {
     let mut c = Cursor { b, pos: 0 };
@@ -284,10 +322,12 @@ fn parse_bytes(b: &[u8]) -> Result<Parsed> {
     }
     let mut alignment = 32u64;
     let mut metadata = Vec::with_capacity(n_kv.min(4096) as usize);
+    let mut types = Vec::with_capacity(n_kv.min(4096) as usize);
     for _ in 0..n_kv {
         let key = c.string("metadata key")?.to_string();
         let t = c.u32("metadata type")?;
-        let v = read_value(&mut c, t, 0)?;
+        let (v, tname) = read_value(&mut c, t, 0)?;
+        types.push(tname);
         if key == "general.alignment" {
             alignment = match v {
                 MetaValue::UInt(a) if t == 4 => a,
@@ -319,6 +359,11 @@ fn parse_bytes(b: &[u8]) -> Result<Parsed> {
         raw.push((name, ne, ty, off));
     }
     let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
+    let mut order = Vec::with_capacity(raw.len());
+    for (name, _, ty, _) in &raw {
+        let tname = TYPES.iter().find(|t| t.0 == *ty).map_or("?", |t| t.1);
+        order.push((name.clone(), tname.to_string()));
+    }
     let mut infos = Vec::with_capacity(raw.len());
     let mut entries = Vec::with_capacity(raw.len());
     raw.sort_by(|a, b| a.0.cmp(&b.0));
@@ -383,10 +428,37 @@ fn parse_bytes(b: &[u8]) -> Result<Parsed> {
             range: start as usize..end as usize,
         });
     }
-    Ok((version, metadata, infos, entries))
+    Ok(Parsed {
+        version,
+        metadata,
+        types,
+        order,
+        infos,
+        entries,
+    })
 }
 
+/// The `.tpk` metadata key holding what a GGUF writer needs beyond the `gguf.*` values: the
+/// version, each key's value type in file order, and each tensor's GGML type in file order.
+pub const LAYOUT_KEY: &str = "tenpak.gguf";
+
 impl GgufSource {
+    /// [`LAYOUT_KEY`]'s value: `{"version": 3, "metadata": [[key, type], ...],
+    /// "tensors": [[name, ggml_type], ...]}`.
+    pub fn layout_json(&self) -> String {
+        let metadata: Vec<(&str, &str)> = self
+            .metadata
+            .iter()
+            .zip(&self.types)
+            .map(|((k, _), t)| (k.as_str(), t.as_str()))
+            .collect();
+        serde_json::json!({
+            "version": self.version,
+            "metadata": metadata,
+            "tensors": self.order,
+        })
+        .to_string()
+    }
     /// Every metadata key and value, in file order (`general.alignment` included).
     pub fn metadata(&self) -> &[(String, MetaValue)] {
         &self.metadata
@@ -416,10 +488,13 @@ impl TensorSource for GgufSource {
         &self.infos
     }
     fn model_metadata(&self) -> Vec<(String, String)> {
-        self.metadata
+        let mut m: Vec<(String, String)> = self
+            .metadata
             .iter()
             .map(|(k, v)| (format!("gguf.{k}"), v.to_json().to_string()))
-            .collect()
+            .collect();
+        m.push((LAYOUT_KEY.to_string(), self.layout_json()));
+        m
     }
     fn read(&self, i: usize, first: u64, count: u64, out: &mut Vec<u8>) -> Result<()> {
         let e = &self.entries[i];
@@ -688,7 +763,7 @@ fn q6_k(b: &[u8], y: &mut [f32]) {
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_parse(b: &[u8], max_elems: u64) -> Result<usize> {
-    let (_, _, infos, entries) = parse_bytes(b)?;
+    let Parsed { infos, entries, .. } = parse_bytes(b)?;
     for (t, e) in infos.iter().zip(&entries) {
         if t.dtype == DType::F32 && e.ggml_type != 0 && t.numel() <= max_elems {
             let mut y = vec![0f32; t.numel() as usize];

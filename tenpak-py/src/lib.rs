@@ -126,10 +126,10 @@ fn compress(
     Ok(serde_json::to_string(&r).expect("reports serialize"))
 }
 
-/// Decompress `src` (.tpk) into `dst` (.safetensors, or a folder `dir/`); returns the report as
-/// JSON text.
+/// Decompress `src` (.tpk) into `dst` (.safetensors, a folder `dir/`, or .gguf); returns the
+/// report as JSON text.
 #[pyfunction]
-#[pyo3(signature = (src, dst, dtype = "source", force = false, threads = None))]
+#[pyo3(signature = (src, dst, dtype = "source", force = false, threads = None, format = None))]
 fn decompress(
     py: Python<'_>,
     src: PathBuf,
@@ -137,12 +137,13 @@ fn decompress(
     dtype: &str,
     force: bool,
     threads: Option<usize>,
+    format: Option<&str>,
 ) -> PyResult<String> {
+    let value_err = |e: String| pyo3::exceptions::PyValueError::new_err(e);
     let opts = tenpak::decompress::DecompressOptions {
-        dtype: dtype
-            .parse()
-            .map_err(|e: String| pyo3::exceptions::PyValueError::new_err(e))?,
+        dtype: dtype.parse().map_err(value_err)?,
         force,
+        format: format.map(str::parse).transpose().map_err(value_err)?,
         ..Default::default()
     };
     let r = py

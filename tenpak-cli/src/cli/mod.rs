@@ -50,9 +50,9 @@ enum Command {
         after_help = "Examples:\n  tenpak verify model.tpk\n  tenpak verify model.tpk --json"
     )]
     Verify(VerifyArgs),
-    /// Decode a .tpk back to safetensors.
+    /// Decode a .tpk back to safetensors, a model folder or a GGUF.
     #[command(
-        after_help = "Examples:\n  tenpak decompress model.tpk -o model.safetensors\n  tenpak decompress model.tpk -o out.safetensors --dtype bf16 --max-shard-size 5GB\n  tenpak decompress model.tpk -o part.safetensors --filter model.layers.0"
+        after_help = "Examples:\n  tenpak decompress model.tpk -o model.safetensors\n  tenpak decompress model.tpk -o out.safetensors --dtype bf16 --max-shard-size 5GB\n  tenpak decompress model.tpk -o part.safetensors --filter model.layers.0\n  tenpak decompress model.tpk -o out/\n  tenpak decompress model.tpk -o model.gguf"
     )]
     Decompress(DecompressArgs),
     /// List the codecs this tenpak implements.
@@ -365,11 +365,17 @@ struct VerifyArgs {
 struct DecompressArgs {
     /// The .tpk file.
     file: PathBuf,
-    /// Output .safetensors file (shards go beside it), or a folder `DIR/`: a model compressed from
-    /// a Hugging Face folder comes back as that folder (its shards, index and small files).
+    /// Output .safetensors file (shards go beside it), a folder `DIR/` (a model compressed from
+    /// a Hugging Face folder comes back as that folder: its shards, index and small files), or a
+    /// .gguf file (llama.cpp's format: the stored GGUF metadata, and each tensor in its GGML block
+    /// type where the decoded values lie exactly on that type's grid, else as floats).
     #[arg(short, long)]
     output: PathBuf,
-    /// Output element type: source, f32, f16 or bf16 (integer tensors always keep theirs).
+    /// Output format, safetensors or gguf; by default the output's name decides (.gguf: GGUF).
+    #[arg(long, value_name = "FORMAT")]
+    format: Option<tenpak::decompress::OutFormat>,
+    /// Output element type: source, f32, f16 or bf16 (integer tensors always keep theirs). For
+    /// GGUF, f32/f16/bf16 write every float tensor in that type, no quantized blocks.
     #[arg(long, default_value = "source")]
     dtype: OutDType,
     /// Only tensors matching (same rules as compress).
@@ -875,11 +881,13 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
                 max_shard_size: a.max_shard_size,
                 force: a.force,
                 base: a.base.clone(),
+                format: a.format,
             };
             let r = tenpak::decompress::decompress(&a.file, &a.output, &opts, cx)?;
             for (t, why) in &r.skipped {
                 eprintln!("tenpak: warning: tensor '{t}' skipped: {why}");
             }
+            warn(&r.warnings);
             if a.json {
                 json(out, &r);
             } else {

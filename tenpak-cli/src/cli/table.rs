@@ -314,6 +314,17 @@ pub fn decompress(out: &mut Vec<u8>, r: &DecompressReport) {
         human(r.data_bytes),
         r.data_bytes
     );
+    if !r.gguf_types.is_empty() {
+        // Types written, most used first: `Q4_1 x 210, F32 x 61, Q8_0 x 1`.
+        let mut n: std::collections::BTreeMap<&str, usize> = Default::default();
+        for (_, t) in &r.gguf_types {
+            *n.entry(t.as_str()).or_default() += 1;
+        }
+        let mut n: Vec<_> = n.into_iter().collect();
+        n.sort_by_key(|(t, k)| (std::cmp::Reverse(*k), *t));
+        let list: Vec<String> = n.iter().map(|(t, k)| format!("{t} x {k}")).collect();
+        let _ = writeln!(out, "GGUF tensor types: {}", list.join(", "));
+    }
 }
 
 /// An allocation: one line per tensor, then the totals and the codecs' shares.

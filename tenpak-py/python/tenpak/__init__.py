@@ -149,6 +149,7 @@ def compress(src: PathLike, dst: PathLike, codec: str = "byteplane", config: Opt
 
 
 def decompress(src: PathLike, dst: PathLike, dtype: str = "source", force: bool = False,
-               threads: Optional[int] = None) -> Dict[str, Any]:
-    """Decode a ``.tpk`` into ``dst`` (.safetensors, or a folder ending in ``/``)."""
-    return json.loads(_decompress(os.fspath(src), os.fspath(dst), dtype, force, threads))
+               threads: Optional[int] = None, format: Optional[str] = None) -> Dict[str, Any]:
+    """Decode a ``.tpk`` into ``dst``: .safetensors, a folder ending in ``/``, or .gguf
+    (``format`` = "safetensors" or "gguf" overrides the name)."""
+    return json.loads(_decompress(os.fspath(src), os.fspath(dst), dtype, force, threads, format))

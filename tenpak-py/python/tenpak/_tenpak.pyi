@@ -29,4 +29,5 @@ def decompress(
     dtype: str = ...,
     force: bool = ...,
     threads: Optional[int] = ...,
+    format: Optional[str] = ...,
 ) -> str: ...

@@ -1,4 +1,5 @@
-//! `decompress`: decode a `.tpk` back to safetensors (one file, or shards with an index).
+//! `decompress`: decode a `.tpk` back to safetensors (one file, or shards with an index, or a
+//! model folder) or to a GGUF ([`gguf`]).
 //!
 //! Output files are written to temporary files beside the destination and renamed only when
 //! every shard is complete. Tensors are decoded one at a time (chunks in parallel) and streamed
@@ -14,6 +15,28 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+pub mod gguf;
+
+/// What `decompress` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutFormat {
+    /// safetensors: one file, shards with an index, or a model folder.
+    Safetensors,
+    /// A GGUF file.
+    Gguf,
+}
+
+impl std::str::FromStr for OutFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "safetensors" => Ok(OutFormat::Safetensors),
+            "gguf" => Ok(OutFormat::Gguf),
+            _ => Err(format!("'{s}' is not one of safetensors, gguf")),
+        }
+    }
+}
 
 /// Element type of the output tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +77,8 @@ pub struct DecompressOptions {
     pub force: bool,
     /// The base model delta tensors were made against.
     pub base: Option<PathBuf>,
+    /// The output format; `None`: by the output's name (`.gguf`: GGUF, else safetensors).
+    pub format: Option<OutFormat>,
 }
 
 impl Default for DecompressOptions {
@@ -64,6 +89,7 @@ impl Default for DecompressOptions {
             max_shard_size: None,
             force: false,
             base: None,
+            format: None,
         }
     }
 }
@@ -81,6 +107,37 @@ pub struct DecompressReport {
     pub skipped: Vec<(String, String)>,
     /// Seconds spent waiting for the files to reach the disk (fsync), apart from the decoding.
     pub sync_seconds: f64,
+    /// GGUF output: each tensor's name and the GGML type written (`Q4_1`, `F32`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gguf_types: Vec<(String, String)>,
+    /// What the user should know about the output (GGUF: metadata not kept, tensors written
+    /// as floats because their values were off the block type's grid).
+    pub warnings: Vec<String>,
+}
+
+/// The format `output` is written in, with `opts.format`; refuses a name that says another.
+pub fn output_format(output: &Path, format: Option<OutFormat>) -> Result<OutFormat> {
+    let named_gguf = output
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let folder = is_folder(output);
+    match format {
+        Some(OutFormat::Gguf) if folder => Err(Error::config(
+            "a folder is written as safetensors: name a .gguf file for GGUF output",
+        )
+        .with_file(output)),
+        Some(OutFormat::Gguf) => {
+            crate::compress::check_output_name(output, "gguf", "GGUF")?;
+            Ok(OutFormat::Gguf)
+        }
+        None if named_gguf && !folder => Ok(OutFormat::Gguf),
+        _ => {
+            if !folder {
+                crate::compress::check_output_name(output, "safetensors", "safetensors")?;
+            }
+            Ok(OutFormat::Safetensors)
+        }
+    }
 }
 
 /// The dtype tensor `src` is written as.
@@ -201,8 +258,11 @@ fn decompress_on_threads(
     opts: &DecompressOptions,
     cx: &Context<'_>,
 ) -> Result<DecompressReport> {
-    if !is_folder(output) {
-        crate::compress::check_output_name(output, "safetensors", "safetensors")?;
+    let format = output_format(output, opts.format)?;
+    if format == OutFormat::Gguf && opts.max_shard_size.is_some() {
+        return Err(Error::config(
+            "--max-shard-size splits safetensors output; a GGUF is written as one file",
+        ));
     }
     let mut ar = Archive::open(input)?;
     if let Some(b) = &opts.base {
@@ -243,6 +303,9 @@ fn decompress_on_threads(
     }
     if plan.is_empty() {
         return Err(Error::input("no tensor to write (check --filter)").with_file(input));
+    }
+    if format == OutFormat::Gguf {
+        return gguf::write(&ar, output, plan, skipped, opts, cx).map_err(|e| e.with_file(input));
     }
     let folder = is_folder(output);
     let stored_index = ar.file.meta(&format!("hf.{INDEX}"));
@@ -407,6 +470,8 @@ fn decompress_on_threads(
         data_bytes: total,
         skipped,
         sync_seconds: sync.as_secs_f64(),
+        gguf_types: Vec::new(),
+        warnings: Vec::new(),
     })
 }
 

@@ -1,0 +1,342 @@
+//! `decompress -o model.gguf`: metadata with its types, native GGML blocks where the decoded
+//! values are on their grid, floats elsewhere, refusals. (llama.cpp itself loads the files in
+//! tenpak-py/tests/test_gguf.py.)
+
+use crate::common::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tenpak::archive::Archive;
+use tenpak::input::gguf::GgufSource;
+use tenpak::input::TensorSource;
+
+/// Each tensor's GGML type name in a GGUF file.
+fn types(p: &Path) -> BTreeMap<String, String> {
+    let g = GgufSource::open(p).unwrap();
+    g.tensors()
+        .iter()
+        .map(|t| (t.name.clone(), t.source_dtype.clone()))
+        .collect()
+}
+
+/// Every tensor of the GGUF, dequantized by the GGUF reader, equals the .tpk's decoded values
+/// bit for bit (converted to the written float type where that is not f32).
+fn assert_same_values(gguf: &Path, tpk: &Path) {
+    let g = GgufSource::open(gguf).unwrap();
+    let ar = Archive::open(tpk).unwrap();
+    assert_eq!(g.tensors().len(), ar.file.tensors().len());
+    for (i, t) in g.tensors().iter().enumerate() {
+        let j = ar.find(&t.name).unwrap();
+        let (dt, dec) = ar.decode_tensor(j).unwrap();
+        let want = tenpak::decompress::convert(dt, dec, t.dtype).unwrap();
+        let got = g.data(i).unwrap();
+        assert!(got[..] == want[..], "{}: values differ", t.name);
+    }
+}
+
+fn counts(t: &BTreeMap<String, String>) -> BTreeMap<&str, usize> {
+    let mut n = BTreeMap::new();
+    for v in t.values() {
+        *n.entry(v.as_str()).or_default() += 1;
+    }
+    n
+}
+
+/// A GGUF through a lossless codec comes back byte for byte: metadata types and order, tensor
+/// order, Q4_1/Q8_0 blocks, alignment padding.
+#[test]
+fn lossless_tpk_gives_back_the_gguf_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = smollm2();
+    let tpk = dir.path().join("m.tpk");
+    tenpak_ok(&[
+        "compress",
+        s(&src),
+        "-o",
+        s(&tpk),
+        "--codec",
+        "byteplane",
+        "-q",
+    ]);
+    let out = dir.path().join("m.gguf");
+    let r = tenpak_json(&["decompress", s(&tpk), "-o", s(&out)]);
+    assert_eq!(r["warnings"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["gguf_types"].as_array().unwrap().len(), 272);
+    assert!(std::fs::read(&src).unwrap() == std::fs::read(&out).unwrap());
+
+    // A synthetic GGUF with u32, f32, string and string-array metadata, a matrix and a vector.
+    let m = dir.path().join("s.gguf");
+    let mat: Vec<f32> = (0..64 * 96).map(|i| (i as f32 * 0.37).sin()).collect();
+    write_gguf(
+        &m,
+        &[
+            ("general.architecture", Gv::Str("toy")),
+            ("toy.block_count", Gv::U32(2)),
+            ("toy.eps", Gv::F32(1e-5)),
+            ("tok.list", Gv::Strs(&["a", "b c", ""])),
+        ],
+        &[("w", vec![96, 64], mat), ("n", vec![7], vec![1.5; 7])],
+    );
+    for codec in ["zstd", "raw", "byteplane"] {
+        tenpak_ok(&[
+            "compress",
+            s(&m),
+            "-o",
+            s(&tpk),
+            "--codec",
+            codec,
+            "--force",
+            "-q",
+        ]);
+        tenpak_ok(&["decompress", s(&tpk), "-o", s(&out), "--force", "-q"]);
+        assert!(
+            std::fs::read(&m).unwrap() == std::fs::read(&out).unwrap(),
+            "{codec}"
+        );
+    }
+}
+
+/// int4_g32_asym on SmolLM2 (its layers' own Q4_1 grid): every matrix is written as Q4_1 (the
+/// Q8_0 embedding too, through the codec's grid), the layers' blocks are the source's, the
+/// norms stay F32, the metadata is the source's, and the values are the .tpk's.
+#[test]
+fn same_grid_codec_writes_native_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = smollm2();
+    let tpk = dir.path().join("m.tpk");
+    tenpak_ok(&[
+        "compress",
+        s(&src),
+        "-o",
+        s(&tpk),
+        "--codec",
+        "int4_g32_asym",
+        "-q",
+    ]);
+    let out = dir.path().join("m.gguf");
+    let r = tenpak_json(&["decompress", s(&tpk), "-o", s(&out)]);
+    assert_eq!(r["warnings"].as_array().unwrap().len(), 0, "{r}");
+    let t = types(&out);
+    assert_eq!(
+        counts(&t),
+        BTreeMap::from([("F32", 61), ("Q4_1", 211)]),
+        "{t:?}"
+    );
+    assert_eq!(t["token_embd.weight"], "Q4_1");
+    let (a, b) = (
+        GgufSource::open(&src).unwrap(),
+        GgufSource::open(&out).unwrap(),
+    );
+    assert_eq!(a.metadata(), b.metadata());
+    assert_same_values(&out, &tpk);
+    // int8: the layers' Q4_1 values are not on Q8_0's grid but int8's output is; file type 7.
+    tenpak_ok(&[
+        "compress",
+        s(&src),
+        "-o",
+        s(&tpk),
+        "--codec",
+        "int8",
+        "--force",
+        "-q",
+    ]);
+    let r = tenpak_json(&["decompress", s(&tpk), "-o", s(&out), "--force"]);
+    let w = r["warnings"].to_string();
+    assert!(w.contains("general.file_type set to 7 (was 3)"), "{w}");
+    assert_eq!(
+        counts(&types(&out)),
+        BTreeMap::from([("F32", 61), ("Q8_0", 211)])
+    );
+    assert_same_values(&out, &tpk);
+}
+
+/// Synthetic f32 matrices: each int codec with groups of 32 lands on its GGML type; off-grid
+/// codecs and `--dtype` give floats; the values are the .tpk's in every case.
+#[test]
+fn int_codecs_map_to_their_ggml_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("s.gguf");
+    let mat: Vec<f32> = (0..64 * 96)
+        .map(|i| (i as f32 * 0.37).sin() * 0.1)
+        .collect();
+    write_gguf(
+        &m,
+        &[
+            ("general.architecture", Gv::Str("toy")),
+            ("general.file_type", Gv::U32(0)),
+        ],
+        &[
+            ("w", vec![96, 64], mat.clone()),
+            ("w2", vec![64, 96], mat.iter().map(|v| v * 3.0).collect()),
+            ("n", vec![32], vec![0.25; 32]),
+        ],
+    );
+    let (tpk, out) = (dir.path().join("m.tpk"), dir.path().join("m.gguf"));
+    for (codec, ty, ftype) in [
+        ("int8", "Q8_0", 7),
+        ("int4_g32", "Q4_0", 2),
+        ("int4_g32_asym", "Q4_1", 3),
+        ("int5_g32", "Q5_0", 8),
+        ("int5_g32_asym", "Q5_1", 9),
+        ("bfp8", "F32", 0),
+        ("int4_g64_asym", "F32", 0),
+    ] {
+        tenpak_ok(&[
+            "compress",
+            s(&m),
+            "-o",
+            s(&tpk),
+            "--codec",
+            codec,
+            "--force",
+            "-q",
+        ]);
+        let r = tenpak_json(&["decompress", s(&tpk), "-o", s(&out), "--force"]);
+        let t = types(&out);
+        assert_eq!(t["w"], ty, "{codec}");
+        assert_eq!(t["n"], "F32", "{codec}: vectors are never blocks");
+        assert_same_values(&out, &tpk);
+        assert_eq!(t["w2"], ty, "{codec}");
+        let g = GgufSource::open(&out).unwrap();
+        let ft = g.meta("general.file_type").unwrap().as_u64();
+        assert_eq!(ft, Some(ftype), "{codec}: the most common type written");
+        // No type was tried and failed: nothing to warn about but the file type.
+        let w = r["warnings"].to_string();
+        assert!(!w.contains("off the grid"), "{codec}: {w}");
+    }
+    // --dtype f16: every float tensor as F16, no blocks.
+    tenpak_ok(&[
+        "compress",
+        s(&m),
+        "-o",
+        s(&tpk),
+        "--codec",
+        "int8",
+        "--force",
+        "-q",
+    ]);
+    tenpak_ok(&[
+        "decompress",
+        s(&tpk),
+        "-o",
+        s(&out),
+        "--force",
+        "--dtype",
+        "f16",
+        "-q",
+    ]);
+    let t = types(&out);
+    assert_eq!(counts(&t), BTreeMap::from([("F16", 3)]));
+    assert_same_values(&out, &tpk);
+}
+
+/// A .tpk of a safetensors model gives a GGUF of tensors only, with a warning; integer
+/// tensors keep their type; the GGUF package's reader and ours agree on it (pytest).
+#[test]
+fn safetensors_model_gives_tensors_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpk = dir.path().join("m.tpk");
+    tenpak_ok(&[
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&tpk),
+        "--codec",
+        "int8",
+        "-q",
+    ]);
+    let out = dir.path().join("m.gguf");
+    let r = tenpak_json(&["decompress", s(&tpk), "-o", s(&out)]);
+    assert!(
+        r["warnings"].to_string().contains("no GGUF metadata"),
+        "{r}"
+    );
+    let t = types(&out);
+    let n = counts(&t);
+    assert!(n["Q8_0"] >= 36, "{n:?}");
+    assert!(t
+        .values()
+        .all(|v| ["Q8_0", "F32", "I64"].contains(&v.as_str())));
+    assert_same_values(&out, &tpk);
+}
+
+/// Output names and options that contradict each other are refused before anything is
+/// written, exit 2; nothing is left behind.
+#[test]
+fn gguf_output_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpk = dir.path().join("m.tpk");
+    tenpak_ok(&[
+        "compress",
+        s(&smollm2()),
+        "-o",
+        s(&tpk),
+        "--filter",
+        "blk.0.",
+        "-q",
+    ]);
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let e = tenpak_fails(
+        &[
+            "decompress",
+            s(&tpk),
+            "-o",
+            &p("x.gguf"),
+            "--format",
+            "safetensors",
+        ],
+        2,
+    );
+    assert!(e.contains("name it .safetensors"), "{e}");
+    let e = tenpak_fails(
+        &[
+            "decompress",
+            s(&tpk),
+            "-o",
+            &p("x.safetensors"),
+            "--format",
+            "gguf",
+        ],
+        2,
+    );
+    assert!(e.contains("name it .gguf"), "{e}");
+    let e = tenpak_fails(
+        &["decompress", s(&tpk), "-o", &p("d/"), "--format", "gguf"],
+        2,
+    );
+    assert!(e.contains("folder"), "{e}");
+    let e = tenpak_fails(
+        &[
+            "decompress",
+            s(&tpk),
+            "-o",
+            &p("x.gguf"),
+            "--max-shard-size",
+            "1MB",
+        ],
+        2,
+    );
+    assert!(e.contains("one file"), "{e}");
+    // --format gguf with a name without extension is taken as given; an existing output needs
+    // --force.
+    tenpak_ok(&[
+        "decompress",
+        s(&tpk),
+        "-o",
+        &p("plain"),
+        "--format",
+        "gguf",
+        "-q",
+    ]);
+    assert!(types(Path::new(&p("plain"))).len() == 9);
+    tenpak_fails(
+        &["decompress", s(&tpk), "-o", &p("plain"), "--format", "gguf"],
+        2,
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut left = left;
+    left.sort();
+    assert_eq!(left, ["m.tpk", "plain"]);
+}
