@@ -340,3 +340,81 @@ fn gguf_output_refusals() {
     left.sort();
     assert_eq!(left, ["m.tpk", "plain"]);
 }
+
+/// A GGUF of one Q4_K matrix (2 rows of 256) and one Q8_0 matrix (2 rows of 32), no metadata.
+fn write_kquant_gguf(path: &Path) {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+    // Q4_K block: d, dmin (f16), 12 scale bytes, 128 bytes of nibbles.
+    let mut k = Vec::new();
+    for b in 0..2u8 {
+        k.extend(half::f16::from_f32(0.01).to_le_bytes());
+        k.extend(half::f16::from_f32(0.002).to_le_bytes());
+        k.extend((0..12).map(|i| (i * 5 + b) & 63));
+        k.extend((0..128u32).map(|i| (i * 37 + b as u32) as u8));
+    }
+    // Q8_0 block: d (f16), 32 codes.
+    let mut q = Vec::new();
+    for b in 0..2i8 {
+        q.extend(half::f16::from_f32(0.5).to_le_bytes());
+        q.extend((0..32i8).map(|i| (i * 3 - 40 + b) as u8));
+    }
+    let tensors: [(&str, [u64; 2], u32, &[u8]); 2] =
+        [("k", [256, 2], 12, &k[..]), ("q", [32, 2], 8, &q[..])];
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend(2u64.to_le_bytes());
+    out.extend(0u64.to_le_bytes());
+    let mut offset = 0u64;
+    for (name, ne, ty, data) in &tensors {
+        string(&mut out, name);
+        out.extend(2u32.to_le_bytes());
+        for d in ne {
+            out.extend(d.to_le_bytes());
+        }
+        out.extend(ty.to_le_bytes());
+        out.extend(offset.to_le_bytes());
+        offset += (data.len() as u64).next_multiple_of(32);
+    }
+    out.resize(out.len().next_multiple_of(32), 0);
+    for (_, _, _, data) in &tensors {
+        out.extend(*data);
+        out.resize(out.len().next_multiple_of(32), 0);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// Block types tenpak does not write (k-quants) come back as floats with a warning that says
+/// so; legacy blocks beside them come back as themselves.
+#[test]
+fn kquants_come_back_as_floats_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, tpk, out) = (
+        dir.path().join("k.gguf"),
+        dir.path().join("k.tpk"),
+        dir.path().join("o.gguf"),
+    );
+    write_kquant_gguf(&m);
+    tenpak_ok(&[
+        "compress",
+        s(&m),
+        "-o",
+        s(&tpk),
+        "--codec",
+        "byteplane",
+        "-q",
+    ]);
+    let r = tenpak_json(&["decompress", s(&tpk), "-o", s(&out)]);
+    let w = r["warnings"].to_string();
+    assert!(
+        w.contains(
+            "1 tensor stored from GGML block types tenpak does not write (first: 'k', Q4_K)"
+        ),
+        "{w}"
+    );
+    let t = types(&out);
+    assert_eq!((t["k"].as_str(), t["q"].as_str()), ("F32", "Q8_0"));
+    assert_same_values(&out, &tpk);
+}

@@ -178,14 +178,32 @@ impl Quant {
     }
 
     /// Write 32 values as one block of this type into `out` (`self.bytes` long), if a block
-    /// whose dequantization gives back exactly these bits is found. The scale is sought where
-    /// llama.cpp's and tenpak's quantizers put it (the largest magnitude on an end code, the
-    /// offset on the smallest value), with its f16 neighbours.
+    /// whose dequantization gives back exactly these bits is found. The scale is sought first
+    /// where llama.cpp's default and tenpak's quantizers put it (the largest magnitude on an end
+    /// code, the offset on the smallest value), then, for blocks whose scale was searched for
+    /// (importance-weighted or refitted quantizers), with the largest magnitude on any code and
+    /// the smallest value on any code (offset types: a non-negative scale, as quantizers write);
+    /// each with its f16 neighbours. A block off the grid costs
+    /// the whole search (a few thousand tries that mostly stop at the first value); the writer
+    /// gives up on a tensor at its first such block.
     pub fn encode_exact(&self, v: &[f32], out: &mut [u8]) -> bool {
         debug_assert_eq!((v.len(), out.len()), (BLOCK, self.bytes));
         if v.iter().any(|x| !x.is_finite()) {
             return false;
         }
+        let mut codes = [0u8; BLOCK];
+        let mut found = false;
+        let mut attempt = |d: f16, m: f16| -> bool {
+            if !self.codes(v, d, m, &mut codes) {
+                return false;
+            }
+            self.pack(d, m, &codes, out);
+            // The reader's dequantization is the judge.
+            let mut y = [0f32; BLOCK];
+            found = crate::input::gguf::dequantize(self.id, out, &mut y).is_ok()
+                && y.iter().zip(v).all(|(a, b)| a.to_bits() == b.to_bits());
+            found
+        };
         let near = |x: f32| {
             let d = f16::from_f32(x);
             [
@@ -194,7 +212,6 @@ impl Quant {
                 f16::from_bits(d.to_bits().wrapping_sub(1)),
             ]
         };
-        let mut cands: Vec<(f16, f16)> = Vec::with_capacity(12);
         if self.asym {
             let (lo, hi) = v
                 .iter()
@@ -202,41 +219,53 @@ impl Quant {
                     (l.min(x), h.max(x))
                 });
             let m = f16::from_f32(lo);
-            if m.to_f32().to_bits() != lo.to_bits() {
-                return false;
+            let lo_exact = m.to_f32().to_bits() == lo.to_bits();
+            if lo_exact && hi == lo && attempt(f16::ZERO, m) {
+                return true;
             }
-            if hi == lo {
-                cands.push((f16::ZERO, m));
-            }
-            for k in [self.levels(), self.levels() - 1] {
-                cands.extend(near((hi - lo) / k as f32).map(|d| (d, m)));
+            // The span covers k codes; the smallest value sits on code c.
+            let levels = self.levels();
+            let fast = [(levels, 0), (levels - 1, 0)];
+            let full = (1..=levels)
+                .rev()
+                .flat_map(|k| (0..=levels - k).map(move |c| (k, c)));
+            for (k, c) in fast.into_iter().chain(full) {
+                if c == 0 && !lo_exact {
+                    continue;
+                }
+                for d in near((hi - lo) / k as f32) {
+                    let ms = if c == 0 {
+                        [m; 3]
+                    } else {
+                        near(lo - c as f32 * d.to_f32())
+                    };
+                    for m in ms {
+                        if attempt(d, m) {
+                            return true;
+                        }
+                    }
+                }
             }
         } else {
             let amax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
             if amax == 0.0 {
-                cands.push((f16::ZERO, f16::ZERO));
-            } else {
-                for k in [self.bias() - 1, self.bias()] {
-                    for s in [1f32, -1.0] {
-                        cands.extend(near(s * amax / k as f32).map(|d| (d, f16::ZERO)));
+                return attempt(f16::ZERO, f16::ZERO);
+            }
+            // The largest magnitude sits on code +-k.
+            let bias = self.bias();
+            let fast = [bias - 1, bias];
+            let full = (1..=bias - 2).rev();
+            for k in fast.into_iter().chain(full) {
+                for s in [1f32, -1.0] {
+                    for d in near(s * amax / k as f32) {
+                        if attempt(d, f16::ZERO) {
+                            return true;
+                        }
                     }
                 }
             }
         }
-        let mut codes = [0u8; BLOCK];
-        for (d, m) in cands {
-            if self.codes(v, d, m, &mut codes) {
-                self.pack(d, m, &codes, out);
-                // The reader's dequantization is the judge.
-                let mut y = [0f32; BLOCK];
-                let same = crate::input::gguf::dequantize(self.id, out, &mut y).is_ok()
-                    && y.iter().zip(v).all(|(a, b)| a.to_bits() == b.to_bits());
-                if same {
-                    return true;
-                }
-            }
-        }
-        false
+        found
     }
 }
 
@@ -566,6 +595,9 @@ pub(super) fn write(
     let mut slots = Vec::with_capacity(plan.len());
     let mut tries = Vec::with_capacity(plan.len());
     let mut kept = Vec::with_capacity(plan.len());
+    // Source block types this writer does not produce (k-quants, ...): those tensors come out as
+    // floats, which the user should hear about.
+    let mut unwritable: Vec<(&str, &str)> = Vec::new();
     for p in plan {
         let t = &tensors[p.index];
         if t.name.len() > MAX_NAME {
@@ -590,6 +622,16 @@ pub(super) fn write(
             continue;
         };
         let mut quants = Vec::new();
+        if let Some(st) = source_type.get(t.name.as_str()) {
+            if Quant::named(st).is_none()
+                && !matches!(
+                    *st,
+                    "F32" | "F16" | "BF16" | "F64" | "I8" | "I16" | "I32" | "I64"
+                )
+            {
+                unwritable.push((t.name.as_str(), st));
+            }
+        }
         let blocks_fit = t.dims.len() >= 2
             && t.dims
                 .last()
@@ -629,6 +671,14 @@ pub(super) fn write(
     if kept.is_empty() {
         return Err(Error::input(
             "no tensor GGUF can hold (see the skipped list)",
+        ));
+    }
+    if let Some((name, ty)) = unwritable.first() {
+        warnings.push(format!(
+            "{} tensor{} stored from GGML block types tenpak does not write (first: '{name}', {ty}) \
+             come out as floats; native blocks are Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1",
+            unwritable.len(),
+            if unwritable.len() == 1 { "" } else { "s" },
         ));
     }
     // The header's length does not depend on the types or offsets written into it later.
@@ -724,11 +774,10 @@ pub(super) fn write(
     write_at(file, &padded, 0).map_err(io)?;
     let sync = crate::atomic::persist(tmp, opts.force)?;
     cx.event(Event::Finish);
-    let mut types: Vec<(String, String)> = slots
+    let types: Vec<(String, String)> = slots
         .iter()
         .map(|s| (s.name.clone(), s.ty_name.to_string()))
         .collect();
-    types.shrink_to_fit();
     Ok(DecompressReport {
         files: vec![output.to_path_buf()],
         tensors: slots.len(),
@@ -905,6 +954,32 @@ mod tests {
                 z[5] = f32::from_bits(z[5].to_bits() + 1);
                 let zero_ok = z.iter().all(|v| *v == 0.0);
                 assert!(zero_ok || !q.encode_exact(&z, &mut again), "{}", q.name);
+            }
+            // Any block (a searched scale, as importance-weighted quantizers pick): random
+            // codes, scale and offset. The block found may differ (codes all even, say); its
+            // values may not.
+            for trial in 0..300 {
+                let mut codes = [0u8; BLOCK];
+                let top = 1 + (r().abs() * 2.0 * q.levels() as f32) as i32 % q.levels();
+                for c in codes.iter_mut() {
+                    *c = (((r() + 0.5) * (top + 1) as f32) as u32 % (top as u32 + 1)) as u8;
+                }
+                // Offset types: a non-negative scale, as every quantizer writes.
+                let d = f16::from_f32(if q.asym { r().abs() } else { r() } * 0.2);
+                let m = f16::from_f32(if q.asym { r() } else { 0.0 });
+                let mut blk = vec![0u8; q.bytes];
+                q.pack(d, m, &codes, &mut blk);
+                let mut y = vec![0f32; BLOCK];
+                crate::input::gguf::dequantize(q.id, &blk, &mut y).unwrap();
+                let mut again = vec![0u8; q.bytes];
+                assert!(
+                    q.encode_exact(&y, &mut again),
+                    "{} random block {trial}",
+                    q.name
+                );
+                let mut y2 = vec![0f32; BLOCK];
+                crate::input::gguf::dequantize(q.id, &again, &mut y2).unwrap();
+                assert!(y.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()));
             }
             // All zeros; a constant block (offset types).
             let mut b = vec![0u8; q.bytes];
