@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tenpak::archive::Archive;
 use tenpak::input::gguf::GgufSource;
 use tenpak::input::TensorSource;
@@ -41,24 +41,38 @@ fn counts(t: &BTreeMap<String, String>) -> BTreeMap<&str, usize> {
     n
 }
 
+/// Compress `src` with `codec` into `dir/m.tpk`, then decompress it to `dir/m.gguf` with `extra`
+/// options (both overwritten); the paths and the decompress report.
+fn to_gguf(
+    dir: &Path,
+    src: &Path,
+    codec: &str,
+    extra: &[&str],
+) -> (PathBuf, PathBuf, serde_json::Value) {
+    let (tpk, out) = (dir.join("m.tpk"), dir.join("m.gguf"));
+    tenpak_ok(&[
+        "compress",
+        s(src),
+        "-o",
+        s(&tpk),
+        "--codec",
+        codec,
+        "--force",
+        "-q",
+    ]);
+    let mut args = vec!["decompress", s(&tpk), "-o", s(&out), "--force"];
+    args.extend_from_slice(extra);
+    let r = tenpak_json(&args);
+    (tpk, out, r)
+}
+
 /// A GGUF through a lossless codec comes back byte for byte: metadata types and order, tensor
 /// order, Q4_1/Q8_0 blocks, alignment padding.
 #[test]
 fn lossless_tpk_gives_back_the_gguf_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let src = smollm2();
-    let tpk = dir.path().join("m.tpk");
-    tenpak_ok(&[
-        "compress",
-        s(&src),
-        "-o",
-        s(&tpk),
-        "--codec",
-        "byteplane",
-        "-q",
-    ]);
-    let out = dir.path().join("m.gguf");
-    let r = tenpak_json(&["decompress", s(&tpk), "-o", s(&out)]);
+    let (_, out, r) = to_gguf(dir.path(), &src, "byteplane", &[]);
     assert_eq!(r["warnings"].as_array().unwrap().len(), 0, "{r}");
     assert_eq!(r["gguf_types"].as_array().unwrap().len(), 272);
     assert!(std::fs::read(&src).unwrap() == std::fs::read(&out).unwrap());
@@ -77,17 +91,7 @@ fn lossless_tpk_gives_back_the_gguf_byte_for_byte() {
         &[("w", vec![96, 64], mat), ("n", vec![7], vec![1.5; 7])],
     );
     for codec in ["zstd", "raw", "byteplane"] {
-        tenpak_ok(&[
-            "compress",
-            s(&m),
-            "-o",
-            s(&tpk),
-            "--codec",
-            codec,
-            "--force",
-            "-q",
-        ]);
-        tenpak_ok(&["decompress", s(&tpk), "-o", s(&out), "--force", "-q"]);
+        let (_, out, _) = to_gguf(dir.path(), &m, codec, &[]);
         assert!(
             std::fs::read(&m).unwrap() == std::fs::read(&out).unwrap(),
             "{codec}"
@@ -102,18 +106,7 @@ fn lossless_tpk_gives_back_the_gguf_byte_for_byte() {
 fn same_grid_codec_writes_native_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let src = smollm2();
-    let tpk = dir.path().join("m.tpk");
-    tenpak_ok(&[
-        "compress",
-        s(&src),
-        "-o",
-        s(&tpk),
-        "--codec",
-        "int4_g32_asym",
-        "-q",
-    ]);
-    let out = dir.path().join("m.gguf");
-    let r = tenpak_json(&["decompress", s(&tpk), "-o", s(&out)]);
+    let (tpk, out, r) = to_gguf(dir.path(), &src, "int4_g32_asym", &[]);
     assert_eq!(r["warnings"].as_array().unwrap().len(), 0, "{r}");
     let t = types(&out);
     assert_eq!(
@@ -129,17 +122,7 @@ fn same_grid_codec_writes_native_blocks() {
     assert_eq!(a.metadata(), b.metadata());
     assert_same_values(&out, &tpk);
     // int8: the layers' Q4_1 values are not on Q8_0's grid but int8's output is; file type 7.
-    tenpak_ok(&[
-        "compress",
-        s(&src),
-        "-o",
-        s(&tpk),
-        "--codec",
-        "int8",
-        "--force",
-        "-q",
-    ]);
-    let r = tenpak_json(&["decompress", s(&tpk), "-o", s(&out), "--force"]);
+    let (tpk, out, r) = to_gguf(dir.path(), &src, "int8", &[]);
     let w = r["warnings"].to_string();
     assert!(w.contains("general.file_type set to 7 (was 3)"), "{w}");
     assert_eq!(
@@ -170,7 +153,6 @@ fn int_codecs_map_to_their_ggml_types() {
             ("n", vec![32], vec![0.25; 32]),
         ],
     );
-    let (tpk, out) = (dir.path().join("m.tpk"), dir.path().join("m.gguf"));
     for (codec, ty, ftype) in [
         ("int8", "Q8_0", 7),
         ("int4_g32", "Q4_0", 2),
@@ -180,17 +162,7 @@ fn int_codecs_map_to_their_ggml_types() {
         ("bfp8", "F32", 0),
         ("int4_g64_asym", "F32", 0),
     ] {
-        tenpak_ok(&[
-            "compress",
-            s(&m),
-            "-o",
-            s(&tpk),
-            "--codec",
-            codec,
-            "--force",
-            "-q",
-        ]);
-        let r = tenpak_json(&["decompress", s(&tpk), "-o", s(&out), "--force"]);
+        let (tpk, out, r) = to_gguf(dir.path(), &m, codec, &[]);
         let t = types(&out);
         assert_eq!(t["w"], ty, "{codec}");
         assert_eq!(t["n"], "F32", "{codec}: vectors are never blocks");
@@ -204,26 +176,7 @@ fn int_codecs_map_to_their_ggml_types() {
         assert!(!w.contains("off the grid"), "{codec}: {w}");
     }
     // --dtype f16: every float tensor as F16, no blocks.
-    tenpak_ok(&[
-        "compress",
-        s(&m),
-        "-o",
-        s(&tpk),
-        "--codec",
-        "int8",
-        "--force",
-        "-q",
-    ]);
-    tenpak_ok(&[
-        "decompress",
-        s(&tpk),
-        "-o",
-        s(&out),
-        "--force",
-        "--dtype",
-        "f16",
-        "-q",
-    ]);
+    let (tpk, out, _) = to_gguf(dir.path(), &m, "int8", &["--dtype", "f16"]);
     let t = types(&out);
     assert_eq!(counts(&t), BTreeMap::from([("F16", 3)]));
     assert_same_values(&out, &tpk);
@@ -234,18 +187,7 @@ fn int_codecs_map_to_their_ggml_types() {
 #[test]
 fn safetensors_model_gives_tensors_only() {
     let dir = tempfile::tempdir().unwrap();
-    let tpk = dir.path().join("m.tpk");
-    tenpak_ok(&[
-        "compress",
-        s(&minilm()),
-        "-o",
-        s(&tpk),
-        "--codec",
-        "int8",
-        "-q",
-    ]);
-    let out = dir.path().join("m.gguf");
-    let r = tenpak_json(&["decompress", s(&tpk), "-o", s(&out)]);
+    let (tpk, out, r) = to_gguf(dir.path(), &minilm(), "int8", &[]);
     assert!(
         r["warnings"].to_string().contains("no GGUF metadata"),
         "{r}"
@@ -391,22 +333,9 @@ fn write_kquant_gguf(path: &Path) {
 #[test]
 fn kquants_come_back_as_floats_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
-    let (m, tpk, out) = (
-        dir.path().join("k.gguf"),
-        dir.path().join("k.tpk"),
-        dir.path().join("o.gguf"),
-    );
+    let m = dir.path().join("k.gguf");
     write_kquant_gguf(&m);
-    tenpak_ok(&[
-        "compress",
-        s(&m),
-        "-o",
-        s(&tpk),
-        "--codec",
-        "byteplane",
-        "-q",
-    ]);
-    let r = tenpak_json(&["decompress", s(&tpk), "-o", s(&out)]);
+    let (tpk, out, r) = to_gguf(dir.path(), &m, "byteplane", &[]);
     let w = r["warnings"].to_string();
     assert!(
         w.contains(

@@ -23,7 +23,7 @@
 //!
 //! [`TensorCodec::ggml_block`]: crate::codec::TensorCodec::ggml_block
 
-use super::{convert, write_at, DecompressOptions, DecompressReport, OutDType, Planned};
+use super::{write_at, DecompressOptions, DecompressReport, OutDType, Planned};
 use crate::archive::Archive;
 use crate::dtype::{self, DType};
 use crate::error::{clip, Error, Result};
@@ -724,8 +724,7 @@ pub(super) fn write(
                 if let Some(q) = quants.first() {
                     off_grid.push((t.name.clone(), q.name));
                 }
-                write_plain(ar, p, file, at)?;
-                p.bytes
+                super::write_plain(ar, p, file, at)?
             }
         };
         slot.offset = offset;
@@ -863,26 +862,6 @@ fn write_blocks(
             Ok(Some(numel / BLOCK as u64 * bs))
         }
     }
-}
-
-/// Write tensor `p` as its float or integer type at `at`.
-fn write_plain(ar: &Archive, p: &Planned, file: &std::fs::File, at: u64) -> Result<()> {
-    let t = &ar.file.tensors()[p.index];
-    let osize = p.dtype.size() as u64;
-    let decoded = ar
-        .decoded_dtype(p.index)
-        .map_err(|e| e.with_tensor(&t.name))?;
-    ar.decode_pieces(p.index, &mut |first, bytes| {
-        let out = if decoded == p.dtype {
-            std::borrow::Cow::Borrowed(bytes)
-        } else {
-            std::borrow::Cow::Owned(
-                convert(decoded, bytes.to_vec(), p.dtype).map_err(|e| e.with_tensor(&t.name))?,
-            )
-        };
-        write_at(file, &out, at + first * osize).map_err(|e| Error::io("write GGUF", e))
-    })?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -510,38 +510,44 @@ fn write_shard(
     let io = |e| Error::io("write safetensors", e);
     tmp.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
     tmp.write_all(&h).map_err(io)?;
-    // Tensors are decoded a batch of chunks at a time and each piece written in place: memory
-    // holds one batch, not a tensor.
     let mut at = 8 + h.len() as u64;
     for p in shard {
         if cx.cancelled() {
             return Err(crate::progress::interrupted());
         }
-        let t = &tensors[p.index];
-        cx.event(Event::Tensor { name: &t.name });
-        let osize = p.dtype.size() as u64;
-        let file = tmp.file();
-        let mut written = 0u64;
-        let decoded = ar
-            .decoded_dtype(p.index)
-            .map_err(|e| e.with_tensor(&t.name))?;
-        ar.decode_pieces(p.index, &mut |first, bytes| {
-            let out = if decoded == p.dtype {
-                std::borrow::Cow::Borrowed(bytes)
-            } else {
-                std::borrow::Cow::Owned(
-                    convert(decoded, bytes.to_vec(), p.dtype)
-                        .map_err(|e| e.with_tensor(&t.name))?,
-                )
-            };
-            written += out.len() as u64;
-            write_at(file, &out, at + first * osize).map_err(io)
-        })?;
+        cx.event(Event::Tensor {
+            name: &tensors[p.index].name,
+        });
+        let written = write_plain(ar, p, tmp.file(), at)?;
         debug_assert_eq!(written, p.bytes);
         at += p.bytes;
         cx.event(Event::Advance { bytes: p.bytes });
     }
     Ok(tmp)
+}
+
+/// Decode tensor `p` into `file` at byte `at`, converted to its output dtype; the bytes written.
+/// It is decoded a batch of chunks at a time and each piece written in place: memory holds one
+/// batch, not the tensor.
+fn write_plain(ar: &Archive, p: &Planned, file: &std::fs::File, at: u64) -> Result<u64> {
+    let t = &ar.file.tensors()[p.index];
+    let osize = p.dtype.size() as u64;
+    let decoded = ar
+        .decoded_dtype(p.index)
+        .map_err(|e| e.with_tensor(&t.name))?;
+    let mut written = 0u64;
+    ar.decode_pieces(p.index, &mut |first, bytes| {
+        let out = if decoded == p.dtype {
+            std::borrow::Cow::Borrowed(bytes)
+        } else {
+            std::borrow::Cow::Owned(
+                convert(decoded, bytes.to_vec(), p.dtype).map_err(|e| e.with_tensor(&t.name))?,
+            )
+        };
+        written += out.len() as u64;
+        write_at(file, &out, at + first * osize).map_err(|e| Error::io("write", e))
+    })?;
+    Ok(written)
 }
 
 /// Write `buf` at `offset` of `file`, leaving its position alone where the platform allows.
