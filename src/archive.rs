@@ -3,10 +3,11 @@
 use crate::codec::Pipeline;
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, Result};
+use crate::set::TpkSet;
 use crate::tiles::TileGeom;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
-use tpk_format::{Layout, Limits, TensorEntry, TpkFile};
+use tpk_format::{Layout, Limits, TensorEntry};
 
 /// Decoded bytes per batch of [`Archive::decode_pieces`]: a reader holds about three such
 /// buffers (decoded tiles, the band in place, its conversion), so this bounds its memory.
@@ -16,8 +17,8 @@ pub const DECODE_BATCH_BYTES: u64 = 16 << 20;
 pub struct Archive {
     /// Where it was opened from.
     pub path: PathBuf,
-    /// The container.
-    pub file: TpkFile<memmap2::Mmap>,
+    /// The container: one `.tpk` file, or a multi-file set opened through its index.
+    pub file: TpkSet,
     /// Limits used for decoding.
     pub limits: Limits,
     /// The base model that delta tensors are decoded against, if given.
@@ -25,7 +26,8 @@ pub struct Archive {
 }
 
 impl Archive {
-    /// Open and validate header and index (payloads are not read).
+    /// Open and validate header and index (payloads are not read): a `.tpk` file, or a
+    /// multi-file set through its `*.tpk.index.json` ([`crate::set`]).
     pub fn open(path: &Path) -> Result<Archive> {
         if path.is_dir() {
             return Err(Error::input(
@@ -34,7 +36,15 @@ impl Archive {
             .with_file(path));
         }
         let limits = Limits::default();
-        let file = TpkFile::open_path(path, &limits).map_err(|e| {
+        if crate::set::is_index(path) {
+            return Ok(Archive {
+                path: path.to_path_buf(),
+                file: TpkSet::open_path(path, &limits).map_err(|e| e.with_file(path))?,
+                limits,
+                base: None,
+            });
+        }
+        let file = tpk_format::TpkFile::open_path(path, &limits).map_err(|e| {
             let not_tpk = matches!(e, tpk_format::FormatError::NotTpk);
             let mut err = Error::from(e).with_file(path);
             if not_tpk {
@@ -49,7 +59,7 @@ impl Archive {
         })?;
         Ok(Archive {
             path: path.to_path_buf(),
-            file,
+            file: TpkSet::single(path, file),
             limits,
             base: None,
         })

@@ -100,6 +100,20 @@ pub fn sharded_index(data: &[u8]) {
     }
 }
 
+/// A multi-file `.tpk` set's index (`*.tpk.index.json`): every file it names stays in the
+/// index's folder, and every tensor points at one of its files.
+pub fn tpk_set_index(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(index) = crate::set::parse_index(text) {
+            assert!(index.map.values().all(|&f| f < index.files.len()));
+            for f in &index.files {
+                let p = std::path::Path::new(f);
+                assert!(p.components().count() == 1 && !f.starts_with('.'), "{f}");
+            }
+        }
+    }
+}
+
 /// Parse a compression config (JSON) and resolve it; when it parses, its resolved form too.
 pub fn config_json(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {

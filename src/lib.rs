@@ -90,6 +90,7 @@ pub mod mixed;
 pub mod plan;
 pub mod progress;
 pub mod prune;
+pub mod set;
 pub mod tiles;
 pub mod values;
 pub mod verify;

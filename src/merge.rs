@@ -4,14 +4,17 @@
 //!
 //! A part file is an ordinary `.tpk` holding its tensors and the whole model's metadata, plus
 //! [`PART_KEY`]: which part it is, of how many, and each of its tensors' place in the whole
-//! model's order, so the merge can put them back in that order.
+//! model's order, so the merge can put them back in that order. The merge writes one file, or a
+//! multi-file set ([`crate::set`]) with `max_shard_size`; given one whole model (a file or a
+//! set) it re-writes it that way.
 
 use crate::error::{Error, Result};
 use crate::plan::Plan;
+use crate::set::TpkSet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tpk_format::{Limits, TensorEntry, TpkFile, TpkWriter};
+use tpk_format::{Limits, TensorEntry, TpkWriter};
 
 /// Metadata key of a part file (removed by the merge).
 pub const PART_KEY: &str = "tenpak.part";
@@ -95,44 +98,59 @@ pub fn take_part(plan: &mut Plan, k: usize, n: usize) -> Result<Part> {
 /// What [`merge`] wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct MergeReport {
-    /// The merged file.
+    /// The merged file, or the set's index.
     pub output: PathBuf,
-    /// Parts joined.
+    /// Every file written: the one `.tpk`, or the set's files then its index.
+    pub files: Vec<PathBuf>,
+    /// Parts joined (1 for a whole model re-written).
     pub parts: usize,
     /// Tensors written.
     pub tensors: usize,
-    /// Size of the merged file.
+    /// Bytes of the `.tpk` files written (a set's index not counted).
     pub file_bytes: u64,
+}
+
+/// Options of [`merge`].
+#[derive(Debug, Clone, Default)]
+pub struct MergeOptions {
+    /// Overwrite outputs that exist.
+    pub force: bool,
+    /// Write a multi-file set ([`crate::set`]) whose files hold at most this many payload bytes
+    /// each (a larger tensor gets a file of its own); one file if everything fits.
+    pub max_shard_size: Option<u64>,
 }
 
 /// Join the part files of one `compress --shard K/N` run into `output`, in the whole model's
 /// tensor order, copying each chunk (its CRC checked on the way). Every part must be there once,
-/// with the same metadata.
-pub fn merge(parts: &[PathBuf], output: &Path, force: bool) -> Result<MergeReport> {
+/// with the same metadata. One whole model (a `.tpk` or a set's index) is taken as it is: merge
+/// turns a set into one file, or, with `max_shard_size`, a file into a set.
+pub fn merge(inputs: &[PathBuf], output: &Path, opts: &MergeOptions) -> Result<MergeReport> {
     crate::compress::check_output_name(output, "tpk", "a .tpk file")?;
-    if parts.is_empty() {
+    if inputs.is_empty() {
         return Err(Error::config("no part files to merge"));
     }
     let limits = Limits::default();
     let mut files = Vec::new();
-    for p in parts {
-        let f = TpkFile::open_path(p, &limits).map_err(|e| Error::from(e).with_file(p))?;
-        let info: Part = f
-            .meta(PART_KEY)
-            .ok_or_else(|| {
-                Error::input("not a part file (made by compress --shard K/N)").with_file(p)
-            })
-            .and_then(|t| {
-                serde_json::from_str(t).map_err(|e| {
-                    Error::input(format!("its {PART_KEY} metadata does not parse: {e}"))
-                        .with_file(p)
-                })
-            })?;
+    for p in inputs {
+        let f = TpkSet::open_path(p, &limits).map_err(|e| e.with_file(p))?;
+        let info: Option<Part> = match f.meta(PART_KEY) {
+            None => None,
+            Some(t) => Some(serde_json::from_str(t).map_err(|e| {
+                Error::input(format!("its {PART_KEY} metadata does not parse: {e}")).with_file(p)
+            })?),
+        };
         files.push((p, f, info));
     }
-    let n = files[0].2.parts;
-    let total = files[0].2.tensors;
-    let shared = |f: &TpkFile<memmap2::Mmap>| -> Vec<(String, String)> {
+    let whole = files.len() == 1 && files[0].2.is_none();
+    if !whole {
+        if let Some((p, _, _)) = files.iter().find(|f| f.2.is_none()) {
+            return Err(Error::input(
+                "not a part file (made by compress --shard K/N); a whole model is merged alone",
+            )
+            .with_file(p));
+        }
+    }
+    let shared = |f: &TpkSet| -> Vec<(String, String)> {
         f.metadata()
             .iter()
             .filter(|(k, _)| k != PART_KEY)
@@ -140,8 +158,134 @@ pub fn merge(parts: &[PathBuf], output: &Path, force: bool) -> Result<MergeRepor
             .collect()
     };
     let meta = shared(&files[0].1);
+    let (n, order) = if whole {
+        let t = files[0].1.tensors().len();
+        (1, (0..t).map(|ti| (0, ti)).collect())
+    } else {
+        (
+            files[0].2.as_ref().map_or(1, |i| i.parts),
+            part_order(&files, &meta, shared)?,
+        )
+    };
+    let tensors = order.len();
+    // Files of the output: consecutive runs of the order, by payload bytes.
+    let payload = |&(fi, ti): &(usize, usize)| -> u64 {
+        files[fi].1.tensors()[ti].chunks.iter().map(|c| c.len).sum()
+    };
+    let mut groups: Vec<Vec<(usize, usize)>> = vec![Vec::new()];
+    let mut size = 0u64;
+    for o in order {
+        let b = payload(&o);
+        if let Some(max) = opts.max_shard_size {
+            if size > 0 && size + b > max {
+                groups.push(Vec::new());
+                size = 0;
+            }
+        }
+        size += b;
+        groups.last_mut().expect("one group").push(o);
+    }
+    let count = groups.len();
+    let (names, index) = if count == 1 {
+        (vec![output.to_path_buf()], None)
+    } else {
+        let dir = output.parent().unwrap_or(Path::new(""));
+        let stem = output
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(".tpk").to_string())
+            .unwrap_or_else(|| "model".into());
+        let names = (1..=count)
+            .map(|k| dir.join(format!("{stem}-{k:05}-of-{count:05}.tpk")))
+            .collect();
+        (
+            names,
+            Some(dir.join(format!("{stem}{}", crate::set::INDEX_SUFFIX))),
+        )
+    };
+    if !opts.force {
+        if let Some(p) = names.iter().chain(&index).find(|p| p.exists()) {
+            return Err(Error::config(format!(
+                "{} already exists (pass --force to overwrite)",
+                p.display()
+            )));
+        }
+    }
+    crate::decompress::create_parent(output)?;
+    // Every file is complete before any is renamed into place.
+    let mut pending = Vec::with_capacity(count);
+    let mut weight_map = BTreeMap::new();
+    let mut file_bytes = 0;
+    for (group, name) in groups.iter().zip(&names) {
+        let mut w =
+            TpkWriter::create(name, opts.force).map_err(|e| Error::from(e).with_file(name))?;
+        for (k, v) in &meta {
+            w.set_metadata(k, v);
+        }
+        for &(fi, ti) in group {
+            let (p, f, _) = &files[fi];
+            let t = &f.tensors()[ti];
+            let mut chunks = Vec::with_capacity(t.chunks.len());
+            for (ci, c) in t.chunks.iter().enumerate() {
+                let payload = f.chunk(ti, ci).map_err(|e| Error::from(e).with_file(p))?;
+                chunks.push(
+                    w.write_chunk(payload, c.elem_start, c.elem_count)
+                        .map_err(|e| Error::from(e).with_file(name))?,
+                );
+            }
+            f.release_chunks(ti, 0..t.chunks.len());
+            let file = name.file_name().map(|n| n.to_string_lossy().into_owned());
+            weight_map.insert(t.name.clone(), file.unwrap_or_default());
+            w.add_tensor(TensorEntry {
+                chunks,
+                ..t.clone()
+            })
+            .map_err(|e| Error::from(e).with_file(name))?;
+        }
+        let done = w
+            .finish_pending()
+            .map_err(|e| Error::from(e).with_file(name))?;
+        file_bytes += done.bytes();
+        pending.push((done, name));
+    }
+    for (done, name) in pending {
+        done.persist().map_err(|e| Error::from(e).with_file(name))?;
+    }
+    let mut written = names.clone();
+    if let Some(index) = &index {
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "metadata": {"format": "tpk", "total_size": file_bytes},
+            "weight_map": weight_map,
+        }))
+        .expect("plain data");
+        let mut tmp = crate::atomic::create(index)?;
+        std::io::Write::write_all(&mut tmp, text.as_bytes())
+            .map_err(|e| Error::io("write the set index", e).with_file(index))?;
+        crate::atomic::persist(tmp, opts.force)?;
+        written.push(index.clone());
+    }
+    Ok(MergeReport {
+        output: index.unwrap_or_else(|| output.to_path_buf()),
+        files: written,
+        parts: n,
+        tensors,
+        file_bytes,
+    })
+}
+
+type Input<'a> = (&'a PathBuf, TpkSet, Option<Part>);
+
+/// The whole model's order of the parts' tensors, as (part, tensor in part); every part there
+/// once, of one run.
+fn part_order(
+    files: &[Input<'_>],
+    meta: &[(String, String)],
+    shared: impl Fn(&TpkSet) -> Vec<(String, String)>,
+) -> Result<Vec<(usize, usize)>> {
+    let first = files[0].2.as_ref().expect("parts have their key");
+    let (n, total) = (first.parts, first.tensors);
     let mut seen = vec![false; n];
-    for (p, f, info) in &files {
+    for (p, f, info) in files {
+        let info = info.as_ref().expect("parts have their key");
         if info.parts != n || info.tensors != total {
             return Err(Error::input(format!(
                 "part {} of {} with {} tensors, but the first part is of {n} with {total}",
@@ -176,6 +320,7 @@ pub fn merge(parts: &[PathBuf], output: &Path, force: bool) -> Result<MergeRepor
     // Each place once, all of 0..total.
     let mut order: Vec<Option<(usize, usize)>> = vec![None; total];
     for (fi, (p, f, info)) in files.iter().enumerate() {
+        let info = info.as_ref().expect("parts have their key");
         for (ti, t) in f.tensors().iter().enumerate() {
             let place = *info.places.get(&t.name).ok_or_else(|| {
                 Error::input(format!("tensor '{}' is not in its part's list", t.name)).with_file(p)
@@ -197,35 +342,7 @@ pub fn merge(parts: &[PathBuf], output: &Path, force: bool) -> Result<MergeRepor
             "the parts hold fewer tensors than their model has",
         ));
     }
-    let mut w = TpkWriter::create(output, force).map_err(|e| Error::from(e).with_file(output))?;
-    for (k, v) in &meta {
-        w.set_metadata(k, v);
-    }
-    for (fi, ti) in order.into_iter().flatten() {
-        let (p, f, _) = &files[fi];
-        let t = &f.tensors()[ti];
-        let mut chunks = Vec::with_capacity(t.chunks.len());
-        for (ci, c) in t.chunks.iter().enumerate() {
-            let payload = f.chunk(ti, ci).map_err(|e| Error::from(e).with_file(p))?;
-            chunks.push(
-                w.write_chunk(payload, c.elem_start, c.elem_count)
-                    .map_err(|e| Error::from(e).with_file(output))?,
-            );
-        }
-        f.release_chunks(ti, 0..t.chunks.len());
-        w.add_tensor(TensorEntry {
-            chunks,
-            ..t.clone()
-        })
-        .map_err(|e| Error::from(e).with_file(output))?;
-    }
-    let finished = w.finish().map_err(|e| Error::from(e).with_file(output))?;
-    Ok(MergeReport {
-        output: output.to_path_buf(),
-        parts: n,
-        tensors: total,
-        file_bytes: finished.bytes,
-    })
+    Ok(order.into_iter().flatten().collect())
 }
 
 #[cfg(test)]

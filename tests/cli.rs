@@ -1062,7 +1062,14 @@ fn sharded_compress_merges_to_the_single_process_file() {
         ],
         1,
     );
-    tenpak_fails(&["merge", s(&single), "-o", s(&d.join("x.tpk"))], 1);
+    // A whole model beside parts is refused; alone, it is written again as it is.
+    let e = tenpak_fails(
+        &["merge", s(&parts[0]), s(&single), "-o", s(&d.join("x.tpk"))],
+        1,
+    );
+    assert!(e.contains("a whole model is merged alone"), "{e}");
+    tenpak_ok(&["merge", s(&single), "-o", s(&d.join("again.tpk")), "-q"]);
+    assert!(std::fs::read(d.join("again.tpk")).unwrap() == std::fs::read(&single).unwrap());
     let other = d.join("other.tpk");
     tenpak_ok(&[
         "compress",
@@ -1128,6 +1135,137 @@ fn sharded_compress_merges_to_the_single_process_file() {
         2,
     );
     assert!(e.contains("whole-model"), "{e}");
+}
+
+/// `merge --max-shard-size` writes a multi-file set (from parts, or from one file) that every
+/// reader opens through its index as the one file; merging the set gives the file back byte for
+/// byte; a damaged set is refused, naming the file.
+#[test]
+fn multi_file_sets_read_as_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let single = d.join("single.tpk");
+    tenpak_ok(&[
+        "compress",
+        s(&minilm()),
+        "-o",
+        s(&single),
+        "--codec",
+        "int4_g32",
+        "-q",
+    ]);
+    let parts: Vec<std::path::PathBuf> = (1..=2).map(|k| d.join(format!("p{k}.tpk"))).collect();
+    for (k, p) in parts.iter().enumerate() {
+        let shard = format!("{}/2", k + 1);
+        tenpak_ok(&[
+            "compress",
+            s(&minilm()),
+            "-o",
+            s(p),
+            "--codec",
+            "int4_g32",
+            "--shard",
+            &shard,
+            "-q",
+        ]);
+    }
+    let out = d.join("set/m.tpk");
+    let r = tenpak_json(&[
+        "merge",
+        s(&parts[1]),
+        s(&parts[0]),
+        "-o",
+        s(&out),
+        "--max-shard-size",
+        "4MB",
+    ]);
+    let index = d.join("set/m.tpk.index.json");
+    assert_eq!(r["output"].as_str().unwrap(), s(&index));
+    let files: Vec<String> = r["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    let n = files.len() - 1;
+    assert!(n >= 3, "{files:?}");
+    assert!(files[0].ends_with(&format!("m-00001-of-{n:05}.tpk")));
+    assert!(!out.exists(), "a set has no m.tpk");
+    // Each file's payload stays under the limit, but for one tensor larger than it alone.
+    let tensors = |p: &str| tenpak_json(&["inspect", p])["tensors"].clone();
+    assert_eq!(tensors(s(&index)).as_array().unwrap().len(), 104);
+    for f in &files[..n] {
+        let t = tensors(f);
+        let t = t.as_array().unwrap();
+        let payload: u64 = t.iter().map(|t| t["encoded_bytes"].as_u64().unwrap()).sum();
+        assert!(payload <= 4_000_000 || t.len() == 1, "{f}: {payload} bytes");
+    }
+    // Readers: verify, decompress, eval's loader (the embedding figures), Python (pytest).
+    let v = tenpak_json(&["verify", s(&index)]);
+    assert_eq!(v["problems"].as_array().map(Vec::len), Some(0), "{v}");
+    assert_eq!(v["tensors"], 104);
+    let (a, b) = (d.join("a.safetensors"), d.join("b.safetensors"));
+    tenpak_ok(&["decompress", s(&index), "-o", s(&a), "-q"]);
+    tenpak_ok(&["decompress", s(&single), "-o", s(&b), "-q"]);
+    assert_eq!(read_safetensors(&a), read_safetensors(&b));
+    // Back to one file: the single-process file, byte for byte.
+    let back = d.join("back.tpk");
+    tenpak_ok(&["merge", s(&index), "-o", s(&back), "-q"]);
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&single).unwrap());
+    // Everything fits: one plain file.
+    tenpak_ok(&[
+        "merge",
+        s(&single),
+        "-o",
+        s(&d.join("one.tpk")),
+        "--max-shard-size",
+        "1GB",
+        "-q",
+    ]);
+    assert!(std::fs::read(d.join("one.tpk")).unwrap() == std::fs::read(&single).unwrap());
+    // Outputs that exist need --force; nothing is half-written.
+    let e = tenpak_fails(
+        &[
+            "merge",
+            s(&single),
+            "-o",
+            s(&out),
+            "--max-shard-size",
+            "4MB",
+        ],
+        2,
+    );
+    assert!(e.contains("already exists"), "{e}");
+    // Damaged sets.
+    let text = std::fs::read_to_string(&index).unwrap();
+    let bad = d.join("set/bad.tpk.index.json");
+    let first = std::path::Path::new(&files[0])
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    for (edit, want) in [
+        (
+            text.replacen(first, "../single.tpk", 1),
+            "not a .tpk file name",
+        ),
+        (text.replace(first, "missing.tpk"), "missing.tpk"),
+        (
+            text.replacen(
+                &format!("\"{first}\""),
+                &format!("\"{}\"", files[1].rsplit('/').next().unwrap()),
+                1,
+            ),
+            "the index puts it elsewhere",
+        ),
+        ("{\"weight_map\": {}}".to_string(), "empty"),
+    ] {
+        std::fs::write(&bad, edit).unwrap();
+        let e = tenpak_fails(&["verify", s(&bad)], 1);
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    let e = tenpak_fails(&["compress", s(&index), "-o", s(&d.join("x.tpk"))], 1);
+    assert!(e.contains("multi-file .tpk set"), "{e}");
 }
 
 /// The Slurm script submits an array of `--shard` parts and a merge after them: run with a

@@ -66,6 +66,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("eval_hf_meta", tenpak_eval::fuzz_api::hf_meta),
     ("eval_gguf_meta", tenpak_eval::fuzz_api::gguf_meta),
     ("output_meta", f::output_meta),
+    ("tpk_set_index", f::tpk_set_index),
 ];
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {

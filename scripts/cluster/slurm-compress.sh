@@ -9,10 +9,11 @@
 #
 # MODEL and OUT's folder must be on storage every node sees. Parts go to OUT.parts/ and are
 # removed after a successful merge. Set TENPAK (default: tenpak on PATH), SBATCH_OPTS (extra
-# sbatch flags: partition, account, time), CPUS (cores per task, default 8) and MEM (default 32G).
+# sbatch flags: partition, account, time), CPUS (cores per task, default 8), MEM (default 32G),
+# and MAX_SHARD_SIZE (e.g. 45GB) to merge into a multi-file set (OUT's index: OUT.index.json).
 set -euo pipefail
 if [ $# -lt 3 ]; then
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 model=$1 out=$2 n=$3
@@ -24,6 +25,10 @@ parts="$out.parts"
 mkdir -p "$parts"
 # Quote the options once, for the job scripts below.
 opts=$(printf '%q ' "$@")
+split=""
+if [ -n "${MAX_SHARD_SIZE:-}" ]; then
+    split="--max-shard-size $(printf '%q' "$MAX_SHARD_SIZE")"
+fi
 array=$(sbatch --parsable ${SBATCH_OPTS:-} --job-name=tenpak-part --array=1-"$n" \
     --cpus-per-task="$cpus" --mem="$mem" --output="$parts/part-%a.log" --wrap="
 set -euo pipefail
@@ -32,6 +37,6 @@ $tenpak compress $(printf '%q' "$model") -o $(printf '%q' "$parts")/part-\${SLUR
 merge=$(sbatch --parsable ${SBATCH_OPTS:-} --job-name=tenpak-merge --dependency=afterok:"$array" \
     --cpus-per-task=1 --mem=4G --output="$parts/merge.log" --wrap="
 set -euo pipefail
-$tenpak merge $(printf '%q' "$parts")/part-*.tpk -o $(printf '%q' "$out") --force
+$tenpak merge $(printf '%q' "$parts")/part-*.tpk -o $(printf '%q' "$out") --force $split
 rm -f $(printf '%q' "$parts")/part-*.tpk")
 echo "submitted: parts $array (array of $n), merge $merge; logs in $parts/"

@@ -219,6 +219,12 @@ pub fn open(path: &Path) -> Result<Box<dyn TensorSource>> {
             .with_file(path)),
         };
     }
+    if crate::set::is_index(path) {
+        return Err(Error::input(
+            "the index of a multi-file .tpk set, not a model: decompress it first (tenpak decompress SET.tpk.index.json -o model.safetensors)",
+        )
+        .with_file(path));
+    }
     if path.to_string_lossy().ends_with(".index.json") {
         let src = safetensors::SafetensorsSource::open_sharded(path)?;
         return Ok(Box::new(match path.parent() {

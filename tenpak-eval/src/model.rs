@@ -114,6 +114,9 @@ pub struct Model {
 }
 
 fn is_tpk(path: &Path) -> bool {
+    if tenpak::set::is_index(path) {
+        return true;
+    }
     let mut magic = [0u8; 8];
     std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))

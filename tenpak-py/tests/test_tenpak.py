@@ -130,3 +130,23 @@ def test_torch_where_installed(model, lossless, tmp_path):
     tpk = tmp_path / "bf16.tpk"
     tenpak.compress(MINILM, tpk, codec="bf16")
     assert tenpak.load_file(tpk, framework="pt")[name].dtype == torch.bfloat16
+
+
+def test_multi_file_sets_read_as_one_file(model, lossless, tmp_path):
+    """A set written by `tenpak merge --max-shard-size` reads through its index as the file."""
+    import subprocess
+
+    tenpak_bin = Path(os.environ.get("TENPAK_BIN", REPO / "target" / "release" / "tenpak"))
+    assert tenpak_bin.is_file(), f"{tenpak_bin} missing: run cargo test --release --workspace"
+    out = tmp_path / "set" / "minilm.tpk"
+    subprocess.run([str(tenpak_bin), "merge", str(lossless), "-o", str(out),
+                    "--max-shard-size", "20MB", "-q"], check=True)
+    index = tmp_path / "set" / "minilm.tpk.index.json"
+    assert len(list((tmp_path / "set").glob("minilm-*-of-*.tpk"))) >= 3
+    got = tenpak.load_file(index)
+    assert sorted(got) == sorted(model)
+    for k, v in model.items():
+        assert np.array_equal(got[k], v), k
+    with tenpak.safe_open(index, framework="np") as f:
+        rows = f.get_slice("embeddings.word_embeddings.weight")[10:12]
+        assert np.array_equal(rows, model["embeddings.word_embeddings.weight"][10:12])

@@ -18,7 +18,7 @@ mod write;
 pub use atomic::AtomicFile;
 pub use error::FormatError;
 pub use read::{TpkFile, VerifyProblem};
-pub use write::{Finished, TpkWriter};
+pub use write::{Finished, Pending, TpkWriter};
 
 /// File signature: `\x89TPK\r\n\x1a\n`.
 pub const MAGIC: [u8; 8] = [0x89, b'T', b'P', b'K', 0x0D, 0x0A, 0x1A, 0x0A];

@@ -95,7 +95,13 @@ impl TpkWriter {
     }
 
     /// Write the index and header, flush to disk and rename into place.
-    pub fn finish(mut self) -> Result<Finished, FormatError> {
+    pub fn finish(self) -> Result<Finished, FormatError> {
+        self.finish_pending()?.persist()
+    }
+
+    /// Write the index and header, but leave the file under its temporary name until
+    /// [`Pending::persist`]: a writer of several files renames none before all are complete.
+    pub fn finish_pending(mut self) -> Result<Pending, FormatError> {
         let index_offset = self.pad_to_alignment()?;
         self.metadata
             .sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
@@ -118,8 +124,34 @@ impl TpkWriter {
         f.write_all(&header.to_bytes())
             .map_err(io("write header"))?;
         let bytes = index_offset + index.len() as u64;
-        let sync = tmp.persist(self.overwrite)?;
-        Ok(Finished { bytes, sync })
+        Ok(Pending {
+            tmp,
+            overwrite: self.overwrite,
+            bytes,
+        })
+    }
+}
+
+/// A written `.tpk` not yet in place ([`TpkWriter::finish_pending`]); dropped, it is deleted.
+pub struct Pending {
+    tmp: AtomicFile,
+    overwrite: bool,
+    bytes: u64,
+}
+
+impl Pending {
+    /// The file's size.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Flush to disk and rename into place.
+    pub fn persist(self) -> Result<Finished, FormatError> {
+        let sync = self.tmp.persist(self.overwrite)?;
+        Ok(Finished {
+            bytes: self.bytes,
+            sync,
+        })
     }
 }
 

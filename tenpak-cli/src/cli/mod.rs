@@ -97,7 +97,7 @@ enum Command {
     /// Join the part files of `compress --shard K/N` into one .tpk, byte for byte the file one
     /// process would have written (chunks are copied, not encoded again).
     #[command(
-        after_help = "Examples:\n  tenpak merge part1.tpk part2.tpk part3.tpk -o model.tpk\n  for k in 1 2 3; do tenpak compress model.gguf -o part$k.tpk --codec int4_g32 --shard $k/3 & done; wait\n  scripts/cluster/slurm-compress.sh and scripts/cluster/k8s-compress-job.yaml run the parts on a cluster"
+        after_help = "Examples:\n  tenpak merge part1.tpk part2.tpk part3.tpk -o model.tpk\n  tenpak merge model.tpk -o set/model.tpk --max-shard-size 45GB\n  tenpak merge set/model.tpk.index.json -o model.tpk\n  for k in 1 2 3; do tenpak compress model.gguf -o part$k.tpk --codec int4_g32 --shard $k/3 & done; wait\n  scripts/cluster/slurm-compress.sh and scripts/cluster/k8s-compress-job.yaml run the parts on a cluster"
     )]
     Merge(MergeArgs),
     /// Print a shell completion script.
@@ -114,13 +114,19 @@ enum Command {
 
 #[derive(Args)]
 struct MergeArgs {
-    /// The part files, in any order.
+    /// The part files, in any order; or one whole model (a .tpk, or a set's .tpk.index.json) to
+    /// re-write as one file or as a set.
     #[arg(required = true)]
     parts: Vec<PathBuf>,
-    /// The merged .tpk.
+    /// The merged .tpk (with --max-shard-size: NAME-0000K-of-0000N.tpk beside it, and the set's
+    /// index NAME.tpk.index.json).
     #[arg(short, long)]
     output: PathBuf,
-    /// Overwrite the output if it exists.
+    /// Write a multi-file set whose files hold at most SIZE payload bytes each (e.g. 45GB, under
+    /// a hosting limit), with an index every tenpak reader opens; one file if everything fits.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_shard_size: Option<u64>,
+    /// Overwrite the outputs if they exist.
     #[arg(long)]
     force: bool,
     /// Print JSON.
@@ -156,7 +162,7 @@ struct ManArgs {
 
 #[derive(Args)]
 struct AssignmentArgs {
-    /// The .tpk file.
+    /// The .tpk file (or a multi-file set's .tpk.index.json).
     file: PathBuf,
     /// The tensor.
     tensor: String,
@@ -342,7 +348,7 @@ struct CompressArgs {
 
 #[derive(Args)]
 struct InspectArgs {
-    /// The .tpk file.
+    /// The .tpk file (or a multi-file set's .tpk.index.json).
     file: PathBuf,
     /// List every tensor.
     #[arg(long)]
@@ -354,7 +360,7 @@ struct InspectArgs {
 
 #[derive(Args)]
 struct VerifyArgs {
-    /// The .tpk file.
+    /// The .tpk file (or a multi-file set's .tpk.index.json).
     file: PathBuf,
     /// Print JSON.
     #[arg(long)]
@@ -363,7 +369,7 @@ struct VerifyArgs {
 
 #[derive(Args)]
 struct DecompressArgs {
-    /// The .tpk file.
+    /// The .tpk file (or a multi-file set's .tpk.index.json).
     file: PathBuf,
     /// Output .safetensors file (shards go beside it), a folder `DIR/` (a model compressed from
     /// a Hugging Face folder comes back as that folder: its shards, index and small files), or a
@@ -896,14 +902,27 @@ fn dispatch(cli: &Cli, cx: &tenpak::Context<'_>, out: &mut Vec<u8>) -> Result<i3
             Ok(0)
         }
         Command::Merge(a) => {
-            let r = tenpak::merge::merge(&a.parts, &a.output, a.force)?;
+            let opts = tenpak::merge::MergeOptions {
+                force: a.force,
+                max_shard_size: a.max_shard_size,
+            };
+            let r = tenpak::merge::merge(&a.parts, &a.output, &opts)?;
             if a.json {
                 json(out, &r);
             } else {
+                let set = if r.files.len() > 1 {
+                    format!(", a set of {} files", r.files.len() - 1)
+                } else {
+                    String::new()
+                };
+                let what = if r.parts == 1 {
+                    "wrote".to_string()
+                } else {
+                    format!("merged {} parts,", r.parts)
+                };
                 let _ = writeln!(
                     out,
-                    "merged {} parts, {} tensors: {} ({})",
-                    r.parts,
+                    "{what} {} tensors: {} ({}{set})",
                     r.tensors,
                     r.output.display(),
                     table::human(r.file_bytes)
