@@ -106,7 +106,8 @@ class _Slice:
 
 
 class safe_open:
-    """Open a ``.tpk`` for reading, like ``safetensors.safe_open``; usable as a context manager."""
+    """Open a ``.tpk`` (or a multi-file set's ``.tpk.index.json``) for reading, like
+    ``safetensors.safe_open``; usable as a context manager."""
 
     def __init__(self, filename: PathLike, framework: str = "np", device: str = "cpu"):
         if device != "cpu":
