@@ -82,9 +82,12 @@ pub struct InspectReport {
     pub ratio_vs_fp32: f64,
     /// Per tensor.
     pub tensors: Vec<TensorSummary>,
+    /// A multi-file set: each file's name, size and tensor count (empty for one file).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub set_files: Vec<(String, u64, usize)>,
 }
 
-/// Inspect a `.tpk`.
+/// Inspect a `.tpk`, or a multi-file set through its index.
 pub fn inspect(path: &Path) -> Result<InspectReport> {
     let ar = Archive::open(path)?;
     let f = &ar.file;
@@ -155,5 +158,15 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
         ratio_vs_source: ratio(source_bytes, f.file_len()),
         ratio_vs_fp32: ratio(fp32_bytes, f.file_len()),
         tensors,
+        set_files: if crate::set::is_index(path) {
+            f.files()
+                .map(|(p, t)| {
+                    let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                    (name.unwrap_or_default(), t.file_len(), t.tensors().len())
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
     })
 }

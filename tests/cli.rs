@@ -1194,6 +1194,8 @@ fn multi_file_sets_read_as_one_file() {
     // Each file's payload stays under the limit, but for one tensor larger than it alone.
     let tensors = |p: &str| tenpak_json(&["inspect", p])["tensors"].clone();
     assert_eq!(tensors(s(&index)).as_array().unwrap().len(), 104);
+    let listed = tenpak_json(&["inspect", s(&index)])["set_files"].clone();
+    assert_eq!(listed.as_array().map(Vec::len), Some(n), "{listed}");
     for f in &files[..n] {
         let t = tensors(f);
         let t = t.as_array().unwrap();

@@ -169,6 +169,13 @@ pub fn inspect(out: &mut Vec<u8>, r: &InspectReport, tensors: bool) {
         r.ratio_vs_source,
         r.ratio_vs_fp32,
     );
+    for (name, bytes, n) in &r.set_files {
+        let _ = writeln!(
+            out,
+            "set file:        {name} ({}, {n} tensors)",
+            human(*bytes)
+        );
+    }
     for (k, v) in &r.metadata {
         // Model metadata (a tokenizer's vocabulary) can run to megabytes: `--json` has it whole.
         if v.chars().count() > 100 {
