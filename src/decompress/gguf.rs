@@ -269,21 +269,6 @@ impl Quant {
     }
 }
 
-/// GGML type id of a float or integer tensor written as itself.
-fn plain_type(d: DType) -> Option<(u32, &'static str)> {
-    Some(match d {
-        DType::F32 => (0, "F32"),
-        DType::F16 => (1, "F16"),
-        DType::BF16 => (30, "BF16"),
-        DType::I8 => (24, "I8"),
-        DType::I16 => (25, "I16"),
-        DType::I32 => (26, "I32"),
-        DType::I64 => (27, "I64"),
-        DType::F64 => (28, "F64"),
-        _ => return None,
-    })
-}
-
 /// What the `.tpk` recorded of its source GGUF's layout ([`LAYOUT_KEY`]).
 #[derive(Default)]
 struct Layout {
@@ -614,7 +599,7 @@ pub(super) fn write(
                 t.dims.len()
             )));
         }
-        let Some((ty, ty_name)) = plain_type(p.dtype) else {
+        let Some((ty, ty_name)) = crate::input::gguf::plain_type(p.dtype) else {
             skipped.push((
                 t.name.clone(),
                 format!("GGUF has no {} type", p.dtype.name()),
@@ -623,12 +608,7 @@ pub(super) fn write(
         };
         let mut quants = Vec::new();
         if let Some(st) = source_type.get(t.name.as_str()) {
-            if Quant::named(st).is_none()
-                && !matches!(
-                    *st,
-                    "F32" | "F16" | "BF16" | "F64" | "I8" | "I16" | "I32" | "I64"
-                )
-            {
+            if Quant::named(st).is_none() && crate::input::gguf::is_block_type(st) {
                 unwritable.push((t.name.as_str(), st));
             }
         }

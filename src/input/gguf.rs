@@ -551,6 +551,20 @@ fn h(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
+/// The GGML type (id, name) a tensor of `dtype` is stored as unquantized, if GGUF has one
+/// (F32, F16, BF16, F64 and the signed integers).
+pub fn plain_type(dtype: DType) -> Option<(u32, &'static str)> {
+    TYPES
+        .iter()
+        .find(|t| t.2 == 1 && t.1 == dtype.name())
+        .map(|t| (t.0, t.1))
+}
+
+/// Whether `name` is a GGML block (quantized) type this reader knows.
+pub fn is_block_type(name: &str) -> bool {
+    TYPES.iter().any(|t| t.1 == name && t.2 > 1)
+}
+
 /// Elements and bytes per block of GGML type `ty`.
 fn block_shape(ty: u32) -> Option<(usize, usize)> {
     TYPES.iter().find(|t| t.0 == ty).map(|t| (t.2, t.3))
